@@ -1,0 +1,230 @@
+//! Opening a store URL as an `object_store` store rooted at the URL's prefix.
+//!
+//! Every path the rest of the crate uses is relative to that root, so a run
+//! written to `file:///data/run1` and copied to `s3://bucket/run1` reads the same.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{BackoffConfig, ObjectStore, RetryConfig};
+
+use crate::error::{Result, ShardError};
+
+/// How to reach S3 and how hard to retry. Fields left `None` come from the
+/// standard `AWS_*` environment variables (`AWS_ENDPOINT`, `AWS_ALLOW_HTTP`,
+/// `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, ...).
+#[derive(Clone, Default)]
+pub struct StoreOptions {
+    /// S3 endpoint, e.g. `http://127.0.0.1:9000` for a local server.
+    pub endpoint: Option<String>,
+    /// Allow plain-HTTP endpoints.
+    pub allow_http: Option<bool>,
+    /// Region (defaults to `us-east-1` when neither this nor the environment sets one).
+    pub region: Option<String>,
+    /// Access key id.
+    pub access_key_id: Option<String>,
+    /// Secret key; never printed.
+    pub secret_access_key: Option<String>,
+    /// Retries for transient failures (5xx, timeouts, connection resets).
+    pub retry: Retry,
+}
+
+/// Retry policy for store requests (object_store's exponential backoff).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Retry {
+    /// Maximum attempts after the first; 0 disables retrying.
+    pub max_retries: usize,
+    /// Give up retrying a request after this long.
+    pub timeout: Duration,
+    /// First backoff delay; doubles (with jitter) up to 15 s.
+    pub initial_backoff: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry { max_retries: 10, timeout: Duration::from_secs(180), initial_backoff: Duration::from_millis(100) }
+    }
+}
+
+impl fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("endpoint", &self.endpoint)
+            .field("allow_http", &self.allow_http)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id.as_ref().map(|_| "<set>"))
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+/// An opened store: an `ObjectStore` whose root is the URL's prefix.
+#[derive(Clone)]
+pub struct StoreLocation {
+    url: String,
+    store: Arc<dyn ObjectStore>,
+}
+
+impl fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreLocation").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl StoreLocation {
+    /// The store, rooted at the URL's prefix.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+    /// The URL it was opened from, credentials removed.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+    /// Wraps an existing store (tests, embedding).
+    pub fn from_store(url: impl Into<String>, store: Arc<dyn ObjectStore>) -> Self {
+        StoreLocation { url: url.into(), store }
+    }
+}
+
+/// Opens `file:///abs`, a relative or absolute path, `memory://[name]` or
+/// `s3://bucket[/prefix]`.
+///
+/// `memory://name` stores live for the process and are shared by name, so two
+/// opens of the same URL see the same objects. Local directories are created.
+pub fn open_store(url: &str, options: &StoreOptions) -> Result<StoreLocation> {
+    let shown = redact(url);
+    let bad = |reason: String| ShardError::StoreUrl { url: shown.clone(), reason };
+    if let Some(rest) = url.strip_prefix("memory://") {
+        let name = rest.trim_end_matches('/').to_string();
+        let store = memory_store(&name);
+        return Ok(StoreLocation { url: shown, store });
+    }
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let bucket = bucket.rsplit('@').next().unwrap_or(bucket);
+        if bucket.is_empty() {
+            return Err(bad("no bucket name".into()));
+        }
+        let s3 = s3_builder(bucket, options).build().map_err(|e| bad(e.to_string()))?;
+        let prefix = Path::parse(prefix.trim_matches('/')).map_err(|e| bad(e.to_string()))?;
+        let store: Arc<dyn ObjectStore> =
+            if prefix.as_ref().is_empty() { Arc::new(s3) } else { Arc::new(PrefixStore::new(s3, prefix)) };
+        return Ok(StoreLocation { url: format!("s3://{bucket}/{}", rest.split_once('/').map_or("", |p| p.1)), store });
+    }
+    let dir = if let Some(rest) = url.strip_prefix("file://") {
+        if !rest.starts_with('/') {
+            return Err(bad("file:// URLs need an absolute path (file:///abs/path)".into()));
+        }
+        std::path::PathBuf::from(rest)
+    } else if url.contains("://") {
+        return Err(bad("unsupported scheme (use file://, memory://, s3:// or a path)".into()));
+    } else {
+        std::path::absolute(url).map_err(|e| bad(e.to_string()))?
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
+    let fs = LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
+    Ok(StoreLocation { url: format!("file://{}", dir.display()), store: Arc::new(fs) })
+}
+
+fn s3_builder(bucket: &str, options: &StoreOptions) -> AmazonS3Builder {
+    let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
+        b = b.with_region("us-east-1");
+    }
+    if let Some(v) = &options.endpoint {
+        b = b.with_endpoint(v);
+    }
+    if let Some(v) = options.allow_http {
+        b = b.with_allow_http(v);
+    }
+    if let Some(v) = &options.region {
+        b = b.with_region(v);
+    }
+    if let Some(v) = &options.access_key_id {
+        b = b.with_access_key_id(v);
+    }
+    if let Some(v) = &options.secret_access_key {
+        b = b.with_secret_access_key(v);
+    }
+    let r = &options.retry;
+    b.with_retry(RetryConfig {
+        backoff: BackoffConfig { init_backoff: r.initial_backoff, ..BackoffConfig::default() },
+        max_retries: r.max_retries,
+        retry_timeout: r.timeout,
+    })
+}
+
+fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
+    let mut map = STORES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    map.entry(name.to_string()).or_insert_with(|| Arc::new(InMemory::new())).clone()
+}
+
+/// Removes `user:password@` from a URL so it can be logged.
+pub fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+            let host = authority.rsplit('@').next().unwrap_or(authority);
+            let sep = if rest.contains('/') { "/" } else { "" };
+            format!("{scheme}://{host}{sep}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_userinfo() {
+        assert_eq!(redact("s3://AKIA:secret@bucket/a/b"), "s3://bucket/a/b");
+        assert_eq!(redact("s3://bucket"), "s3://bucket");
+        assert_eq!(redact("file:///x/y"), "file:///x/y");
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let o = StoreOptions {
+            access_key_id: Some("AKIAEXAMPLE".into()),
+            secret_access_key: Some("sup3r-s3cret".into()),
+            ..Default::default()
+        };
+        let s = format!("{o:?}");
+        assert!(!s.contains("sup3r-s3cret") && !s.contains("AKIAEXAMPLE"), "{s}");
+        let loc = open_store("s3://AKIAEXAMPLE:sup3r-s3cret@bucket/p", &o).unwrap();
+        let s = format!("{loc:?} {loc}");
+        assert!(!s.contains("sup3r-s3cret") && !s.contains("AKIAEXAMPLE"), "{s}");
+    }
+
+    #[test]
+    fn rejects_unknown_schemes() {
+        let e = open_store("gs://bucket/x", &StoreOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("unsupported scheme"), "{e}");
+        assert!(open_store("file://relative", &StoreOptions::default()).is_err());
+    }
+
+    #[test]
+    fn memory_stores_are_shared_by_name() {
+        let a = open_store("memory://shared-test", &StoreOptions::default()).unwrap();
+        let b = open_store("memory://shared-test", &StoreOptions::default()).unwrap();
+        assert!(Arc::ptr_eq(a.store(), b.store()));
+        let c = open_store("memory://other-test", &StoreOptions::default()).unwrap();
+        assert!(!Arc::ptr_eq(a.store(), c.store()));
+    }
+}

@@ -41,8 +41,11 @@ pub struct WriterOptions {
     pub target_file_bytes: u64,
     /// Bytes buffered before an upload turns multipart; also the part size.
     pub upload_part_bytes: usize,
-    /// Number of the first file (`part-NNNNN.parquet`); workers writing one task use disjoint ranges.
+    /// Number of the first file (`part-NNNNN.parquet`).
     pub first_part: u32,
+    /// Step between file numbers: worker `i` of `n` writes parts `i, i+n, i+2n, ...`
+    /// (first_part `i`, stride `n`) so workers never collide.
+    pub part_stride: u32,
 }
 
 impl Default for WriterOptions {
@@ -53,6 +56,7 @@ impl Default for WriterOptions {
             target_file_bytes: 256 << 20,
             upload_part_bytes: 16 << 20,
             first_part: 0,
+            part_stride: 1,
         }
     }
 }
@@ -166,6 +170,20 @@ impl ShardWriter {
     /// The sample must belong to this writer's dataset/task and carry a correct checksum:
     /// a wrong checksum here would make every later read fail, so it is refused now.
     pub async fn push(&mut self, sample: Sample) -> Result<Option<ShardMeta>> {
+        self.push_inner(sample).await?;
+        self.roll_if_full().await
+    }
+
+    /// Adds all samples of one case; a file is only closed after the last of them, so a
+    /// case never straddles two files (what lets ingest commit whole cases per shard).
+    pub async fn push_case(&mut self, samples: Vec<Sample>) -> Result<Option<ShardMeta>> {
+        for s in samples {
+            self.push_inner(s).await?;
+        }
+        self.roll_if_full().await
+    }
+
+    async fn push_inner(&mut self, sample: Sample) -> Result<()> {
         sample.validate()?;
         if sample.meta.dataset != self.dataset || sample.meta.task != self.task {
             return Err(ShardError::InvalidSample {
@@ -182,15 +200,25 @@ impl ShardWriter {
         }
         self.pending.push(sample);
         if self.pending.len() >= self.opts.row_group_rows.max(1) {
-            return self.flush_group().await;
+            self.flush_group().await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the open file if it has reached the target size.
+    async fn roll_if_full(&mut self) -> Result<Option<ShardMeta>> {
+        let written = self.current.as_ref().map_or(0, |s| s.writer.bytes_written() as u64);
+        if written >= self.opts.target_file_bytes {
+            self.flush_group().await?;
+            return self.close_current().await;
         }
         Ok(None)
     }
 
-    /// Writes pending samples as one row group; closes the file once it reaches the target size.
-    async fn flush_group(&mut self) -> Result<Option<ShardMeta>> {
+    /// Writes pending samples as one row group.
+    async fn flush_group(&mut self) -> Result<()> {
         if self.pending.is_empty() {
-            return Ok(None);
+            return Ok(());
         }
         let batch = schema::to_record_batch(&self.pending)?;
         let rows = self.pending.len() as u64;
@@ -210,15 +238,12 @@ impl ShardWriter {
             return Err(ShardError::parquet(&path, e));
         }
         shard.rows += rows;
-        if shard.writer.bytes_written() as u64 >= self.opts.target_file_bytes {
-            return self.close_current().await;
-        }
-        Ok(None)
+        Ok(())
     }
 
     fn open(&mut self) -> Result<OpenShard> {
         let path = shard_path(&self.dataset, &self.task, self.next_part);
-        self.next_part += 1;
+        self.next_part += self.opts.part_stride.max(1);
         let upload = HashingUpload {
             inner: BufWriter::with_capacity(self.store.clone(), path.clone(), self.opts.upload_part_bytes.max(5 << 20)),
             hasher: Xxh3Default::new(),
@@ -252,9 +277,8 @@ impl ShardWriter {
     /// Writes everything still buffered and closes the open file.
     /// Returns the shard it closed, if any.
     pub async fn finish(mut self) -> Result<Option<ShardMeta>> {
-        let flushed = self.flush_group().await?;
-        let closed = self.close_current().await?;
-        Ok(closed.or(flushed))
+        self.flush_group().await?;
+        self.close_current().await
     }
 
     /// Abandons the open file: its upload is aborted and nothing appears under its key.

@@ -10,9 +10,8 @@ use s3_shards::{ShardReader, WriterOptions, open_store, synthetic, write_samples
 fn main() {
     let n: usize = std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(48);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let samples: Vec<_> = (0..n)
-        .map(|i| synthetic::ct_like("BENCH", "default", &format!("case{i:04}"), 1, i as u64).unwrap())
-        .collect();
+    let samples: Vec<_> =
+        (0..n).map(|i| synthetic::ct_like("BENCH", "default", &format!("case{i:04}"), 1, i as u64).unwrap()).collect();
     let raw = (n * (IMAGE_BYTES + MASK_BYTES)) as f64;
     let mib = |b: f64| b / 1048576.0;
     println!("{n} synthetic CT-like 128³ samples, {:.0} MiB raw (image int16 + packed mask), one core", mib(raw));
@@ -21,7 +20,8 @@ fn main() {
         let loc = open_store(&format!("memory://bench-{level}"), &Default::default()).unwrap();
         let opts = WriterOptions { zstd_level: level, ..Default::default() };
         let t = Instant::now();
-        let shards = rt.block_on(write_samples(loc.store().clone(), "BENCH", "default", samples.clone(), opts)).unwrap();
+        let shards =
+            rt.block_on(write_samples(loc.store().clone(), "BENCH", "default", samples.clone(), opts)).unwrap();
         let secs = t.elapsed().as_secs_f64();
         let stored: u64 = shards.iter().map(|s| s.bytes).sum();
         println!(
@@ -56,8 +56,14 @@ fn main() {
         }
         let zstd_rate = n as f64 / t.elapsed().as_secs_f64();
         assert_eq!(total as f64, raw);
-        println!("read+decode+checksum: {shard_rate:7.1} samples/s ({:.0} MiB/s raw out)", shard_rate * raw / n as f64 / 1048576.0);
-        println!("plain zstd decode:    {zstd_rate:7.1} samples/s ({:.0} MiB/s raw out)", zstd_rate * raw / n as f64 / 1048576.0);
+        println!(
+            "read+decode+checksum: {shard_rate:7.1} samples/s ({:.0} MiB/s raw out)",
+            shard_rate * raw / n as f64 / 1048576.0
+        );
+        println!(
+            "plain zstd decode:    {zstd_rate:7.1} samples/s ({:.0} MiB/s raw out)",
+            zstd_rate * raw / n as f64 / 1048576.0
+        );
         println!("ratio shard read / plain zstd: {:.2}", shard_rate / zstd_rate);
     }
 }

@@ -64,9 +64,10 @@ pub enum CaseFate {
     Ingested {
         /// How many.
         samples: u64,
-        /// Labels dropped by the size filters, with the reason.
+        /// Labels dropped by the size filters (label value → reason). String keys:
+        /// this enum is internally tagged, which cannot read integer map keys back.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-        dropped_labels: BTreeMap<i32, String>,
+        dropped_labels: BTreeMap<String, String>,
     },
     /// Deliberately not ingested (e.g. no label survived the filters).
     Skipped {

@@ -9,13 +9,14 @@ use crate::sample::{SIDE, Sample};
 const ZOOM: u32 = 2;
 
 /// Renders axial | coronal | sagittal slices through the centre of the mask's
-/// bounding box (the volume centre when the mask is empty). Intensities are shown
-/// between the 1st and 99th percentile of the crop.
+/// bounding box (the volume centre when the mask is empty). CT is shown in a
+/// soft-tissue window (−160…240 HU); other modalities between the 1st and 99th
+/// percentile of the non-zero voxels (padding would otherwise dominate).
 pub fn render(sample: &Sample) -> RgbImage {
     let image = sample.image_f32();
     let mask = sample.mask_bools();
     let centre = mask_centre(&mask);
-    let (lo, hi) = window(&image);
+    let (lo, hi) = if sample.meta.modality == "CT" { (-160.0, 240.0) } else { window(&image) };
     let at = |i: usize, j: usize, k: usize| (i * SIDE + j) * SIDE + k;
     // (row, col) → voxel, with anterior/superior at the top as radiologists expect.
     let views: [Box<dyn Fn(usize, usize) -> usize>; 3] = [
@@ -65,7 +66,10 @@ fn mask_centre(mask: &[bool]) -> [usize; 3] {
 }
 
 fn window(image: &[f32]) -> (f32, f32) {
-    let mut sorted: Vec<f32> = image.iter().step_by(7).copied().collect();
+    let mut sorted: Vec<f32> = image.iter().step_by(7).copied().filter(|&v| v != 0.0).collect();
+    if sorted.is_empty() {
+        return (0.0, 1.0);
+    }
     sorted.sort_by(f32::total_cmp);
     let q = |p: f64| sorted[((sorted.len() - 1) as f64 * p) as usize];
     (q(0.01), q(0.99))

@@ -30,11 +30,10 @@ async fn samples_round_trip_exactly() {
         assert_eq!(reader.read_row(2).await.unwrap(), samples[2], "{}", b.name);
         assert!(reader.read_row(3).await.is_err());
         let headers = reader.headers().await.unwrap();
-        assert_eq!(headers.iter().map(|h| h.sample_id.as_str()).collect::<Vec<_>>(), [
-            "BraTS/default/c1/1",
-            "BraTS/default/c1/2",
-            "BraTS/default/c2/4"
-        ]);
+        assert_eq!(
+            headers.iter().map(|h| h.sample_id.as_str()).collect::<Vec<_>>(),
+            ["BraTS/default/c1/1", "BraTS/default/c1/2", "BraTS/default/c2/4"]
+        );
         assert_eq!(headers[1].meta, samples[1].meta);
         assert_eq!(headers[1].checksum, samples[1].checksum);
     }
@@ -54,7 +53,12 @@ async fn large_shards_go_multipart_and_roll_over() {
         let shards =
             write_samples(b.loc.store().clone(), "AMOS22", "default", samples.clone(), opts.clone()).await.unwrap();
         assert!(shards.len() >= 2, "{}: expected rolling at 12 MiB, got {shards:?}", b.name);
-        assert!(shards[0].bytes >= 12 << 20, "{}: first shard {} bytes spans several 5 MiB parts", b.name, shards[0].bytes);
+        assert!(
+            shards[0].bytes >= 12 << 20,
+            "{}: first shard {} bytes spans several 5 MiB parts",
+            b.name,
+            shards[0].bytes
+        );
         assert_eq!(shards.iter().map(|s| s.rows).sum::<u64>(), 22);
         let mut back = Vec::new();
         for (i, s) in shards.iter().enumerate() {

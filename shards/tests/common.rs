@@ -37,7 +37,8 @@ pub fn backends(test: &str) -> Vec<Backend> {
         },
         Backend {
             name: "file",
-            loc: open_store(&format!("file://{}", dir.path().join("store").display()), &StoreOptions::default()).unwrap(),
+            loc: open_store(&format!("file://{}", dir.path().join("store").display()), &StoreOptions::default())
+                .unwrap(),
             _dir: Some(dir),
             server: None,
         },
@@ -74,7 +75,8 @@ pub fn float_sample(dataset: &str, case: &str, label: i32) -> Sample {
 /// `n` CT-like samples of one dataset; only 4 distinct volumes are synthesised (it is
 /// the slow part in debug builds), the rest reuse them under other case ids.
 pub fn ct_samples(dataset: &str, n: usize) -> Vec<Sample> {
-    let base: Vec<Sample> = (0..4.min(n)).map(|i| synthetic::ct_like(dataset, "default", "x", 1, i as u64).unwrap()).collect();
+    let base: Vec<Sample> =
+        (0..4.min(n)).map(|i| synthetic::ct_like(dataset, "default", "x", 1, i as u64).unwrap()).collect();
     (0..n)
         .map(|i| {
             let mut s = base[i % base.len()].clone();

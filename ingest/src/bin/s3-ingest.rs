@@ -1,0 +1,309 @@
+//! `s3-ingest`: NIfTI datasets → SAM-Med3D shards.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use s3_ingest::catalog::Catalog;
+use s3_ingest::nifti_io::{ReadOptions, read_nifti};
+use s3_ingest::preprocess::PreprocessOptions;
+use s3_ingest::run::{self, Event, IngestConfig, Summary};
+use s3_shards::{Retry, StoreOptions, WriterOptions, open_store};
+
+/// Turn NIfTI datasets into SAM-Med3D training shards: every case is resampled to
+/// 1.5 mm, reoriented to RAS+, cropped to 128³ about each label and written as zstd
+/// Parquet with label manifests and an index.
+///
+/// Runs are resumable (re-run the same command after an interruption) and every
+/// source case ends up ingested, skipped or quarantined with a reason.
+///
+/// Examples:
+///   s3-ingest --manifest manifests/datasets.toml --out s3://bucket/sam3d/v1
+///   s3-ingest synth --out phantoms --cases 8 && s3-ingest --manifest phantoms/datasets.toml --out store
+///   s3-ingest --manifest m.toml --out s3://b/p --worker 3/16   (then: s3-ingest merge --out s3://b/p)
+#[derive(Parser)]
+#[command(version, args_conflicts_with_subcommands = true, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    ingest: IngestArgs,
+}
+
+#[derive(Args)]
+struct IngestArgs {
+    /// The dataset catalogue.
+    #[arg(long, default_value = "manifests/datasets.toml")]
+    manifest: PathBuf,
+    /// Output store: path, file:///abs, s3://bucket/prefix (AWS_* variables apply).
+    #[arg(long)]
+    out: Option<String>,
+    /// Cases processed in parallel (each needs up to ~2 GiB for a large CT).
+    #[arg(long, short, default_value_t = default_jobs())]
+    jobs: usize,
+    /// Process only the share I of N (0-based) of every task's cases, e.g. 3/16, for a
+    /// Kubernetes Indexed Job or Slurm array; then run `s3-ingest merge`.
+    #[arg(long, value_parser = parse_worker)]
+    worker: Option<(u32, u32)>,
+    /// Only these datasets (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    datasets: Option<Vec<String>>,
+    /// List what would be done, write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Exit 1 if any case was quarantined.
+    #[arg(long)]
+    strict: bool,
+    /// zstd level of the shards.
+    #[arg(long, default_value_t = 3)]
+    zstd_level: i32,
+    /// Roll shard files at this size.
+    #[arg(long, default_value_t = 256)]
+    target_file_mib: u64,
+    /// Refuse volumes whose voxel data exceeds this many bytes.
+    #[arg(long, default_value_t = 2 << 30)]
+    max_volume_bytes: u64,
+    /// Drop labels smaller than this at 1.5 mm (mm³; the paper's 1 cm³).
+    #[arg(long, default_value_t = 1000.0)]
+    min_mask_mm3: f64,
+    /// Drop labels whose 128³ crop keeps fewer foreground voxels.
+    #[arg(long, default_value_t = 1000)]
+    min_crop_voxels: i64,
+    /// Percent of cases in the validation split.
+    #[arg(long, default_value_t = 10)]
+    val_percent: u32,
+    /// Where remote inputs are fetched (one case per job at a time).
+    #[arg(long)]
+    tmp_dir: Option<PathBuf>,
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn parse_worker(s: &str) -> Result<(u32, u32), String> {
+    let (i, n) = s.split_once('/').ok_or("expected I/N, e.g. 0/4")?;
+    let (i, n): (u32, u32) = (i.parse().map_err(|_| "I is not a number")?, n.parse().map_err(|_| "N is not a number")?);
+    if n == 0 || i >= n {
+        return Err(format!("worker {i} of {n}: need 0 <= I < N"));
+    }
+    Ok((i, n))
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a catalogue and print its counts.
+    Catalog {
+        /// The catalogue.
+        #[arg(long, default_value = "manifests/datasets.toml")]
+        manifest: PathBuf,
+    },
+    /// Publish index.json, samples.parquet and label manifests from all workers' output.
+    Merge {
+        /// The output store the workers wrote to.
+        #[arg(long)]
+        out: String,
+    },
+    /// Write the phantom corpus (nnU-Net layout) and a catalogue pointing at it.
+    Synth {
+        /// Directory to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Cases per dataset.
+        #[arg(long, default_value_t = 8)]
+        cases: usize,
+        /// Random seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// Print a NIfTI file's geometry as read (shape, datatype, scaling, affine).
+    Inspect {
+        /// The file.
+        file: PathBuf,
+        /// Also write the scaled voxel values as little-endian f64, x fastest.
+        #[arg(long)]
+        dump_f64: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run_cli(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_cli(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Some(Command::Catalog { manifest }) => {
+            let c = Catalog::load(&manifest)?;
+            let n = c.counts();
+            println!("{}: valid", manifest.display());
+            println!("public datasets:     {} (pre-train {})", n.public, n.public_pretrain);
+            println!("fine-tune selection: {} datasets / {} tasks", n.finetune_datasets, n.finetune_tasks);
+            println!("private datasets:    {}", n.private);
+            println!("tasks with a source: {}", n.with_source);
+        }
+        Some(Command::Merge { out }) => {
+            let loc = open_store(&out, &store_options())?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let index = rt.block_on(run::merge(&loc)).with_context(|| format!("merging {loc}"))?;
+            println!("published {loc}/index.json: {} shards, {} samples", index.shards.len(), index.total_samples());
+        }
+        Some(Command::Synth { out, cases, seed }) => {
+            let manifest = s3_ingest::synth::write_corpus(&out, cases, seed)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "wrote {cases} cases per phantom dataset under {}; catalogue {}",
+                out.display(),
+                manifest.display()
+            );
+        }
+        Some(Command::Inspect { file, dump_f64 }) => {
+            let v = read_nifti(&file, &ReadOptions::default())?;
+            let info = serde_json::json!({
+                "shape": v.shape, "datatype": v.datatype, "slope": v.slope, "inter": v.inter, "affine": v.affine,
+            });
+            println!("{}", serde_json::to_string_pretty(&info)?);
+            if let Some(path) = dump_f64 {
+                let bytes: Vec<u8> = (0..v.len()).flat_map(|n| v.value(n).to_le_bytes()).collect();
+                std::fs::write(&path, bytes)?;
+            }
+        }
+        None => return ingest(cli.ingest),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn store_options() -> StoreOptions {
+    StoreOptions { retry: Retry::default(), ..Default::default() }
+}
+
+fn ingest(a: IngestArgs) -> Result<ExitCode> {
+    let Some(out) = a.out.clone() else {
+        bail!("--out is required (a path, file:///abs or s3://bucket/prefix); see --help")
+    };
+    let catalog = Catalog::load(&a.manifest)?;
+    let (worker, workers) = a.worker.unwrap_or((0, 1));
+    let cfg = IngestConfig {
+        out,
+        store_options: store_options(),
+        jobs: a.jobs.max(1),
+        worker,
+        workers,
+        datasets: a.datasets.clone(),
+        read: ReadOptions { max_bytes: a.max_volume_bytes },
+        preprocess: PreprocessOptions {
+            min_mask_mm3: a.min_mask_mm3,
+            min_crop_voxels: a.min_crop_voxels,
+            val_percent: a.val_percent,
+            ..Default::default()
+        },
+        writer: WriterOptions {
+            zstd_level: a.zstd_level,
+            target_file_bytes: a.target_file_mib << 20,
+            ..Default::default()
+        },
+        tmp_dir: a.tmp_dir.clone().unwrap_or_else(std::env::temp_dir),
+        dry_run: a.dry_run,
+    };
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} cases, eta {eta}  {msg}")
+            .expect("template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(250));
+    let started = Instant::now();
+    let stats = Mutex::new((0u64, 0u64, 0u64)); // samples, input bytes, quarantined
+    let summary = run::run(&catalog, &cfg, &|e| match e {
+        Event::TaskStart { dataset, task, todo, .. } => {
+            bar.inc_length(todo as u64);
+            bar.set_message(format!("{dataset}/{task}"));
+        }
+        Event::CaseDone { dataset, samples, input_bytes, quarantined, case_id } => {
+            let mut s = stats.lock().expect("stats");
+            s.0 += samples as u64;
+            s.1 += input_bytes;
+            if let Some(reason) = quarantined {
+                s.2 += 1;
+                bar.println(format!("quarantined {dataset}/{case_id}: {reason}"));
+            }
+            let mbs = s.1 as f64 / 1e6 / started.elapsed().as_secs_f64().max(1e-3);
+            bar.set_message(format!("{dataset}: {} samples, {mbs:.1} MB/s in, {} quarantined", s.0, s.2));
+            bar.inc(1);
+        }
+        Event::Skipped { dataset, task, reason } => bar.println(format!("skipped {dataset}/{task}: {reason}")),
+        Event::Publishing => bar.set_message("publishing index"),
+    })?;
+    bar.finish_and_clear();
+    print_summary(&summary, &cfg);
+    if a.strict && summary.quarantined() > 0 {
+        eprintln!("--strict: {} case(s) quarantined", summary.quarantined());
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(s: &Summary, cfg: &IngestConfig) {
+    let dry = cfg.dry_run;
+    println!(
+        "{:<24} {:>6} {:>6} {:>9} {:>8} {:>11} {:>8} {:>10}",
+        "DATASET",
+        "CASES",
+        if dry { "TO DO" } else { "" },
+        "INGESTED",
+        "SKIPPED",
+        "QUARANTINED",
+        "SAMPLES",
+        "MIB"
+    );
+    for d in &s.datasets {
+        let todo = if dry { d.todo.to_string() } else { String::new() };
+        println!(
+            "{:<24} {:>6} {:>6} {:>9} {:>8} {:>11} {:>8} {:>10.1}",
+            d.dataset,
+            d.cases,
+            todo,
+            d.ingested,
+            d.skipped,
+            d.quarantined,
+            d.samples,
+            d.bytes as f64 / 1048576.0
+        );
+        for n in &d.notes {
+            println!("  note: {n}");
+        }
+    }
+    let total = |f: fn(&run::DatasetSummary) -> u64| s.datasets.iter().map(f).sum::<u64>();
+    println!(
+        "{:<24} {:>6} {:>6} {:>9} {:>8} {:>11} {:>8} {:>10.1}",
+        "TOTAL",
+        total(|d| d.cases as u64),
+        if dry { total(|d| d.todo as u64).to_string() } else { String::new() },
+        total(|d| d.ingested as u64),
+        total(|d| d.skipped as u64),
+        total(|d| d.quarantined as u64),
+        total(|d| d.samples),
+        total(|d| d.bytes) as f64 / 1048576.0
+    );
+    match &s.index {
+        Some(i) => {
+            println!("published {}/index.json ({} shards, {} samples)", cfg.out, i.shards.len(), i.total_samples())
+        }
+        None if dry => println!("dry run: nothing written"),
+        None => println!(
+            "worker {}/{} done; run `s3-ingest merge --out {}` after all workers",
+            cfg.worker, cfg.workers, cfg.out
+        ),
+    }
+}

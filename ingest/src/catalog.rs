@@ -1,0 +1,407 @@
+//! The dataset catalogue (`manifests/datasets.toml`, DESIGN §3).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IngestError, Result};
+
+/// Imaging modality; CT gets the [−1000, 1000] clamp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[allow(missing_docs, clippy::upper_case_acronyms)]
+pub enum Modality {
+    CT,
+    MR,
+    US,
+    PET,
+}
+
+impl Modality {
+    /// As stored in the `modality` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Modality::CT => "CT",
+            Modality::MR => "MR",
+            Modality::US => "US",
+            Modality::PET => "PET",
+        }
+    }
+}
+
+/// How a task's files are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// `imagesTr/<case>_0000.nii.gz` (or MSD's `<case>.nii.gz`) + `labelsTr/<case>.nii.gz` + `dataset.json`.
+    Nnunet,
+    /// `<case>/ct.nii.gz` + `<case>/segmentations/<structure>.nii.gz`.
+    Totalseg,
+    /// `image_glob` + `label_template`.
+    Pairs,
+}
+
+/// The Table-2 categories.
+pub const CATEGORIES: [&str; 8] =
+    ["abdomen&thorax", "bone", "brain", "cardiac", "muscle", "lesion", "unseen organ", "unseen lesion"];
+
+/// Name and category of a label value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelInfo {
+    /// Label name.
+    pub name: String,
+    /// Table-2 category.
+    pub category: String,
+}
+
+impl LabelInfo {
+    /// For a value no label map names.
+    pub fn unnamed(value: i32) -> LabelInfo {
+        LabelInfo { name: format!("label{value}"), category: "abdomen&thorax".into() }
+    }
+}
+
+/// One sub-source of a dataset.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskEntry {
+    /// Task name (`default` for single-task datasets).
+    pub name: String,
+    /// File layout.
+    pub layout: Layout,
+    /// Store URL or local path; `${VAR}` and `${VAR:-default}` are expanded. None: not configured.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Value → name, overriding the dataset's map and `dataset.json`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Overrides the dataset's fine-tune flag for this task.
+    #[serde(default)]
+    pub finetune: Option<bool>,
+    /// `pairs`: glob of image files relative to the source (`*` and `?` in the file name).
+    #[serde(default)]
+    pub image_glob: Option<String>,
+    /// `pairs`: label path relative to the source; `{case}` is the image name without
+    /// `.nii[.gz]` and without `image_suffix`.
+    #[serde(default)]
+    pub label_template: Option<String>,
+    /// `pairs`: suffix removed from image names to get the case id (e.g. `_img`).
+    #[serde(default)]
+    pub image_suffix: Option<String>,
+    /// `totalseg`: structure names in label-value order (1, 2, ...); default: the
+    /// segmentation files of the first case, sorted.
+    #[serde(default)]
+    pub structures: Vec<String>,
+}
+
+/// One dataset.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetEntry {
+    /// Unique name.
+    pub name: String,
+    /// Modality of the images.
+    pub modality: Modality,
+    /// Used in stage-1 pre-training.
+    pub pretrain: bool,
+    /// Used in stage-2 fine-tuning.
+    pub finetune: bool,
+    /// A private dataset (the operator supplies the source).
+    #[serde(default)]
+    pub private: bool,
+    /// Licence note.
+    #[serde(default)]
+    pub licence: Option<String>,
+    /// Free text.
+    #[serde(default)]
+    pub note: Option<String>,
+    /// Value → name, when the layout does not carry label names.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Label name → Table-2 category, overriding the keyword rules.
+    #[serde(default)]
+    pub categories: BTreeMap<String, String>,
+    /// Category for every label without a more specific one.
+    #[serde(default)]
+    pub category: Option<String>,
+    /// Sub-sources.
+    #[serde(default)]
+    pub tasks: Vec<TaskEntry>,
+}
+
+impl DatasetEntry {
+    /// Whether `task` takes part in fine-tuning.
+    pub fn task_finetune(&self, task: &TaskEntry) -> bool {
+        task.finetune.unwrap_or(self.finetune)
+    }
+
+    /// The category of label `name`: explicit map, dataset default, then keyword rules.
+    pub fn category_of(&self, name: &str) -> String {
+        if let Some(c) = self.categories.get(name) {
+            return c.clone();
+        }
+        if let Some(c) = &self.category {
+            return c.clone();
+        }
+        category_by_keyword(name).to_string()
+    }
+
+    /// Value → name/category from the catalogue maps (task over dataset), completed by
+    /// `discovered` (e.g. from `dataset.json`) for values the catalogue does not name.
+    pub fn label_map(&self, task: &TaskEntry, discovered: &BTreeMap<i32, String>) -> BTreeMap<i32, LabelInfo> {
+        let mut names: BTreeMap<i32, String> = discovered.clone();
+        for map in [&self.labels, &task.labels] {
+            for (k, v) in map {
+                if let Ok(k) = k.trim().parse::<i32>() {
+                    names.insert(k, v.clone());
+                }
+            }
+        }
+        names
+            .into_iter()
+            .filter(|(k, _)| *k > 0)
+            .map(|(k, name)| (k, LabelInfo { category: self.category_of(&name), name }))
+            .collect()
+    }
+}
+
+/// Table-2 category of a label from its name (lesions first: "kidney tumour" is a lesion).
+pub fn category_by_keyword(name: &str) -> &'static str {
+    let n = name.to_lowercase().replace(['_', '-'], " ");
+    let has = |words: &[&str]| words.iter().any(|w| n.contains(w));
+    if has(&[
+        "tumor",
+        "tumour",
+        "lesion",
+        "edema",
+        "oedema",
+        "cyst",
+        "nodule",
+        "metasta",
+        "cancer",
+        "carcinoma",
+        "necro",
+        "enhancing",
+        "infection",
+        "covid",
+        "scar",
+        "fracture",
+        "glioma",
+        "stroke",
+        "infarct",
+        "neoplasm",
+        "mass",
+        "ggo",
+        "consolidation",
+    ]) {
+        "lesion"
+    } else if has(&["heart", "atri", "myocard", "ventric", "cardiac", "lv ", "rv ", "la ", "pericard"])
+        || n == "lv"
+        || n == "rv"
+        || n == "la"
+        || n == "myo"
+    {
+        "cardiac"
+    } else if has(&["autochthon", "gluteus", "iliopsoas", "muscle", "psoas"]) {
+        "muscle"
+    } else if has(&[
+        "vertebra", "rib", "femur", "hip", "humerus", "sacrum", "scapula", "clavic", "bone", "skull", "spine", "pelvi",
+        "sternum", "costal", "mandible", "tibia", "patella",
+    ]) {
+        "bone"
+    } else if has(&[
+        "brain",
+        "hippocamp",
+        "cerebr",
+        "white matter",
+        "gray matter",
+        "grey matter",
+        "thalam",
+        "ventricle",
+    ]) {
+        "brain"
+    } else {
+        "abdomen&thorax"
+    }
+}
+
+/// The parsed catalogue.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Catalog {
+    /// Every dataset.
+    pub datasets: Vec<DatasetEntry>,
+}
+
+/// Counts printed by `s3-ingest catalog`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CatalogCounts {
+    /// Public datasets.
+    pub public: usize,
+    /// Public datasets used in pre-training.
+    pub public_pretrain: usize,
+    /// Public datasets used in fine-tuning.
+    pub finetune_datasets: usize,
+    /// Fine-tune tasks (LAScarQS22 counts twice).
+    pub finetune_tasks: usize,
+    /// Private datasets.
+    pub private: usize,
+    /// Datasets/tasks with a source configured.
+    pub with_source: usize,
+}
+
+impl Catalog {
+    /// Reads and validates a catalogue file.
+    pub fn load(path: &Path) -> Result<Catalog> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| IngestError::Catalog { path: path.display().to_string(), reason: e.to_string() })?;
+        Catalog::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates catalogue text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Catalog> {
+        let bad = |reason: String| IngestError::Catalog { path: origin.into(), reason };
+        let mut catalog: Catalog = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let mut names = BTreeSet::new();
+        for d in &mut catalog.datasets {
+            if !names.insert(d.name.clone()) {
+                return Err(bad(format!("dataset {} is listed twice", d.name)));
+            }
+            if d.name.is_empty() || d.name.contains(['/', ' ']) {
+                return Err(bad(format!("dataset name {:?} must be non-empty without '/' or spaces", d.name)));
+            }
+            if d.tasks.is_empty() {
+                if !d.private {
+                    return Err(bad(format!("dataset {} has no [[datasets.tasks]]", d.name)));
+                }
+                d.tasks.push(TaskEntry {
+                    name: "default".into(),
+                    layout: Layout::Nnunet,
+                    source: None,
+                    labels: BTreeMap::new(),
+                    finetune: None,
+                    image_glob: None,
+                    label_template: None,
+                    image_suffix: None,
+                    structures: Vec::new(),
+                });
+            }
+            let mut tasks = BTreeSet::new();
+            for t in &d.tasks {
+                if !tasks.insert(t.name.clone()) {
+                    return Err(bad(format!("dataset {}: task {} is listed twice", d.name, t.name)));
+                }
+                if t.layout == Layout::Pairs && (t.image_glob.is_none() || t.label_template.is_none()) {
+                    return Err(bad(format!(
+                        "dataset {}/{}: layout \"pairs\" needs image_glob and label_template",
+                        d.name, t.name
+                    )));
+                }
+                for k in d.labels.keys().chain(t.labels.keys()) {
+                    if k.trim().parse::<i32>().is_err() {
+                        return Err(bad(format!("dataset {}: label key {k:?} is not an integer value", d.name)));
+                    }
+                }
+            }
+            for c in d.categories.values().chain(d.category.iter()) {
+                if !CATEGORIES.contains(&c.as_str()) {
+                    return Err(bad(format!("dataset {}: category {c:?} is not one of {CATEGORIES:?}", d.name)));
+                }
+            }
+        }
+        Ok(catalog)
+    }
+
+    /// The counts of DESIGN §3.
+    pub fn counts(&self) -> CatalogCounts {
+        let mut c = CatalogCounts::default();
+        for d in &self.datasets {
+            if d.private {
+                c.private += 1;
+                continue;
+            }
+            c.public += 1;
+            c.public_pretrain += usize::from(d.pretrain);
+            let ft_tasks = d.tasks.iter().filter(|t| d.task_finetune(t)).count();
+            c.finetune_datasets += usize::from(ft_tasks > 0);
+            c.finetune_tasks += ft_tasks;
+        }
+        c.with_source = self.datasets.iter().flat_map(|d| &d.tasks).filter(|t| t.source.is_some()).count();
+        c
+    }
+
+    /// Looks a dataset up by name.
+    pub fn get(&self, name: &str) -> Option<&DatasetEntry> {
+        self.datasets.iter().find(|d| d.name == name)
+    }
+}
+
+/// Expands `${VAR}` and `${VAR:-default}` in a source string.
+pub fn expand_env(s: &str) -> std::result::Result<String, String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| format!("unclosed ${{ in {s:?}"))?;
+        let expr = &after[..end];
+        let (var, default) = match expr.split_once(":-") {
+            Some((v, d)) => (v, Some(d)),
+            None => (expr, None),
+        };
+        match (std::env::var(var), default) {
+            (Ok(v), _) if !v.is_empty() => out.push_str(&v),
+            (_, Some(d)) => out.push_str(d),
+            _ => return Err(format!("environment variable {var} is not set (used in {s:?})")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyword_categories() {
+        assert_eq!(category_by_keyword("kidney_tumor"), "lesion");
+        assert_eq!(category_by_keyword("liver"), "abdomen&thorax");
+        assert_eq!(category_by_keyword("vertebrae_L1"), "bone");
+        assert_eq!(category_by_keyword("heart_myocardium"), "cardiac");
+        assert_eq!(category_by_keyword("iliopsoas_left"), "muscle");
+        assert_eq!(category_by_keyword("brainstem"), "brain");
+        assert_eq!(category_by_keyword("peritumoral edema"), "lesion");
+    }
+
+    #[test]
+    fn env_expansion() {
+        assert_eq!(expand_env("${S3_TEST_SURELY_UNSET:-s3://raw}/AMOS22").unwrap(), "s3://raw/AMOS22");
+        assert!(expand_env("${S3_TEST_SURELY_UNSET}/x").unwrap_err().contains("S3_TEST_SURELY_UNSET"));
+        assert_eq!(expand_env("plain/path").unwrap(), "plain/path");
+    }
+
+    #[test]
+    fn minimal_entry_and_errors() {
+        let c = Catalog::parse(
+            r#"
+[[datasets]]
+name = "AMOS22"
+modality = "CT"
+pretrain = true
+finetune = true
+[[datasets.tasks]]
+name = "default"
+layout = "nnunet"
+source = "s3://raw/AMOS22"
+"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.counts().finetune_tasks, 1);
+        let e =
+            Catalog::parse("[[datasets]]\nname='A'\nmodality='XR'\npretrain=true\nfinetune=false\n", "t").unwrap_err();
+        assert!(e.to_string().contains("XR"), "{e}");
+    }
+}

@@ -1,0 +1,162 @@
+//! The ingest journal: how a run resumes after a kill and how workers' outputs merge.
+//!
+//! Work is committed per shard. After a shard is complete on the store, one record
+//! `_ingest/journal/<dataset>/<task>/w<I>of<N>-<seq>.json` names it and every case whose
+//! samples it holds (a case never straddles two shards), plus the cases finished
+//! without samples since the previous record (quarantined or skipped). A case is done
+//! exactly when a record names it. A kill before the record is written loses only
+//! uncommitted cases; they are redone and their shard number is reused (the
+//! leftover file is overwritten or deleted), so nothing is duplicated.
+
+use std::collections::BTreeMap;
+
+use futures::TryStreamExt;
+use object_store::ObjectStore;
+use object_store::path::Path;
+use s3_shards::labels::CaseFate;
+use s3_shards::{ShardError, ShardMeta, json};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{LabelInfo, Modality};
+
+/// Root of the journal on the output store.
+pub const JOURNAL_ROOT: &str = "_ingest/journal";
+/// Root of the per-task descriptions (modality, label map) used by `merge`.
+pub const TASKS_ROOT: &str = "_ingest/tasks";
+
+/// One sample's contribution to the label manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampleNote {
+    /// Label value.
+    pub label: i32,
+    /// Foreground voxels in the crop.
+    pub fg_voxels: i64,
+    /// Checksum (to compare runs).
+    #[serde(with = "s3_shards::index::hex_u64")]
+    pub checksum: u64,
+}
+
+/// A finished case.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaseRecord {
+    /// Ingested, skipped or quarantined, with the reason.
+    pub fate: CaseFate,
+    /// Its samples.
+    #[serde(default)]
+    pub samples: Vec<SampleNote>,
+}
+
+/// One commit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JournalRecord {
+    /// Dataset.
+    pub dataset: String,
+    /// Task.
+    pub task: String,
+    /// Worker index.
+    pub worker: u32,
+    /// Worker count.
+    pub workers: u32,
+    /// Sequence number of this worker's records for the task.
+    pub seq: u32,
+    /// The shard committed, if any.
+    pub shard: Option<ShardMeta>,
+    /// Cases committed, by id.
+    pub cases: BTreeMap<String, CaseRecord>,
+}
+
+/// What `merge` needs to know about a task besides its records.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    /// Dataset.
+    pub dataset: String,
+    /// Task.
+    pub task: String,
+    /// Modality.
+    pub modality: Modality,
+    /// Label map.
+    pub labels: BTreeMap<i32, LabelInfo>,
+    /// Cases the source holds (all workers together).
+    pub cases_listed: usize,
+}
+
+/// Key of a task description.
+pub fn task_info_path(dataset: &str, task: &str) -> Path {
+    Path::from(TASKS_ROOT).join(dataset).join(format!("{task}.json"))
+}
+
+fn record_dir(dataset: &str, task: &str) -> Path {
+    Path::from(JOURNAL_ROOT).join(dataset).join(task)
+}
+
+/// Key of a record.
+pub fn record_path(dataset: &str, task: &str, worker: u32, workers: u32, seq: u32) -> Path {
+    record_dir(dataset, task).join(format!("w{worker:04}of{workers:04}-{seq:06}.json"))
+}
+
+/// Stores a record (one atomic PUT).
+pub async fn write_record(store: &dyn ObjectStore, r: &JournalRecord) -> Result<(), ShardError> {
+    json::put_json(store, &record_path(&r.dataset, &r.task, r.worker, r.workers, r.seq), r).await
+}
+
+/// Every record under `prefix` (a task dir, or the whole journal).
+pub async fn read_records(store: &dyn ObjectStore, prefix: &Path) -> Result<Vec<JournalRecord>, ShardError> {
+    let metas: Vec<_> = store.list(Some(prefix)).try_collect().await.map_err(|e| ShardError::Store {
+        op: "list",
+        path: prefix.clone(),
+        source: e,
+    })?;
+    let mut out = Vec::new();
+    for m in metas {
+        if m.location.as_ref().ends_with(".json") {
+            out.push(json::get_json::<JournalRecord>(store, &m.location).await?);
+        }
+    }
+    out.sort_by(|a, b| (&a.dataset, &a.task, a.worker, a.seq).cmp(&(&b.dataset, &b.task, b.worker, b.seq)));
+    Ok(out)
+}
+
+/// Records of one task.
+pub async fn task_records(
+    store: &dyn ObjectStore,
+    dataset: &str,
+    task: &str,
+) -> Result<Vec<JournalRecord>, ShardError> {
+    read_records(store, &record_dir(dataset, task)).await
+}
+
+/// Every record of every task.
+pub async fn all_records(store: &dyn ObjectStore) -> Result<Vec<JournalRecord>, ShardError> {
+    read_records(store, &Path::from(JOURNAL_ROOT)).await
+}
+
+/// Where a worker stands on a task.
+#[derive(Clone, Debug, Default)]
+pub struct Resume {
+    /// Cases committed by anyone.
+    pub done: BTreeMap<String, CaseRecord>,
+    /// Next shard number for this worker.
+    pub next_part: u32,
+    /// Next record number for this worker.
+    pub next_seq: u32,
+}
+
+/// Reads the task's records and works out where worker `worker` of `workers` resumes.
+pub fn resume_state(records: &[JournalRecord], worker: u32, workers: u32) -> Resume {
+    let mut r = Resume { next_part: worker, ..Default::default() };
+    for rec in records {
+        r.done.extend(rec.cases.clone());
+        if rec.worker == worker && rec.workers == workers {
+            r.next_seq = r.next_seq.max(rec.seq + 1);
+            if let Some(part) = rec.shard.as_ref().and_then(|s| part_number(&s.path)) {
+                r.next_part = r.next_part.max(part + workers);
+            }
+        }
+    }
+    r
+}
+
+/// The NNNNN of `.../part-NNNNN.parquet`.
+pub fn part_number(path: &str) -> Option<u32> {
+    path.rsplit('/').next()?.strip_prefix("part-")?.strip_suffix(".parquet")?.parse().ok()
+}

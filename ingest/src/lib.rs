@@ -1,0 +1,34 @@
+//! Ingest: raw NIfTI datasets → torchio-exact 1.5 mm, RAS+, per-class 128³ samples →
+//! shards, label manifests and an index on object storage (DESIGN §3–§5).
+//!
+//! - [`catalog`]: the dataset catalogue (`manifests/datasets.toml`).
+//! - [`layout`], [`source`]: finding cases (nnU-Net/MSD, TotalSegmentator, pairs) in any store.
+//! - [`nifti_io`]: NIfTI-1 reading with header checks before allocation.
+//! - [`geometry`], [`preprocess`]: the preprocessing of DESIGN §4.
+//! - [`run`], [`journal`]: resumable, partitionable runs and `merge`.
+//! - [`synth`]: the phantom corpus.
+//!
+//! ```no_run
+//! use s3_ingest::{catalog::Catalog, run::{run, IngestConfig}};
+//! let catalog = Catalog::load("manifests/datasets.toml".as_ref())?;
+//! let summary = run(&catalog, &IngestConfig::new("file:///data/shards"), &|_event| {})?;
+//! println!("{} quarantined", summary.quarantined());
+//! # Ok::<(), s3_ingest::IngestError>(())
+//! ```
+//!
+//! # Environment
+//! `${VAR}` in catalogue sources; the `AWS_*` variables for `s3://` sources and outputs.
+#![deny(missing_docs)]
+
+pub mod catalog;
+mod error;
+pub mod geometry;
+pub mod journal;
+pub mod layout;
+pub mod nifti_io;
+pub mod preprocess;
+pub mod run;
+pub mod source;
+pub mod synth;
+
+pub use error::{IngestError, Result};

@@ -1,0 +1,168 @@
+//! One case → its samples (DESIGN §4): checks, 1.5 mm resampling and RAS+
+//! reorientation once per case, then per label value a binary mask, the size
+//! filters, the 128³ crop-or-pad about the mask and the CT clamp.
+
+use std::collections::BTreeMap;
+
+use s3_shards::{SIDE, Sample, SampleMeta, Split};
+
+use crate::catalog::{LabelInfo, Modality};
+use crate::error::{IngestError, Result};
+use crate::geometry::{self, Affine};
+use crate::nifti_io::{Volume, Voxel};
+use crate::with_voxels;
+
+/// Size filters and split.
+#[derive(Clone, Debug)]
+pub struct PreprocessOptions {
+    /// Drop a label whose mask at 1.5 mm is smaller than this (mm³); the paper's 1 cm³.
+    pub min_mask_mm3: f64,
+    /// Drop a label whose 128³ crop keeps fewer foreground voxels than this.
+    pub min_crop_voxels: i64,
+    /// Percent of cases (by hash of dataset/case) in the validation split.
+    pub val_percent: u32,
+    /// Largest difference between image and label affines still taken as the same grid (mm).
+    pub affine_tolerance_mm: f64,
+}
+
+impl Default for PreprocessOptions {
+    fn default() -> Self {
+        PreprocessOptions { min_mask_mm3: 1000.0, min_crop_voxels: 1000, val_percent: 10, affine_tolerance_mm: 1e-3 }
+    }
+}
+
+/// Which case is being processed, and how to name its labels.
+#[derive(Clone, Debug)]
+pub struct CaseContext<'a> {
+    /// Dataset name.
+    pub dataset: &'a str,
+    /// Task name.
+    pub task: &'a str,
+    /// Case id.
+    pub case_id: &'a str,
+    /// Modality (CT gets the clamp).
+    pub modality: Modality,
+    /// Label value → name and category.
+    pub labels: &'a BTreeMap<i32, LabelInfo>,
+}
+
+/// The samples of a case and the labels dropped by the filters (value → reason).
+#[derive(Debug, Default)]
+pub struct CaseSamples {
+    /// One per kept label.
+    pub samples: Vec<Sample>,
+    /// Labels present in the source but not kept.
+    pub dropped: BTreeMap<i32, String>,
+}
+
+/// Volume of one voxel at 1.5 mm.
+const VOXEL_MM3: f64 = geometry::TARGET_SPACING * geometry::TARGET_SPACING * geometry::TARGET_SPACING;
+
+/// Runs the whole of DESIGN §4 on one case. An `Err` is a quarantine reason.
+pub fn process_case(
+    image: &Volume,
+    label: &Volume,
+    ctx: &CaseContext,
+    opts: &PreprocessOptions,
+) -> Result<CaseSamples> {
+    if image.shape != label.shape {
+        return Err(IngestError::Mismatch(format!("image shape {:?}, label shape {:?}", image.shape, label.shape)));
+    }
+    let diff = geometry::max_abs_diff(&image.affine, &label.affine);
+    if diff > opts.affine_tolerance_mm {
+        return Err(IngestError::Mismatch(format!(
+            "affines differ by up to {diff:.4} mm (tolerance {} mm)",
+            opts.affine_tolerance_mm
+        )));
+    }
+    let non_finite = with_voxels!(&image.voxels, |d| d.iter().filter(|v| !v.to_f64().is_finite()).count());
+    if non_finite > 0 {
+        return Err(IngestError::BadValues { file: "image".into(), reason: format!("{non_finite} NaN/Inf voxels") });
+    }
+    let present = label_values(label)?;
+    if present.is_empty() {
+        return Err(IngestError::EmptyLabel(ctx.case_id.into()));
+    }
+
+    // Steps 1–2 once per case.
+    let img = geometry::to_canonical(&geometry::resample_image(image));
+    let lab = geometry::to_canonical(
+        &geometry::resample_label(label).map_err(|reason| IngestError::BadValues { file: "label".into(), reason })?,
+    );
+    let mut counts: BTreeMap<i32, u64> = BTreeMap::new();
+    for &v in &lab.data {
+        if v > 0 {
+            *counts.entry(v).or_default() += 1;
+        }
+    }
+
+    let mut out = CaseSamples::default();
+    let split = Split::for_case(ctx.dataset, ctx.case_id, opts.val_percent);
+    for c in present {
+        let n = counts.get(&c).copied().unwrap_or(0);
+        let mm3 = n as f64 * VOXEL_MM3;
+        if mm3 < opts.min_mask_mm3 {
+            out.dropped.insert(c, format!("mask is {mm3:.0} mm³ at 1.5 mm, below {} mm³", opts.min_mask_mm3));
+            continue;
+        }
+        let (lo, hi) = geometry::bbox(&lab, |v| v == c).expect("label has voxels");
+        let begin = geometry::crop_begin(lo, hi, SIDE);
+        let mask = geometry::crop(&lab, begin, SIDE, false, |v| v == c);
+        let fg = mask.iter().filter(|&&m| m).count() as i64;
+        if fg < opts.min_crop_voxels {
+            out.dropped
+                .insert(c, format!("the 128³ crop keeps {fg} foreground voxels, below {}", opts.min_crop_voxels));
+            continue;
+        }
+        let clamp = ctx.modality == Modality::CT;
+        let crop_image =
+            geometry::crop(&img, begin, SIDE, 0.0f32, |v| if clamp { v.clamp(-1000.0, 1000.0) } else { v });
+        let info = ctx.labels.get(&c).cloned().unwrap_or_else(|| LabelInfo::unnamed(c));
+        let meta = SampleMeta {
+            dataset: ctx.dataset.into(),
+            task: ctx.task.into(),
+            case_id: ctx.case_id.into(),
+            label_value: c,
+            label_name: info.name,
+            category: info.category,
+            modality: ctx.modality.as_str().into(),
+            split,
+            affine: flatten(&geometry::crop_affine(&img.affine, begin)),
+            source_shape: image.shape.map(|n| n as i32),
+            source_affine: flatten(&image.affine),
+        };
+        out.samples.push(Sample::from_volumes(meta, &crop_image, &mask)?);
+    }
+    Ok(out)
+}
+
+/// Row-major flattening.
+pub fn flatten(a: &Affine) -> [f64; 16] {
+    std::array::from_fn(|i| a[i / 4][i % 4])
+}
+
+/// Distinct label values > 0 in a label volume; non-integer values are an error.
+pub fn label_values(label: &Volume) -> Result<Vec<i32>> {
+    let mut seen = std::collections::BTreeSet::new();
+    let bad =
+        |v: f64| IngestError::BadValues { file: "label".into(), reason: format!("label value {v} is not an integer") };
+    with_voxels!(&label.voxels, |d| {
+        // Integer labels: a small set, checked cheaply by remembering the last value.
+        let mut last = f64::NAN;
+        for &raw in d.iter() {
+            let r = raw.to_f64();
+            if r == last {
+                continue;
+            }
+            last = r;
+            let v = r * label.slope + label.inter;
+            if !v.is_finite() || v.fract() != 0.0 || v.abs() > f64::from(i32::MAX) {
+                return Err(bad(v));
+            }
+            if v > 0.0 {
+                seen.insert(v as i32);
+            }
+        }
+    });
+    Ok(seen.into_iter().collect())
+}

@@ -1,0 +1,112 @@
+//! Dataset sources: any store URL or local path, listed through `object_store`.
+//! Local files are read in place; remote ones are fetched into a temporary area that
+//! holds only the cases being processed.
+
+use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjPath;
+use s3_shards::{StoreLocation, StoreOptions, open_store};
+
+use crate::error::{IngestError, Result};
+
+/// An opened source root.
+#[derive(Clone, Debug)]
+pub struct Source {
+    loc: StoreLocation,
+    local_root: Option<PathBuf>,
+}
+
+/// A file ready to be read: local in place, or a fetched copy deleted on drop.
+pub struct LocalFile {
+    path: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl LocalFile {
+    /// Where to read it.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Source {
+    /// Opens `url` (already `${VAR}`-expanded). A local directory must exist.
+    pub fn open(url: &str, options: &StoreOptions) -> std::result::Result<Source, String> {
+        let local = if let Some(p) = url.strip_prefix("file://") {
+            Some(PathBuf::from(p))
+        } else if !url.contains("://") {
+            Some(std::path::absolute(url).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        if let Some(dir) = &local {
+            if !dir.is_dir() {
+                return Err(format!("source directory {} does not exist", dir.display()));
+            }
+        }
+        let loc = open_store(url, options).map_err(|e| e.to_string())?;
+        Ok(Source { loc, local_root: local })
+    }
+
+    /// The source URL.
+    pub fn url(&self) -> &str {
+        self.loc.url()
+    }
+
+    /// Every key under `prefix` (recursive), sorted.
+    pub async fn list(&self, prefix: &str) -> std::result::Result<Vec<String>, String> {
+        let p = (!prefix.is_empty()).then(|| ObjPath::from(prefix));
+        let mut keys: Vec<String> = self
+            .loc
+            .store()
+            .list(p.as_ref())
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .map_err(|e| format!("listing {}/{prefix}: {e}", self.url()))?;
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Whole small object as text (e.g. `dataset.json`); None when absent.
+    pub async fn read_text(&self, key: &str) -> std::result::Result<Option<String>, String> {
+        match self.loc.store().get(&ObjPath::from(key)).await {
+            Ok(r) => {
+                let b = r.bytes().await.map_err(|e| e.to_string())?;
+                Ok(Some(String::from_utf8_lossy(&b).into_owned()))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(format!("reading {}/{key}: {e}", self.url())),
+        }
+    }
+
+    /// Makes `key` readable as a local file (fetching it under `tmp` for remote sources).
+    pub async fn fetch(&self, key: &str, tmp: &Path) -> Result<LocalFile> {
+        if let Some(root) = &self.local_root {
+            return Ok(LocalFile { path: root.join(key), _temp: None });
+        }
+        let io = |e: std::io::Error| IngestError::Io { file: key.into(), source: e };
+        let dir = tempfile::Builder::new().prefix("fetch-").tempdir_in(tmp).map_err(io)?;
+        let name = key.rsplit('/').next().unwrap_or("file");
+        let path = dir.path().join(name);
+        let obj = ObjPath::from(key);
+        let get = self
+            .loc
+            .store()
+            .get(&obj)
+            .await
+            .map_err(|e| IngestError::Io { file: key.into(), source: std::io::Error::other(e) })?;
+        let mut stream = get.into_stream();
+        let mut file = std::fs::File::create(&path).map_err(io)?;
+        while let Some(chunk) = stream
+            .try_next()
+            .await
+            .map_err(|e| IngestError::Io { file: key.into(), source: std::io::Error::other(e) })?
+        {
+            std::io::Write::write_all(&mut file, &chunk).map_err(io)?;
+        }
+        Ok(LocalFile { path, _temp: Some(dir) })
+    }
+}

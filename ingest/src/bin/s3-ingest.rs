@@ -236,13 +236,13 @@ fn ingest(a: IngestArgs) -> Result<ExitCode> {
             s.1 += input_bytes;
             if let Some(reason) = quarantined {
                 s.2 += 1;
-                bar.println(format!("quarantined {dataset}/{case_id}: {reason}"));
+                bar.suspend(|| eprintln!("quarantined {dataset}/{case_id}: {reason}"));
             }
             let mbs = s.1 as f64 / 1e6 / started.elapsed().as_secs_f64().max(1e-3);
             bar.set_message(format!("{dataset}: {} samples, {mbs:.1} MB/s in, {} quarantined", s.0, s.2));
             bar.inc(1);
         }
-        Event::Skipped { dataset, task, reason } => bar.println(format!("skipped {dataset}/{task}: {reason}")),
+        Event::Skipped { dataset, task, reason } => bar.suspend(|| eprintln!("skipped {dataset}/{task}: {reason}")),
         Event::Publishing => bar.set_message("publishing index"),
     })?;
     bar.finish_and_clear();

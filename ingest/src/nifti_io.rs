@@ -212,36 +212,28 @@ pub fn read_nifti(path: &Path, opts: &ReadOptions) -> Result<Volume> {
         reason: format!("{what}: {e}{}", if gz { " (gzip stream)" } else { "" }),
     };
 
-    let mut first = [0u8; 4];
-    stream.read_exact(&mut first).map_err(|e| truncated("reading the header", e))?;
-    let (le, be) = (i32::from_le_bytes(first), i32::from_be_bytes(first));
+    let mut hdr = [0u8; 348];
+    stream.read_exact(&mut hdr[..4]).map_err(|e| truncated("reading the header", e))?;
+    let (le, be) = (i32::from_le_bytes(hdr[..4].try_into().expect("4 bytes")), i32::from_be_bytes(hdr[..4].try_into().expect("4 bytes")));
     if le == 540 || be == 540 {
         return Err(IngestError::Unsupported {
             file,
-            reason: "NIfTI-2 header (540 bytes); convert to NIfTI-1, e.g. nibabel.Nifti1Image(img.dataobj, img.affine)"
-                .into(),
+            reason: "NIfTI-2 header (540 bytes); convert to NIfTI-1, e.g. nibabel.Nifti1Image(img.dataobj, img.affine)".into(),
         });
     }
     if le != 348 && be != 348 {
         return Err(IngestError::NotNifti { file, reason: format!("header size field is {le}, expected 348") });
     }
-    let header = NiftiHeader::from_reader(io::Cursor::new(first).chain(&mut stream))
-        .map_err(|e| IngestError::Truncated { file: file.clone(), reason: format!("reading the header: {e}") })?;
-    match &header.magic {
+    stream.read_exact(&mut hdr[4..]).map_err(|e| truncated("reading the header", e))?;
+    match &hdr[344..348] {
         b"n+1\0" => {}
         b"ni1\0" => {
-            return Err(IngestError::Unsupported {
-                file,
-                reason: "separate .hdr/.img pair; store it as one .nii".into(),
-            });
+            return Err(IngestError::Unsupported { file, reason: "separate .hdr/.img pair; store it as one .nii".into() });
         }
-        m => {
-            return Err(IngestError::NotNifti {
-                file,
-                reason: format!("magic {:?}, expected \"n+1\"", String::from_utf8_lossy(m)),
-            });
-        }
+        m => return Err(IngestError::NotNifti { file, reason: format!("magic {:?}, expected \"n+1\"", String::from_utf8_lossy(m)) }),
     }
+    let header = NiftiHeader::from_reader(io::Cursor::new(&hdr[..]))
+        .map_err(|e| IngestError::BadHeader { file: file.clone(), reason: e.to_string() })?;
     let shape = check_dims(&header, &file)?;
     let datatype = header.data_type().ok();
     let size = datatype.and_then(Voxels::element_size).ok_or_else(|| IngestError::Unsupported {

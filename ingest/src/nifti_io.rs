@@ -214,11 +214,15 @@ pub fn read_nifti(path: &Path, opts: &ReadOptions) -> Result<Volume> {
 
     let mut hdr = [0u8; 348];
     stream.read_exact(&mut hdr[..4]).map_err(|e| truncated("reading the header", e))?;
-    let (le, be) = (i32::from_le_bytes(hdr[..4].try_into().expect("4 bytes")), i32::from_be_bytes(hdr[..4].try_into().expect("4 bytes")));
+    let (le, be) = (
+        i32::from_le_bytes(hdr[..4].try_into().expect("4 bytes")),
+        i32::from_be_bytes(hdr[..4].try_into().expect("4 bytes")),
+    );
     if le == 540 || be == 540 {
         return Err(IngestError::Unsupported {
             file,
-            reason: "NIfTI-2 header (540 bytes); convert to NIfTI-1, e.g. nibabel.Nifti1Image(img.dataobj, img.affine)".into(),
+            reason: "NIfTI-2 header (540 bytes); convert to NIfTI-1, e.g. nibabel.Nifti1Image(img.dataobj, img.affine)"
+                .into(),
         });
     }
     if le != 348 && be != 348 {
@@ -228,9 +232,17 @@ pub fn read_nifti(path: &Path, opts: &ReadOptions) -> Result<Volume> {
     match &hdr[344..348] {
         b"n+1\0" => {}
         b"ni1\0" => {
-            return Err(IngestError::Unsupported { file, reason: "separate .hdr/.img pair; store it as one .nii".into() });
+            return Err(IngestError::Unsupported {
+                file,
+                reason: "separate .hdr/.img pair; store it as one .nii".into(),
+            });
         }
-        m => return Err(IngestError::NotNifti { file, reason: format!("magic {:?}, expected \"n+1\"", String::from_utf8_lossy(m)) }),
+        m => {
+            return Err(IngestError::NotNifti {
+                file,
+                reason: format!("magic {:?}, expected \"n+1\"", String::from_utf8_lossy(m)),
+            });
+        }
     }
     let header = NiftiHeader::from_reader(io::Cursor::new(&hdr[..]))
         .map_err(|e| IngestError::BadHeader { file: file.clone(), reason: e.to_string() })?;

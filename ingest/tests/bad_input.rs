@@ -85,7 +85,8 @@ fn every_broken_case_is_quarantined_with_its_reason() {
     let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(o.status.success(), "{text}");
 
-    let manifest_ct: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("labels/PhantomCT.json")).unwrap()).unwrap();
+    let manifest_ct: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("labels/PhantomCT.json")).unwrap()).unwrap();
     let reasons: std::collections::BTreeMap<String, String> = manifest_ct["quarantine"]
         .as_array()
         .unwrap()
@@ -113,7 +114,8 @@ fn every_broken_case_is_quarantined_with_its_reason() {
     assert_eq!(cases.len(), 3 + expect.len(), "every source case has a fate");
     assert_eq!(cases.values().filter(|f| f["fate"] == "ingested").count(), 3);
 
-    let manifest_mr: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("labels/PhantomMR.json")).unwrap()).unwrap();
+    let manifest_mr: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("labels/PhantomMR.json")).unwrap()).unwrap();
     let q = &manifest_mr["quarantine"][0];
     assert_eq!(q["case_id"], "bad_nan");
     assert!(q["reason"].as_str().unwrap().contains("50 NaN/Inf voxels"), "{q}");

@@ -70,11 +70,16 @@ fn worker_partition_then_merge_equals_a_single_run() {
     assert!(a.len() >= 12, "{} samples", a.len());
     assert_eq!(a, b);
     // Workers interleave their shard numbers.
-    let names: Vec<String> = std::fs::read_dir(parts.join("shards/PhantomCT/default")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let names: Vec<String> = std::fs::read_dir(parts.join("shards/PhantomCT/default"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     assert!(names.iter().all(|n| n.starts_with("part-") && n.ends_with(".parquet")), "{names:?}");
     for ds in ["PhantomCT", "PhantomMR"] {
         let fates = |root: &Path| -> serde_json::Value {
-            let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join(format!("labels/{ds}.json"))).unwrap()).unwrap();
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(root.join(format!("labels/{ds}.json"))).unwrap())
+                    .unwrap();
             v["cases"].clone()
         };
         assert_eq!(fates(&single), fates(&parts), "{ds}: every case has the same fate");
@@ -102,7 +107,9 @@ fn kill_after_records(mut child: std::process::Child, out: &Path, n: usize) -> b
 
 fn walk(dir: &Path) -> usize {
     let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
-    rd.map(|e| e.unwrap().path()).map(|p| if p.is_dir() { walk(&p) } else { usize::from(p.extension().is_some_and(|x| x == "json")) }).sum()
+    rd.map(|e| e.unwrap().path())
+        .map(|p| if p.is_dir() { walk(&p) } else { usize::from(p.extension().is_some_and(|x| x == "json")) })
+        .sum()
 }
 
 #[test]
@@ -112,20 +119,29 @@ fn killed_runs_resume_to_the_same_samples() {
     let manifest = s3_ingest::synth::write_corpus(&raw, 14, 5).unwrap();
     let manifest = manifest.to_str().unwrap();
     let reference = tmp.path().join("reference");
-    let o = s3_ingest(&["--manifest", manifest, "--out", reference.to_str().unwrap(), "-j", "1", "--target-file-mib", "1"]);
+    let o =
+        s3_ingest(&["--manifest", manifest, "--out", reference.to_str().unwrap(), "-j", "1", "--target-file-mib", "1"]);
     assert!(o.status.success(), "{}", text(&o));
 
     let out = tmp.path().join("killed");
     let args = ["--manifest", manifest, "--out", out.to_str().unwrap(), "-j", "1", "--target-file-mib", "1"];
     for records in [1, 4] {
-        let child = Command::new(env!("CARGO_BIN_EXE_s3-ingest")).args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_s3-ingest"))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         assert!(kill_after_records(child, &out, records), "killed before publication");
     }
     let committed = walk(&out.join("_ingest/journal"));
     let o = s3_ingest(&args);
     assert!(o.status.success(), "{}", text(&o));
     assert!(walk(&out.join("_ingest/journal")) > committed, "the resumed run only added to the journal");
-    assert_eq!(published(out.to_str().unwrap(), &StoreOptions::default()), published(reference.to_str().unwrap(), &StoreOptions::default()));
+    assert_eq!(
+        published(out.to_str().unwrap(), &StoreOptions::default()),
+        published(reference.to_str().unwrap(), &StoreOptions::default())
+    );
     // A run over finished work redoes nothing.
     let before = walk(&out.join("_ingest/journal"));
     let o = s3_ingest(&args);
@@ -153,7 +169,8 @@ fn s3_sources_and_s3_output() {
         for entry in walkdir(&tmp.path().join("raw").join(ds)) {
             let key = entry.strip_prefix(tmp.path().join("raw")).unwrap().to_str().unwrap().to_string();
             let bytes = std::fs::read(&entry).unwrap();
-            rt.block_on(object_store::ObjectStoreExt::put(raw.store().as_ref(), &key.as_str().into(), bytes.into())).unwrap();
+            rt.block_on(object_store::ObjectStoreExt::put(raw.store().as_ref(), &key.as_str().into(), bytes.into()))
+                .unwrap();
         }
     }
     let mut remote = local.clone();
@@ -162,10 +179,21 @@ fn s3_sources_and_s3_output() {
     }
     let local_out = tmp.path().join("local-out");
     run::run(&local, &IngestConfig::new(local_out.to_str().unwrap()), &|_| {}).unwrap();
-    let cfg = IngestConfig { store_options: opts.clone(), tmp_dir: tmp.path().to_path_buf(), ..IngestConfig::new(server.url("shards")) };
+    let cfg = IngestConfig {
+        store_options: opts.clone(),
+        tmp_dir: tmp.path().to_path_buf(),
+        ..IngestConfig::new(server.url("shards"))
+    };
     run::run(&remote, &cfg, &|_| {}).unwrap();
-    assert_eq!(published(&server.url("shards"), &opts), published(local_out.to_str().unwrap(), &StoreOptions::default()));
-    let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().starts_with("fetch-")).collect();
+    assert_eq!(
+        published(&server.url("shards"), &opts),
+        published(local_out.to_str().unwrap(), &StoreOptions::default())
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with("fetch-"))
+        .collect();
     assert!(leftovers.is_empty(), "fetched inputs are removed: {leftovers:?}");
 }
 
@@ -193,13 +221,30 @@ fn dry_run_writes_nothing_and_catalogue_counts() {
     let c = catalog.counts();
     assert_eq!((c.public, c.public_pretrain, c.finetune_datasets, c.finetune_tasks, c.private), (58, 58, 43, 44, 24));
     assert_eq!(catalog.get("LAScarQS22").unwrap().tasks.len(), 2);
-    assert!(!catalog.get("MSD_Prostate").unwrap().finetune && catalog.get("MSD_Lung").unwrap().finetune, "Table 1, not the authors' list");
+    assert!(
+        !catalog.get("MSD_Prostate").unwrap().finetune && catalog.get("MSD_Lung").unwrap().finetune,
+        "Table 1, not the authors' list"
+    );
 
     // Private datasets have no source: skipped with that reason, nothing fails.
-    let o = s3_ingest(&["--manifest", repo.join("manifests/datasets.toml").to_str().unwrap(), "--out", out.to_str().unwrap(), "--datasets", "Private01,Private02"]);
+    let o = s3_ingest(&[
+        "--manifest",
+        repo.join("manifests/datasets.toml").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--datasets",
+        "Private01,Private02",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("skipped Private01/default: no source configured"), "{}", text(&o));
-    let o = s3_ingest(&["--manifest", repo.join("manifests/datasets.toml").to_str().unwrap(), "--out", out.to_str().unwrap(), "--datasets", "NoSuchSet"]);
+    let o = s3_ingest(&[
+        "--manifest",
+        repo.join("manifests/datasets.toml").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--datasets",
+        "NoSuchSet",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("unknown datasets [\"NoSuchSet\"]"), "{}", text(&o));
 }

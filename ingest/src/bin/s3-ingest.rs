@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use s3_ingest::catalog::Catalog;
 use s3_ingest::nifti_io::{ReadOptions, read_nifti};
@@ -34,7 +34,7 @@ struct Cli {
     ingest: IngestArgs,
 }
 
-#[derive(Args)]
+#[derive(Parser, Clone)]
 struct IngestArgs {
     /// The dataset catalogue.
     #[arg(long, default_value = "manifests/datasets.toml")]
@@ -120,6 +120,16 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
+    /// The whole ingest on an embedded default: write the phantom corpus to
+    /// DIR/raw, ingest it into DIR/store, verify the store.
+    Demo {
+        /// Working directory.
+        #[arg(long, default_value = "demo")]
+        dir: PathBuf,
+        /// Cases per phantom dataset.
+        #[arg(long, default_value_t = 8)]
+        cases: usize,
+    },
     /// Print a NIfTI file's geometry as read (shape, datatype, scaling, affine).
     Inspect {
         /// The file.
@@ -169,6 +179,30 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
                 out.display(),
                 manifest.display()
             );
+        }
+        Some(Command::Demo { dir, cases }) => {
+            let manifest = s3_ingest::synth::write_corpus(&dir.join("raw"), cases, 7)?;
+            println!("phantom corpus: {} ({cases} cases per dataset)", manifest.display());
+            let store = dir.join("store");
+            let code = ingest(IngestArgs {
+                manifest,
+                out: Some(store.display().to_string()),
+                ..IngestArgs::parse_from(["s3-ingest"])
+            })?;
+            let loc = open_store(&store.display().to_string(), &store_options())?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let report = rt.block_on(s3_shards::verify::verify_store(loc.store(), |_, _| {}))?;
+            println!(
+                "verified {loc}: {} shards, {} samples, {} problems",
+                report.shards,
+                report.samples_ok,
+                report.problems.len()
+            );
+            println!(
+                "next: s3-shards ls {0}; s3-shards preview {0} PhantomCT/default/case000/1 -o case000.png",
+                store.display()
+            );
+            return Ok(code);
         }
         Some(Command::Inspect { file, dump_f64 }) => {
             let v = read_nifti(&file, &ReadOptions::default())?;

@@ -1,0 +1,33 @@
+//! The trainer library's error type.
+
+/// What can go wrong in the trainer library.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrainError {
+    /// A weights file could not be read, written or matched to the model.
+    #[error("weights {file}: {reason}")]
+    Weights {
+        /// The file.
+        file: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A configuration is invalid.
+    #[error("config: {0}")]
+    Config(String),
+    /// Reading a file failed.
+    #[error("{file}: {source}")]
+    Io {
+        /// The file.
+        file: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Shards could not be read.
+    #[error(transparent)]
+    Shards(#[from] s3_shards::ShardError),
+}
+
+/// Result alias.
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;

@@ -1,0 +1,20 @@
+//! The SAM-Med3D trainer: the model in burn ([`model::Sam`], configured by
+//! [`config::SamConfig`]), weights under the reference's key names ([`weights`]),
+//! and parity checks against reference outputs ([`fixture`]).
+//!
+//! ```no_run
+//! use burn::prelude::*;
+//! use s3_trainer::{config::SamConfig, model::Sam};
+//! let device = Device::flex();
+//! let model = Sam::new(&SamConfig::vit_b_ori(), &device);
+//! assert_eq!(model.trainable_params(), 100_509_232);
+//! ```
+#![deny(missing_docs)]
+
+pub mod config;
+mod error;
+pub mod fixture;
+pub mod model;
+pub mod weights;
+
+pub use error::{Result, TrainError};

@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod device;
 mod error;
 pub mod fixture;
 pub mod model;

@@ -111,3 +111,27 @@ fn load_export_load_is_exact_and_strictness_reports_keys() {
         .to_string();
     assert!(e.contains("unexpected keys") && e.contains("image_encoder.blocks.1."), "{e}");
 }
+
+#[test]
+fn unpadded_attention_runs_and_is_not_weight_compatible() {
+    let device = Device::flex();
+    // Window 14 over an 8³ grid: exact mode pads to 2744 tokens, unpadded attends over 512.
+    let base = SamConfig { embed_dim: 48, heads: 2, depth: 2, global_attn: vec![1], out: 48, ..SamConfig::small() };
+    let base = SamConfig { window: 14, ..base };
+    let exact = Sam::new(&base, &device);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("w.safetensors");
+    weights::export_safetensors(&exact, &file).unwrap();
+    let mut unpadded =
+        Sam::new(&SamConfig { attention: s3_trainer::config::AttentionMode::Unpadded, ..base.clone() }, &device);
+    // Same parameters (the tables keep their 27 rows), so the same weights load strictly.
+    weights::load(&mut unpadded, &file, Strictness::Strict).unwrap();
+    let x = Tensor::<5>::random([1, 1, 128, 128, 128], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let a = exact.image_encoder.forward(x.clone());
+    let b = unpadded.image_encoder.forward(x);
+    assert_eq!(a.dims(), [1, 48, 8, 8, 8]);
+    assert_eq!(a.dims(), b.dims());
+    let diff: f32 = (a - b.clone()).abs().max().into_scalar();
+    assert!(diff > 1e-3, "pads take part in exact mode, so the outputs differ ({diff})");
+    assert!(b.into_data().try_to_vec::<f32>().unwrap().iter().all(|v| v.is_finite()));
+}

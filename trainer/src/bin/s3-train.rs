@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use burn::prelude::*;
+use burn::module::Module;
 use clap::{Parser, Subcommand};
 use s3_trainer::config::SamConfig;
 use s3_trainer::model::Sam;
@@ -16,6 +16,9 @@ use s3_trainer::{fixture, weights};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// cpu, or cuda / cuda:N in builds with the `cuda` feature.
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Subcommand)]
@@ -70,7 +73,7 @@ fn preset(name: &str) -> Result<SamConfig> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let device = Device::flex();
+    let device = s3_trainer::device::parse_device(&cli.device)?;
     match cli.command {
         Command::Info { preset: name } => {
             let cfg = preset(&name)?;

@@ -1,0 +1,33 @@
+//! Choosing the compute device from a name: `cpu` (burn's flex backend) or
+//! `cuda[:N]` (builds with the `cuda` feature).
+
+use burn::prelude::*;
+
+use crate::error::{Result, TrainError};
+
+/// Parses `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" | "flex" => Ok(Device::flex()),
+        n if n == "cuda" || n.starts_with("cuda:") => cuda(n.strip_prefix("cuda:").unwrap_or("0")),
+        other => Err(TrainError::Config(format!("unknown device {other:?} (cpu, cuda, cuda:N)"))),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(index: &str) -> Result<Device> {
+    let i: usize = index.parse().map_err(|_| TrainError::Config(format!("bad CUDA device index {index:?}")))?;
+    // Without a driver the CUDA runtime only fails at the first kernel, with a panic
+    // deep in its loader: say so up front instead.
+    if !std::path::Path::new("/proc/driver/nvidia/version").exists() {
+        return Err(TrainError::Config(
+            "no NVIDIA driver on this machine (/proc/driver/nvidia/version missing); use --device cpu".into(),
+        ));
+    }
+    Ok(Device::cuda(i))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(_index: &str) -> Result<Device> {
+    Err(TrainError::Config("this build has no CUDA support; rebuild with `--features cuda` or use --device cpu".into()))
+}

@@ -17,7 +17,7 @@ fn step(model: &Sam, device: &Device, size: usize) -> f32 {
     let coords = Tensor::<3>::from_data(TensorData::new(vec![64.0f32, 64.0, 64.0], [1, 1, 3]), device);
     let labels = Tensor::<2>::from_data(TensorData::new(vec![1.0f32], [1, 1]), device);
     let emb = model.image_encoder.forward(image);
-    let out = model.decode(emb, Prompt { coords, labels, mask: None });
+    let out = model.decode(emb, Prompt { points: Some((coords, labels)), mask: None });
     let loss = out.single().0.square().mean();
     let _grads = loss.clone().backward();
     loss.into_scalar::<f32>()

@@ -65,7 +65,7 @@ pub fn check_fixture(prefix: &Path, device: &Device) -> Result<Vec<Comparison>> 
     let [b, _, _, _, _] = embeddings.dims();
     let dense = model.prompt_encoder.embed_mask(Some(mask.clone()), b, device);
     let pe = model.prompt_encoder.dense_pe(device);
-    let out = model.decode(embeddings.clone(), Prompt { coords, labels, mask: Some(mask) });
+    let out = model.decode(embeddings.clone(), Prompt { points: Some((coords, labels)), mask: Some(mask) });
     let (low, iou) = out.single();
     let (low_multi, iou_multi) = out.multi();
     let upsampled = trilinear(low.clone(), cfg.img_size);

@@ -11,11 +11,18 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod clicks;
 pub mod config;
 pub mod device;
 mod error;
+pub mod eval;
 pub mod fixture;
+pub mod loader;
 pub mod model;
+pub mod sampler;
+pub mod schedule;
+pub mod stage;
+pub mod train;
 pub mod weights;
 
 pub use error::{Result, TrainError};

@@ -10,6 +10,8 @@ use s3_trainer::config::SamConfig;
 use s3_trainer::model::Sam;
 use s3_trainer::{fixture, weights};
 
+mod progress;
+
 /// SAM-Med3D trainer and model tools.
 #[derive(Parser)]
 #[command(version)]
@@ -34,6 +36,47 @@ enum Command {
     CheckFixture {
         /// Path prefix, e.g. ../shared/fixtures/model/sam3d_tiny
         prefix: PathBuf,
+    },
+    /// Train (or resume) a stage on published shards. Rank and world size come from
+    /// --rank/--world, else RANK/WORLD_SIZE, else SLURM_PROCID/SLURM_NTASKS.
+    Train {
+        /// Stage file (manifests/stages/*.toml).
+        #[arg(long)]
+        stage: PathBuf,
+        /// Store with the shards (index.json, samples.parquet).
+        #[arg(long)]
+        data: String,
+        /// Run folder: checkpoints, metrics.csv, config.json.
+        #[arg(long)]
+        run: String,
+        /// Start over even if the run has a checkpoint.
+        #[arg(long)]
+        no_resume: bool,
+        /// Override the stage's init weights.
+        #[arg(long)]
+        init: Option<String>,
+        /// This rank.
+        #[arg(long)]
+        rank: Option<usize>,
+        /// Number of ranks.
+        #[arg(long)]
+        world: Option<usize>,
+    },
+    /// Dice at 1/3/5/10 clicks on the val split with the run's latest weights; writes
+    /// eval/val.csv and eval/val.json to the run folder.
+    Eval {
+        /// Stage file (for the model preset and dataset selection).
+        #[arg(long)]
+        stage: PathBuf,
+        /// Store with the shards.
+        #[arg(long)]
+        data: String,
+        /// Run folder.
+        #[arg(long)]
+        run: String,
+        /// Click counts.
+        #[arg(long, value_delimiter = ',', default_value = "1,3,5,10")]
+        clicks: Vec<usize>,
     },
     /// Load a checkpoint (.safetensors, or a torch.save .pth with model_state_dict)
     /// and write it as safetensors with the reference key names.
@@ -119,6 +162,45 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
             println!("parity ok: every output within {:e} of the reference", fixture::TOLERANCE);
+        }
+        Command::Train { stage, data, run, no_resume, init, rank, world } => {
+            let mut stage = s3_trainer::stage::StageConfig::load(&stage)?;
+            if init.is_some() {
+                stage.init = init;
+            }
+            let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+            let rank = rank.or_else(|| env("RANK")).or_else(|| env("SLURM_PROCID")).unwrap_or(0);
+            let world = world.or_else(|| env("WORLD_SIZE")).or_else(|| env("SLURM_NTASKS")).unwrap_or(1);
+            let spec = s3_trainer::train::RunSpec {
+                data,
+                run,
+                stage,
+                rank,
+                world,
+                resume: !no_resume,
+                store_options: Default::default(),
+            };
+            let outcome = progress::train_with_progress(&spec, &device)?;
+            println!(
+                "trained {} steps (epoch {}), last loss {:.4}, dice {:.3}",
+                outcome.state.step,
+                outcome.state.sampler.epoch,
+                outcome.metrics.last().map_or(f64::NAN, |m| m.loss),
+                outcome.metrics.last().map_or(f64::NAN, |m| m.dice)
+            );
+        }
+        Command::Eval { stage, data, run, clicks } => {
+            let stage = s3_trainer::stage::StageConfig::load(&stage)?;
+            let cfg = s3_trainer::train::model_config(&stage)?;
+            let opts = s3_shards::StoreOptions::default();
+            let (model, step) = s3_trainer::train::load_latest_weights(&run, &opts, &cfg, &device)?;
+            let data_loc = s3_shards::open_store(&data, &opts)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rows = s3_trainer::train::select_rows(&data_loc, &stage, s3_shards::Split::Val, &rt)?;
+            let report = s3_trainer::eval::evaluate(&model, &cfg, &data_loc, &rows, &clicks, stage.seed, &device)?;
+            s3_trainer::eval::write_report(&s3_shards::open_store(&run, &opts)?, "val", &report)?;
+            println!("step {step}, {} val samples", report.samples.len());
+            print!("{}", report.to_csv());
         }
         Command::Convert { input, output, preset: name, allow_partial } => {
             let cfg = preset(&name)?;

@@ -201,13 +201,22 @@ impl MaskDecoder {
     }
 
     /// All mask outputs: index 0 is the single-mask output, 1.. the multimask ones.
-    pub fn forward(&self, image: Tensor<5>, image_pe: Tensor<5>, sparse: Tensor<3>, dense: Tensor<5>) -> DecoderOutput {
-        let [b, _, _] = sparse.dims();
+    pub fn forward(
+        &self,
+        image: Tensor<5>,
+        image_pe: Tensor<5>,
+        sparse: Option<Tensor<3>>,
+        dense: Tensor<5>,
+    ) -> DecoderOutput {
+        let [b, _, _, _, _] = image.dims();
         let m = self.mask_tokens.weight.val().dims()[0];
         let output_tokens = Tensor::cat(vec![self.iou_token.weight.val(), self.mask_tokens.weight.val()], 0); // [1+M, E]
         let [t, e] = output_tokens.dims();
         let output_tokens = output_tokens.unsqueeze_dim::<3>(0).expand([b as i32, t as i32, e as i32]);
-        let tokens = Tensor::cat(vec![output_tokens, sparse], 1); // [B, 1+M+P, E]
+        let tokens = match sparse {
+            Some(sparse) => Tensor::cat(vec![output_tokens, sparse], 1), // [B, 1+M+P, E]
+            None => output_tokens,
+        };
         let src = image + dense; // [B, E, g, g, g]
         let [_, _, g, _, _] = src.dims();
         let pos = image_pe.expand([b as i32, -1, -1, -1, -1]);

@@ -27,10 +27,9 @@ pub struct Sam {
 /// Prompts for one decoder pass.
 #[derive(Debug, Clone)]
 pub struct Prompt {
-    /// Point coordinates `[B, N, 3]` in voxels of the input cube.
-    pub coords: Tensor<3>,
-    /// Labels `[B, N]`: 1 positive, 0 negative.
-    pub labels: Tensor<2>,
+    /// Point coordinates `[B, N, 3]` in voxels of the input cube and labels `[B, N]`
+    /// (1 positive, 0 negative); None for a pass without points (no sparse tokens).
+    pub points: Option<(Tensor<3>, Tensor<2>)>,
     /// Previous low-resolution logits `[B, 1, 4g, 4g, 4g]`.
     pub mask: Option<Tensor<5>>,
 }
@@ -56,7 +55,7 @@ impl Sam {
     pub fn decode(&self, image_embeddings: Tensor<5>, prompt: Prompt) -> DecoderOutput {
         let device = image_embeddings.device();
         let [b, _, _, _, _] = image_embeddings.dims();
-        let sparse = self.prompt_encoder.embed_points(prompt.coords, prompt.labels);
+        let sparse = prompt.points.map(|(c, l)| self.prompt_encoder.embed_points(c, l));
         let dense = self.prompt_encoder.embed_mask(prompt.mask, b, &device);
         let pe = self.prompt_encoder.dense_pe(&device);
         self.mask_decoder.forward(image_embeddings, pe, sparse, dense)

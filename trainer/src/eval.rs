@@ -1,0 +1,183 @@
+//! Evaluation with the reference inference protocol: the first click uniform in the
+//! mask, each later click uniform in the error region, all clicks so far passed
+//! together with the previous low-res logits; Dice (sigmoid > 0.5) after 1/3/5/10 clicks.
+
+use std::collections::BTreeMap;
+
+use burn::prelude::*;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStoreExt, PutPayload};
+use s3_shards::samples_table::SampleRow;
+use s3_shards::synthetic::Rng;
+use s3_shards::{StoreLocation, json};
+use serde::Serialize;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::clicks::{Click, dice, next_click};
+use crate::config::SamConfig;
+use crate::error::{Result, TrainError};
+use crate::loader::{Loaded, Loader, LoaderConfig};
+use crate::model::layers::trilinear;
+use crate::model::{Prompt, Sam};
+use crate::sampler::SampleRef;
+use crate::train::points_tensors;
+
+/// Dice of one sample after each click count.
+#[derive(Clone, Debug, Serialize)]
+pub struct SampleDice {
+    /// Sample.
+    pub sample_id: String,
+    /// Dataset.
+    pub dataset: String,
+    /// Label name.
+    pub label: String,
+    /// Dice per click count (same order as [`EvalReport::clicks`]).
+    pub dice: Vec<f64>,
+}
+
+/// Mean Dice of a group.
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupDice {
+    /// Dataset.
+    pub dataset: String,
+    /// Label name (`*` for the whole dataset).
+    pub label: String,
+    /// Samples.
+    pub n: usize,
+    /// Mean Dice per click count.
+    pub dice: Vec<f64>,
+}
+
+/// Evaluation results.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    /// Click counts reported.
+    pub clicks: Vec<usize>,
+    /// Per sample.
+    pub samples: Vec<SampleDice>,
+    /// Per (dataset, label) and per dataset.
+    pub groups: Vec<GroupDice>,
+    /// Samples that could not be read.
+    pub skipped: Vec<String>,
+}
+
+impl EvalReport {
+    /// Mean Dice over all samples at `clicks`.
+    pub fn mean_at(&self, clicks: usize) -> Option<f64> {
+        let i = self.clicks.iter().position(|&c| c == clicks)?;
+        (!self.samples.is_empty())
+            .then(|| self.samples.iter().map(|s| s.dice[i]).sum::<f64>() / self.samples.len() as f64)
+    }
+
+    /// CSV: one row per group.
+    pub fn to_csv(&self) -> String {
+        let mut s = format!(
+            "dataset,label,n,{}\n",
+            self.clicks.iter().map(|c| format!("dice@{c}")).collect::<Vec<_>>().join(",")
+        );
+        for g in &self.groups {
+            s.push_str(&format!(
+                "{},{},{},{}\n",
+                g.dataset,
+                g.label,
+                g.n,
+                g.dice.iter().map(|d| format!("{d:.4}")).collect::<Vec<_>>().join(",")
+            ));
+        }
+        s
+    }
+}
+
+/// Evaluates `model` on `rows` (usually the val split) of the store `data`.
+pub fn evaluate(
+    model: &Sam,
+    cfg: &SamConfig,
+    data: &StoreLocation,
+    rows: &[SampleRow],
+    clicks: &[usize],
+    seed: u64,
+    device: &Device,
+) -> Result<EvalReport> {
+    let max = *clicks.iter().max().unwrap_or(&1);
+    let positions: Vec<(u64, SampleRef)> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            (i as u64, SampleRef { sample_id: r.sample_id.clone(), shard: r.shard.clone(), row: r.row as u64 })
+        })
+        .collect();
+    let by_id: BTreeMap<&str, &SampleRow> = rows.iter().map(|r| (r.sample_id.as_str(), r)).collect();
+    let loader =
+        Loader::start(data.store().clone(), positions, LoaderConfig { flip: false, ..LoaderConfig::default() });
+    let s = cfg.img_size;
+    let mut report =
+        EvalReport { clicks: clicks.to_vec(), samples: Vec::new(), groups: Vec::new(), skipped: Vec::new() };
+    for loaded in loader {
+        let item = match loaded {
+            Loaded::Item(i) => i,
+            Loaded::Skipped { sample_id, reason, .. } => {
+                report.skipped.push(format!("{sample_id}: {reason}"));
+                continue;
+            }
+        };
+        let image = Tensor::<5>::from_data(TensorData::new(item.image.clone(), [1, 1, s, s, s]), device);
+        let emb = model.image_encoder.forward(image);
+        let l = cfg.low_res();
+        let mut low = Tensor::<5>::zeros([1, 1, l, l, l], device);
+        let mut rng = Rng::new(seed ^ xxh3_64(item.sample_id.as_bytes()));
+        let mut pred = vec![0.0f32; s * s * s];
+        let mut pts: Vec<Vec<Click>> = vec![Vec::new()];
+        let mut dices = Vec::new();
+        for c in 1..=max {
+            pts[0].push(next_click(&pred, &item.mask, s, &mut rng));
+            let out = model.decode(emb.clone(), Prompt { points: Some(points_tensors(&pts, device)), mask: Some(low) });
+            let (logits, _) = out.single();
+            pred = trilinear(logits.clone(), s)
+                .into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| TrainError::Config(format!("{e:?}")))?;
+            low = logits;
+            if clicks.contains(&c) {
+                dices.push(dice(&pred, &item.mask));
+            }
+        }
+        let row = by_id[item.sample_id.as_str()];
+        report.samples.push(SampleDice {
+            sample_id: item.sample_id,
+            dataset: row.dataset.clone(),
+            label: row.label_name.clone(),
+            dice: dices,
+        });
+    }
+    let mut groups: BTreeMap<(String, String), Vec<&SampleDice>> = BTreeMap::new();
+    for sd in &report.samples {
+        groups.entry((sd.dataset.clone(), sd.label.clone())).or_default().push(sd);
+        groups.entry((sd.dataset.clone(), "*".into())).or_default().push(sd);
+    }
+    report.groups = groups
+        .into_iter()
+        .map(|((dataset, label), v)| GroupDice {
+            n: v.len(),
+            dice: (0..clicks.len()).map(|i| v.iter().map(|s| s.dice[i]).sum::<f64>() / v.len() as f64).collect(),
+            dataset,
+            label,
+        })
+        .collect();
+    Ok(report)
+}
+
+/// Writes `eval/<name>.csv` and `eval/<name>.json` to the run folder.
+pub fn write_report(run: &StoreLocation, name: &str, report: &EvalReport) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| TrainError::Io { file: "runtime".into(), source })?;
+    let store = run.store().as_ref();
+    rt.block_on(async {
+        let csv = ObjPath::from(format!("eval/{name}.csv"));
+        store.put(&csv, PutPayload::from(report.to_csv().into_bytes())).await.map_err(|e| {
+            TrainError::Shards(s3_shards::ShardError::Store { op: "put", path: csv.clone(), source: e })
+        })?;
+        json::put_json(store, &ObjPath::from(format!("eval/{name}.json")), report).await.map_err(TrainError::Shards)
+    })
+}

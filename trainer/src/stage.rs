@@ -1,0 +1,204 @@
+//! Stage configuration (`manifests/stages/*.toml`): which data, how long, how fast.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::AttentionMode;
+use crate::error::{Result, TrainError};
+use crate::schedule::Schedule;
+
+/// Which datasets a stage trains on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selection {
+    /// `all`, `pretrain` or `finetune` (flags from `catalog`).
+    #[serde(default = "default_select")]
+    pub select: String,
+    /// The dataset catalogue, for the flags (relative to the stage file).
+    #[serde(default)]
+    pub catalog: Option<String>,
+    /// Added by name.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Removed by name.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+fn default_select() -> String {
+    "all".into()
+}
+
+/// A stage: the per-stage numbers of DESIGN §8.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    /// Stage name (`stage1`, `stage2`, `demo`, ...).
+    pub name: String,
+    /// Model preset (`vit_b_ori`, `small`).
+    #[serde(default = "default_preset")]
+    pub preset: String,
+    /// Windowed attention variant.
+    #[serde(default)]
+    pub attention: AttentionMode,
+    /// Data selection.
+    #[serde(default)]
+    pub datasets: Selection,
+    /// Epochs to train.
+    pub epochs: u64,
+    /// Base learning rate of the image encoder.
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Prompt encoder and decoder run at `lr × decoder_lr_factor`.
+    #[serde(default = "default_decoder_lr_factor")]
+    pub decoder_lr_factor: f64,
+    /// AdamW weight decay.
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    /// Samples per micro-batch per rank.
+    #[serde(default = "one")]
+    pub batch: usize,
+    /// Micro-batches per optimiser step.
+    #[serde(default = "one")]
+    pub accumulation: usize,
+    /// Decoder passes per sample (11 in the paper).
+    #[serde(default = "default_clicks")]
+    pub clicks: usize,
+    /// Seed of the sample order, flips and clicks.
+    #[serde(default)]
+    pub seed: u64,
+    /// Learning-rate schedule.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Checkpoint every N optimiser steps (and at each epoch end).
+    #[serde(default = "default_ckpt")]
+    pub checkpoint_every: u64,
+    /// Weights to start from (a checkpoint's safetensors or an official `.pth`).
+    #[serde(default)]
+    pub init: Option<String>,
+    /// The reference's loss (squared-prediction Dice only) instead of Dice + BCE.
+    #[serde(default)]
+    pub legacy_loss: bool,
+    /// Shard window of the sampler.
+    #[serde(default = "default_window")]
+    pub shard_window: usize,
+    /// Stop after this many optimiser steps (demos, smoke tests).
+    #[serde(default)]
+    pub max_steps: Option<u64>,
+    /// Stop after this many minutes (demos).
+    #[serde(default)]
+    pub max_minutes: Option<f64>,
+}
+
+fn default_preset() -> String {
+    "vit_b_ori".into()
+}
+fn default_lr() -> f64 {
+    8e-4
+}
+fn default_decoder_lr_factor() -> f64 {
+    0.1
+}
+fn default_weight_decay() -> f64 {
+    0.1
+}
+fn one() -> usize {
+    1
+}
+fn default_clicks() -> usize {
+    11
+}
+fn default_ckpt() -> u64 {
+    500
+}
+fn default_window() -> usize {
+    4
+}
+
+impl StageConfig {
+    /// Reads a stage file.
+    pub fn load(path: &Path) -> Result<StageConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| TrainError::Io { file: path.display().to_string(), source })?;
+        let mut cfg: StageConfig =
+            toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+        if let Some(c) = &cfg.datasets.catalog {
+            let p = path.parent().unwrap_or(Path::new(".")).join(c);
+            cfg.datasets.catalog = Some(p.display().to_string());
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks numbers that would otherwise fail late.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(TrainError::Config(format!("stage {}: {m}", self.name)));
+        if self.clicks < 2 {
+            return bad("clicks must be at least 2");
+        }
+        if self.batch == 0 || self.accumulation == 0 {
+            return bad("batch and accumulation must be at least 1");
+        }
+        if !(self.lr > 0.0) {
+            return bad("lr must be positive");
+        }
+        if !["all", "pretrain", "finetune"].contains(&self.datasets.select.as_str()) {
+            return bad("datasets.select must be all, pretrain or finetune");
+        }
+        Ok(())
+    }
+
+    /// The dataset names this stage uses among `available` (those in the store).
+    pub fn select_datasets(&self, available: &BTreeSet<String>) -> Result<BTreeSet<String>> {
+        let mut chosen: BTreeSet<String> = match self.datasets.select.as_str() {
+            "all" => available.clone(),
+            flag => {
+                let path =
+                    self.datasets.catalog.as_ref().ok_or_else(|| {
+                        TrainError::Config(format!("datasets.select = {flag:?} needs datasets.catalog"))
+                    })?;
+                catalog_flags(Path::new(path), flag)?.into_iter().filter(|d| available.contains(d)).collect()
+            }
+        };
+        chosen.extend(self.datasets.include.iter().filter(|d| available.contains(*d)).cloned());
+        for d in &self.datasets.exclude {
+            chosen.remove(d);
+        }
+        Ok(chosen)
+    }
+}
+
+/// Names of the datasets with `flag` (`pretrain`/`finetune`) set in a catalogue
+/// (only the fields this needs are read; the ingest validates the rest).
+pub fn catalog_flags(path: &Path, flag: &str) -> Result<Vec<String>> {
+    #[derive(Deserialize)]
+    struct Task {
+        #[serde(default)]
+        finetune: Option<bool>,
+    }
+    #[derive(Deserialize)]
+    struct Entry {
+        name: String,
+        pretrain: bool,
+        finetune: bool,
+        #[serde(default)]
+        tasks: Vec<Task>,
+    }
+    #[derive(Deserialize)]
+    struct Catalog {
+        datasets: Vec<Entry>,
+    }
+    let text =
+        std::fs::read_to_string(path).map_err(|source| TrainError::Io { file: path.display().to_string(), source })?;
+    let c: Catalog = toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+    Ok(c.datasets
+        .into_iter()
+        .filter(|d| match flag {
+            "pretrain" => d.pretrain,
+            _ => d.finetune || d.tasks.iter().any(|t| t.finetune == Some(true)),
+        })
+        .map(|d| d.name)
+        .collect())
+}

@@ -1,0 +1,535 @@
+//! The training loop (DESIGN §8), in phase order: resume → per epoch, stream this
+//! rank's samples → per micro-batch, one image embedding and `clicks` decoder passes
+//! with simulated clicks, loss summed over passes → every `accumulation`
+//! micro-batches an AdamW step (encoder at lr, prompt encoder and decoder at
+//! lr × 0.1) → metrics, checkpoints.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use burn::tensor::activation;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use s3_shards::synthetic::Rng;
+use s3_shards::{Split, StoreLocation, StoreOptions, json, open_store, samples_table};
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::clicks::{Click, dice, next_click};
+use crate::config::SamConfig;
+use crate::error::{Result, TrainError};
+use crate::loader::{Item, Loaded, Loader, LoaderConfig};
+use crate::model::layers::trilinear;
+use crate::model::{ImageEncoder, MaskDecoder, Prompt, PromptEncoder, Sam};
+use crate::sampler::{Sampler, SamplerState};
+use crate::stage::StageConfig;
+use crate::weights::{self, Strictness};
+
+/// What to train, where.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    /// Store with the published shards.
+    pub data: String,
+    /// Run folder (checkpoints, metrics, config) on any store.
+    pub run: String,
+    /// The stage.
+    pub stage: StageConfig,
+    /// This rank.
+    pub rank: usize,
+    /// Number of ranks.
+    pub world: usize,
+    /// Continue from the run's latest checkpoint when there is one.
+    pub resume: bool,
+    /// S3 settings.
+    pub store_options: StoreOptions,
+}
+
+/// Where training stands; saved in every checkpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimiser steps done.
+    pub step: u64,
+    /// Sampler position.
+    pub sampler: SamplerState,
+}
+
+/// One optimiser step's numbers.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepMetrics {
+    /// Step number (1-based after the step).
+    pub step: u64,
+    /// Epoch.
+    pub epoch: u64,
+    /// Mean loss per sample (summed over passes).
+    pub loss: f64,
+    /// Mean Dice of the last pass.
+    pub dice: f64,
+    /// Encoder learning rate.
+    pub lr: f64,
+    /// Samples per second over the step.
+    pub samples_per_s: f64,
+}
+
+/// Progress of a run.
+#[derive(Clone, Debug)]
+pub enum TrainEvent {
+    /// Training starts or resumes.
+    Started {
+        /// Samples selected.
+        samples: usize,
+        /// Optimiser steps per epoch.
+        steps_per_epoch: u64,
+        /// Total steps planned.
+        total_steps: u64,
+        /// Starting point.
+        from: TrainState,
+    },
+    /// A step finished.
+    Step(StepMetrics),
+    /// A sample was skipped.
+    Skipped {
+        /// Sample.
+        sample_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A checkpoint was written.
+    Checkpoint {
+        /// Step.
+        step: u64,
+        /// Folder on the run store.
+        dir: String,
+    },
+}
+
+/// What a run did.
+#[derive(Clone, Debug)]
+pub struct TrainOutcome {
+    /// Final state.
+    pub state: TrainState,
+    /// Sample ids trained on, in order (this process).
+    pub trained: Vec<String>,
+    /// Every step's metrics (this process).
+    pub metrics: Vec<StepMetrics>,
+    /// Stopped by max_steps/max_minutes before the last epoch.
+    pub stopped_early: bool,
+}
+
+/// The latest checkpoint pointer (`checkpoints/latest.json`), written last.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Latest {
+    /// Step of the checkpoint.
+    pub step: u64,
+    /// Its folder.
+    pub dir: String,
+}
+
+const LATEST: &str = "checkpoints/latest.json";
+
+fn store_err(e: s3_shards::ShardError) -> TrainError {
+    TrainError::Shards(e)
+}
+
+/// Resolves the model config of a stage.
+pub fn model_config(stage: &StageConfig) -> Result<SamConfig> {
+    let cfg = SamConfig::preset(&stage.preset)
+        .ok_or_else(|| TrainError::Config(format!("unknown preset {:?}", stage.preset)))?;
+    Ok(SamConfig { attention: stage.attention, ..cfg })
+}
+
+/// Training rows of the selected datasets.
+pub fn select_rows(
+    data: &StoreLocation,
+    stage: &StageConfig,
+    split: Split,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Vec<samples_table::SampleRow>> {
+    let rows = rt.block_on(samples_table::read(data.store().as_ref())).map_err(store_err)?;
+    let available: BTreeSet<String> = rows.iter().map(|r| r.dataset.clone()).collect();
+    let chosen = stage.select_datasets(&available)?;
+    Ok(rows.into_iter().filter(|r| r.split == split && chosen.contains(&r.dataset)).collect())
+}
+
+/// Three optimisers: one per part, so the encoder and the rest get their own rates.
+struct Optimisers {
+    encoder: ModuleOptimizer,
+    prompt: ModuleOptimizer,
+    decoder: ModuleOptimizer,
+}
+
+struct Accumulators {
+    encoder: GradientsAccumulator<ImageEncoder>,
+    prompt: GradientsAccumulator<PromptEncoder>,
+    decoder: GradientsAccumulator<MaskDecoder>,
+    count: usize,
+}
+
+impl Accumulators {
+    fn new() -> Self {
+        Accumulators {
+            encoder: GradientsAccumulator::new(),
+            prompt: GradientsAccumulator::new(),
+            decoder: GradientsAccumulator::new(),
+            count: 0,
+        }
+    }
+}
+
+/// Runs (or resumes) a stage.
+pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) -> Result<TrainOutcome> {
+    let stage = &spec.stage;
+    stage.validate()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| TrainError::Io { file: "runtime".into(), source })?;
+    let data = open_store(&spec.data, &spec.store_options).map_err(store_err)?;
+    let run = open_store(&spec.run, &spec.store_options).map_err(store_err)?;
+    let rows = select_rows(&data, stage, Split::Train, &rt)?;
+    if rows.is_empty() {
+        return Err(TrainError::Config(format!("stage {}: no training samples selected in {}", stage.name, data)));
+    }
+    let sampler = Sampler::from_rows(&rows, stage.seed, stage.shard_window);
+    let cfg = model_config(stage)?;
+    let ad = device.clone().autodiff();
+
+    // Phase 1: model (seeded: every rank and every rerun starts from the same
+    // weights), optimisers, resume or init.
+    ad.seed(stage.seed);
+    let mut model = Sam::new(&cfg, &ad);
+    let adamw = AdamWConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_epsilon(1e-8)
+        .with_weight_decay(stage.weight_decay as f32);
+    let mut opt = Optimisers { encoder: adamw.init(), prompt: adamw.init(), decoder: adamw.init() };
+    let mut state = TrainState::default();
+    let latest: Option<Latest> = if spec.resume {
+        match rt.block_on(json::get_json::<Latest>(run.store().as_ref(), &ObjPath::from(LATEST))) {
+            Ok(l) => Some(l),
+            Err(s3_shards::ShardError::NotFound(_)) => None,
+            Err(e) => return Err(store_err(e)),
+        }
+    } else {
+        None
+    };
+    // Burnpack tensors are read lazily from the file: keep it until the run ends.
+    let mut _checkpoint_files = None;
+    if let Some(l) = &latest {
+        let tmp;
+        (model, opt, state, tmp) = load_checkpoint(&rt, &run, &l.dir, model, opt)?;
+        _checkpoint_files = Some(tmp);
+    } else if let Some(init) = &stage.init {
+        let report = weights::load(&mut model, std::path::Path::new(init), Strictness::Strict)?;
+        tracing::info!(applied = report.applied, "initialised from {init}");
+    }
+    if spec.rank == 0 {
+        let resolved = serde_json::json!({ "stage": stage, "model": cfg, "data": spec.data, "world": spec.world });
+        rt.block_on(json::put_json(run.store().as_ref(), &ObjPath::from("config.json"), &resolved))
+            .map_err(store_err)?;
+    }
+
+    let per_step = (stage.batch * stage.accumulation) as u64;
+    let per_rank_epoch = sampler.padded_len(spec.world) / spec.world.max(1) as u64;
+    let steps_per_epoch = per_rank_epoch.div_ceil(per_step);
+    progress(&TrainEvent::Started {
+        samples: sampler.len(),
+        steps_per_epoch,
+        total_steps: steps_per_epoch * stage.epochs,
+        from: state,
+    });
+
+    let started = Instant::now();
+    let mut outcome = TrainOutcome { state, trained: Vec::new(), metrics: Vec::new(), stopped_early: false };
+    let mut metrics_csv = read_metrics(&rt, &run);
+    // Phase 2: epochs.
+    while state.sampler.epoch < stage.epochs {
+        let epoch = state.sampler.epoch;
+        let lr = stage.lr * stage.schedule.factor(epoch);
+        let positions = sampler.rank_positions(state.sampler, spec.rank, spec.world);
+        let loader = Loader::start(
+            data.store().clone(),
+            positions,
+            LoaderConfig { seed: stage.seed, epoch, ..LoaderConfig::default() },
+        );
+        let mut micro: Vec<Item> = Vec::new();
+        let mut acc = Accumulators::new();
+        let (mut done_positions, mut loss_sum, mut dice_sum, mut n_samples) = (0u64, 0f64, 0f64, 0usize);
+        let mut step_start = Instant::now();
+        let mut loaded = loader.peekable();
+        while let Some(l) = loaded.next() {
+            done_positions += 1;
+            match l {
+                Loaded::Skipped { sample_id, reason, .. } => progress(&TrainEvent::Skipped { sample_id, reason }),
+                Loaded::Item(item) => micro.push(item),
+            }
+            let last = loaded.peek().is_none();
+            if micro.len() == stage.batch || (last && !micro.is_empty()) {
+                // Phase 3: one micro-batch — embedding, click passes, loss, gradients.
+                let step_seed = stage.seed ^ xxh3_64(&[epoch.to_le_bytes(), micro[0].position.to_le_bytes()].concat());
+                let (loss, d) = micro_step(&model, &micro, stage, &cfg, step_seed, &ad);
+                let n = micro.len();
+                let loss_val: f64 = loss.clone().into_scalar::<f64>();
+                let mut grads = (loss / stage.accumulation as f64).backward();
+                acc.encoder
+                    .accumulate(&model.image_encoder, GradientsParams::from_module(&mut grads, &model.image_encoder));
+                acc.prompt
+                    .accumulate(&model.prompt_encoder, GradientsParams::from_module(&mut grads, &model.prompt_encoder));
+                acc.decoder
+                    .accumulate(&model.mask_decoder, GradientsParams::from_module(&mut grads, &model.mask_decoder));
+                acc.count += 1;
+                outcome.trained.extend(micro.iter().map(|i| i.sample_id.clone()));
+                loss_sum += loss_val * n as f64;
+                dice_sum += d * n as f64;
+                n_samples += n;
+                micro.clear();
+            }
+            if acc.count == stage.accumulation || (last && acc.count > 0) {
+                // Phase 4: optimiser step.
+                let mut full = std::mem::replace(&mut acc, Accumulators::new());
+                let Sam { image_encoder, prompt_encoder, mask_decoder } = model;
+                let small = lr * stage.decoder_lr_factor;
+                model = Sam {
+                    image_encoder: opt.encoder.step(lr, image_encoder, full.encoder.grads()),
+                    prompt_encoder: opt.prompt.step(small, prompt_encoder, full.prompt.grads()),
+                    mask_decoder: opt.decoder.step(small, mask_decoder, full.decoder.grads()),
+                };
+                state.step += 1;
+                state.sampler.consumed += done_positions * spec.world as u64;
+                done_positions = 0;
+                let m = StepMetrics {
+                    step: state.step,
+                    epoch,
+                    loss: loss_sum / n_samples.max(1) as f64,
+                    dice: dice_sum / n_samples.max(1) as f64,
+                    lr,
+                    samples_per_s: n_samples as f64 / step_start.elapsed().as_secs_f64().max(1e-9),
+                };
+                (loss_sum, dice_sum, n_samples) = (0.0, 0.0, 0);
+                step_start = Instant::now();
+                metrics_csv.push_str(&format!(
+                    "{},{},{:.6},{:.6},{:.3e},{:.3}\n",
+                    m.step, m.epoch, m.loss, m.dice, m.lr, m.samples_per_s
+                ));
+                progress(&TrainEvent::Step(m.clone()));
+                outcome.metrics.push(m);
+                // Phase 5: checkpoints and stopping.
+                let out_of_budget = stage.max_steps.is_some_and(|s| state.step >= s)
+                    || stage.max_minutes.is_some_and(|mins| started.elapsed().as_secs_f64() >= mins * 60.0);
+                if last {
+                    state.sampler = SamplerState { epoch: epoch + 1, consumed: 0 };
+                }
+                if spec.rank == 0 && (state.step % stage.checkpoint_every.max(1) == 0 || last || out_of_budget) {
+                    let dir = save_checkpoint(&rt, &run, &model, &opt, &state, &metrics_csv)?;
+                    progress(&TrainEvent::Checkpoint { step: state.step, dir });
+                }
+                if out_of_budget {
+                    outcome.state = state;
+                    outcome.stopped_early = state.sampler.epoch < stage.epochs;
+                    return Ok(outcome);
+                }
+            }
+        }
+        state.sampler = SamplerState { epoch: epoch + 1, consumed: 0 };
+    }
+    outcome.state = state;
+    Ok(outcome)
+}
+
+/// One micro-batch: the image embedding once, then `clicks` decoder passes, each
+/// with a new click from the error region and the previous low-res logits as the
+/// mask prompt; a random pass in 2..=8 and the last get no points. Returns the loss
+/// summed over passes (mean over the batch) and the last pass's mean Dice.
+pub fn micro_step(
+    model: &Sam,
+    items: &[Item],
+    stage: &StageConfig,
+    cfg: &SamConfig,
+    seed: u64,
+    device: &Device,
+) -> (Tensor<1>, f64) {
+    let (b, s) = (items.len(), cfg.img_size);
+    let vox = s * s * s;
+    let volume = |f: fn(&Item) -> &Vec<f32>| {
+        let data: Vec<f32> = items.iter().flat_map(|i| f(i).iter().copied()).collect();
+        Tensor::<5>::from_data(TensorData::new(data, [b, 1, s, s, s]), device)
+    };
+    let images = volume(|i| &i.image);
+    let masks = volume(|i| &i.mask);
+    let emb = model.image_encoder.forward(images); // [B, E, g, g, g]
+    let l = cfg.low_res();
+    let mut low = Tensor::<5>::zeros([b, 1, l, l, l], device);
+    let mut rng = Rng::new(seed);
+    let no_point = 2 + (rng.next_u64() % 7) as usize;
+    let mut rngs: Vec<Rng> = items.iter().map(|i| Rng::new(seed ^ xxh3_64(i.sample_id.as_bytes()))).collect();
+    let mut preds: Vec<Vec<f32>> = vec![vec![0.0; vox]; b];
+    let mut clicks: Vec<Vec<Click>> = vec![Vec::new(); b];
+    let mut total = Tensor::<1>::zeros([1], device);
+    for pass in 0..stage.clicks {
+        for (k, item) in items.iter().enumerate() {
+            clicks[k].push(next_click(&preds[k], &item.mask, s, &mut rngs[k]));
+        }
+        let use_points = pass != no_point && pass + 1 != stage.clicks;
+        let points = use_points.then(|| points_tensors(&clicks, device));
+        let out = model.decode(emb.clone(), Prompt { points, mask: Some(low) });
+        let (logits, _) = out.single(); // [B, 1, L, L, L]
+        let full = trilinear(logits.clone(), s); // [B, 1, S, S, S]
+        total = total + seg_loss(full.clone(), masks.clone(), stage.legacy_loss);
+        let v: Vec<f32> = full.detach().into_data().try_to_vec::<f32>().expect("f32 logits");
+        preds = v.chunks(vox).map(<[f32]>::to_vec).collect();
+        low = logits;
+    }
+    let d = items.iter().zip(&preds).map(|(i, p)| dice(p, &i.mask)).sum::<f64>() / b as f64;
+    (total, d)
+}
+
+/// Clicks so far as `[B, N, 3]` coordinates and `[B, N]` labels.
+pub fn points_tensors(clicks: &[Vec<Click>], device: &Device) -> (Tensor<3>, Tensor<2>) {
+    let (b, n) = (clicks.len(), clicks[0].len());
+    let coords: Vec<f32> = clicks.iter().flat_map(|c| c.iter().flat_map(|p| p.at)).collect();
+    let labels: Vec<f32> = clicks.iter().flat_map(|c| c.iter().map(|p| p.label)).collect();
+    (
+        Tensor::from_data(TensorData::new(coords, [b, n, 3]), device),
+        Tensor::from_data(TensorData::new(labels, [b, n]), device),
+    )
+}
+
+/// Dice + BCE on logits `[B, 1, S, S, S]` (mean over the batch); `legacy` is the
+/// reference's effective loss: Dice with squared predictions only (its CE term was 0).
+pub fn seg_loss(logits: Tensor<5>, target: Tensor<5>, legacy: bool) -> Tensor<1> {
+    let [b, _, _, _, _] = logits.dims();
+    let x: Tensor<2> = logits.reshape([b as i32, -1]);
+    let t: Tensor<2> = target.reshape([b as i32, -1]);
+    let p = activation::sigmoid(x.clone());
+    let inter = (p.clone() * t.clone()).sum_dim(1);
+    let denom = if legacy {
+        p.clone().square().sum_dim(1) + t.clone().square().sum_dim(1)
+    } else {
+        p.sum_dim(1) + t.clone().sum_dim(1)
+    };
+    let dice_loss = ((inter * 2.0 + 1e-5) / (denom + 1e-5)).neg() + 1.0; // [B, 1]
+    let dice_loss: Tensor<1> = dice_loss.mean().reshape([1]);
+    if legacy {
+        return dice_loss;
+    }
+    // BCE with logits, stable form: max(x, 0) − x·t + log(1 + e^−|x|)
+    let bce = x.clone().clamp_min(0.0) - x.clone() * t + (x.abs().neg().exp() + 1.0).log();
+    dice_loss + bce.mean().reshape([1])
+}
+
+fn temp_dir() -> Result<tempfile::TempDir> {
+    tempfile::tempdir().map_err(|source| TrainError::Io { file: "temp dir".into(), source })
+}
+
+async fn put_file(store: &dyn ObjectStore, key: &str, file: &std::path::Path) -> Result<()> {
+    let bytes = std::fs::read(file).map_err(|source| TrainError::Io { file: file.display().to_string(), source })?;
+    store
+        .put(&ObjPath::from(key), PutPayload::from(bytes))
+        .await
+        .map_err(|e| store_err(s3_shards::ShardError::Store { op: "put", path: ObjPath::from(key), source: e }))?;
+    Ok(())
+}
+
+async fn get_file(store: &dyn ObjectStore, key: &str, file: &std::path::Path) -> Result<()> {
+    let bytes = json::get_bytes(store, &ObjPath::from(key)).await.map_err(store_err)?;
+    std::fs::write(file, &bytes).map_err(|source| TrainError::Io { file: file.display().to_string(), source })
+}
+
+/// Writes `checkpoints/step-N/` (model and optimiser state as burnpack, weights as
+/// reference-named safetensors, state.json), then `checkpoints/latest.json` last: a
+/// reader following the pointer only ever finds a complete checkpoint.
+fn save_checkpoint(
+    rt: &tokio::runtime::Runtime,
+    run: &StoreLocation,
+    model: &Sam,
+    opt: &Optimisers,
+    state: &TrainState,
+    metrics_csv: &str,
+) -> Result<String> {
+    let dir = format!("checkpoints/step-{:08}", state.step);
+    let tmp = temp_dir()?;
+    let store = run.store().as_ref();
+    let record_err = |e: burn::store::RecordError| TrainError::Weights { file: dir.clone(), reason: e.to_string() };
+    model.clone().save_file(tmp.path().join("model")).map_err(record_err)?;
+    weights::export_safetensors(&model.clone().valid(), &tmp.path().join("weights.safetensors"))?;
+    for (name, o) in [("encoder", &opt.encoder), ("prompt", &opt.prompt), ("decoder", &opt.decoder)] {
+        o.save(tmp.path().join(format!("optim-{name}"))).map_err(record_err)?;
+    }
+    rt.block_on(async {
+        put_file(store, &format!("{dir}/model.bpk"), &tmp.path().join("model.bpk")).await?;
+        put_file(store, &format!("{dir}/weights.safetensors"), &tmp.path().join("weights.safetensors")).await?;
+        for name in ["encoder", "prompt", "decoder"] {
+            put_file(store, &format!("{dir}/optim-{name}.bpk"), &tmp.path().join(format!("optim-{name}.bpk"))).await?;
+        }
+        json::put_json(store, &ObjPath::from(format!("{dir}/state.json")), state).await.map_err(store_err)?;
+        store.put(&ObjPath::from("metrics.csv"), PutPayload::from(metrics_csv.as_bytes().to_vec())).await.map_err(
+            |e| store_err(s3_shards::ShardError::Store { op: "put", path: ObjPath::from("metrics.csv"), source: e }),
+        )?;
+        json::put_json(store, &ObjPath::from(LATEST), &Latest { step: state.step, dir: dir.clone() })
+            .await
+            .map_err(store_err)
+    })?;
+    Ok(dir)
+}
+
+fn load_checkpoint(
+    rt: &tokio::runtime::Runtime,
+    run: &StoreLocation,
+    dir: &str,
+    model: Sam,
+    opt: Optimisers,
+) -> Result<(Sam, Optimisers, TrainState, tempfile::TempDir)> {
+    let tmp = temp_dir()?;
+    let store = run.store().as_ref();
+    let state: TrainState = rt.block_on(async {
+        get_file(store, &format!("{dir}/model.bpk"), &tmp.path().join("model.bpk")).await?;
+        for name in ["encoder", "prompt", "decoder"] {
+            get_file(store, &format!("{dir}/optim-{name}.bpk"), &tmp.path().join(format!("optim-{name}.bpk"))).await?;
+        }
+        json::get_json(store, &ObjPath::from(format!("{dir}/state.json"))).await.map_err(store_err)
+    })?;
+    let err = |e: burn::store::RecordError| TrainError::Weights { file: dir.to_string(), reason: e.to_string() };
+    let model = model.try_load_file(tmp.path().join("model.bpk")).map_err(err)?;
+    let opt = Optimisers {
+        encoder: opt.encoder.load(tmp.path().join("optim-encoder.bpk")).map_err(err)?,
+        prompt: opt.prompt.load(tmp.path().join("optim-prompt.bpk")).map_err(err)?,
+        decoder: opt.decoder.load(tmp.path().join("optim-decoder.bpk")).map_err(err)?,
+    };
+    Ok((model, opt, state, tmp))
+}
+
+fn read_metrics(rt: &tokio::runtime::Runtime, run: &StoreLocation) -> String {
+    match rt.block_on(json::get_bytes(run.store().as_ref(), &ObjPath::from("metrics.csv"))) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(_) => "step,epoch,loss,dice,lr,samples_per_s\n".into(),
+    }
+}
+
+/// Loads the weights of the run's latest checkpoint into a fresh model on `device`.
+pub fn load_latest_weights(
+    run_url: &str,
+    options: &StoreOptions,
+    cfg: &SamConfig,
+    device: &Device,
+) -> Result<(Sam, u64)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| TrainError::Io { file: "runtime".into(), source })?;
+    let run = open_store(run_url, options).map_err(store_err)?;
+    let latest: Latest =
+        rt.block_on(json::get_json(run.store().as_ref(), &ObjPath::from(LATEST))).map_err(store_err)?;
+    let tmp = temp_dir()?;
+    let file = tmp.path().join("weights.safetensors");
+    rt.block_on(get_file(run.store().as_ref(), &format!("{}/weights.safetensors", latest.dir), &file))?;
+    let mut model = Sam::new(cfg, device);
+    weights::load(&mut model, &file, Strictness::Strict)?;
+    Ok((model, latest.step))
+}
+
+/// Shared handle type for stores.
+pub type Store = Arc<dyn ObjectStore>;

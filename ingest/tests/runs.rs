@@ -229,24 +229,14 @@ fn dry_run_writes_nothing_and_catalogue_counts() {
     );
 
     // Private datasets have no source: skipped with that reason, nothing fails.
-    let o = s3_ingest(&[
-        "--manifest",
-        repo.join("manifests/datasets.toml").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--datasets",
-        "Private01,Private02",
-    ]);
+    let catalog_path = repo.join("manifests/datasets.toml");
+    let only = |names: &str| {
+        s3_ingest(&["--manifest", catalog_path.to_str().unwrap(), "--out", out.to_str().unwrap(), "--datasets", names])
+    };
+    let o = only("Private01,Private02");
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("skipped Private01/default: no source configured"), "{}", text(&o));
-    let o = s3_ingest(&[
-        "--manifest",
-        repo.join("manifests/datasets.toml").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--datasets",
-        "NoSuchSet",
-    ]);
+    let o = only("NoSuchSet");
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("unknown datasets [\"NoSuchSet\"]"), "{}", text(&o));
 }

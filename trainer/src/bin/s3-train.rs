@@ -23,6 +23,20 @@ struct Cli {
     device: String,
 }
 
+/// What a run trains on and where it keeps its state.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Stage file (manifests/stages/*.toml): model preset, data selection, schedule.
+    #[arg(long)]
+    stage: PathBuf,
+    /// Store with the published shards (index.json, samples.parquet).
+    #[arg(long)]
+    data: String,
+    /// Run folder on any store: checkpoints, metrics.csv, config.json, eval/.
+    #[arg(long)]
+    run: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Per-module and total parameter counts of a preset.
@@ -40,15 +54,8 @@ enum Command {
     /// Train (or resume) a stage on published shards. Rank and world size come from
     /// --rank/--world, else RANK/WORLD_SIZE, else SLURM_PROCID/SLURM_NTASKS.
     Train {
-        /// Stage file (manifests/stages/*.toml).
-        #[arg(long)]
-        stage: PathBuf,
-        /// Store with the shards (index.json, samples.parquet).
-        #[arg(long)]
-        data: String,
-        /// Run folder: checkpoints, metrics.csv, config.json.
-        #[arg(long)]
-        run: String,
+        #[command(flatten)]
+        target: RunArgs,
         /// Start over even if the run has a checkpoint.
         #[arg(long)]
         no_resume: bool,
@@ -65,15 +72,8 @@ enum Command {
     /// Dice at 1/3/5/10 clicks on the val split with the run's latest weights; writes
     /// eval/val.csv and eval/val.json to the run folder.
     Eval {
-        /// Stage file (for the model preset and dataset selection).
-        #[arg(long)]
-        stage: PathBuf,
-        /// Store with the shards.
-        #[arg(long)]
-        data: String,
-        /// Run folder.
-        #[arg(long)]
-        run: String,
+        #[command(flatten)]
+        target: RunArgs,
         /// Click counts.
         #[arg(long, value_delimiter = ',', default_value = "1,3,5,10")]
         clicks: Vec<usize>,
@@ -163,7 +163,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             println!("parity ok: every output within {:e} of the reference", fixture::TOLERANCE);
         }
-        Command::Train { stage, data, run, no_resume, init, rank, world } => {
+        Command::Train { target: RunArgs { stage, data, run }, no_resume, init, rank, world } => {
             let mut stage = s3_trainer::stage::StageConfig::load(&stage)?;
             if init.is_some() {
                 stage.init = init;
@@ -189,7 +189,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 outcome.metrics.last().map_or(f64::NAN, |m| m.dice)
             );
         }
-        Command::Eval { stage, data, run, clicks } => {
+        Command::Eval { target: RunArgs { stage, data, run }, clicks } => {
             let stage = s3_trainer::stage::StageConfig::load(&stage)?;
             let cfg = s3_trainer::train::model_config(&stage)?;
             let opts = s3_shards::StoreOptions::default();

@@ -9,7 +9,6 @@ use s3_ingest::preprocess::PreprocessOptions;
 use s3_ingest::run::IngestConfig;
 use s3_shards::{Split, StoreOptions, open_store};
 use s3_trainer::eval::{EvalReport, evaluate};
-use s3_trainer::model::Sam;
 use s3_trainer::stage::StageConfig;
 use s3_trainer::train::{RunSpec, TrainEvent, TrainOutcome, model_config, select_rows, train};
 
@@ -98,8 +97,7 @@ pub fn run_demo(cfg: &DemoConfig, say: Say, on_train: &dyn Fn(&TrainEvent)) -> R
     let rt = tokio_rt()?;
     let val = select_rows(&data, &stage, Split::Val, &rt)?;
     say(&format!("3/4 evaluating the untrained model on {} val samples", val.len()));
-    device.seed(stage.seed);
-    let fresh = Sam::new(&mcfg, &device);
+    let fresh = s3_trainer::train::seeded_model(&mcfg, &device, stage.seed);
     let clicks = [1, 3, 5, 10];
     let before = evaluate(&fresh, &mcfg, &data, &val, &clicks, stage.seed, &device)?;
 

@@ -21,7 +21,8 @@ use crate::sampler::SampleRef;
 pub struct LoaderConfig {
     /// Decoded samples queued ahead of the trainer.
     pub prefetch: usize,
-    /// Row groups kept decoded per loader (consecutive samples share shards).
+    /// Row groups kept decoded (16 rows × 4.25 MiB each): the shard-window shuffle revisits
+    /// groups, so too few re-decode the same group for every sample.
     pub cached_groups: usize,
     /// RandomFlip on each axis with p = 0.5.
     pub flip: bool,
@@ -33,7 +34,7 @@ pub struct LoaderConfig {
 
 impl Default for LoaderConfig {
     fn default() -> Self {
-        LoaderConfig { prefetch: 4, cached_groups: 2, flip: true, seed: 0, epoch: 0 }
+        LoaderConfig { prefetch: 4, cached_groups: 8, flip: true, seed: 0, epoch: 0 }
     }
 }
 

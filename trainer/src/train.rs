@@ -199,8 +199,7 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
 
     // Phase 1: model (seeded: every rank and every rerun starts from the same
     // weights), optimisers, resume or init.
-    ad.seed(stage.seed);
-    let mut model = Sam::new(&cfg, &ad);
+    let mut model = seeded_model(&cfg, &ad, stage.seed);
     let adamw = AdamWConfig::new()
         .with_beta_1(0.9)
         .with_beta_2(0.999)
@@ -338,6 +337,15 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
     }
     outcome.state = state;
     Ok(outcome)
+}
+
+/// A model initialised from `seed`. The device RNG is process-wide, so seeding and
+/// drawing happen under one lock: concurrent runs in a process cannot interleave draws.
+pub fn seeded_model(cfg: &SamConfig, device: &Device, seed: u64) -> Sam {
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
+    device.seed(seed);
+    Sam::new(cfg, device)
 }
 
 /// One micro-batch: the image embedding once, then `clicks` decoder passes, each

@@ -89,7 +89,13 @@ fn killed_run_resumes_with_exactly_the_remaining_samples() {
         train(&spec(&data, &run, StageConfig { max_steps: Some(3), ..stage(2) }), &Device::flex(), &|_| {}).unwrap();
     assert!(first.stopped_early);
     for (a, b) in first.metrics.iter().zip(&full.metrics) {
-        assert_eq!(a.loss, b.loss, "step {}: the computation is deterministic", a.step);
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-6 * b.loss.abs(),
+            "step {}: the computation is deterministic ({} vs {})",
+            a.step,
+            a.loss,
+            b.loss
+        );
     }
     let events = std::sync::Mutex::new(Vec::new());
     let second = train(&spec(&data, &run, stage(2)), &Device::flex(), &|e| {

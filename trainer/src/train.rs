@@ -339,13 +339,22 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
     Ok(outcome)
 }
 
-/// A model initialised from `seed`. The device RNG is process-wide, so seeding and
-/// drawing happen under one lock: concurrent runs in a process cannot interleave draws.
+/// A model initialised from `seed`. The device RNG is process-wide and burn draws a
+/// parameter's initial values lazily (at its first use), so seeding and every draw
+/// happen here under one lock: concurrent runs in a process cannot interleave draws.
 pub fn seeded_model(cfg: &SamConfig, device: &Device, seed: u64) -> Sam {
+    struct Materialise;
+    impl burn::module::ModuleVisitor for Materialise {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
     static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
     device.seed(seed);
-    Sam::new(cfg, device)
+    let model = Sam::new(cfg, device);
+    model.visit(&mut Materialise);
+    model
 }
 
 /// One micro-batch: the image embedding once, then `clicks` decoder passes, each

@@ -152,14 +152,8 @@ fn killed_runs_resume_to_the_same_samples() {
 #[test]
 fn s3_sources_and_s3_output() {
     let server = S3Server::start();
-    let opts = StoreOptions {
-        endpoint: Some(server.endpoint()),
-        allow_http: Some(true),
-        region: Some("us-east-1".into()),
-        access_key_id: Some(s3_test_support::ACCESS_KEY.into()),
-        secret_access_key: Some(s3_test_support::SECRET_KEY.into()),
-        ..Default::default()
-    };
+    let opts =
+        StoreOptions::endpoint_with_keys(&server.endpoint(), s3_test_support::ACCESS_KEY, s3_test_support::SECRET_KEY);
     let tmp = tempfile::tempdir().unwrap();
     let local = corpus(&tmp.path().join("raw"), 3);
     // Upload the raw corpus into the bucket, as the files a hospital would keep there.

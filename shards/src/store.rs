@@ -53,6 +53,21 @@ impl Default for Retry {
     }
 }
 
+impl StoreOptions {
+    /// Options for an S3-compatible server at `endpoint` (e.g. `http://127.0.0.1:9000`)
+    /// with static keys; plain HTTP is allowed only for `http://` endpoints.
+    pub fn endpoint_with_keys(endpoint: &str, access_key_id: &str, secret_access_key: &str) -> StoreOptions {
+        StoreOptions {
+            endpoint: Some(endpoint.to_string()),
+            allow_http: Some(endpoint.starts_with("http://")),
+            region: Some("us-east-1".into()),
+            access_key_id: Some(access_key_id.to_string()),
+            secret_access_key: Some(secret_access_key.to_string()),
+            ..Default::default()
+        }
+    }
+}
+
 impl fmt::Debug for StoreOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoreOptions")

@@ -14,14 +14,7 @@ pub struct Backend {
 }
 
 pub fn s3_options(server: &S3Server) -> StoreOptions {
-    StoreOptions {
-        endpoint: Some(server.endpoint()),
-        allow_http: Some(true),
-        region: Some("us-east-1".into()),
-        access_key_id: Some(s3_test_support::ACCESS_KEY.into()),
-        secret_access_key: Some(s3_test_support::SECRET_KEY.into()),
-        ..Default::default()
-    }
+    StoreOptions::endpoint_with_keys(&server.endpoint(), s3_test_support::ACCESS_KEY, s3_test_support::SECRET_KEY)
 }
 
 /// A fresh memory store, a fresh directory and a fresh prefix on a real S3 server.

@@ -20,14 +20,8 @@ fn main() {
     let local = open_store(dir.to_str().unwrap(), &StoreOptions::default()).unwrap();
     rt.block_on(synthetic::populate(local.store(), 2, n / 2, 1, WriterOptions::default())).unwrap();
     let server = s3_test_support::S3Server::start();
-    let s3_opts = StoreOptions {
-        endpoint: Some(server.endpoint()),
-        allow_http: Some(true),
-        region: Some("us-east-1".into()),
-        access_key_id: Some(s3_test_support::ACCESS_KEY.into()),
-        secret_access_key: Some(s3_test_support::SECRET_KEY.into()),
-        ..Default::default()
-    };
+    let s3_opts =
+        StoreOptions::endpoint_with_keys(&server.endpoint(), s3_test_support::ACCESS_KEY, s3_test_support::SECRET_KEY);
     let s3 = open_store(&server.url("bench"), &s3_opts).unwrap();
     rt.block_on(synthetic::populate(s3.store(), 2, n / 2, 1, WriterOptions::default())).unwrap();
     println!("{n} synthetic 128³ samples in 16-row groups; one loader thread (decode + checksum + flip + z-norm)");

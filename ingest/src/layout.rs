@@ -186,8 +186,6 @@ async fn pairs(source: &Source, task: &TaskEntry) -> Result<Listing, String> {
     let template = task.label_template.as_deref().unwrap_or_default();
     let (dir, pattern) = glob.rsplit_once('/').unwrap_or(("", glob));
     let keys = source.list(dir).await?;
-    let all: BTreeSet<&str> = BTreeSet::new();
-    let _ = all;
     let labels_dir = template.rsplit_once('/').map_or("", |(d, _)| d);
     let label_keys: BTreeSet<String> = source.list(labels_dir).await?.into_iter().collect();
     let mut cases = Vec::new();

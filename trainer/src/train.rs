@@ -5,7 +5,6 @@
 //! lr × 0.1) → metrics, checkpoints.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::Module;
@@ -547,6 +546,3 @@ pub fn load_latest_weights(
     weights::load(&mut model, &file, Strictness::Strict)?;
     Ok((model, latest.step))
 }
-
-/// Shared handle type for stores.
-pub type Store = Arc<dyn ObjectStore>;

@@ -25,7 +25,9 @@ fn demo_runs_end_to_end_and_reports_dice() {
     }
     let table = dice_table(&report);
     assert!(table.contains("untrained") && table.contains("trained"), "{table}");
-    for f in ["metrics.csv", "config.json", "eval/val.csv", "eval/val_before.json", "checkpoints/latest.json"] {
+    for f in
+        ["metrics.csv", "metrics.png", "config.json", "eval/val.csv", "eval/val_before.json", "checkpoints/latest.json"]
+    {
         assert!(report.run_dir.join(f).exists(), "{f} written");
     }
     assert!(report.store.join("index.json").exists());

@@ -17,7 +17,7 @@ use crate::clicks::{Click, dice, next_click};
 use crate::config::SamConfig;
 use crate::error::{Result, TrainError};
 use crate::loader::{Loaded, Loader, LoaderConfig};
-use crate::model::layers::trilinear;
+use crate::model::layers::trilinear_values;
 use crate::model::{Prompt, Sam};
 use crate::sampler::SampleRef;
 use crate::train::points_tensors;
@@ -132,10 +132,8 @@ pub fn evaluate(
             pts[0].push(next_click(&pred, &item.mask, s, &mut rng));
             let out = model.decode(emb.clone(), Prompt { points: Some(points_tensors(&pts, device)), mask: Some(low) });
             let (logits, _) = out.single();
-            pred = trilinear(logits.clone(), s)
-                .into_data()
-                .try_to_vec::<f32>()
-                .map_err(|e| TrainError::Config(format!("{e:?}")))?;
+            let v = logits.clone().into_data().try_to_vec::<f32>().map_err(|e| TrainError::Config(format!("{e:?}")))?;
+            pred = trilinear_values(&v, l, s);
             low = logits;
             if clicks.contains(&c) {
                 dices.push(dice(&pred, &item.mask));

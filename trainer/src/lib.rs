@@ -19,6 +19,7 @@ pub mod eval;
 pub mod fixture;
 pub mod loader;
 pub mod model;
+pub mod plots;
 pub mod sampler;
 pub mod schedule;
 pub mod stage;

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// How the learning rate changes with the epoch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Schedule {
     /// The paper's: ×gamma at each milestone of every `cycle`-epoch cycle, restored at each cycle start.
     Cyclic {
@@ -22,8 +22,9 @@ pub enum Schedule {
         /// Factor.
         gamma: f64,
     },
-    /// Constant.
-    Constant,
+    /// Constant. (A struct variant: serde ignores unknown keys beside the tag of a
+    /// unit variant, and a stage key misplaced under `[schedule]` must be an error.)
+    Constant {},
 }
 
 impl Default for Schedule {
@@ -43,7 +44,7 @@ impl Schedule {
             Schedule::Multistep { milestones, gamma } => {
                 gamma.powi(milestones.iter().filter(|&&m| epoch >= m).count() as i32)
             }
-            Schedule::Constant => 1.0,
+            Schedule::Constant {} => 1.0,
         }
     }
 }

@@ -22,10 +22,11 @@ use crate::clicks::{Click, dice, next_click};
 use crate::config::SamConfig;
 use crate::error::{Result, TrainError};
 use crate::loader::{Item, Loaded, Loader, LoaderConfig};
-use crate::model::layers::trilinear;
+use crate::model::layers::{trilinear, trilinear_values};
 use crate::model::{ImageEncoder, MaskDecoder, Prompt, PromptEncoder, Sam};
+use crate::plots;
 use crate::sampler::{Sampler, SamplerState};
-use crate::stage::StageConfig;
+use crate::stage::{LossResolution, StageConfig};
 use crate::weights::{self, Strictness};
 
 /// What to train, where.
@@ -375,9 +376,15 @@ pub fn micro_step(
         Tensor::<5>::from_data(TensorData::new(data, [b, 1, s, s, s]), device)
     };
     let images = volume(|i| &i.image);
-    let masks = volume(|i| &i.mask);
-    let emb = model.image_encoder.forward(images); // [B, E, g, g, g]
     let l = cfg.low_res();
+    let low_loss = stage.loss_resolution == LossResolution::Low;
+    let masks = if low_loss {
+        let data: Vec<f32> = items.iter().flat_map(|i| area_fraction(&i.mask, s, l)).collect();
+        Tensor::<5>::from_data(TensorData::new(data, [b, 1, l, l, l]), device)
+    } else {
+        volume(|i| &i.mask)
+    };
+    let emb = model.image_encoder.forward(images); // [B, E, g, g, g]
     let mut low = Tensor::<5>::zeros([b, 1, l, l, l], device);
     let mut rng = Rng::new(seed);
     let no_point = 2 + (rng.next_u64() % 7) as usize;
@@ -393,14 +400,37 @@ pub fn micro_step(
         let points = use_points.then(|| points_tensors(&clicks, device));
         let out = model.decode(emb.clone(), Prompt { points, mask: Some(low) });
         let (logits, _) = out.single(); // [B, 1, L, L, L]
-        let full = trilinear(logits.clone(), s); // [B, 1, S, S, S]
-        total = total + seg_loss(full.clone(), masks.clone(), stage.legacy_loss);
-        let v: Vec<f32> = full.detach().into_data().try_to_vec::<f32>().expect("f32 logits");
-        preds = v.chunks(vox).map(<[f32]>::to_vec).collect();
+        // Clicks always come from the full-resolution prediction, as in evaluation;
+        // with the low-res loss the upsampling stays off the graph (and off the backend).
+        if low_loss {
+            total = total + seg_loss(logits.clone(), masks.clone(), stage.legacy_loss);
+            let v: Vec<f32> = logits.clone().detach().into_data().try_to_vec::<f32>().expect("f32 logits");
+            preds = v.chunks(l * l * l).map(|c| trilinear_values(c, l, s)).collect();
+        } else {
+            let full = trilinear(logits.clone(), s); // [B, 1, S, S, S]
+            total = total + seg_loss(full.clone(), masks.clone(), stage.legacy_loss);
+            let v: Vec<f32> = full.detach().into_data().try_to_vec::<f32>().expect("f32 logits");
+            preds = v.chunks(vox).map(<[f32]>::to_vec).collect();
+        }
         low = logits;
     }
     let d = items.iter().zip(&preds).map(|(i, p)| dice(p, &i.mask)).sum::<f64>() / b as f64;
     (total, d)
+}
+
+/// The fraction of each `low`³ voxel's block of a `side`³ mask that is foreground.
+pub fn area_fraction(mask: &[f32], side: usize, low: usize) -> Vec<f32> {
+    let f = side / low;
+    let mut out = vec![0f32; low * low * low];
+    for (n, &m) in mask.iter().enumerate() {
+        if m > 0.5 {
+            let (i, j, k) = (n / (side * side) / f, n / side % side / f, n % side / f);
+            out[(i * low + j) * low + k] += 1.0;
+        }
+    }
+    let block = (f * f * f) as f32;
+    out.iter_mut().for_each(|v| *v /= block);
+    out
 }
 
 /// Clicks so far as `[B, N, 3]` coordinates and `[B, N]` labels.
@@ -485,6 +515,15 @@ fn save_checkpoint(
         store.put(&ObjPath::from("metrics.csv"), PutPayload::from(metrics_csv.as_bytes().to_vec())).await.map_err(
             |e| store_err(s3_shards::ShardError::Store { op: "put", path: ObjPath::from("metrics.csv"), source: e }),
         )?;
+        // A plot that fails to render is logged, never a reason to lose a checkpoint.
+        match plots::render_png(&plots::Curves::parse(metrics_csv), &format!("run at step {}", state.step)) {
+            Ok(png) => {
+                if let Err(e) = store.put(&ObjPath::from("metrics.png"), PutPayload::from(png)).await {
+                    tracing::warn!("writing metrics.png: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("{e}"),
+        }
         json::put_json(store, &ObjPath::from(LATEST), &Latest { step: state.step, dir: dir.clone() })
             .await
             .map_err(store_err)

@@ -7,7 +7,7 @@ use burn::prelude::*;
 use object_store::ObjectStoreExt;
 use s3_shards::{StoreOptions, WriterOptions, open_store, synthetic};
 use s3_trainer::schedule::Schedule;
-use s3_trainer::stage::{Selection, StageConfig};
+use s3_trainer::stage::{LossResolution, Selection, StageConfig};
 use s3_trainer::train::{RunSpec, TrainEvent, train};
 
 fn stage(epochs: u64) -> StageConfig {
@@ -24,10 +24,11 @@ fn stage(epochs: u64) -> StageConfig {
         accumulation: 1,
         clicks: 2,
         seed: 5,
-        schedule: Schedule::Constant,
+        schedule: Schedule::Constant {},
         checkpoint_every: 2,
         init: None,
         legacy_loss: false,
+        loss_resolution: LossResolution::Full,
         shard_window: 2,
         max_steps: None,
         max_minutes: None,
@@ -64,15 +65,32 @@ fn spec(data: &str, run: &str, stage: StageConfig) -> RunSpec {
 
 #[test]
 fn loss_decreases_on_synthetic_organs() {
-    let (dir, data) = data_store(3);
-    let run = dir.path().join("run").display().to_string();
-    let st = StageConfig { max_steps: Some(24), checkpoint_every: 100, ..stage(20) };
-    let out = train(&spec(&data, &run, st), &Device::flex(), &|_| {}).unwrap();
-    assert_eq!(out.metrics.len(), 24);
-    let mean = |m: &[s3_trainer::train::StepMetrics]| m.iter().map(|x| x.loss).sum::<f64>() / m.len() as f64;
-    let (first, last) = (mean(&out.metrics[..6]), mean(&out.metrics[18..]));
-    assert!(last < first * 0.9, "loss {first:.4} → {last:.4}");
-    assert!(out.stopped_early);
+    // The paper's objective at full resolution (3 cases), and the demo's: Dice only on
+    // the low-res logits, which starts slower (one case, more and cheaper steps).
+    for (resolution, legacy, cases, clicks, steps) in
+        [(LossResolution::Full, false, 3, 2, 24), (LossResolution::Low, true, 1, 3, 60)]
+    {
+        let (dir, data) = data_store(cases);
+        let run = dir.path().join("run").display().to_string();
+        let st = StageConfig {
+            max_steps: Some(steps),
+            checkpoint_every: 100,
+            loss_resolution: resolution,
+            legacy_loss: legacy,
+            clicks,
+            ..stage(200)
+        };
+        let out = train(&spec(&data, &run, st), &Device::flex(), &|_| {}).unwrap();
+        assert_eq!(out.metrics.len(), steps as usize);
+        let mean = |m: &[s3_trainer::train::StepMetrics]| m.iter().map(|x| x.loss).sum::<f64>() / m.len() as f64;
+        let w = steps as usize / 4;
+        let (first, last) = (mean(&out.metrics[..w]), mean(&out.metrics[steps as usize - w..]));
+        assert!(last < first * 0.9, "{resolution:?} legacy={legacy}: loss {first:.4} → {last:.4}");
+        assert!(out.stopped_early);
+        // The run folder has its curves plotted.
+        let png = std::fs::read(dir.path().join("run/metrics.png")).expect("metrics.png written");
+        assert!(png.starts_with(b"\x89PNG"), "metrics.png is a PNG");
+    }
 }
 
 #[test]

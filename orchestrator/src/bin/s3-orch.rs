@@ -64,9 +64,10 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             println!("\n{}", dice_table(&report));
             println!(
-                "trained {} steps; metrics: {}; eval: {}; shards: {}",
+                "trained {} steps; metrics: {} (plots: {}); eval: {}; shards: {}",
                 report.training.state.step,
                 report.run_dir.join("metrics.csv").display(),
+                report.run_dir.join("metrics.png").display(),
                 report.run_dir.join("eval/val.csv").display(),
                 report.store.display()
             );

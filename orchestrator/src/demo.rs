@@ -112,6 +112,7 @@ pub fn run_demo(cfg: &DemoConfig, say: Say, on_train: &dyn Fn(&TrainEvent)) -> R
         stage: stage.clone(),
         rank: 0,
         world: 1,
+        master: None,
         resume: false,
         store_options: StoreOptions::default(),
     };

@@ -17,6 +17,20 @@ pub enum AttentionMode {
     Unpadded,
 }
 
+/// Arithmetic of the image encoder's heavy operations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Mixed precision: the encoder's linear layers and attention run in bf16
+    /// (f32 accumulation where the backend does it); parameters, optimiser state,
+    /// LayerNorm, GELU, residuals, the decoder and the loss stay f32. Meant for CUDA
+    /// (H100/H200 tensor cores); it also runs on the CPU backend, which is how it is tested.
+    Bf16,
+}
+
 /// SAM-Med3D architecture hyper-parameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SamConfig {
@@ -53,6 +67,9 @@ pub struct SamConfig {
     /// Windowed attention variant.
     #[serde(default)]
     pub attention: AttentionMode,
+    /// Encoder arithmetic.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl SamConfig {
@@ -75,6 +92,7 @@ impl SamConfig {
             decoder_mlp: 2048,
             multimask: 3,
             attention: AttentionMode::Exact,
+            precision: Precision::F32,
         }
     }
 

@@ -24,6 +24,9 @@ pub enum TrainError {
         #[source]
         source: std::io::Error,
     },
+    /// The gradient all-reduce between ranks failed.
+    #[error("collective: {0}")]
+    Collective(String),
     /// Shards could not be read.
     #[error(transparent)]
     Shards(#[from] s3_shards::ShardError),

@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod clicks;
+pub mod collective;
 pub mod config;
 pub mod device;
 mod error;
@@ -20,6 +21,7 @@ pub mod fixture;
 pub mod loader;
 pub mod model;
 pub mod plots;
+pub mod row_cache;
 pub mod sampler;
 pub mod schedule;
 pub mod stage;

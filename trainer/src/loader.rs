@@ -3,7 +3,7 @@
 //! is reported and skipped, never trained on), decoded, randomly flipped per axis and
 //! z-normalised per sample over voxels > 0.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
@@ -14,6 +14,7 @@ use s3_shards::synthetic::Rng;
 use s3_shards::{SIDE, Sample, ShardReader};
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::row_cache::RowGroupCache;
 use crate::sampler::SampleRef;
 
 /// Loader settings.
@@ -21,9 +22,10 @@ use crate::sampler::SampleRef;
 pub struct LoaderConfig {
     /// Decoded samples queued ahead of the trainer.
     pub prefetch: usize,
-    /// Row groups kept decoded (16 rows × 4.25 MiB each): the shard-window shuffle revisits
-    /// groups, so too few re-decode the same group for every sample.
-    pub cached_groups: usize,
+    /// Bytes of decoded row groups kept for later positions (a group of 16 rows is
+    /// ~68 MiB): the shard-window shuffle revisits groups, and a group evicted too
+    /// early is decoded again. See [`crate::row_cache`].
+    pub cache_bytes: usize,
     /// RandomFlip on each axis with p = 0.5.
     pub flip: bool,
     /// Seed of the flips (combined with epoch and position).
@@ -34,7 +36,7 @@ pub struct LoaderConfig {
 
 impl Default for LoaderConfig {
     fn default() -> Self {
-        LoaderConfig { prefetch: 4, cached_groups: 8, flip: true, seed: 0, epoch: 0 }
+        LoaderConfig { prefetch: 4, cache_bytes: 512 << 20, flip: true, seed: 0, epoch: 0 }
     }
 }
 
@@ -100,12 +102,14 @@ impl Loader {
             .spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("loader runtime");
                 let mut readers: HashMap<String, Arc<ShardReader>> = HashMap::new();
-                let mut cache: VecDeque<((String, usize), Vec<Result<Sample, String>>)> = VecDeque::new();
-                for (position, r) in positions {
-                    let got = rt.block_on(fetch(&store, &mut readers, &mut cache, &r, cfg.cached_groups));
+                let mut cache: RowGroupCache<Result<Sample, String>> =
+                    RowGroupCache::new(positions.iter().map(|(_, r)| (r.shard.as_str(), r.row)), cfg.cache_bytes);
+                for (now, (position, r)) in positions.iter().enumerate() {
+                    let got = rt.block_on(fetch(&store, &mut readers, &mut cache, now, r));
+                    cache.release(now);
                     let out = match got {
-                        Ok(sample) => Loaded::Item(prepare(position, &r.sample_id, &sample, &cfg)),
-                        Err(reason) => Loaded::Skipped { position, sample_id: r.sample_id.clone(), reason },
+                        Ok(sample) => Loaded::Item(prepare(*position, &r.sample_id, &sample, &cfg)),
+                        Err(reason) => Loaded::Skipped { position: *position, sample_id: r.sample_id.clone(), reason },
                     };
                     if tx.send(out).is_err() {
                         return;
@@ -120,36 +124,38 @@ impl Loader {
 async fn fetch(
     store: &Arc<dyn ObjectStore>,
     readers: &mut HashMap<String, Arc<ShardReader>>,
-    cache: &mut VecDeque<((String, usize), Vec<Result<Sample, String>>)>,
+    cache: &mut RowGroupCache<Result<Sample, String>>,
+    now: usize,
     r: &SampleRef,
-    keep: usize,
 ) -> Result<Sample, String> {
-    if !readers.contains_key(&r.shard) {
-        let reader =
-            ShardReader::open(store.clone(), &Path::from(r.shard.as_str())).await.map_err(|e| e.to_string())?;
-        readers.insert(r.shard.clone(), Arc::new(reader));
-    }
-    let reader = readers[&r.shard].clone();
-    let mut start = 0u64;
-    let mut group = None;
-    for (g, n) in reader.row_group_rows().into_iter().enumerate() {
-        if r.row < start + n {
-            group = Some((g, (r.row - start) as usize));
-            break;
+    if cache.get(&r.shard, r.row).is_none() {
+        if !readers.contains_key(&r.shard) {
+            let reader =
+                ShardReader::open(store.clone(), &Path::from(r.shard.as_str())).await.map_err(|e| e.to_string())?;
+            readers.insert(r.shard.clone(), Arc::new(reader));
         }
-        start += n;
-    }
-    let (g, offset) = group.ok_or_else(|| format!("row {} beyond the end of {}", r.row, r.shard))?;
-    let key = (r.shard.clone(), g);
-    if !cache.iter().any(|(k, _)| *k == key) {
-        let decoded = reader.read_row_group_each(g).await.map_err(|e| e.to_string())?;
-        cache.push_back((key.clone(), decoded.into_iter().map(|s| s.map_err(|e| e.to_string())).collect()));
-        while cache.len() > keep.max(1) {
-            cache.pop_front();
+        let reader = readers[&r.shard].clone();
+        let mut start = 0u64;
+        let mut group = None;
+        for (g, n) in reader.row_group_rows().into_iter().enumerate() {
+            if r.row < start + n {
+                group = Some((g, start..start + n));
+                break;
+            }
+            start += n;
         }
+        let (g, rows) = group.ok_or_else(|| format!("row {} beyond the end of {}", r.row, r.shard))?;
+        let decoded: Vec<Result<Sample, String>> = reader
+            .read_row_group_each(g)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|s| s.map_err(|e| e.to_string()))
+            .collect();
+        let bytes = decoded.iter().map(|s| s.as_ref().map_or(64, |s| s.image.len() * 2 + s.mask.len() + 512)).sum();
+        cache.insert(now, &r.shard, rows, decoded, bytes);
     }
-    let (_, group) = cache.iter().find(|(k, _)| *k == key).expect("cached above");
-    let s = group.get(offset).ok_or_else(|| format!("row {} missing in {}", r.row, r.shard))?.clone()?;
+    let s = cache.get(&r.shard, r.row).ok_or_else(|| format!("row {} missing in {}", r.row, r.shard))?.clone()?;
     if s.sample_id() != r.sample_id {
         return Err(format!(
             "{} row {} holds {}, the sample table says {}",

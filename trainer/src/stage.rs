@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::AttentionMode;
+use crate::config::{AttentionMode, Precision};
 use crate::error::{Result, TrainError};
 use crate::schedule::Schedule;
 
@@ -60,6 +60,9 @@ pub struct StageConfig {
     /// Windowed attention variant.
     #[serde(default)]
     pub attention: AttentionMode,
+    /// Encoder arithmetic: `f32`, or `bf16` mixed precision (for CUDA).
+    #[serde(default)]
+    pub precision: Precision,
     /// Data selection.
     #[serde(default)]
     pub datasets: Selection,
@@ -163,7 +166,7 @@ impl StageConfig {
         if self.batch == 0 || self.accumulation == 0 {
             return bad("batch and accumulation must be at least 1");
         }
-        if !(self.lr > 0.0) {
+        if self.lr.is_nan() || self.lr <= 0.0 {
             return bad("lr must be positive");
         }
         if !["all", "pretrain", "finetune"].contains(&self.datasets.select.as_str()) {

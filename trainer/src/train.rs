@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::clicks::{Click, dice, next_click};
-use crate::config::SamConfig;
+use crate::collective::{TcpCollective, flat};
+use crate::config::{Precision, SamConfig};
 use crate::error::{Result, TrainError};
 use crate::loader::{Item, Loaded, Loader, LoaderConfig};
 use crate::model::layers::{trilinear, trilinear_values};
@@ -42,6 +43,8 @@ pub struct RunSpec {
     pub rank: usize,
     /// Number of ranks.
     pub world: usize,
+    /// Rendezvous `host:port` of the gradient all-reduce (rank 0 listens); needed when `world` > 1.
+    pub master: Option<String>,
     /// Continue from the run's latest checkpoint when there is one.
     pub resume: bool,
     /// S3 settings.
@@ -117,6 +120,8 @@ pub struct TrainOutcome {
     pub metrics: Vec<StepMetrics>,
     /// Stopped by max_steps/max_minutes before the last epoch.
     pub stopped_early: bool,
+    /// xxh3 of the final parameters: equal on every rank of a synchronised run.
+    pub weights_digest: u64,
 }
 
 /// The latest checkpoint pointer (`checkpoints/latest.json`), written last.
@@ -138,7 +143,7 @@ fn store_err(e: s3_shards::ShardError) -> TrainError {
 pub fn model_config(stage: &StageConfig) -> Result<SamConfig> {
     let cfg = SamConfig::preset(&stage.preset)
         .ok_or_else(|| TrainError::Config(format!("unknown preset {:?}", stage.preset)))?;
-    Ok(SamConfig { attention: stage.attention, ..cfg })
+    Ok(SamConfig { attention: stage.attention, precision: stage.precision, ..cfg })
 }
 
 /// Training rows of the selected datasets.
@@ -195,6 +200,12 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
     }
     let sampler = Sampler::from_rows(&rows, stage.seed, stage.shard_window);
     let cfg = model_config(stage)?;
+    if cfg.precision == Precision::Bf16 && !device.supports_dtype(burn::tensor::FloatDType::BF16) {
+        return Err(TrainError::Config(format!(
+            "stage {}: precision = \"bf16\" but this device has no bf16",
+            stage.name
+        )));
+    }
     let ad = device.clone().autodiff();
 
     // Phase 1: model (seeded: every rank and every rerun starts from the same
@@ -243,7 +254,20 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
     });
 
     let started = Instant::now();
-    let mut outcome = TrainOutcome { state, trained: Vec::new(), metrics: Vec::new(), stopped_early: false };
+    let mut outcome =
+        TrainOutcome { state, trained: Vec::new(), metrics: Vec::new(), stopped_early: false, weights_digest: 0 };
+    // Every rank takes the same optimiser steps on the mean gradient of all ranks.
+    let mut collective = match (spec.world > 1, spec.master.as_deref()) {
+        (false, _) => None,
+        (true, Some(addr)) => Some(TcpCollective::connect(addr, spec.rank, spec.world, RENDEZVOUS_TIMEOUT)?),
+        (true, None) => {
+            return Err(TrainError::Config(format!(
+                "world size {} needs a rendezvous address for the gradient all-reduce: --master HOST:PORT \
+                 (or MASTER_ADDR and MASTER_PORT); unsynchronised ranks would train different models",
+                spec.world
+            )));
+        }
+    };
     let mut metrics_csv = read_metrics(&rt, &run);
     // Phase 2: epochs.
     while state.sampler.epoch < stage.epochs {
@@ -288,25 +312,36 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
                 micro.clear();
             }
             if acc.count == stage.accumulation || (last && acc.count > 0) {
-                // Phase 4: optimiser step.
+                // Phase 4: all-reduce (when distributed), optimiser step.
                 let mut full = std::mem::replace(&mut acc, Accumulators::new());
+                let mut grads = [full.encoder.grads(), full.prompt.grads(), full.decoder.grads()];
+                let mut out_of_budget = stage.max_steps.is_some_and(|s| state.step + 1 >= s)
+                    || stage.max_minutes.is_some_and(|mins| started.elapsed().as_secs_f64() >= mins * 60.0);
+                let mut totals = [loss_sum, dice_sum, n_samples as f64];
+                if let Some(c) = collective.as_mut() {
+                    // The stop decision travels with the gradients: ranks whose clocks
+                    // disagree about max_minutes still stop at the same step.
+                    out_of_budget = all_reduce_step(c, &model, &mut grads, &mut totals, out_of_budget, device)?;
+                }
+                let [g_encoder, g_prompt, g_decoder] = grads;
                 let Sam { image_encoder, prompt_encoder, mask_decoder } = model;
                 let small = lr * stage.decoder_lr_factor;
                 model = Sam {
-                    image_encoder: opt.encoder.step(lr, image_encoder, full.encoder.grads()),
-                    prompt_encoder: opt.prompt.step(small, prompt_encoder, full.prompt.grads()),
-                    mask_decoder: opt.decoder.step(small, mask_decoder, full.decoder.grads()),
+                    image_encoder: opt.encoder.step(lr, image_encoder, g_encoder),
+                    prompt_encoder: opt.prompt.step(small, prompt_encoder, g_prompt),
+                    mask_decoder: opt.decoder.step(small, mask_decoder, g_decoder),
                 };
                 state.step += 1;
                 state.sampler.consumed += done_positions * spec.world as u64;
                 done_positions = 0;
+                let [loss_total, dice_total, n_total] = totals;
                 let m = StepMetrics {
                     step: state.step,
                     epoch,
-                    loss: loss_sum / n_samples.max(1) as f64,
-                    dice: dice_sum / n_samples.max(1) as f64,
+                    loss: loss_total / n_total.max(1.0),
+                    dice: dice_total / n_total.max(1.0),
                     lr,
-                    samples_per_s: n_samples as f64 / step_start.elapsed().as_secs_f64().max(1e-9),
+                    samples_per_s: n_total / step_start.elapsed().as_secs_f64().max(1e-9),
                 };
                 (loss_sum, dice_sum, n_samples) = (0.0, 0.0, 0);
                 step_start = Instant::now();
@@ -317,8 +352,6 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
                 progress(&TrainEvent::Step(m.clone()));
                 outcome.metrics.push(m);
                 // Phase 5: checkpoints and stopping.
-                let out_of_budget = stage.max_steps.is_some_and(|s| state.step >= s)
-                    || stage.max_minutes.is_some_and(|mins| started.elapsed().as_secs_f64() >= mins * 60.0);
                 if last {
                     state.sampler = SamplerState { epoch: epoch + 1, consumed: 0 };
                 }
@@ -329,6 +362,7 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
                 if out_of_budget {
                     outcome.state = state;
                     outcome.stopped_early = state.sampler.epoch < stage.epochs;
+                    outcome.weights_digest = weights_digest(&model);
                     return Ok(outcome);
                 }
             }
@@ -336,7 +370,60 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
         state.sampler = SamplerState { epoch: epoch + 1, consumed: 0 };
     }
     outcome.state = state;
+    outcome.weights_digest = weights_digest(&model);
     Ok(outcome)
+}
+
+/// How long ranks wait for each other at the rendezvous (they start in any order,
+/// and a Slurm or Kubernetes rank may wait for its node).
+const RENDEZVOUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// One all-reduce for a whole optimiser step: the three parts' gradients (replaced
+/// by the mean over ranks), the metric totals (summed) and the stop flag (any rank).
+fn all_reduce_step(
+    c: &mut TcpCollective,
+    model: &Sam,
+    grads: &mut [GradientsParams; 3],
+    totals: &mut [f64; 3],
+    stop: bool,
+    device: &Device,
+) -> Result<bool> {
+    let (mut values, mut flags) = (Vec::new(), Vec::new());
+    let [g0, g1, g2] = grads;
+    flat::gather(&model.image_encoder, g0, &mut values, &mut flags);
+    flat::gather(&model.prompt_encoder, g1, &mut values, &mut flags);
+    flat::gather(&model.mask_decoder, g2, &mut values, &mut flags);
+    let (nv, nf) = (values.len(), flags.len());
+    values.extend(flags);
+    values.extend(totals.iter().map(|&t| t as f32));
+    values.push(f32::from(u8::from(stop)));
+    c.all_reduce_sum(&mut values)?;
+    let (vals, rest) = values.split_at(nv);
+    let (flags, rest) = rest.split_at(nf);
+    let scale = 1.0 / c.world() as f32;
+    let (mut pos, mut k) = (0, 0);
+    flat::scatter(&model.image_encoder, g0, vals, flags, &mut pos, &mut k, scale, device);
+    flat::scatter(&model.prompt_encoder, g1, vals, flags, &mut pos, &mut k, scale, device);
+    flat::scatter(&model.mask_decoder, g2, vals, flags, &mut pos, &mut k, scale, device);
+    for (t, v) in totals.iter_mut().zip(&rest[..3]) {
+        *t = f64::from(*v);
+    }
+    Ok(rest[3] > 0.0)
+}
+
+/// xxh3 of every parameter's f32 values in visiting order.
+pub fn weights_digest(model: &Sam) -> u64 {
+    struct Digest(xxhash_rust::xxh3::Xxh3);
+    impl burn::module::ModuleVisitor for Digest {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            let v = param.val().into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 after convert");
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            self.0.update(&bytes);
+        }
+    }
+    let mut d = Digest(xxhash_rust::xxh3::Xxh3::new());
+    model.visit(&mut d);
+    d.0.digest()
 }
 
 /// A model initialised from `seed`. The device RNG is process-wide and burn draws a

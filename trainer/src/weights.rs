@@ -72,7 +72,7 @@ fn check(report: LoadReport, strictness: Strictness, file: &Path) -> Result<Load
 pub fn load_safetensors(model: &mut Sam, file: &Path, strictness: Strictness) -> Result<LoadReport> {
     let mut store = SafetensorsStore::from_file(file).with_from_adapter(PyTorchToBurnAdapter).allow_partial(true);
     for (from, to) in SEQUENTIAL_NAMES {
-        store = store.with_key_remapping(&to_regex(from), to);
+        store = store.with_key_remapping(to_regex(from), to);
     }
     let res = model
         .load_from(&mut store)
@@ -97,7 +97,7 @@ pub fn load_pytorch(model: &mut Sam, file: &Path, strictness: Strictness) -> Res
             store = store.with_top_level_key(k);
         }
         for (from, to) in SEQUENTIAL_NAMES {
-            store = store.with_key_remapping(&to_regex(from), to);
+            store = store.with_key_remapping(to_regex(from), to);
         }
         model.load_from(&mut store)
     };
@@ -130,7 +130,7 @@ pub fn export_safetensors(model: &Sam, file: &Path) -> Result<()> {
         .skip_enum_variants(true)
         .overwrite(true);
     for (from, to) in SEQUENTIAL_NAMES {
-        store = store.with_key_remapping(&to_regex(to), from);
+        store = store.with_key_remapping(to_regex(to), from);
     }
     model
         .save_into(&mut store)

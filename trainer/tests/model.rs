@@ -135,3 +135,39 @@ fn unpadded_attention_runs_and_is_not_weight_compatible() {
     assert!(diff > 1e-3, "pads take part in exact mode, so the outputs differ ({diff})");
     assert!(b.into_data().try_to_vec::<f32>().unwrap().iter().all(|v| v.is_finite()));
 }
+
+#[test]
+fn bf16_encoder_tracks_f32_and_its_gradients_stay_f32() {
+    use s3_trainer::config::Precision;
+    let device = Device::flex();
+    assert!(device.supports_dtype(burn::tensor::FloatDType::BF16), "flex computes bf16");
+    let base = SamConfig { embed_dim: 48, heads: 2, depth: 2, global_attn: vec![1], out: 48, ..SamConfig::small() };
+    let full = Sam::new(&base, &device);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("w.safetensors");
+    weights::export_safetensors(&full, &file).unwrap();
+    let bf16_cfg = SamConfig { precision: Precision::Bf16, ..base.clone() };
+    let mut half = Sam::new(&bf16_cfg, &device);
+    weights::load(&mut half, &file, Strictness::Strict).unwrap();
+    let x = Tensor::<5>::random([1, 1, 128, 128, 128], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let a = full.image_encoder.forward(x.clone());
+    let b = half.image_encoder.forward(x.clone());
+    assert_eq!(b.dtype(), burn::tensor::DType::F32, "the encoder hands f32 to the decoder");
+    let scale: f32 = a.clone().abs().max().into_scalar();
+    let rel = (a - b).abs().max().into_scalar::<f32>() / scale;
+    // bf16 keeps 8 bits of mantissa: visibly different from f32, but close.
+    assert!(rel > 1e-6 && rel < 5e-2, "bf16 vs f32 relative difference {rel}");
+
+    // Gradients reach the f32 master parameters in f32.
+    let ad = device.autodiff();
+    let mut model = Sam::new(&bf16_cfg, &ad);
+    weights::load(&mut model, &file, Strictness::Strict).unwrap();
+    let loss = model.image_encoder.forward(Tensor::from_data(x.into_data(), &ad)).square().mean();
+    let grads = loss.backward();
+    let qkv = &model.image_encoder.blocks[0].attn.qkv.weight;
+    assert_eq!(qkv.val().dtype(), burn::tensor::DType::F32, "parameters stay f32");
+    let g = qkv.val().grad(&grads).expect("qkv weight has a gradient");
+    assert_eq!(g.dtype(), burn::tensor::DType::F32);
+    let norm: f32 = g.abs().sum().into_scalar();
+    assert!(norm.is_finite() && norm > 0.0, "gradient norm {norm}");
+}

@@ -15,6 +15,7 @@ fn stage(epochs: u64) -> StageConfig {
         name: "test".into(),
         preset: "small".into(),
         attention: Default::default(),
+        precision: Default::default(),
         datasets: Selection { select: "all".into(), ..Default::default() },
         epochs,
         lr: 2e-3,
@@ -58,6 +59,7 @@ fn spec(data: &str, run: &str, stage: StageConfig) -> RunSpec {
         stage,
         rank: 0,
         world: 1,
+        master: None,
         resume: true,
         store_options: StoreOptions::default(),
     }
@@ -176,4 +178,45 @@ fn a_corrupted_sample_is_reported_and_not_trained_on() {
     assert!(skipped[0].1.contains("checksum mismatch"), "{}", skipped[0].1);
     assert!(!out.trained.contains(&bad_id));
     assert_eq!(out.trained.len(), train_count - 1);
+}
+
+#[test]
+fn two_ranks_average_gradients_and_stay_identical() {
+    let (dir, data) = data_store(4);
+    let st = StageConfig { epochs: 1, ..stage(1) };
+    // A world of 2 without a rendezvous address is refused, not run unsynchronised.
+    let lonely = RunSpec { world: 2, ..spec(&data, &dir.path().join("x").display().to_string(), st.clone()) };
+    let e = train(&lonely, &Device::flex(), &|_| {}).unwrap_err();
+    assert!(e.to_string().contains("--master"), "{e}");
+
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let run = dir.path().join("ddp").display().to_string();
+    let outcomes: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|rank| {
+                let spec = RunSpec { rank, world: 2, master: Some(addr.clone()), ..spec(&data, &run, st.clone()) };
+                s.spawn(move || train(&spec, &Device::flex(), &|_| {}).unwrap())
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let (r0, r1) = (&outcomes[0], &outcomes[1]);
+    assert_eq!(r0.metrics.len(), r1.metrics.len(), "both ranks take the same steps");
+    assert!(!r0.metrics.is_empty());
+    assert_eq!(r0.weights_digest, r1.weights_digest, "after every step both ranks hold the same weights");
+    for (a, b) in r0.metrics.iter().zip(&r1.metrics) {
+        assert_eq!(a.loss, b.loss, "step {}: the logged loss is the mean over ranks", a.step);
+    }
+    // Between them the ranks covered the epoch, each its own share.
+    let solo =
+        train(&spec(&data, &dir.path().join("solo").display().to_string(), st), &Device::flex(), &|_| {}).unwrap();
+    let mut union: Vec<String> = r0.trained.iter().chain(&r1.trained).cloned().collect();
+    union.sort();
+    union.dedup();
+    let mut all = solo.trained.clone();
+    all.sort();
+    assert_eq!(union, all);
+    assert_ne!(r0.trained, r1.trained, "the ranks trained on different samples");
+    // One rank alone ends elsewhere: the all-reduce changed what was learned.
+    assert_ne!(solo.weights_digest, r0.weights_digest);
 }

@@ -52,7 +52,9 @@ enum Command {
         prefix: PathBuf,
     },
     /// Train (or resume) a stage on published shards. Rank and world size come from
-    /// --rank/--world, else RANK/WORLD_SIZE, else SLURM_PROCID/SLURM_NTASKS.
+    /// --rank/--world, else RANK/WORLD_SIZE, else SLURM_PROCID/SLURM_NTASKS; with more
+    /// than one rank, gradients are averaged every optimiser step through rank 0 at
+    /// --master (else MASTER_ADDR:MASTER_PORT).
     Train {
         #[command(flatten)]
         target: RunArgs,
@@ -68,6 +70,10 @@ enum Command {
         /// Number of ranks.
         #[arg(long)]
         world: Option<usize>,
+        /// Rendezvous HOST:PORT of the gradient all-reduce: rank 0 listens there, the
+        /// other ranks connect (needed when world > 1).
+        #[arg(long, value_name = "HOST:PORT")]
+        master: Option<String>,
     },
     /// Dice at 1/3/5/10 clicks on the val split with the run's latest weights; writes
     /// eval/val.csv and eval/val.json to the run folder.
@@ -163,7 +169,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             println!("parity ok: every output within {:e} of the reference", fixture::TOLERANCE);
         }
-        Command::Train { target: RunArgs { stage, data, run }, no_resume, init, rank, world } => {
+        Command::Train { target: RunArgs { stage, data, run }, no_resume, init, rank, world, master } => {
             let mut stage = s3_trainer::stage::StageConfig::load(&stage)?;
             if init.is_some() {
                 stage.init = init;
@@ -171,12 +177,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
             let rank = rank.or_else(|| env("RANK")).or_else(|| env("SLURM_PROCID")).unwrap_or(0);
             let world = world.or_else(|| env("WORLD_SIZE")).or_else(|| env("SLURM_NTASKS")).unwrap_or(1);
+            let master = master.or_else(|| {
+                let (a, p) = (std::env::var("MASTER_ADDR").ok()?, std::env::var("MASTER_PORT").ok()?);
+                Some(format!("{a}:{p}"))
+            });
             let spec = s3_trainer::train::RunSpec {
                 data,
                 run,
                 stage,
                 rank,
                 world,
+                master,
                 resume: !no_resume,
                 store_options: Default::default(),
             };

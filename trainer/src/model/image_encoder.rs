@@ -5,11 +5,12 @@ use burn::module::Param;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig3d};
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
-use super::layers::{LayerNorm3d, MlpBlock};
-use crate::config::{AttentionMode, SamConfig};
+use super::layers::{LayerNorm3d, MlpBlock, linear_bf16};
+use crate::config::{AttentionMode, Precision, SamConfig};
 
 /// Conv3d patchify (`patch_embed.proj`).
 #[derive(Module, Debug)]
@@ -32,10 +33,11 @@ pub struct Attention {
     /// Along W.
     pub rel_pos_w: Param<Tensor<2>>,
     heads: usize,
+    bf16: bool,
 }
 
 impl Attention {
-    fn new(dim: usize, heads: usize, size: usize, device: &Device) -> Self {
+    fn new(dim: usize, heads: usize, size: usize, bf16: bool, device: &Device) -> Self {
         let hd = dim / heads;
         let table = || Param::from_tensor(Tensor::zeros([2 * size - 1, hd], device));
         Attention {
@@ -45,6 +47,7 @@ impl Attention {
             rel_pos_h: table(),
             rel_pos_w: table(),
             heads,
+            bf16,
         }
     }
 
@@ -52,14 +55,20 @@ impl Attention {
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
         let [b, d, h, w, c] = x.dims();
         let (n, heads, hd) = (d * h * w, self.heads, c / self.heads);
-        let qkv = self.qkv.forward(x.reshape([b, n, c])); // [B, N, 3C]
+        let qkv = linear_bf16(&self.qkv, x.reshape([b, n, c]), self.bf16); // [B, N, 3C]
         let qkv = qkv.reshape([b, n, 3, heads, hd]).permute([2, 0, 3, 1, 4]); // [3, B, heads, N, hd]
         let part = |i: usize| qkv.clone().slice(s![i..i + 1]).reshape([b, heads, n, hd]);
         let (q, k, v) = (part(0), part(1), part(2));
         let bias = self.rel_pos_bias(q.clone(), [d, h, w]); // [B, heads, N, N]
-        let out = attention(q, k, v, None, Some(bias), AttentionModuleOptions::default()); // [B, heads, N, hd]
+        let opts = AttentionModuleOptions::default();
+        let out = if self.bf16 {
+            let down = |t: Tensor<4>| t.cast(FloatDType::BF16);
+            attention(down(q), down(k), down(v), None, Some(down(bias)), opts).cast(FloatDType::F32)
+        } else {
+            attention(q, k, v, None, Some(bias), opts)
+        }; // [B, heads, N, hd]
         let out = out.swap_dims(1, 2).reshape([b, d, h, w, c]);
-        self.proj.forward(out)
+        linear_bf16(&self.proj, out, self.bf16)
     }
 
     /// The reference's `add_decomposed_rel_pos` (from the unscaled q), including how
@@ -185,6 +194,7 @@ impl ImageEncoder {
     /// Builds the encoder of `cfg` (zero position embeddings and tables, like the reference).
     pub fn new(cfg: &SamConfig, device: &Device) -> Self {
         let (c, g, p) = (cfg.embed_dim, cfg.grid(), cfg.patch_size);
+        let bf16 = cfg.precision == Precision::Bf16;
         let blocks = (0..cfg.depth)
             .map(|i| {
                 let global = cfg.global_attn.contains(&i);
@@ -196,9 +206,9 @@ impl ImageEncoder {
                 };
                 Block {
                     norm1: LayerNormConfig::new(c).with_epsilon(1e-6).init(device),
-                    attn: Attention::new(c, cfg.heads, size, device),
+                    attn: Attention::new(c, cfg.heads, size, bf16, device),
                     norm2: LayerNormConfig::new(c).with_epsilon(1e-6).init(device),
-                    mlp: MlpBlock::new(c, c * cfg.mlp_ratio, true, device),
+                    mlp: MlpBlock::new(c, c * cfg.mlp_ratio, true, device).with_bf16(bf16),
                     window,
                 }
             })

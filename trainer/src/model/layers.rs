@@ -3,7 +3,22 @@
 use burn::module::Param;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation;
+use burn::tensor::{FloatDType, activation};
+
+/// `layer(x)`, computed in bf16 when `bf16` is set: input, weight and bias cast down,
+/// the result cast back to f32. The parameters stay f32 (the optimiser's master
+/// copy) and autodiff casts each gradient back to its source's dtype, so gradients
+/// arrive in f32. Both operands are cast: a mixed f32 × bf16 matmul is not checked
+/// on CUDA and gives wrong numbers.
+pub fn linear_bf16<const D: usize>(layer: &Linear, x: Tensor<D>, bf16: bool) -> Tensor<D> {
+    if !bf16 {
+        return layer.forward(x);
+    }
+    let down = |t: Tensor<D>| t.cast(FloatDType::BF16);
+    let w = layer.weight.val().cast(FloatDType::BF16);
+    let b = layer.bias.as_ref().map(|b| b.val().cast(FloatDType::BF16));
+    burn::tensor::module::linear(down(x), w, b).cast(FloatDType::F32)
+}
 
 /// Channel-first LayerNorm over dim 1 of `[B, C, D, H, W]` (the reference's LayerNorm3d).
 #[derive(Module, Debug)]
@@ -44,6 +59,7 @@ pub struct MlpBlock {
     /// hidden → d
     pub lin2: Linear,
     gelu: bool,
+    bf16: bool,
 }
 
 impl MlpBlock {
@@ -53,14 +69,20 @@ impl MlpBlock {
             lin1: LinearConfig::new(dim, hidden).init(device),
             lin2: LinearConfig::new(hidden, dim).init(device),
             gelu,
+            bf16: false,
         }
+    }
+
+    /// The same block with its two linear layers in bf16 (see [`linear_bf16`]).
+    pub fn with_bf16(self, bf16: bool) -> Self {
+        MlpBlock { bf16, ..self }
     }
 
     /// `[.., d]` → `[.., d]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let h = self.lin1.forward(x);
+        let h = linear_bf16(&self.lin1, x, self.bf16);
         let h = if self.gelu { activation::gelu(h) } else { activation::relu(h) };
-        self.lin2.forward(h)
+        linear_bf16(&self.lin2, h, self.bf16)
     }
 }
 

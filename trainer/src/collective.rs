@@ -1,0 +1,326 @@
+//! Gradient all-reduce between ranks over TCP (DESIGN §8–9: gradients are averaged
+//! every optimiser step — the reference's DDP never synchronised, so its ranks
+//! drifted apart).
+//!
+//! A star: rank 0 listens on the rendezvous address (`--master`, or torchrun's
+//! `MASTER_ADDR`/`MASTER_PORT`), every other rank connects, sends its buffer, and
+//! receives the sum. Simple and exact (the sum is taken in rank order, so every
+//! rank gets bit-identical values); the root moves world × size bytes per step,
+//! which is fine for CPU training and the demo. GPU runs want NCCL's ring instead.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::error::{Result, TrainError};
+
+const MAGIC: u32 = 0x5333_4152; // "S3AR"
+
+fn err(m: impl Into<String>) -> TrainError {
+    TrainError::Collective(m.into())
+}
+
+/// One rank's end of the group.
+pub struct TcpCollective {
+    rank: usize,
+    world: usize,
+    /// Rank 0: a stream to each rank 1..world, in rank order. Others: the stream to rank 0.
+    links: Vec<TcpStream>,
+}
+
+impl std::fmt::Debug for TcpCollective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TcpCollective(rank {} of {})", self.rank, self.world)
+    }
+}
+
+fn hello(rank: usize, world: usize) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    b[..4].copy_from_slice(&MAGIC.to_le_bytes());
+    b[4..8].copy_from_slice(&(rank as u32).to_le_bytes());
+    b[8..].copy_from_slice(&(world as u32).to_le_bytes());
+    b
+}
+
+fn read_hello(s: &mut TcpStream) -> Result<(usize, usize)> {
+    let mut b = [0u8; 12];
+    s.read_exact(&mut b).map_err(|e| err(format!("rendezvous handshake: {e}")))?;
+    let word = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+    if word(0) != MAGIC {
+        return Err(err("rendezvous: a peer that is not an s3-train rank connected"));
+    }
+    Ok((word(4) as usize, word(8) as usize))
+}
+
+impl TcpCollective {
+    /// Joins the group of `world` ranks at `addr` (`host:port`). Rank 0 binds it; the
+    /// others retry connecting until `timeout` (ranks start in any order).
+    pub fn connect(addr: &str, rank: usize, world: usize, timeout: Duration) -> Result<TcpCollective> {
+        if rank >= world {
+            return Err(err(format!("rank {rank} is not below the world size {world}")));
+        }
+        let deadline = Instant::now() + timeout;
+        let links = if rank == 0 {
+            let listener = TcpListener::bind(addr).map_err(|e| err(format!("rank 0 cannot listen on {addr}: {e}")))?;
+            listener.set_nonblocking(true).map_err(|e| err(e.to_string()))?;
+            let mut slots: Vec<Option<TcpStream>> = (1..world).map(|_| None).collect();
+            while slots.iter().any(Option::is_none) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).map_err(|e| err(e.to_string()))?;
+                        s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| err(e.to_string()))?;
+                        let (r, w) = read_hello(&mut s)?;
+                        if w != world || r == 0 || r >= world {
+                            return Err(err(format!("rank {r} joined with world size {w}; this group has {world}")));
+                        }
+                        if slots[r - 1].is_some() {
+                            return Err(err(format!("two processes claim rank {r}")));
+                        }
+                        s.write_all(&hello(0, world)).map_err(|e| err(e.to_string()))?;
+                        s.set_read_timeout(None).map_err(|e| err(e.to_string()))?;
+                        slots[r - 1] = Some(s);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if Instant::now() > deadline {
+                            let missing: Vec<String> = slots
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, s)| s.is_none())
+                                .map(|(i, _)| (i + 1).to_string())
+                                .collect();
+                            return Err(err(format!(
+                                "rendezvous at {addr}: ranks {} did not join within {timeout:?}",
+                                missing.join(", ")
+                            )));
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => return Err(err(format!("rendezvous at {addr}: {e}"))),
+                }
+            }
+            slots.into_iter().map(|s| s.expect("all joined")).collect()
+        } else {
+            let mut s = loop {
+                match TcpStream::connect(addr) {
+                    Ok(s) => break s,
+                    Err(e) if Instant::now() > deadline => {
+                        return Err(err(format!(
+                            "rank {rank}: rank 0 not reachable at {addr} within {timeout:?}: {e}"
+                        )));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            };
+            s.write_all(&hello(rank, world)).map_err(|e| err(e.to_string()))?;
+            let (r, w) = read_hello(&mut s)?;
+            if r != 0 || w != world {
+                return Err(err(format!("rank 0 answered with world size {w}, expected {world}")));
+            }
+            vec![s]
+        };
+        for l in &links {
+            l.set_nodelay(true).map_err(|e| err(e.to_string()))?;
+        }
+        tracing::info!(rank, world, addr, "joined the gradient all-reduce group");
+        Ok(TcpCollective { rank, world, links })
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Number of ranks.
+    pub fn world(&self) -> usize {
+        self.world
+    }
+
+    /// Replaces `buf` on every rank with the element-wise sum over all ranks.
+    pub fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<()> {
+        if self.rank == 0 {
+            let mut incoming = vec![0f32; buf.len()];
+            for (i, link) in self.links.iter_mut().enumerate() {
+                recv(link, &mut incoming).map_err(|e| err(format!("receiving from rank {}: {e}", i + 1)))?;
+                buf.iter_mut().zip(&incoming).for_each(|(a, b)| *a += b);
+            }
+            for (i, link) in self.links.iter_mut().enumerate() {
+                send(link, buf).map_err(|e| err(format!("sending to rank {}: {e}", i + 1)))?;
+            }
+        } else {
+            let link = &mut self.links[0];
+            send(link, buf).map_err(|e| err(format!("sending to rank 0: {e}")))?;
+            recv(link, buf).map_err(|e| err(format!("receiving from rank 0: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+fn send(link: &mut TcpStream, buf: &[f32]) -> std::io::Result<()> {
+    let mut w = BufWriter::with_capacity(1 << 20, link);
+    w.write_all(&(buf.len() as u64).to_le_bytes())?;
+    for chunk in buf.chunks(1 << 16) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+        w.write_all(&bytes)?;
+    }
+    w.flush()
+}
+
+fn recv(link: &mut TcpStream, buf: &mut [f32]) -> std::io::Result<()> {
+    let mut r = BufReader::with_capacity(1 << 20, link);
+    let mut n = [0u8; 8];
+    r.read_exact(&mut n).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            std::io::Error::new(e.kind(), "the peer closed the connection (did it fail or stop?)")
+        } else {
+            e
+        }
+    })?;
+    let n = u64::from_le_bytes(n) as usize;
+    if n != buf.len() {
+        return Err(std::io::Error::other(format!(
+            "peer sent {n} values, this rank has {} (different model or stage config?)",
+            buf.len()
+        )));
+    }
+    let mut bytes = vec![0u8; 4 << 16];
+    for chunk in buf.chunks_mut(1 << 16) {
+        let b = &mut bytes[..chunk.len() * 4];
+        r.read_exact(b)?;
+        for (v, c) in chunk.iter_mut().zip(b.chunks_exact(4)) {
+            *v = f32::from_le_bytes(c.try_into().expect("4 bytes"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free_addr() -> String {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    }
+
+    #[test]
+    fn three_ranks_sum_identically() {
+        let addr = free_addr();
+        let handles: Vec<_> = (0..3)
+            .map(|rank| {
+                let addr = addr.clone();
+                std::thread::spawn(move || {
+                    let mut c = TcpCollective::connect(&addr, rank, 3, Duration::from_secs(10)).unwrap();
+                    let mut out = Vec::new();
+                    for round in 0..3 {
+                        // 200k values: several frames per message.
+                        let mut buf: Vec<f32> = (0..200_000).map(|i| (i % 7) as f32 * (rank + round) as f32).collect();
+                        c.all_reduce_sum(&mut buf).unwrap();
+                        out.push(buf);
+                    }
+                    out
+                })
+            })
+            .collect();
+        let results: Vec<Vec<Vec<f32>>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        for round in 0..3 {
+            let want: Vec<f32> = (0..200_000).map(|i| (i % 7) as f32 * (3 * round + 3) as f32).collect();
+            for r in &results {
+                assert_eq!(r[round], want);
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_rank_or_a_dead_peer_is_a_clear_error() {
+        let addr = free_addr();
+        let e = TcpCollective::connect(&addr, 0, 2, Duration::from_millis(200)).unwrap_err();
+        assert!(e.to_string().contains("ranks 1 did not join"), "{e}");
+
+        let addr = free_addr();
+        let a2 = addr.clone();
+        let peer = std::thread::spawn(move || {
+            let c = TcpCollective::connect(&a2, 1, 2, Duration::from_secs(10)).unwrap();
+            drop(c); // leaves without reducing
+        });
+        let mut root = TcpCollective::connect(&addr, 0, 2, Duration::from_secs(10)).unwrap();
+        peer.join().unwrap();
+        let e = root.all_reduce_sum(&mut [1.0, 2.0]).unwrap_err();
+        assert!(e.to_string().contains("rank 1"), "{e}");
+    }
+}
+
+/// Gradients of a module flattened in visiting order (every rank visits the same
+/// model in the same order), with one presence flag per parameter: a parameter
+/// without a gradient on this rank (a prompt path unused this step) contributes
+/// zeros, and gets a gradient back if any rank had one, as DDP does.
+pub mod flat {
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::optim::GradientsParams;
+    use burn::prelude::*;
+
+    /// Appends `module`'s gradients from `grads` (removing them) to `values`, and a
+    /// flag per parameter to `flags`.
+    pub fn gather<M: Module>(module: &M, grads: &mut GradientsParams, values: &mut Vec<f32>, flags: &mut Vec<f32>) {
+        struct Gather<'a> {
+            grads: &'a mut GradientsParams,
+            values: &'a mut Vec<f32>,
+            flags: &'a mut Vec<f32>,
+        }
+        impl ModuleVisitor for Gather<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                match self.grads.remove::<D>(param.id) {
+                    Some(g) => {
+                        let v = g.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 after convert");
+                        self.values.extend(v);
+                        self.flags.push(1.0);
+                    }
+                    None => {
+                        let n = param.val().shape().num_elements();
+                        self.values.extend(std::iter::repeat_n(0.0, n));
+                        self.flags.push(0.0);
+                    }
+                }
+            }
+        }
+        module.visit(&mut Gather { grads, values, flags });
+    }
+
+    /// Registers `module`'s gradients from the reduced `values`/`flags`, starting at
+    /// `*pos` / `*k`, scaled by `scale` (1 / world: the mean over ranks).
+    #[allow(clippy::too_many_arguments)]
+    pub fn scatter<M: Module>(
+        module: &M,
+        grads: &mut GradientsParams,
+        values: &[f32],
+        flags: &[f32],
+        pos: &mut usize,
+        k: &mut usize,
+        scale: f32,
+        device: &Device,
+    ) {
+        struct Scatter<'a> {
+            grads: &'a mut GradientsParams,
+            values: &'a [f32],
+            flags: &'a [f32],
+            pos: &'a mut usize,
+            k: &'a mut usize,
+            scale: f32,
+            device: &'a Device,
+        }
+        impl ModuleVisitor for Scatter<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let shape = param.val().shape();
+                let n = shape.num_elements();
+                let v = &self.values[*self.pos..*self.pos + n];
+                *self.pos += n;
+                let present = self.flags[*self.k] > 0.0;
+                *self.k += 1;
+                if present {
+                    let data = TensorData::new(v.iter().map(|x| x * self.scale).collect::<Vec<f32>>(), shape);
+                    self.grads.register::<D>(param.id, Tensor::from_data(data, self.device));
+                }
+            }
+        }
+        module.visit(&mut Scatter { grads, values, flags, pos, k, scale, device });
+    }
+}

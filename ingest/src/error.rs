@@ -52,13 +52,14 @@ pub enum IngestError {
     #[error("label map {0} is empty (no voxel > 0)")]
     EmptyLabel(String),
     /// Reading a file failed.
-    #[error("{file}: {source}")]
+    #[error("{file}: {error}")]
     Io {
         /// File name.
         file: String,
         /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        /// (Not a `#[source]`: the message already says it, and error-chain
+        /// printing would repeat it.)
+        error: std::io::Error,
     },
     /// The catalogue is invalid.
     #[error("catalogue {path}: {reason}")]

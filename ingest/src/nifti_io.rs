@@ -202,7 +202,7 @@ fn name(path: &Path) -> String {
 /// Reads a NIfTI-1 file; the error says precisely why a file is unusable.
 pub fn read_nifti(path: &Path, opts: &ReadOptions) -> Result<Volume> {
     let file = name(path);
-    let io_err = |source: io::Error| IngestError::Io { file: file.clone(), source };
+    let io_err = |source: io::Error| IngestError::Io { file: file.clone(), error: source };
     let mut reader = BufReader::with_capacity(1 << 20, File::open(path).map_err(io_err)?);
     let gz = reader.fill_buf().map_err(io_err)?.starts_with(&[0x1f, 0x8b]);
     let mut stream: Box<dyn Read> =

@@ -167,12 +167,12 @@ pub fn run(catalog: &Catalog, cfg: &IngestConfig, progress: &(dyn Fn(Event) + Sy
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| IngestError::Io { file: "tokio runtime".into(), source: e })?;
+        .map_err(|e| IngestError::Io { file: "tokio runtime".into(), error: e })?;
     let out = open_store(&cfg.out, &cfg.store_options)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.jobs.max(1))
         .build()
-        .map_err(|e| IngestError::Io { file: "thread pool".into(), source: std::io::Error::other(e) })?;
+        .map_err(|e| IngestError::Io { file: "thread pool".into(), error: std::io::Error::other(e) })?;
     let mut summary = Summary::default();
     for d in &catalog.datasets {
         if cfg.datasets.as_ref().is_some_and(|names| !names.contains(&d.name)) {

@@ -87,7 +87,7 @@ impl Source {
         if let Some(root) = &self.local_root {
             return Ok(LocalFile { path: root.join(key), _temp: None });
         }
-        let io = |e: std::io::Error| IngestError::Io { file: key.into(), source: e };
+        let io = |e: std::io::Error| IngestError::Io { file: key.into(), error: e };
         let dir = tempfile::Builder::new().prefix("fetch-").tempdir_in(tmp).map_err(io)?;
         let name = key.rsplit('/').next().unwrap_or("file");
         let path = dir.path().join(name);
@@ -97,13 +97,13 @@ impl Source {
             .store()
             .get(&obj)
             .await
-            .map_err(|e| IngestError::Io { file: key.into(), source: std::io::Error::other(e) })?;
+            .map_err(|e| IngestError::Io { file: key.into(), error: std::io::Error::other(e) })?;
         let mut stream = get.into_stream();
         let mut file = std::fs::File::create(&path).map_err(io)?;
         while let Some(chunk) = stream
             .try_next()
             .await
-            .map_err(|e| IngestError::Io { file: key.into(), source: std::io::Error::other(e) })?
+            .map_err(|e| IngestError::Io { file: key.into(), error: std::io::Error::other(e) })?
         {
             std::io::Write::write_all(&mut file, &chunk).map_err(io)?;
         }

@@ -15,18 +15,19 @@ use s3_trainer::train::{RunSpec, TrainEvent, TrainOutcome, model_config, select_
 /// The demo stage shipped in `manifests/stages/demo.toml`, embedded so the demo runs anywhere.
 pub const DEMO_STAGE: &str = include_str!("../../manifests/stages/demo.toml");
 
-/// Errors of the demo (each step's own error, kept as the source).
+/// Errors of the demo (each step's own error, kept as the source: print the chain,
+/// e.g. `{:#}` with anyhow, to see it).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DemoError {
     /// Writing or ingesting the phantom corpus failed.
-    #[error("ingest: {0}")]
+    #[error("ingest")]
     Ingest(#[from] s3_ingest::IngestError),
     /// Training or evaluation failed.
-    #[error("training: {0}")]
+    #[error("training")]
     Train(#[from] s3_trainer::TrainError),
     /// Store access failed.
-    #[error("store: {0}")]
+    #[error("store")]
     Shards(#[from] s3_shards::ShardError),
     /// Anything else.
     #[error("{0}")]

@@ -16,13 +16,14 @@ pub enum TrainError {
     #[error("config: {0}")]
     Config(String),
     /// Reading a file failed.
-    #[error("{file}: {source}")]
+    #[error("{file}: {error}")]
     Io {
         /// The file.
         file: String,
         /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        /// (Not a `#[source]`: the message already says it, and error-chain
+        /// printing would repeat it.)
+        error: std::io::Error,
     },
     /// The gradient all-reduce between ranks failed.
     #[error("collective: {0}")]

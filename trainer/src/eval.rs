@@ -169,7 +169,7 @@ pub fn write_report(run: &StoreLocation, name: &str, report: &EvalReport) -> Res
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|source| TrainError::Io { file: "runtime".into(), source })?;
+        .map_err(|source| TrainError::Io { file: "runtime".into(), error: source })?;
     let store = run.store().as_ref();
     rt.block_on(async {
         let csv = ObjPath::from(format!("eval/{name}.csv"));

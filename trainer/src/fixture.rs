@@ -48,7 +48,7 @@ pub fn check_fixture(prefix: &Path, device: &Device) -> Result<Vec<Comparison>> 
     let with = |suffix: &str| PathBuf::from(format!("{}{suffix}", prefix.display()));
     let json_path = with(".json");
     let text = std::fs::read_to_string(&json_path)
-        .map_err(|source| TrainError::Io { file: json_path.display().to_string(), source })?;
+        .map_err(|source| TrainError::Io { file: json_path.display().to_string(), error: source })?;
     let meta: serde_json::Value = serde_json::from_str(&text).map_err(|e| TrainError::Config(e.to_string()))?;
     let cfg = SamConfig::from_fixture(&meta["config"]).map_err(TrainError::Config)?;
     let mut model = Sam::new(&cfg, device);

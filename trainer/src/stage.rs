@@ -146,7 +146,7 @@ impl StageConfig {
     /// Reads a stage file.
     pub fn load(path: &Path) -> Result<StageConfig> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| TrainError::Io { file: path.display().to_string(), source })?;
+            .map_err(|source| TrainError::Io { file: path.display().to_string(), error: source })?;
         let mut cfg: StageConfig =
             toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
         if let Some(c) = &cfg.datasets.catalog {
@@ -216,7 +216,7 @@ pub fn catalog_flags(path: &Path, flag: &str) -> Result<Vec<String>> {
         datasets: Vec<Entry>,
     }
     let text =
-        std::fs::read_to_string(path).map_err(|source| TrainError::Io { file: path.display().to_string(), source })?;
+        std::fs::read_to_string(path).map_err(|source| TrainError::Io { file: path.display().to_string(), error: source })?;
     let c: Catalog = toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
     Ok(c.datasets
         .into_iter()

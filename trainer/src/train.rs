@@ -191,7 +191,7 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|source| TrainError::Io { file: "runtime".into(), source })?;
+        .map_err(|source| TrainError::Io { file: "runtime".into(), error: source })?;
     let data = open_store(&spec.data, &spec.store_options).map_err(store_err)?;
     let run = open_store(&spec.run, &spec.store_options).map_err(store_err)?;
     let rows = select_rows(&data, stage, Split::Train, &rt)?;
@@ -555,11 +555,11 @@ pub fn seg_loss(logits: Tensor<5>, target: Tensor<5>, legacy: bool) -> Tensor<1>
 }
 
 fn temp_dir() -> Result<tempfile::TempDir> {
-    tempfile::tempdir().map_err(|source| TrainError::Io { file: "temp dir".into(), source })
+    tempfile::tempdir().map_err(|source| TrainError::Io { file: "temp dir".into(), error: source })
 }
 
 async fn put_file(store: &dyn ObjectStore, key: &str, file: &std::path::Path) -> Result<()> {
-    let bytes = std::fs::read(file).map_err(|source| TrainError::Io { file: file.display().to_string(), source })?;
+    let bytes = std::fs::read(file).map_err(|source| TrainError::Io { file: file.display().to_string(), error: source })?;
     store
         .put(&ObjPath::from(key), PutPayload::from(bytes))
         .await
@@ -569,7 +569,7 @@ async fn put_file(store: &dyn ObjectStore, key: &str, file: &std::path::Path) ->
 
 async fn get_file(store: &dyn ObjectStore, key: &str, file: &std::path::Path) -> Result<()> {
     let bytes = json::get_bytes(store, &ObjPath::from(key)).await.map_err(store_err)?;
-    std::fs::write(file, &bytes).map_err(|source| TrainError::Io { file: file.display().to_string(), source })
+    std::fs::write(file, &bytes).map_err(|source| TrainError::Io { file: file.display().to_string(), error: source })
 }
 
 /// Writes `checkpoints/step-N/` (model and optimiser state as burnpack, weights as
@@ -661,7 +661,7 @@ pub fn load_latest_weights(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|source| TrainError::Io { file: "runtime".into(), source })?;
+        .map_err(|source| TrainError::Io { file: "runtime".into(), error: source })?;
     let run = open_store(run_url, options).map_err(store_err)?;
     let latest: Latest =
         rt.block_on(json::get_json(run.store().as_ref(), &ObjPath::from(LATEST))).map_err(store_err)?;

@@ -193,11 +193,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let outcome = progress::train_with_progress(&spec, &device)?;
             println!(
-                "trained {} steps (epoch {}), last loss {:.4}, dice {:.3}",
+                "rank {}/{}: trained {} steps (epoch {}), last loss {:.4}, dice {:.3}, weights xxh3 {:016x}",
+                spec.rank,
+                spec.world,
                 outcome.state.step,
                 outcome.state.sampler.epoch,
                 outcome.metrics.last().map_or(f64::NAN, |m| m.loss),
-                outcome.metrics.last().map_or(f64::NAN, |m| m.dice)
+                outcome.metrics.last().map_or(f64::NAN, |m| m.dice),
+                outcome.weights_digest
             );
         }
         Command::Eval { target: RunArgs { stage, data, run }, clicks } => {

@@ -215,8 +215,8 @@ pub fn catalog_flags(path: &Path, flag: &str) -> Result<Vec<String>> {
     struct Catalog {
         datasets: Vec<Entry>,
     }
-    let text =
-        std::fs::read_to_string(path).map_err(|source| TrainError::Io { file: path.display().to_string(), error: source })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| TrainError::Io { file: path.display().to_string(), error: source })?;
     let c: Catalog = toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
     Ok(c.datasets
         .into_iter()

@@ -559,7 +559,8 @@ fn temp_dir() -> Result<tempfile::TempDir> {
 }
 
 async fn put_file(store: &dyn ObjectStore, key: &str, file: &std::path::Path) -> Result<()> {
-    let bytes = std::fs::read(file).map_err(|source| TrainError::Io { file: file.display().to_string(), error: source })?;
+    let bytes =
+        std::fs::read(file).map_err(|source| TrainError::Io { file: file.display().to_string(), error: source })?;
     store
         .put(&ObjPath::from(key), PutPayload::from(bytes))
         .await

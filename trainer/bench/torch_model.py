@@ -1,24 +1,88 @@
 """PyTorch on the same architecture, for the ratio printed beside `cargo bench -p s3-trainer
 --bench model`. Needs the reference implementation (uni-medical/SAM-Med3D) on PYTHONPATH
-and `pip install torch`; run by hand:
+and `pip install torch numpy`; run by hand:
 
-    python trainer/bench/torch_model.py [vit_b_ori|small]
+    PYTHONPATH=/path/to/SAM-Med3D python trainer/bench/torch_model.py [vit_b_ori|small]
 
 Forward+backward of one 128³ sample on CPU, batch 1, one point prompt, as the Rust bench.
+Prints the trainable parameter count (compare with `s3-train info --preset PRESET`) and
+torch.get_num_threads() (set OMP_NUM_THREADS / torch.set_num_threads to match the Rust run).
 """
 
 import sys
 import time
+from functools import partial
 
 import torch
 from segment_anything.build_sam3D import sam_model_registry3D
+from segment_anything.modeling import (ImageEncoderViT3D, MaskDecoder3D, PromptEncoder3D, Sam3D,
+                                       TwoWayTransformer3D)
+
+
+def build_small():
+    """The Rust `small` preset, built from the reference classes the way `_build_sam3D_ori`
+    builds vit_b_ori: img 128, patch 16, embed 96, depth 2, heads 4, global [1], window 8,
+    out_chans 48, mask_in_chans 16, 3 multimask outputs, IoU head hidden 32, two-way
+    transformer depth 2 / 8 heads / mlp_dim 256."""
+    prompt_embed_dim = 48
+    image_size = 128
+    vit_patch_size = 16
+    image_embedding_size = image_size // vit_patch_size
+    mask_decoder = MaskDecoder3D(
+        num_multimask_outputs=3,
+        transformer_dim=prompt_embed_dim,
+        iou_head_depth=3,
+        iou_head_hidden_dim=32,
+    )
+    # The reference MaskDecoder3D takes no `transformer` argument: it always builds
+    # TwoWayTransformer3D(depth=2, mlp_dim=2048, num_heads=8); swap in the preset's one.
+    mask_decoder.transformer = TwoWayTransformer3D(
+        depth=2,
+        embedding_dim=prompt_embed_dim,
+        mlp_dim=256,
+        num_heads=8,
+    )
+    sam = Sam3D(
+        image_encoder=ImageEncoderViT3D(
+            depth=2,
+            embed_dim=96,
+            img_size=image_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=4,
+            patch_size=vit_patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=[1],
+            window_size=8,
+            out_chans=prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder3D(
+            embed_dim=prompt_embed_dim,
+            image_embedding_size=(image_embedding_size, image_embedding_size, image_embedding_size),
+            input_image_size=(image_size, image_size, image_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=mask_decoder,
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+    sam.eval()
+    return sam
+
+
+PRESETS = {
+    "vit_b_ori": lambda: sam_model_registry3D["vit_b_ori"](checkpoint=None),
+    "small": build_small,
+}
 
 preset = sys.argv[1] if len(sys.argv) > 1 else "vit_b_ori"
+if preset not in PRESETS:
+    raise SystemExit(f"usage: torch_model.py [{'|'.join(PRESETS)}]")
 torch.manual_seed(0)
-if preset == "vit_b_ori":
-    model = sam_model_registry3D["vit_b_ori"](checkpoint=None)
-else:
-    raise SystemExit("build the small preset with the reference's _build_sam3D_ori(encoder_embed_dim=96, depth=2, heads=4, global=[1])")
+model = PRESETS[preset]()
+n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+print(f"torch {preset}: {n_params} trainable parameters, {torch.get_num_threads()} threads", flush=True)
 model.train()
 image = torch.randn(1, 1, 128, 128, 128)
 coords = torch.tensor([[[64.0, 64.0, 64.0]]])

@@ -2,9 +2,10 @@
 //! every optimiser step — the reference's DDP never synchronised, so its ranks
 //! drifted apart).
 //!
-//! A star: rank 0 listens on the rendezvous address (`--master`, or torchrun's
-//! `MASTER_ADDR`/`MASTER_PORT`), every other rank connects, sends its buffer, and
-//! receives the sum. Simple and exact (the sum is taken in rank order, so every
+//! A star: rank 0 listens on the rendezvous address (`--master`, or the
+//! `MASTER_ADDR`/`MASTER_PORT` variables launchers set — a port of its own: under
+//! torchrun that port already holds torchrun's store), every other rank connects,
+//! sends its buffer, and receives the sum. Simple and exact (the sum is taken in rank order, so every
 //! rank gets bit-identical values); the root moves world × size bytes per step,
 //! which is fine for CPU training and the demo. GPU runs want NCCL's ring instead.
 
@@ -44,7 +45,10 @@ fn hello(rank: usize, world: usize) -> [u8; 12] {
 
 fn read_hello(s: &mut TcpStream) -> Result<(usize, usize)> {
     let mut b = [0u8; 12];
-    s.read_exact(&mut b).map_err(|e| err(format!("rendezvous handshake: {e}")))?;
+    s.read_exact(&mut b).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => err("no handshake within 30 s"),
+        _ => err(format!("rendezvous handshake: {e}")),
+    })?;
     let word = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
     if word(0) != MAGIC {
         return Err(err("rendezvous: a peer that is not an s3-train rank connected"));
@@ -66,12 +70,29 @@ impl TcpCollective {
             let mut slots: Vec<Option<TcpStream>> = (1..world).map(|_| None).collect();
             while slots.iter().any(Option::is_none) {
                 match listener.accept() {
-                    Ok((mut s, _)) => {
-                        s.set_nonblocking(false).map_err(|e| err(e.to_string()))?;
-                        s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| err(e.to_string()))?;
-                        let (r, w) = read_hello(&mut s)?;
-                        if w != world || r == 0 || r >= world {
+                    Ok((mut s, peer)) => {
+                        // A stray connection (a port probe, a health check) is dropped
+                        // with a warning; only a real rank's handshake counts.
+                        let joined = s
+                            .set_nonblocking(false)
+                            .and_then(|()| s.set_read_timeout(Some(Duration::from_secs(30))))
+                            .map_err(|e| err(e.to_string()))
+                            .and_then(|()| read_hello(&mut s));
+                        let (r, w) = match joined {
+                            Ok(rw) => rw,
+                            Err(e) => {
+                                tracing::warn!("rendezvous: ignoring a connection from {peer}: {e}");
+                                continue;
+                            }
+                        };
+                        if w != world {
                             return Err(err(format!("rank {r} joined with world size {w}; this group has {world}")));
+                        }
+                        if r == 0 {
+                            return Err(err(format!("a second process at {peer} claims rank 0")));
+                        }
+                        if r >= world {
+                            return Err(err(format!("rank {r} joined a group of {world} ranks")));
                         }
                         if slots[r - 1].is_some() {
                             return Err(err(format!("two processes claim rank {r}")));
@@ -227,6 +248,61 @@ mod tests {
             for r in &results {
                 assert_eq!(r[round], want);
             }
+        }
+    }
+
+    #[test]
+    fn gradients_are_averaged_and_a_gradient_on_one_rank_only_is_halved() {
+        use burn::module::Module;
+        use burn::nn::{Linear, LinearConfig};
+        use burn::optim::GradientsParams;
+        use burn::prelude::*;
+
+        #[derive(Module, Debug)]
+        struct Two {
+            a: Linear,
+            b: Linear,
+        }
+        let device = Device::flex();
+        device.seed(3);
+        let model = Two { a: LinearConfig::new(3, 2).init(&device), b: LinearConfig::new(2, 2).init(&device) };
+        let addr = free_addr();
+        let grad = |rank: usize, n: usize| {
+            Tensor::<2>::from_data(TensorData::new(vec![(rank + 1) as f32; n], [n / 2, 2]), &device)
+        };
+        let results: Vec<GradientsParams> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..2)
+                .map(|rank| {
+                    let (model, addr, device) = (&model, addr.clone(), device.clone());
+                    s.spawn(move || {
+                        let mut c = TcpCollective::connect(&addr, rank, 2, Duration::from_secs(10)).unwrap();
+                        let mut g = GradientsParams::new();
+                        g.register(model.a.weight.id, grad(rank, 6));
+                        if rank == 0 {
+                            g.register(model.b.weight.id, grad(rank, 4)); // b.weight: rank 0 only
+                        }
+                        let (mut values, mut flags) = (Vec::new(), Vec::new());
+                        flat::gather(model, &mut g, &mut values, &mut flags);
+                        assert!(g.is_empty(), "gather takes the gradients out");
+                        let nv = values.len();
+                        values.extend(flags);
+                        c.all_reduce_sum(&mut values).unwrap();
+                        let (vals, flags) = values.split_at(nv);
+                        let (mut pos, mut k) = (0, 0);
+                        flat::scatter(model, &mut g, vals, flags, &mut pos, &mut k, 0.5, &device);
+                        assert_eq!(pos, nv);
+                        g
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for g in &results {
+            let a: Vec<f32> = g.get::<2>(model.a.weight.id).unwrap().into_data().try_to_vec().unwrap();
+            assert_eq!(a, vec![1.5; 6], "(1 + 2) / 2");
+            let b: Vec<f32> = g.get::<2>(model.b.weight.id).unwrap().into_data().try_to_vec().unwrap();
+            assert_eq!(b, vec![0.5; 4], "present on rank 0 only: (1 + 0) / 2");
+            assert!(g.get::<1>(model.a.bias.as_ref().unwrap().id).is_none(), "no rank had a bias gradient");
         }
     }
 

@@ -78,7 +78,19 @@ pub struct Loader {
 impl Iterator for Loader {
     type Item = Loaded;
     fn next(&mut self) -> Option<Loaded> {
-        self.rx.recv().ok()
+        match self.rx.recv() {
+            Ok(l) => Some(l),
+            Err(_) => {
+                // The producer is gone: either done, or it panicked. A panic must not
+                // look like the end of the epoch (samples would be silently dropped).
+                if let Some(t) = self.thread.take()
+                    && let Err(payload) = t.join()
+                {
+                    std::panic::resume_unwind(payload);
+                }
+                None
+            }
+        }
     }
 }
 

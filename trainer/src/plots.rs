@@ -31,8 +31,8 @@ impl Curves {
     pub fn parse(csv: &str) -> Curves {
         let mut c = Curves::default();
         for line in csv.lines().skip(1) {
-            let v: Vec<f64> = line.split(',').filter_map(|x| x.trim().parse().ok()).collect();
-            if v.len() == 6 {
+            let v: Vec<f64> = line.split(',').map_while(|x| x.trim().parse().ok()).collect();
+            if v.len() == 6 && line.split(',').count() == 6 {
                 c.step.push(v[0]);
                 c.loss.push(v[2]);
                 c.dice.push(v[3]);
@@ -50,9 +50,11 @@ fn smooth(v: &[f64]) -> Vec<f64> {
     let mut out = Vec::with_capacity(v.len());
     let mut acc = None;
     for &x in v {
-        let s = acc.map_or(x, |a: f64| a + alpha * (x - a));
-        acc = Some(s);
-        out.push(s);
+        // A NaN (a step whose samples were all skipped) must not poison the curve.
+        if x.is_finite() {
+            acc = Some(acc.map_or(x, |a: f64| a + alpha * (x - a)));
+        }
+        out.push(acc.unwrap_or(f64::NAN));
     }
     out
 }
@@ -96,9 +98,9 @@ pub fn render_png(curves: &Curves, title: &str) -> Result<Vec<u8>> {
                 .build_cartesian_2d(0f64..x_max, lo..hi)
                 .map_err(|e| err(e.to_string()))?;
             chart.configure_mesh().x_desc("step").draw().map_err(|e| err(e.to_string()))?;
-            let raw = curves.step.iter().copied().zip(values.iter().copied());
+            let raw = curves.step.iter().copied().zip(values.iter().copied()).filter(|(_, y)| y.is_finite());
             chart.draw_series(LineSeries::new(raw, colour.mix(0.25))).map_err(|e| err(e.to_string()))?;
-            let smoothed = curves.step.iter().copied().zip(smooth(values));
+            let smoothed = curves.step.iter().copied().zip(smooth(values)).filter(|(_, y)| y.is_finite());
             chart.draw_series(LineSeries::new(smoothed, colour.stroke_width(2))).map_err(|e| err(e.to_string()))?;
         }
         root.present().map_err(|e| err(e.to_string()))?;
@@ -120,9 +122,10 @@ mod tests {
             let f = s as f64;
             csv.push_str(&format!("{s},0,{:.4},{:.4},1e-3,{:.2}\n", 5.0 / f, 1.0 - 1.0 / f, 2.0 + f / 100.0));
         }
-        csv.push_str("51,0,garbage\n");
+        csv.push_str("51,0,garbage\n52,0,1.0,0.5,1e-3,2.0,extra\n53,0,NaN,NaN,1e-3,0.0\n");
         let curves = Curves::parse(&csv);
-        assert_eq!(curves.step.len(), 50);
+        assert_eq!(curves.step.len(), 51, "bad and 7-column rows skipped, the NaN step kept");
+        assert!(smooth(&curves.loss).last().is_some_and(|v| v.is_finite()), "a NaN does not poison the curve");
         let png = render_png(&curves, "test run").expect("png");
         let img = image::load_from_memory_with_format(&png, image::ImageFormat::Png).expect("decodes").to_rgb8();
         assert_eq!(img.dimensions(), SIZE);

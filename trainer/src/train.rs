@@ -282,16 +282,25 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
         let mut micro: Vec<Item> = Vec::new();
         let mut acc = Accumulators::new();
         let (mut done_positions, mut loss_sum, mut dice_sum, mut n_samples) = (0u64, 0f64, 0f64, 0usize);
+        // Micro-batches and steps close on sample *positions*, not on usable samples:
+        // a sample skipped on one rank must not shift that rank's step boundaries, or
+        // the ranks' all-reduces would pair different steps.
+        let (mut slot_positions, mut slots) = (0usize, 0usize);
         let mut step_start = Instant::now();
         let mut loaded = loader.peekable();
         while let Some(l) = loaded.next() {
             done_positions += 1;
+            slot_positions += 1;
             match l {
                 Loaded::Skipped { sample_id, reason, .. } => progress(&TrainEvent::Skipped { sample_id, reason }),
                 Loaded::Item(item) => micro.push(item),
             }
             let last = loaded.peek().is_none();
-            if micro.len() == stage.batch || (last && !micro.is_empty()) {
+            if slot_positions == stage.batch || last {
+                slot_positions = 0;
+                slots += 1;
+            }
+            if slot_positions == 0 && !micro.is_empty() {
                 // Phase 3: one micro-batch — embedding, click passes, loss, gradients.
                 let step_seed = stage.seed ^ xxh3_64(&[epoch.to_le_bytes(), micro[0].position.to_le_bytes()].concat());
                 let (loss, d) = micro_step(&model, &micro, stage, &cfg, step_seed, &ad);
@@ -311,8 +320,11 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
                 n_samples += n;
                 micro.clear();
             }
-            if acc.count == stage.accumulation || (last && acc.count > 0) {
-                // Phase 4: all-reduce (when distributed), optimiser step.
+            if slots == stage.accumulation || (last && slots > 0) {
+                // Phase 4: all-reduce (when distributed), optimiser step. A step whose
+                // samples were all skipped still counts (with no gradient here), so every
+                // rank and every resume agrees on what step N covered.
+                slots = 0;
                 let mut full = std::mem::replace(&mut acc, Accumulators::new());
                 let mut grads = [full.encoder.grads(), full.prompt.grads(), full.decoder.grads()];
                 let mut out_of_budget = stage.max_steps.is_some_and(|s| state.step + 1 >= s)
@@ -335,11 +347,12 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
                 state.sampler.consumed += done_positions * spec.world as u64;
                 done_positions = 0;
                 let [loss_total, dice_total, n_total] = totals;
+                let per_sample = |total: f64| if n_total > 0.0 { total / n_total } else { f64::NAN };
                 let m = StepMetrics {
                     step: state.step,
                     epoch,
-                    loss: loss_total / n_total.max(1.0),
-                    dice: dice_total / n_total.max(1.0),
+                    loss: per_sample(loss_total),
+                    dice: per_sample(dice_total),
                     lr,
                     samples_per_s: n_total / step_start.elapsed().as_secs_f64().max(1e-9),
                 };
@@ -672,4 +685,28 @@ pub fn load_latest_weights(
     let mut model = Sam::new(cfg, device);
     weights::load(&mut model, &file, Strictness::Strict)?;
     Ok((model, latest.step))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn area_fraction_averages_each_block() {
+        // 4³ mask → 2³: block (0,0,0) full, block (1,1,1) one voxel of 8, the rest empty.
+        let (side, low) = (4, 2);
+        let mut mask = vec![0f32; side * side * side];
+        for i in 0..2 {
+            for j in 0..2 {
+                for k in 0..2 {
+                    mask[(i * side + j) * side + k] = 1.0;
+                }
+            }
+        }
+        mask[(3 * side + 2) * side + 3] = 1.0;
+        let f = area_fraction(&mask, side, low);
+        assert_eq!(f[0], 1.0);
+        assert_eq!(f[(low + 1) * low + 1], 1.0 / 8.0);
+        assert_eq!(f.iter().sum::<f32>(), 1.125);
+    }
 }

@@ -141,12 +141,11 @@ fn killed_run_resumes_with_exactly_the_remaining_samples() {
     assert_eq!(step, full.state.step);
 }
 
-#[test]
-fn a_corrupted_sample_is_reported_and_not_trained_on() {
-    let (dir, data) = data_store(4);
-    let loc = open_store(&data, &StoreOptions::default()).unwrap();
+/// Rewrites the first shard with its first training sample's stored checksum broken;
+/// returns that sample's id and the number of training samples.
+fn corrupt_first_train_sample(data: &str) -> (String, usize) {
+    let loc = open_store(data, &StoreOptions::default()).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    // Rewrite the shard with one sample whose stored checksum no longer matches its bytes.
     let index = rt.block_on(s3_shards::ShardIndex::load(loc.store().as_ref())).unwrap();
     let path = object_store::path::Path::from(index.shards[0].path.as_str());
     let reader = rt.block_on(s3_shards::ShardReader::open(loc.store().clone(), &path)).unwrap();
@@ -162,6 +161,13 @@ fn a_corrupted_sample_is_reported_and_not_trained_on() {
     w.write(&batch).unwrap();
     w.close().unwrap();
     rt.block_on(loc.store().put(&path, buf.into())).unwrap();
+    (bad_id, train_count)
+}
+
+#[test]
+fn a_corrupted_sample_is_reported_and_not_trained_on() {
+    let (dir, data) = data_store(4);
+    let (bad_id, train_count) = corrupt_first_train_sample(&data);
 
     let run = dir.path().join("run").display().to_string();
     let skipped = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -219,4 +225,38 @@ fn two_ranks_average_gradients_and_stay_identical() {
     assert_ne!(r0.trained, r1.trained, "the ranks trained on different samples");
     // One rank alone ends elsewhere: the all-reduce changed what was learned.
     assert_ne!(solo.weights_digest, r0.weights_digest);
+
+    // A sample skipped on one rank only: step boundaries follow sample positions, so
+    // both ranks still take the same steps to the end (were they to follow usable
+    // samples, that rank would finish a step early and the other's last all-reduce
+    // would find no peer).
+    let (bad_id, _) = corrupt_first_train_sample(&data);
+    let st = stage(1); // one epoch: the skip lands on one rank only
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let run = dir.path().join("ddp-skip").display().to_string();
+    let skipped = std::sync::Mutex::new(Vec::new());
+    let outcomes: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|rank| {
+                let spec = RunSpec { rank, world: 2, master: Some(addr.clone()), ..spec(&data, &run, st.clone()) };
+                let skipped = &skipped;
+                s.spawn(move || {
+                    train(&spec, &Device::flex(), &|e| {
+                        if let TrainEvent::Skipped { sample_id, .. } = e {
+                            skipped.lock().unwrap().push((rank, sample_id.clone()));
+                        }
+                    })
+                    .unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let (r0, r1) = (&outcomes[0], &outcomes[1]);
+    let skipped = skipped.into_inner().unwrap();
+    assert!(!skipped.is_empty() && skipped.iter().all(|(_, id)| *id == bad_id), "{skipped:?}");
+    assert_eq!(r0.metrics.len(), r1.metrics.len());
+    assert_eq!(r0.state, r1.state, "same epoch and consumed positions on both ranks");
+    assert_eq!(r0.weights_digest, r1.weights_digest);
+    assert!(!r0.trained.contains(&bad_id) && !r1.trained.contains(&bad_id));
 }

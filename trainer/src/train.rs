@@ -143,6 +143,14 @@ fn store_err(e: s3_shards::ShardError) -> TrainError {
 pub fn model_config(stage: &StageConfig) -> Result<SamConfig> {
     let cfg = SamConfig::preset(&stage.preset)
         .ok_or_else(|| TrainError::Config(format!("unknown preset {:?}", stage.preset)))?;
+    if cfg.img_size != s3_shards::SIDE {
+        return Err(TrainError::Config(format!(
+            "preset {:?} takes {}³ inputs; the shards hold {}³ crops (use vit_b_ori or small)",
+            stage.preset,
+            cfg.img_size,
+            s3_shards::SIDE
+        )));
+    }
     Ok(SamConfig { attention: stage.attention, precision: stage.precision, ..cfg })
 }
 
@@ -690,6 +698,15 @@ pub fn load_latest_weights(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_preset_that_does_not_take_shard_crops_is_refused() {
+        let stage: StageConfig = toml::from_str("name = \"t\"\nepochs = 1\npreset = \"tiny\"\n").unwrap();
+        let e = model_config(&stage).unwrap_err();
+        assert!(e.to_string().contains("64³ inputs"), "{e}");
+        let stage = StageConfig { preset: "small".into(), ..stage };
+        assert_eq!(model_config(&stage).unwrap().low_res(), 32);
+    }
 
     #[test]
     fn area_fraction_averages_each_block() {

@@ -19,6 +19,29 @@ pub struct PatchEmbed {
     pub proj: Conv3d,
 }
 
+impl PatchEmbed {
+    /// `[B, 1, S, S, S]` → `[B, g, g, g, C]`. The convolution has kernel = stride and
+    /// one input channel, so it is exactly a matmul of the flattened patches with the
+    /// `[C, p³]` kernel: ~3.5× faster forward+backward than the CPU backend's conv3d,
+    /// with the same `patch_embed.proj` weights.
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        let [b, cin, s, _, _] = x.dims();
+        let [c, _, p, _, _] = self.proj.weight.dims();
+        if cin != 1 {
+            return self.proj.forward(x).permute([0, 2, 3, 4, 1]);
+        }
+        let g = s / p;
+        let patches =
+            x.reshape([b, g, p, g, p, g, p]).permute([0, 1, 3, 5, 2, 4, 6]).reshape([b * g * g * g, p * p * p]);
+        let kernel = self.proj.weight.val().reshape([c, p * p * p]).transpose(); // [p³, C]
+        let mut y = patches.matmul(kernel); // [B·g³, C]
+        if let Some(bias) = &self.proj.bias {
+            y = y + bias.val().reshape([1, c]);
+        }
+        y.reshape([b, g, g, g, c])
+    }
+}
+
 /// Multi-head attention with decomposed 3-D relative position bias.
 #[derive(Module, Debug)]
 pub struct Attention {
@@ -231,7 +254,7 @@ impl ImageEncoder {
 
     /// `[B, 1, S, S, S]` → `[B, out, g, g, g]`
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        let x = self.patch_embed.proj.forward(x).permute([0, 2, 3, 4, 1]); // [B, g, g, g, C]
+        let x = self.patch_embed.forward(x); // [B, g, g, g, C]
         let mut x = x + self.pos_embed.val();
         for blk in &self.blocks {
             x = blk.forward(x);

@@ -28,6 +28,7 @@
 //! `AWS_SESSION_TOKEN` and the other `AWS_*` variables `object_store` understands.
 #![deny(missing_docs)]
 
+pub mod cli;
 mod error;
 pub mod index;
 pub mod json;

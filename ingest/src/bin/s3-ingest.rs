@@ -141,17 +141,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    match run_cli(Cli::parse()) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    s3_shards::cli::init_logging();
+    s3_shards::cli::exit_code(run_cli(Cli::parse()))
 }
 
 fn run_cli(cli: Cli) -> Result<ExitCode> {

@@ -1,0 +1,21 @@
+//! What every binary of the workspace does around its command: log to stderr
+//! (`RUST_LOG`, default `warn`), and turn the outcome into the exit code the
+//! README documents (2 on error, after printing the error with its causes).
+
+use std::process::ExitCode;
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `warn`).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The command's own code, or 2 with `error: …` (`{:#}`: anyhow prints the cause chain).
+pub fn exit_code<E: std::fmt::Display>(outcome: Result<ExitCode, E>) -> ExitCode {
+    outcome.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(2)
+    })
+}

@@ -117,10 +117,14 @@ impl Loader {
                 let mut cache: RowGroupCache<Result<Sample, String>> =
                     RowGroupCache::new(positions.iter().map(|(_, r)| (r.shard.as_str(), r.row)), cfg.cache_bytes);
                 for (now, (position, r)) in positions.iter().enumerate() {
-                    let got = rt.block_on(fetch(&store, &mut readers, &mut cache, now, r));
+                    // Prepared straight from the cached row: no copy of the decoded sample.
+                    let got = rt
+                        .block_on(ensure_cached(&store, &mut readers, &mut cache, now, r))
+                        .and_then(|()| cached_sample(&cache, r))
+                        .map(|sample| prepare(*position, &r.sample_id, sample, &cfg));
                     cache.release(now);
                     let out = match got {
-                        Ok(sample) => Loaded::Item(prepare(*position, &r.sample_id, &sample, &cfg)),
+                        Ok(item) => Loaded::Item(item),
                         Err(reason) => Loaded::Skipped { position: *position, sample_id: r.sample_id.clone(), reason },
                     };
                     if tx.send(out).is_err() {
@@ -133,13 +137,14 @@ impl Loader {
     }
 }
 
-async fn fetch(
+/// Decodes the row group holding `r` into the cache unless it is there.
+async fn ensure_cached(
     store: &Arc<dyn ObjectStore>,
     readers: &mut HashMap<String, Arc<ShardReader>>,
     cache: &mut RowGroupCache<Result<Sample, String>>,
     now: usize,
     r: &SampleRef,
-) -> Result<Sample, String> {
+) -> Result<(), String> {
     if cache.get(&r.shard, r.row).is_none() {
         if !readers.contains_key(&r.shard) {
             let reader =
@@ -167,7 +172,16 @@ async fn fetch(
         let bytes = decoded.iter().map(|s| s.as_ref().map_or(64, |s| s.image.len() * 2 + s.mask.len() + 512)).sum();
         cache.insert(now, &r.shard, rows, decoded, bytes);
     }
-    let s = cache.get(&r.shard, r.row).ok_or_else(|| format!("row {} missing in {}", r.row, r.shard))?.clone()?;
+    Ok(())
+}
+
+/// The cached row for `r`, checked to be the sample the table names.
+fn cached_sample<'a>(cache: &'a RowGroupCache<Result<Sample, String>>, r: &SampleRef) -> Result<&'a Sample, String> {
+    let s = cache
+        .get(&r.shard, r.row)
+        .ok_or_else(|| format!("row {} missing in {}", r.row, r.shard))?
+        .as_ref()
+        .map_err(Clone::clone)?;
     if s.sample_id() != r.sample_id {
         return Err(format!(
             "{} row {} holds {}, the sample table says {}",

@@ -178,7 +178,6 @@ struct Accumulators {
     encoder: GradientsAccumulator<ImageEncoder>,
     prompt: GradientsAccumulator<PromptEncoder>,
     decoder: GradientsAccumulator<MaskDecoder>,
-    count: usize,
 }
 
 impl Accumulators {
@@ -187,7 +186,6 @@ impl Accumulators {
             encoder: GradientsAccumulator::new(),
             prompt: GradientsAccumulator::new(),
             decoder: GradientsAccumulator::new(),
-            count: 0,
         }
     }
 }
@@ -321,7 +319,6 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
                     .accumulate(&model.prompt_encoder, GradientsParams::from_module(&mut grads, &model.prompt_encoder));
                 acc.decoder
                     .accumulate(&model.mask_decoder, GradientsParams::from_module(&mut grads, &model.mask_decoder));
-                acc.count += 1;
                 outcome.trained.extend(micro.iter().map(|i| i.sample_id.clone()));
                 loss_sum += loss_val * n as f64;
                 dice_sum += d * n as f64;

@@ -202,10 +202,23 @@ fn name(path: &Path) -> String {
 /// Reads a NIfTI-1 file; the error says precisely why a file is unusable.
 pub fn read_nifti(path: &Path, opts: &ReadOptions) -> Result<Volume> {
     let file = name(path);
+    let opened = File::open(path).map_err(|error| IngestError::Io { file: file.clone(), error })?;
+    read_nifti_from(BufReader::with_capacity(1 << 20, opened), &file, opts)
+}
+
+/// Reads a NIfTI-1 volume (plain or gzipped) from memory; `file` names it in errors.
+pub fn read_nifti_bytes(bytes: &[u8], file: &str, opts: &ReadOptions) -> Result<Volume> {
+    read_nifti_from(bytes, file, opts)
+}
+
+/// Reads a NIfTI-1 volume from a stream. Every header field that feeds arithmetic
+/// or an allocation is checked first: the header is untrusted input, and a wrong
+/// number in it must become a quarantine reason, never a panic or an abort.
+pub fn read_nifti_from<R: BufRead>(mut reader: R, file: &str, opts: &ReadOptions) -> Result<Volume> {
+    let file = file.to_string();
     let io_err = |source: io::Error| IngestError::Io { file: file.clone(), error: source };
-    let mut reader = BufReader::with_capacity(1 << 20, File::open(path).map_err(io_err)?);
     let gz = reader.fill_buf().map_err(io_err)?.starts_with(&[0x1f, 0x8b]);
-    let mut stream: Box<dyn Read> =
+    let mut stream: Box<dyn Read + '_> =
         if gz { Box::new(flate2::read::MultiGzDecoder::new(reader)) } else { Box::new(reader) };
     let truncated = |what: &str, e: io::Error| IngestError::Truncated {
         file: file.clone(),
@@ -246,7 +259,8 @@ pub fn read_nifti(path: &Path, opts: &ReadOptions) -> Result<Volume> {
     }
     let header = NiftiHeader::from_reader(io::Cursor::new(&hdr[..]))
         .map_err(|e| IngestError::BadHeader { file: file.clone(), reason: e.to_string() })?;
-    let shape = check_dims(&header, &file)?;
+    let bad = |reason: String| IngestError::BadHeader { file: file.clone(), reason };
+    let shape = check_dims(&header).map_err(bad)?;
     let datatype = header.data_type().ok();
     let size = datatype.and_then(Voxels::element_size).ok_or_else(|| IngestError::Unsupported {
         file: file.clone(),
@@ -257,23 +271,42 @@ pub fn read_nifti(path: &Path, opts: &ReadOptions) -> Result<Volume> {
         ),
     })?;
     let datatype = datatype.expect("checked");
-    let nbytes = shape.iter().map(|&n| n as u64).product::<u64>() * size as u64;
-    if nbytes > opts.max_bytes {
-        return Err(IngestError::BadHeader {
-            file,
-            reason: format!(
-                "{shape:?} voxels of {size} bytes need {nbytes} bytes, over the limit of {} (--max-volume-bytes)",
+    let nbytes = shape
+        .iter()
+        .try_fold(size as u64, |acc, &n| acc.checked_mul(n as u64))
+        .filter(|&b| b <= opts.max_bytes)
+        .ok_or_else(|| {
+            bad(format!(
+                "{shape:?} voxels of {size} bytes are over the limit of {} bytes (--max-volume-bytes)",
                 opts.max_bytes
-            ),
-        });
-    }
+            ))
+        })?;
     let affine = best_affine(&header, shape);
-    crate::geometry::check_affine(&affine).map_err(|reason| IngestError::BadHeader { file: file.clone(), reason })?;
+    crate::geometry::check_affine(&affine).map_err(bad)?;
+    // The 1.5 mm grid is allocated from the affine's spacings, not from the file
+    // size: 64³ voxels that claim 400 mm each would resample to 17066³ (20 TB).
+    let out_shape = crate::geometry::resampled_geometry(shape, &affine).0;
+    let out_bytes = out_shape.iter().try_fold(4u64, |acc, &n| acc.checked_mul(n as u64));
+    if out_bytes.is_none_or(|b| b > opts.max_bytes) {
+        return Err(bad(format!(
+            "spacings {:?} mm: resampled to 1.5 mm the {shape:?} voxels become {out_shape:?}, {}, over the limit of {} bytes (--max-volume-bytes)",
+            crate::geometry::spacing(&affine),
+            out_bytes.map_or("more than 2^64 bytes".into(), |b| format!("{b} bytes")),
+            opts.max_bytes
+        )));
+    }
+    let offset = check_vox_offset(header.vox_offset, opts).map_err(bad)?;
+    let (slope, inter) = scaling(&header).map_err(bad)?;
 
     // Extensions sit between the header and the data.
-    let offset = if header.vox_offset < 352.0 { 352u64 } else { header.vox_offset as u64 };
-    io::copy(&mut (&mut stream).take(offset - 348), &mut io::sink())
+    let skipped = io::copy(&mut (&mut stream).take(offset - 348), &mut io::sink())
         .map_err(|e| truncated("skipping extensions", e))?;
+    if skipped < offset - 348 {
+        return Err(IngestError::Truncated {
+            file,
+            reason: format!("vox_offset {offset} lies past the end of the data ({} bytes)", 348 + skipped),
+        });
+    }
     let n = shape.iter().product();
     let (voxels, got) =
         Voxels::read(datatype, n, header.endianness, &mut stream).map_err(|e| truncated("reading voxels", e))?;
@@ -287,42 +320,64 @@ pub fn read_nifti(path: &Path, opts: &ReadOptions) -> Result<Volume> {
         // The gzip CRC is only checked at the end of the stream.
         io::copy(&mut stream, &mut io::sink()).map_err(|e| truncated("after the voxels", e))?;
     }
-    let (slope, inter) = scaling(&header);
     Ok(Volume { shape, affine, voxels, slope, inter, datatype: format!("{datatype:?}").to_uppercase() })
 }
 
-/// nibabel: a slope of 0 or NaN means "no scaling"; a NaN intercept is 0.
-fn scaling(h: &NiftiHeader) -> (f64, f64) {
-    let slope = f64::from(h.scl_slope);
-    if slope == 0.0 || !slope.is_finite() {
-        return (1.0, 0.0);
+/// Where the voxels start. Below 352 means "right after the header and the
+/// extension flag", as nibabel reads it; the bytes skipped before the voxels are
+/// bounded like the voxels themselves.
+fn check_vox_offset(v: f32, opts: &ReadOptions) -> Result<u64, String> {
+    let v = f64::from(v);
+    if !v.is_finite() || v < 0.0 || v - 348.0 > opts.max_bytes as f64 {
+        return Err(format!(
+            "vox_offset = {v}; must be a finite byte offset from 0 to 348 + {} (--max-volume-bytes)",
+            opts.max_bytes
+        ));
     }
-    let inter = f64::from(h.scl_inter);
-    (slope, if inter.is_finite() { inter } else { 0.0 })
+    Ok((v as u64).max(352))
 }
 
-fn check_dims(h: &NiftiHeader, file: &str) -> Result<[usize; 3]> {
-    let bad = |reason: String| IngestError::BadHeader { file: file.into(), reason };
-    let nd = h.dim[0] as usize;
+/// nibabel's `get_slope_inter`: a slope of 0 or non-finite means "no scaling"
+/// (nibabel itself writes NaN there); a usable slope with a non-finite intercept is
+/// an error.
+fn scaling(h: &NiftiHeader) -> Result<(f64, f64), String> {
+    let slope = f64::from(h.scl_slope);
+    if slope == 0.0 || !slope.is_finite() {
+        return Ok((1.0, 0.0));
+    }
+    let inter = f64::from(h.scl_inter);
+    if !inter.is_finite() {
+        return Err(format!("scl_inter = {inter} with scl_slope = {slope}; the intercept must be finite"));
+    }
+    Ok((slope, inter))
+}
+
+/// The shape, from dims read as NIfTI's signed shorts (the nifti crate stores them
+/// as u16, which would turn a -1 into 65535 voxels).
+fn check_dims(h: &NiftiHeader) -> Result<[usize; 3], String> {
+    let dim = h.dim.map(|d| d as i16);
+    let nd = dim[0];
     if !(1..=7).contains(&nd) {
-        return Err(bad(format!("dim[0] = {nd}")));
+        return Err(format!("dim[0] = {nd}"));
     }
+    let nd = nd as usize;
     if nd < 3 {
-        return Err(bad(format!("{nd}-D image {:?}; a 3-D volume is needed", &h.dim[1..=nd])));
+        return Err(format!("{nd}-D image {:?}; a 3-D volume is needed", &dim[1..=nd]));
     }
-    if h.dim[4..=nd.max(3)].iter().any(|&d| d > 1) {
-        return Err(bad(format!("{nd}-D image {:?}; a 3-D volume (or 4-D with one volume) is needed", &h.dim[1..=nd])));
+    if dim[4..=nd.max(3)].iter().any(|&d| d > 1) {
+        return Err(format!("{nd}-D image {:?}; a 3-D volume (or 4-D with one volume) is needed", &dim[1..=nd]));
     }
-    let shape = [h.dim[1] as usize, h.dim[2] as usize, h.dim[3] as usize];
-    if shape.contains(&0) {
-        return Err(bad(format!("zero-sized dimension {shape:?}")));
-    }
-    for (a, &p) in h.pixdim[1..4].iter().enumerate() {
-        if !p.is_finite() || p == 0.0 {
-            return Err(bad(format!("pixdim[{}] = {p}; spacings must be finite and non-zero", a + 1)));
+    for a in 1..=3 {
+        if dim[a] < 1 {
+            return Err(format!("dim[{a}] = {}; dimensions must be at least 1", dim[a]));
         }
     }
-    Ok(shape)
+    for (a, &p) in h.pixdim[1..4].iter().enumerate() {
+        if !p.is_finite() || p <= 0.0 {
+            return Err(format!("pixdim[{}] = {p}; spacings must be finite and positive", a + 1));
+        }
+    }
+    Ok([dim[1] as usize, dim[2] as usize, dim[3] as usize])
 }
 
 /// The affine nibabel reports (`get_best_affine`): sform if `sform_code > 0`, else

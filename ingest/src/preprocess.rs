@@ -75,9 +75,27 @@ pub fn process_case(
             opts.affine_tolerance_mm
         )));
     }
-    let non_finite = with_voxels!(&image.voxels, |d| d.iter().filter(|v| !v.to_f64().is_finite()).count());
+    let (non_finite, lo, hi) =
+        with_voxels!(&image.voxels, |d| d.iter().fold((0usize, f64::MAX, f64::MIN), |(n, lo, hi), v| {
+            let v = v.to_f64();
+            if v.is_finite() { (n, lo.min(v), hi.max(v)) } else { (n + 1, lo, hi) }
+        }));
     if non_finite > 0 {
         return Err(IngestError::BadValues { file: "image".into(), reason: format!("{non_finite} NaN/Inf voxels") });
+    }
+    // Intensities are resampled into f32: a scale factor that carries them past
+    // f32's range would turn them into ±Inf silently.
+    for raw in [lo, hi] {
+        let v = raw * image.slope + image.inter;
+        if !(v as f32).is_finite() {
+            return Err(IngestError::BadValues {
+                file: "image".into(),
+                reason: format!(
+                    "stored value {raw} scaled by scl_slope {} and scl_inter {} is {v:e}, beyond float32",
+                    image.slope, image.inter
+                ),
+            });
+        }
     }
     let present = label_values(label)?;
     if present.is_empty() {

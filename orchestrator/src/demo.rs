@@ -43,13 +43,16 @@ pub struct DemoConfig {
     pub cases: usize,
     /// Minutes of training.
     pub minutes: f64,
+    /// Stop after this many optimiser steps instead (tests: a fixed amount of work,
+    /// whatever the machine's speed).
+    pub max_steps: Option<u64>,
     /// Percent of cases held out for evaluation.
     pub val_percent: u32,
 }
 
 impl Default for DemoConfig {
     fn default() -> Self {
-        DemoConfig { dir: PathBuf::from("demo"), cases: 12, minutes: 6.0, val_percent: 25 }
+        DemoConfig { dir: PathBuf::from("demo"), cases: 12, minutes: 6.0, max_steps: None, val_percent: 25 }
     }
 }
 
@@ -62,7 +65,7 @@ pub struct DemoReport {
     pub after: EvalReport,
     /// The training run.
     pub training: TrainOutcome,
-    /// Run folder (metrics.csv, checkpoints, eval/).
+    /// Run folder (metrics/, metrics.png, checkpoints, eval/).
     pub run_dir: PathBuf,
     /// The store with the shards.
     pub store: PathBuf,
@@ -92,11 +95,14 @@ pub fn run_demo(cfg: &DemoConfig, say: Say, on_train: &dyn Fn(&TrainEvent)) -> R
     let mut stage: StageConfig =
         toml::from_str(DEMO_STAGE).map_err(|e| DemoError::Other(format!("demo stage: {e}")))?;
     stage.max_minutes = Some(cfg.minutes);
+    if cfg.max_steps.is_some() {
+        (stage.max_minutes, stage.max_steps) = (None, cfg.max_steps);
+    }
     let device = Device::flex();
     let mcfg = model_config(&stage)?;
     let data = open_store(&store.display().to_string(), &StoreOptions::default())?;
     let rt = tokio_rt()?;
-    let val = select_rows(&data, &stage, Split::Val, &rt)?;
+    let (val, _, _) = select_rows(&data, &stage, Split::Val, &rt)?;
     say(&format!("3/4 evaluating the untrained model on {} val samples", val.len()));
     let fresh = s3_trainer::train::seeded_model(&mcfg, &device, stage.seed);
     let clicks = [1, 3, 5, 10];
@@ -108,14 +114,8 @@ pub fn run_demo(cfg: &DemoConfig, say: Say, on_train: &dyn Fn(&TrainEvent)) -> R
     ));
     std::fs::create_dir_all(&run_dir).map_err(|e| DemoError::Other(e.to_string()))?;
     let spec = RunSpec {
-        data: store.display().to_string(),
-        run: run_dir.display().to_string(),
-        stage: stage.clone(),
-        rank: 0,
-        world: 1,
-        master: None,
         resume: false,
-        store_options: StoreOptions::default(),
+        ..RunSpec::new(store.display().to_string(), run_dir.display().to_string(), stage.clone())
     };
     clear_run(&run_dir);
     let training = train(&spec, &device, on_train)?;
@@ -133,7 +133,7 @@ fn tokio_rt() -> Result<tokio::runtime::Runtime, DemoError> {
 /// A fresh demo run each time (the demo is not a resumable job).
 fn clear_run(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir.join("checkpoints"));
-    let _ = std::fs::remove_file(dir.join("metrics.csv"));
+    let _ = std::fs::remove_dir_all(dir.join("metrics"));
 }
 
 /// The before/after table.

@@ -11,9 +11,9 @@ use std::time::Duration;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
-use object_store::path::Path;
 use object_store::prefix::PrefixStore;
-use object_store::{BackoffConfig, ObjectStore, RetryConfig};
+use object_store::{BackoffConfig, ObjectStore, ObjectStoreScheme, RetryConfig};
+use url::Url;
 
 use crate::error::{Result, ShardError};
 
@@ -116,42 +116,60 @@ impl StoreLocation {
 }
 
 /// Opens `file:///abs`, a relative or absolute path, `memory://[name]` or
-/// `s3://bucket[/prefix]`.
+/// `s3://bucket[/prefix]` (also `s3a://`).
 ///
 /// `memory://name` stores live for the process and are shared by name, so two
 /// opens of the same URL see the same objects. Local directories are created.
+/// A URL with `user:password@` is refused: credentials belong in the `AWS_*`
+/// variables, where they are never echoed, logged or saved with the URL.
 pub fn open_store(url: &str, options: &StoreOptions) -> Result<StoreLocation> {
     let shown = redact(url);
     let bad = |reason: String| ShardError::StoreUrl { url: shown.clone(), reason };
+    if !url.contains("://") {
+        let dir = std::path::absolute(url).map_err(|e| bad(e.to_string()))?;
+        return local_store(&dir, &bad);
+    }
+    if has_userinfo(url) {
+        return Err(bad("credentials in a store URL are refused (they would end up in logs and run records): set \
+             AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) instead"
+            .into()));
+    }
     if let Some(rest) = url.strip_prefix("memory://") {
         let name = rest.trim_end_matches('/').to_string();
         let store = memory_store(&name);
         return Ok(StoreLocation { url: shown, store });
     }
-    if let Some(rest) = url.strip_prefix("s3://") {
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let bucket = bucket.rsplit('@').next().unwrap_or(bucket);
-        if bucket.is_empty() {
-            return Err(bad("no bucket name".into()));
+    let parsed = Url::parse(url).map_err(|e| bad(e.to_string()))?;
+    match ObjectStoreScheme::parse(&parsed) {
+        Ok((ObjectStoreScheme::Local, path)) => {
+            if path.as_ref().is_empty() {
+                return Err(bad("file:// URLs need an absolute path (file:///abs/path)".into()));
+            }
+            local_store(&std::path::PathBuf::from(format!("/{path}")), &bad)
         }
-        let s3 = s3_builder(bucket, options).build().map_err(|e| bad(e.to_string()))?;
-        let prefix = Path::parse(prefix.trim_matches('/')).map_err(|e| bad(e.to_string()))?;
-        let store: Arc<dyn ObjectStore> =
-            if prefix.as_ref().is_empty() { Arc::new(s3) } else { Arc::new(PrefixStore::new(s3, prefix)) };
-        return Ok(StoreLocation { url: format!("s3://{bucket}/{}", rest.split_once('/').map_or("", |p| p.1)), store });
+        Ok((ObjectStoreScheme::AmazonS3, prefix)) if matches!(parsed.scheme(), "s3" | "s3a") => {
+            let bucket = parsed.host_str().unwrap_or_default();
+            let s3 = s3_builder(bucket, options).build().map_err(|e| bad(e.to_string()))?;
+            let store: Arc<dyn ObjectStore> =
+                if prefix.as_ref().is_empty() { Arc::new(s3) } else { Arc::new(PrefixStore::new(s3, prefix.clone())) };
+            Ok(StoreLocation { url: format!("s3://{bucket}/{prefix}"), store })
+        }
+        Ok(_) | Err(_) if parsed.scheme() == "file" => {
+            Err(bad("file:// URLs need an absolute path (file:///abs/path)".into()))
+        }
+        _ => Err(bad("unsupported scheme (use file://, memory://, s3:// or a path)".into())),
     }
-    let dir = if let Some(rest) = url.strip_prefix("file://") {
-        if !rest.starts_with('/') {
-            return Err(bad("file:// URLs need an absolute path (file:///abs/path)".into()));
-        }
-        std::path::PathBuf::from(rest)
-    } else if url.contains("://") {
-        return Err(bad("unsupported scheme (use file://, memory://, s3:// or a path)".into()));
-    } else {
-        std::path::absolute(url).map_err(|e| bad(e.to_string()))?
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
-    let fs = LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
+}
+
+fn has_userinfo(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority.contains('@')
+}
+
+fn local_store(dir: &std::path::Path, bad: &dyn Fn(String) -> ShardError) -> Result<StoreLocation> {
+    std::fs::create_dir_all(dir).map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
+    let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| bad(e.to_string()))?;
     Ok(StoreLocation { url: format!("file://{}", dir.display()), store: Arc::new(fs) })
 }
 
@@ -222,9 +240,17 @@ mod tests {
         };
         let s = format!("{o:?}");
         assert!(!s.contains("sup3r-s3cret") && !s.contains("AKIAEXAMPLE"), "{s}");
-        let loc = open_store("s3://AKIAEXAMPLE:sup3r-s3cret@bucket/p", &o).unwrap();
-        let s = format!("{loc:?} {loc}");
-        assert!(!s.contains("sup3r-s3cret") && !s.contains("AKIAEXAMPLE"), "{s}");
+    }
+
+    #[test]
+    fn credentials_in_a_url_are_refused_without_echoing_them() {
+        for url in ["s3://AKIAEXAMPLE:sup3r-s3cret@bucket/p", "s3://AKIAEXAMPLE@bucket", "file://u:sup3r-s3cret@/x"] {
+            let e = open_store(url, &StoreOptions::default()).unwrap_err().to_string();
+            assert!(e.contains("AWS_ACCESS_KEY_ID"), "{e}");
+            assert!(!e.contains("sup3r-s3cret") && !e.contains("AKIAEXAMPLE"), "{e}");
+        }
+        let loc = open_store("s3://bucket/a/b", &StoreOptions::default()).unwrap();
+        assert_eq!(loc.url(), "s3://bucket/a/b");
     }
 
     #[test]

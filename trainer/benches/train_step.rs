@@ -11,10 +11,12 @@ use s3_shards::synthetic::Rng;
 use s3_trainer::clicks::next_click;
 use s3_trainer::config::SamConfig;
 use s3_trainer::loader::Item;
+use s3_trainer::loss::seg_loss;
 use s3_trainer::model::Prompt;
 use s3_trainer::model::layers::trilinear;
 use s3_trainer::stage::StageConfig;
-use s3_trainer::train::{micro_step, points_tensors, seeded_model, seg_loss};
+use s3_trainer::step::{micro_step, points_tensors};
+use s3_trainer::train::seeded_model;
 
 fn phantom(side: usize, seed: u64) -> Item {
     let mut rng = Rng::new(seed);

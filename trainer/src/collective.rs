@@ -16,6 +16,46 @@ use std::time::{Duration, Instant};
 use crate::error::{Result, TrainError};
 
 const MAGIC: u32 = 0x5333_4152; // "S3AR"
+const HELLO: usize = 20;
+
+/// How long a rank waits, and the job's shared secret.
+#[derive(Clone)]
+pub struct CollectiveOptions {
+    /// Ranks start in any order: how long to wait for all of them.
+    pub rendezvous_timeout: Duration,
+    /// After the rendezvous, how long one send or receive may block: a dead or
+    /// stalled peer ends every rank with an error naming it within this time. It
+    /// must exceed one optimiser step's compute (the root waits for the slowest rank).
+    pub io_timeout: Duration,
+    /// The job's join token (`S3_JOB_TOKEN`): a process without it is turned away.
+    pub token: Option<String>,
+}
+
+impl Default for CollectiveOptions {
+    fn default() -> Self {
+        CollectiveOptions {
+            rendezvous_timeout: Duration::from_secs(600),
+            io_timeout: Duration::from_secs(1800),
+            token: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for CollectiveOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CollectiveOptions")
+            .field("rendezvous_timeout", &self.rendezvous_timeout)
+            .field("io_timeout", &self.io_timeout)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+/// What goes on the wire for the token: a keyed hash, so the token itself is never
+/// sent (0 when there is none).
+fn token_tag(token: Option<&str>) -> u64 {
+    token.map_or(0, |t| xxhash_rust::xxh3::xxh3_64_with_seed(t.as_bytes(), u64::from(MAGIC)) | 1)
+}
 
 fn err(m: impl Into<String>) -> TrainError {
     TrainError::Collective(m.into())
@@ -27,6 +67,7 @@ pub struct TcpCollective {
     world: usize,
     /// Rank 0: a stream to each rank 1..world, in rank order. Others: the stream to rank 0.
     links: Vec<TcpStream>,
+    io_timeout: Duration,
 }
 
 impl std::fmt::Debug for TcpCollective {
@@ -35,16 +76,17 @@ impl std::fmt::Debug for TcpCollective {
     }
 }
 
-fn hello(rank: usize, world: usize) -> [u8; 12] {
-    let mut b = [0u8; 12];
+fn hello(rank: usize, world: usize, tag: u64) -> [u8; HELLO] {
+    let mut b = [0u8; HELLO];
     b[..4].copy_from_slice(&MAGIC.to_le_bytes());
     b[4..8].copy_from_slice(&(rank as u32).to_le_bytes());
-    b[8..].copy_from_slice(&(world as u32).to_le_bytes());
+    b[8..12].copy_from_slice(&(world as u32).to_le_bytes());
+    b[12..].copy_from_slice(&tag.to_le_bytes());
     b
 }
 
-fn read_hello(s: &mut TcpStream) -> Result<(usize, usize)> {
-    let mut b = [0u8; 12];
+fn read_hello(s: &mut TcpStream) -> Result<(usize, usize, u64)> {
+    let mut b = [0u8; HELLO];
     s.read_exact(&mut b).map_err(|e| match e.kind() {
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => err("no handshake within 30 s"),
         _ => err(format!("rendezvous handshake: {e}")),
@@ -53,13 +95,22 @@ fn read_hello(s: &mut TcpStream) -> Result<(usize, usize)> {
     if word(0) != MAGIC {
         return Err(err("rendezvous: a peer that is not an s3-train rank connected"));
     }
-    Ok((word(4) as usize, word(8) as usize))
+    let tag = u64::from_le_bytes(b[12..].try_into().expect("8 bytes"));
+    Ok((word(4) as usize, word(8) as usize, tag))
 }
 
 impl TcpCollective {
-    /// Joins the group of `world` ranks at `addr` (`host:port`). Rank 0 binds it; the
-    /// others retry connecting until `timeout` (ranks start in any order).
+    /// Joins the group of `world` ranks at `addr` (`host:port`) with default
+    /// timeouts, no token, and `timeout` for the rendezvous.
     pub fn connect(addr: &str, rank: usize, world: usize, timeout: Duration) -> Result<TcpCollective> {
+        Self::connect_with(addr, rank, world, &CollectiveOptions { rendezvous_timeout: timeout, ..Default::default() })
+    }
+
+    /// Joins the group of `world` ranks at `addr` (`host:port`). Rank 0 binds it; the
+    /// others retry connecting until the rendezvous timeout (ranks start in any order).
+    pub fn connect_with(addr: &str, rank: usize, world: usize, options: &CollectiveOptions) -> Result<TcpCollective> {
+        let timeout = options.rendezvous_timeout;
+        let tag = token_tag(options.token.as_deref());
         if rank >= world {
             return Err(err(format!("rank {rank} is not below the world size {world}")));
         }
@@ -79,7 +130,13 @@ impl TcpCollective {
                             .map_err(|e| err(e.to_string()))
                             .and_then(|()| read_hello(&mut s));
                         let (r, w) = match joined {
-                            Ok(rw) => rw,
+                            Ok((r, w, t)) if t == tag => (r, w),
+                            Ok((r, _, _)) => {
+                                // Not this job's process (another job on a reused port, a
+                                // stale rank of an old attempt): turned away, the wait goes on.
+                                tracing::warn!("rendezvous: {peer} claimed rank {r} without this job's token; refused");
+                                continue;
+                            }
                             Err(e) => {
                                 tracing::warn!("rendezvous: ignoring a connection from {peer}: {e}");
                                 continue;
@@ -97,7 +154,7 @@ impl TcpCollective {
                         if slots[r - 1].is_some() {
                             return Err(err(format!("two processes claim rank {r}")));
                         }
-                        s.write_all(&hello(0, world)).map_err(|e| err(e.to_string()))?;
+                        s.write_all(&hello(0, world, tag)).map_err(|e| err(e.to_string()))?;
                         s.set_read_timeout(None).map_err(|e| err(e.to_string()))?;
                         slots[r - 1] = Some(s);
                     }
@@ -132,8 +189,11 @@ impl TcpCollective {
                     Err(_) => std::thread::sleep(Duration::from_millis(50)),
                 }
             };
-            s.write_all(&hello(rank, world)).map_err(|e| err(e.to_string()))?;
-            let (r, w) = read_hello(&mut s)?;
+            s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| err(e.to_string()))?;
+            s.write_all(&hello(rank, world, tag)).map_err(|e| err(e.to_string()))?;
+            let (r, w, _) = read_hello(&mut s).map_err(|e| {
+                err(format!("rank {rank}: rank 0 at {addr} did not accept this rank ({e}): is the job token the same?"))
+            })?;
             if r != 0 || w != world {
                 return Err(err(format!("rank 0 answered with world size {w}, expected {world}")));
             }
@@ -141,9 +201,13 @@ impl TcpCollective {
         };
         for l in &links {
             l.set_nodelay(true).map_err(|e| err(e.to_string()))?;
+            // From here on no read or write may block forever: a peer that died
+            // without closing its socket (a lost node) or stalled ends the run.
+            l.set_read_timeout(Some(options.io_timeout)).map_err(|e| err(e.to_string()))?;
+            l.set_write_timeout(Some(options.io_timeout)).map_err(|e| err(e.to_string()))?;
         }
         tracing::info!(rank, world, addr, "joined the gradient all-reduce group");
-        Ok(TcpCollective { rank, world, links })
+        Ok(TcpCollective { rank, world, links, io_timeout: options.io_timeout })
     }
 
     /// This rank.
@@ -158,19 +222,29 @@ impl TcpCollective {
 
     /// Replaces `buf` on every rank with the element-wise sum over all ranks.
     pub fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<()> {
+        let t = self.io_timeout;
+        let fail = |what: &str, peer: usize, e: std::io::Error| {
+            let why = match e.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    format!("no answer within {t:?} (the rank is stalled, or its node is gone)")
+                }
+                _ => e.to_string(),
+            };
+            err(format!("{what} rank {peer}: {why}"))
+        };
         if self.rank == 0 {
             let mut incoming = vec![0f32; buf.len()];
             for (i, link) in self.links.iter_mut().enumerate() {
-                recv(link, &mut incoming).map_err(|e| err(format!("receiving from rank {}: {e}", i + 1)))?;
+                recv(link, &mut incoming).map_err(|e| fail("receiving from", i + 1, e))?;
                 buf.iter_mut().zip(&incoming).for_each(|(a, b)| *a += b);
             }
             for (i, link) in self.links.iter_mut().enumerate() {
-                send(link, buf).map_err(|e| err(format!("sending to rank {}: {e}", i + 1)))?;
+                send(link, buf).map_err(|e| fail("sending to", i + 1, e))?;
             }
         } else {
             let link = &mut self.links[0];
-            send(link, buf).map_err(|e| err(format!("sending to rank 0: {e}")))?;
-            recv(link, buf).map_err(|e| err(format!("receiving from rank 0: {e}")))?;
+            send(link, buf).map_err(|e| fail("sending to", 0, e))?;
+            recv(link, buf).map_err(|e| fail("receiving from", 0, e))?;
         }
         Ok(())
     }
@@ -304,6 +378,35 @@ mod tests {
             assert_eq!(b, vec![0.5; 4], "present on rank 0 only: (1 + 0) / 2");
             assert!(g.get::<1>(model.a.bias.as_ref().unwrap().id).is_none(), "no rank had a bias gradient");
         }
+    }
+
+    #[test]
+    fn a_stranger_without_the_token_is_turned_away_and_a_stalled_peer_times_out() {
+        let addr = free_addr();
+        let opts = |token: &str| CollectiveOptions {
+            rendezvous_timeout: Duration::from_secs(20),
+            io_timeout: Duration::from_millis(500),
+            token: Some(token.into()),
+        };
+        let a0 = addr.clone();
+        let root = std::thread::spawn(move || {
+            let mut root = TcpCollective::connect_with(&a0, 0, 2, &opts("job-7")).unwrap();
+            root.all_reduce_sum(&mut [1.0]).unwrap_err().to_string()
+        });
+        // A process of another job on the same address is refused; rank 0 waits on.
+        let e = TcpCollective::connect_with(&addr, 1, 2, &opts("other-job")).unwrap_err();
+        assert!(e.to_string().contains("token"), "{e}");
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let peer = std::thread::spawn(move || {
+            let c = TcpCollective::connect_with(&addr, 1, 2, &opts("job-7")).unwrap();
+            // Joins, then never takes part in a reduction (a hung rank), until told.
+            rx.recv().ok();
+            drop(c);
+        });
+        let e = root.join().unwrap();
+        assert!(e.contains("rank 1") && e.contains("no answer within"), "{e}");
+        tx.send(()).unwrap();
+        peer.join().unwrap();
     }
 
     #[test]

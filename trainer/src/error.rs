@@ -28,6 +28,16 @@ pub enum TrainError {
     /// The gradient all-reduce between ranks failed.
     #[error("collective: {0}")]
     Collective(String),
+    /// A sample could not be read from the store, even after retries: the run stops
+    /// (a resume continues exactly) rather than train without it.
+    #[error("reading {sample_id}")]
+    Read {
+        /// The sample.
+        sample_id: String,
+        /// The store error.
+        #[source]
+        source: s3_shards::ShardError,
+    },
     /// Shards could not be read.
     #[error(transparent)]
     Shards(#[from] s3_shards::ShardError),

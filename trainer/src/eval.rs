@@ -8,19 +8,15 @@ use burn::prelude::*;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStoreExt, PutPayload};
 use s3_shards::samples_table::SampleRow;
-use s3_shards::synthetic::Rng;
 use s3_shards::{StoreLocation, json};
 use serde::Serialize;
-use xxhash_rust::xxh3::xxh3_64;
 
-use crate::clicks::{Click, dice, next_click};
 use crate::config::SamConfig;
 use crate::error::{Result, TrainError};
 use crate::loader::{Loaded, Loader, LoaderConfig};
-use crate::model::layers::trilinear_values;
-use crate::model::{Prompt, Sam};
+use crate::model::Sam;
 use crate::sampler::SampleRef;
-use crate::train::points_tensors;
+use crate::step::ClickLoop;
 
 /// Dice of one sample after each click count.
 #[derive(Clone, Debug, Serialize)]
@@ -119,24 +115,18 @@ pub fn evaluate(
                 report.skipped.push(format!("{sample_id}: {reason}"));
                 continue;
             }
+            Loaded::Failed { sample_id, error, .. } => return Err(TrainError::Read { sample_id, source: error }),
         };
         let image = Tensor::<5>::from_data(TensorData::new(item.image.clone(), [1, 1, s, s, s]), device);
         let emb = model.image_encoder.forward(image);
-        let l = cfg.low_res();
-        let mut low = Tensor::<5>::zeros([1, 1, l, l, l], device);
-        let mut rng = Rng::new(seed ^ xxh3_64(item.sample_id.as_bytes()));
-        let mut pred = vec![0.0f32; s * s * s];
-        let mut pts: Vec<Vec<Click>> = vec![Vec::new()];
+        // The inference protocol: every pass sees all clicks so far.
+        let mut loop_ = ClickLoop::new(&[item.sample_id.as_str()], seed, cfg, device);
         let mut dices = Vec::new();
         for c in 1..=max {
-            pts[0].push(next_click(&pred, &item.mask, s, &mut rng));
-            let out = model.decode(emb.clone(), Prompt { points: Some(points_tensors(&pts, device)), mask: Some(low) });
-            let (logits, _) = out.single();
-            let v = logits.clone().into_data().try_to_vec::<f32>().map_err(|e| TrainError::Config(format!("{e:?}")))?;
-            pred = trilinear_values(&v, l, s);
-            low = logits;
+            let logits = loop_.pass(model, emb.clone(), &[item.mask.as_slice()], true, device);
+            loop_.predict_from_low(&logits);
             if clicks.contains(&c) {
-                dices.push(dice(&pred, &item.mask));
+                dices.push(loop_.dice(0, &item.mask));
             }
         }
         let row = by_id[item.sample_id.as_str()];

@@ -11,6 +11,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod checkpoint;
 pub mod clicks;
 pub mod collective;
 pub mod config;
@@ -18,14 +19,20 @@ pub mod device;
 mod error;
 pub mod eval;
 pub mod fixture;
+pub mod launch_env;
 pub mod loader;
+pub mod loss;
+pub mod metrics;
 pub mod model;
 pub mod plots;
 pub mod row_cache;
+pub mod run_identity;
 pub mod sampler;
 pub mod schedule;
 pub mod stage;
+pub mod step;
 pub mod train;
+pub mod watchdog;
 pub mod weights;
 
 pub use error::{Result, TrainError};

@@ -32,11 +32,25 @@ pub struct LoaderConfig {
     pub seed: u64,
     /// Epoch (for the flip seed).
     pub epoch: u64,
+    /// Attempts after the first for a read that fails at the store (the store
+    /// client has retried each request already); then the loader yields
+    /// [`Loaded::Failed`].
+    pub read_retries: u32,
+    /// First pause between those attempts; doubles each time.
+    pub retry_backoff: std::time::Duration,
 }
 
 impl Default for LoaderConfig {
     fn default() -> Self {
-        LoaderConfig { prefetch: 4, cache_bytes: 512 << 20, flip: true, seed: 0, epoch: 0 }
+        LoaderConfig {
+            prefetch: 4,
+            cache_bytes: 512 << 20,
+            flip: true,
+            seed: 0,
+            epoch: 0,
+            read_retries: 3,
+            retry_backoff: std::time::Duration::from_millis(500),
+        }
     }
 }
 
@@ -58,7 +72,8 @@ pub struct Item {
 pub enum Loaded {
     /// A sample to train on.
     Item(Item),
-    /// A sample that could not be used (bad checksum, unreadable shard), with why.
+    /// A sample whose data is bad (checksum mismatch, an undecodable row), with why:
+    /// reported and never trained on.
     Skipped {
         /// Global position.
         position: u64,
@@ -67,6 +82,44 @@ pub enum Loaded {
         /// Why.
         reason: String,
     },
+    /// The store kept failing for this sample (a GET that failed after every retry,
+    /// a shard the sample table lists but the store does not have). Nothing follows:
+    /// the run must stop, not train without it.
+    Failed {
+        /// Global position.
+        position: u64,
+        /// Sample.
+        sample_id: String,
+        /// The last store error.
+        error: s3_shards::ShardError,
+    },
+}
+
+/// Why a sample could not be prepared.
+enum Fault {
+    /// The data is bad: skip the sample.
+    Data(String),
+    /// The store failed: retry, then stop.
+    Store(s3_shards::ShardError),
+}
+
+impl From<s3_shards::ShardError> for Fault {
+    fn from(e: s3_shards::ShardError) -> Fault {
+        if is_store_failure(&e) { Fault::Store(e) } else { Fault::Data(e.to_string()) }
+    }
+}
+
+/// True when an object-store error is anywhere in the chain (a Parquet read wraps
+/// the GET that failed under it).
+fn is_store_failure(e: &s3_shards::ShardError) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<object_store::Error>().is_some() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// A running loader; iterate it.
@@ -117,17 +170,35 @@ impl Loader {
                 let mut cache: RowGroupCache<Result<Sample, String>> =
                     RowGroupCache::new(positions.iter().map(|(_, r)| (r.shard.as_str(), r.row)), cfg.cache_bytes);
                 for (now, (position, r)) in positions.iter().enumerate() {
-                    // Prepared straight from the cached row: no copy of the decoded sample.
-                    let got = rt
-                        .block_on(ensure_cached(&store, &mut readers, &mut cache, now, r))
-                        .and_then(|()| cached_sample(&cache, r))
-                        .map(|sample| prepare(*position, &r.sample_id, sample, &cfg));
-                    cache.release(now);
-                    let out = match got {
-                        Ok(item) => Loaded::Item(item),
-                        Err(reason) => Loaded::Skipped { position: *position, sample_id: r.sample_id.clone(), reason },
+                    let mut attempt = 0;
+                    let got = loop {
+                        // Prepared straight from the cached row: no copy of the decoded sample.
+                        let got = rt
+                            .block_on(ensure_cached(&store, &mut readers, &mut cache, now, r))
+                            .and_then(|()| cached_sample(&cache, r).map_err(Fault::Data))
+                            .map(|sample| prepare(*position, &r.sample_id, sample, &cfg));
+                        match got {
+                            Err(Fault::Store(e)) if attempt < cfg.read_retries => {
+                                let pause = cfg.retry_backoff * 2u32.saturating_pow(attempt);
+                                tracing::warn!("reading {}: {e}; retrying in {pause:?}", r.sample_id);
+                                std::thread::sleep(pause);
+                                readers.remove(&r.shard);
+                                attempt += 1;
+                            }
+                            other => break other,
+                        }
                     };
-                    if tx.send(out).is_err() {
+                    cache.release(now);
+                    let (out, stop) = match got {
+                        Ok(item) => (Loaded::Item(item), false),
+                        Err(Fault::Data(reason)) => {
+                            (Loaded::Skipped { position: *position, sample_id: r.sample_id.clone(), reason }, false)
+                        }
+                        Err(Fault::Store(error)) => {
+                            (Loaded::Failed { position: *position, sample_id: r.sample_id.clone(), error }, true)
+                        }
+                    };
+                    if tx.send(out).is_err() || stop {
                         return;
                     }
                 }
@@ -144,11 +215,10 @@ async fn ensure_cached(
     cache: &mut RowGroupCache<Result<Sample, String>>,
     now: usize,
     r: &SampleRef,
-) -> Result<(), String> {
+) -> Result<(), Fault> {
     if cache.get(&r.shard, r.row).is_none() {
         if !readers.contains_key(&r.shard) {
-            let reader =
-                ShardReader::open(store.clone(), &Path::from(r.shard.as_str())).await.map_err(|e| e.to_string())?;
+            let reader = ShardReader::open(store.clone(), &Path::from(r.shard.as_str())).await?;
             readers.insert(r.shard.clone(), Arc::new(reader));
         }
         let reader = readers[&r.shard].clone();
@@ -161,14 +231,9 @@ async fn ensure_cached(
             }
             start += n;
         }
-        let (g, rows) = group.ok_or_else(|| format!("row {} beyond the end of {}", r.row, r.shard))?;
-        let decoded: Vec<Result<Sample, String>> = reader
-            .read_row_group_each(g)
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|s| s.map_err(|e| e.to_string()))
-            .collect();
+        let (g, rows) = group.ok_or_else(|| Fault::Data(format!("row {} beyond the end of {}", r.row, r.shard)))?;
+        let decoded: Vec<Result<Sample, String>> =
+            reader.read_row_group_each(g).await?.into_iter().map(|s| s.map_err(|e| e.to_string())).collect();
         let bytes = decoded.iter().map(|s| s.as_ref().map_or(64, |s| s.image.len() * 2 + s.mask.len() + 512)).sum();
         cache.insert(now, &r.shard, rows, decoded, bytes);
     }

@@ -11,7 +11,7 @@ use crate::error::{Result, TrainError};
 const SIZE: (u32, u32) = (1200, 800);
 
 /// The metrics columns, parsed from `metrics.csv` (`step,epoch,loss,dice,lr,samples_per_s`).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Curves {
     /// Optimiser steps.
     pub step: Vec<f64>,
@@ -42,6 +42,29 @@ impl Curves {
         }
         c
     }
+
+    /// Appends a point; past `cap` points, neighbours are averaged in pairs, so a
+    /// run of any length plots from at most `cap` points. Points pushed after a
+    /// merge are not merged until the next one, so the resolution is uneven by at
+    /// most a factor of two.
+    pub fn push_bounded(&mut self, step: f64, loss: f64, dice: f64, lr: f64, samples_per_s: f64, cap: usize) {
+        self.step.push(step);
+        self.loss.push(loss);
+        self.dice.push(dice);
+        self.lr.push(lr);
+        self.samples_per_s.push(samples_per_s);
+        if self.step.len() > cap.max(2) {
+            for v in [&mut self.step, &mut self.loss, &mut self.dice, &mut self.lr, &mut self.samples_per_s] {
+                *v = v.chunks(2).map(mean_finite).collect();
+            }
+        }
+    }
+}
+
+/// Mean of the finite values (NaN when none: a step whose samples were all skipped).
+fn mean_finite(v: &[f64]) -> f64 {
+    let f: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if f.is_empty() { f64::NAN } else { f.iter().sum::<f64>() / f.len() as f64 }
 }
 
 /// Exponential moving average, the usual training-curve smoothing.

@@ -12,8 +12,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
 use s3_shards::samples_table::SampleRow;
-use s3_shards::synthetic::Rng;
 
 /// Where a sample lives.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -42,13 +44,6 @@ pub struct Sampler {
     window: usize,
     /// Samples grouped by shard, shards sorted by key, rows sorted: the canonical order.
     shards: Vec<(String, Vec<SampleRef>)>,
-}
-
-fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
-    for i in (1..v.len()).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        v.swap(i, j);
-    }
 }
 
 impl Sampler {
@@ -93,13 +88,15 @@ impl Sampler {
 
     /// The global order of `epoch`.
     pub fn epoch_order(&self, epoch: u64) -> Vec<SampleRef> {
-        let mut rng = Rng::new(self.seed ^ xxh3_64(&epoch.to_le_bytes()));
+        // ChaCha8 is portable and its stream is fixed across rand releases: an epoch's
+        // order is the same on every machine and after every upgrade.
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ xxh3_64(&epoch.to_le_bytes()));
         let mut shards: Vec<&(String, Vec<SampleRef>)> = self.shards.iter().collect();
-        shuffle(&mut shards, &mut rng);
+        shards.shuffle(&mut rng);
         let mut out = Vec::with_capacity(self.len());
         for window in shards.chunks(self.window) {
             let mut w: Vec<SampleRef> = window.iter().flat_map(|(_, v)| v.iter().cloned()).collect();
-            shuffle(&mut w, &mut rng);
+            w.shuffle(&mut rng);
             out.extend(w);
         }
         out

@@ -95,6 +95,10 @@ pub struct StageConfig {
     /// Checkpoint every N optimiser steps (and at each epoch end).
     #[serde(default = "default_ckpt")]
     pub checkpoint_every: u64,
+    /// Checkpoint folders kept (the newest); older `step-N/` folders are deleted
+    /// once the new pointer is written. 0 keeps every checkpoint.
+    #[serde(default = "default_keep_last")]
+    pub keep_last: usize,
     /// Weights to start from (a checkpoint's safetensors or an official `.pth`).
     #[serde(default)]
     pub init: Option<String>,
@@ -137,6 +141,9 @@ fn default_clicks() -> usize {
 }
 fn default_ckpt() -> u64 {
     500
+}
+fn default_keep_last() -> usize {
+    3
 }
 fn default_window() -> usize {
     4

@@ -1,33 +1,33 @@
-//! The training loop (DESIGN §8), in phase order: resume → per epoch, stream this
-//! rank's samples → per micro-batch, one image embedding and `clicks` decoder passes
-//! with simulated clicks, loss summed over passes → every `accumulation`
-//! micro-batches an AdamW step (encoder at lr, prompt encoder and decoder at
-//! lr × 0.1) → metrics, checkpoints.
+//! The training loop (DESIGN §8), in phase order: what the run is (data through
+//! `index.json`, selection, model) → resume onto the same run, or init → per epoch,
+//! stream this rank's samples → per micro-batch, one image embedding and `clicks`
+//! decoder passes ([`crate::step`]) → every `accumulation` micro-batches one
+//! all-reduce (when distributed) and an AdamW step → metrics, checkpoints, stop.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::optim::AdamWConfig;
 use burn::prelude::*;
-use burn::tensor::activation;
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use s3_shards::synthetic::Rng;
-use s3_shards::{Split, StoreLocation, StoreOptions, json, open_store, samples_table};
+use s3_shards::samples_table::SampleRow;
+use s3_shards::{Split, StoreLocation, StoreOptions, json, open_store};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::clicks::{Click, dice, next_click};
-use crate::collective::{TcpCollective, flat};
+use crate::checkpoint::{self, CheckpointState, Latest};
+use crate::collective::{CollectiveOptions, TcpCollective};
 use crate::config::{Precision, SamConfig};
 use crate::error::{Result, TrainError};
 use crate::loader::{Item, Loaded, Loader, LoaderConfig};
-use crate::model::layers::{trilinear, trilinear_values};
-use crate::model::{ImageEncoder, MaskDecoder, Prompt, PromptEncoder, Sam};
-use crate::plots;
+pub use crate::metrics::StepMetrics;
+use crate::metrics::{self, MetricsLog};
+use crate::model::Sam;
+use crate::run_identity::{self, RunIdentity};
 use crate::sampler::{Sampler, SamplerState};
-use crate::stage::{LossResolution, StageConfig};
+use crate::stage::StageConfig;
+use crate::step::{Accumulators, Optimisers, all_reduce_step, micro_step};
+use crate::watchdog::Watchdog;
 use crate::weights::{self, Strictness};
 
 /// What to train, where.
@@ -49,6 +49,28 @@ pub struct RunSpec {
     pub resume: bool,
     /// S3 settings.
     pub store_options: StoreOptions,
+    /// Timeouts and the join token of the collective.
+    pub collective: CollectiveOptions,
+    /// End the process (exit 2) when an optimiser step makes no progress for this long.
+    pub step_timeout: Option<Duration>,
+}
+
+impl RunSpec {
+    /// A single-rank run of `stage` on `data` into `run`, resuming, with default options.
+    pub fn new(data: impl Into<String>, run: impl Into<String>, stage: StageConfig) -> RunSpec {
+        RunSpec {
+            data: data.into(),
+            run: run.into(),
+            stage,
+            rank: 0,
+            world: 1,
+            master: None,
+            resume: true,
+            store_options: StoreOptions::default(),
+            collective: CollectiveOptions::default(),
+            step_timeout: None,
+        }
+    }
 }
 
 /// Where training stands; saved in every checkpoint.
@@ -58,23 +80,6 @@ pub struct TrainState {
     pub step: u64,
     /// Sampler position.
     pub sampler: SamplerState,
-}
-
-/// One optimiser step's numbers.
-#[derive(Clone, Debug, Serialize)]
-pub struct StepMetrics {
-    /// Step number (1-based after the step).
-    pub step: u64,
-    /// Epoch.
-    pub epoch: u64,
-    /// Mean loss per sample (summed over passes).
-    pub loss: f64,
-    /// Mean Dice of the last pass.
-    pub dice: f64,
-    /// Encoder learning rate.
-    pub lr: f64,
-    /// Samples per second over the step.
-    pub samples_per_s: f64,
 }
 
 /// Progress of a run.
@@ -92,7 +97,12 @@ pub enum TrainEvent {
         from: TrainState,
     },
     /// A step finished.
-    Step(StepMetrics),
+    Step {
+        /// Its numbers (means over all ranks).
+        metrics: StepMetrics,
+        /// The samples this rank trained on in the step, in order.
+        samples: Vec<String>,
+    },
     /// A sample was skipped.
     Skipped {
         /// Sample.
@@ -109,35 +119,25 @@ pub enum TrainEvent {
     },
 }
 
-/// What a run did.
+/// What a run did. Nothing in it grows with the run's length: per-step detail goes
+/// through [`TrainEvent::Step`] and the run's `metrics/` segments.
 #[derive(Clone, Debug)]
 pub struct TrainOutcome {
     /// Final state.
     pub state: TrainState,
-    /// Sample ids trained on, in order (this process).
-    pub trained: Vec<String>,
-    /// Every step's metrics (this process).
-    pub metrics: Vec<StepMetrics>,
+    /// Steps this process ran.
+    pub steps_run: u64,
+    /// The last step's metrics.
+    pub last: Option<StepMetrics>,
     /// Stopped by max_steps/max_minutes before the last epoch.
     pub stopped_early: bool,
     /// xxh3 of the final parameters: equal on every rank of a synchronised run.
     pub weights_digest: u64,
 }
 
-/// The latest checkpoint pointer (`checkpoints/latest.json`), written last.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Latest {
-    /// Step of the checkpoint.
-    pub step: u64,
-    /// Its folder.
-    pub dir: String,
-}
-
-const LATEST: &str = "checkpoints/latest.json";
-
-fn store_err(e: s3_shards::ShardError) -> TrainError {
-    TrainError::Shards(e)
-}
+/// How long ranks wait for each other at the rendezvous (they start in any order,
+/// and a Slurm or Kubernetes rank may wait for its node).
+pub const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Resolves the model config of a stage.
 pub fn model_config(stage: &StageConfig) -> Result<SamConfig> {
@@ -154,57 +154,39 @@ pub fn model_config(stage: &StageConfig) -> Result<SamConfig> {
     Ok(SamConfig { attention: stage.attention, precision: stage.precision, ..cfg })
 }
 
-/// Training rows of the selected datasets.
+/// The `split` rows of the datasets `stage` selects, read through `index.json`;
+/// with the chosen dataset names and the samples table's xxh3.
 pub fn select_rows(
     data: &StoreLocation,
     stage: &StageConfig,
     split: Split,
     rt: &tokio::runtime::Runtime,
-) -> Result<Vec<samples_table::SampleRow>> {
-    let rows = rt.block_on(samples_table::read(data.store().as_ref())).map_err(store_err)?;
+) -> Result<(Vec<SampleRow>, BTreeSet<String>, u64)> {
+    let (rows, xxh3) = rt.block_on(run_identity::samples_from_index(data.store().as_ref()))?;
     let available: BTreeSet<String> = rows.iter().map(|r| r.dataset.clone()).collect();
     let chosen = stage.select_datasets(&available)?;
-    Ok(rows.into_iter().filter(|r| r.split == split && chosen.contains(&r.dataset)).collect())
-}
-
-/// Three optimisers: one per part, so the encoder and the rest get their own rates.
-struct Optimisers {
-    encoder: ModuleOptimizer,
-    prompt: ModuleOptimizer,
-    decoder: ModuleOptimizer,
-}
-
-struct Accumulators {
-    encoder: GradientsAccumulator<ImageEncoder>,
-    prompt: GradientsAccumulator<PromptEncoder>,
-    decoder: GradientsAccumulator<MaskDecoder>,
-}
-
-impl Accumulators {
-    fn new() -> Self {
-        Accumulators {
-            encoder: GradientsAccumulator::new(),
-            prompt: GradientsAccumulator::new(),
-            decoder: GradientsAccumulator::new(),
-        }
-    }
+    let rows = rows.into_iter().filter(|r| r.split == split && chosen.contains(&r.dataset)).collect();
+    Ok((rows, chosen, xxh3))
 }
 
 /// Runs (or resumes) a stage.
 pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) -> Result<TrainOutcome> {
     let stage = &spec.stage;
     stage.validate()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| TrainError::Io { file: "runtime".into(), error: source })?;
-    let data = open_store(&spec.data, &spec.store_options).map_err(store_err)?;
-    let run = open_store(&spec.run, &spec.store_options).map_err(store_err)?;
-    let rows = select_rows(&data, stage, Split::Train, &rt)?;
+    if spec.world == 0 || spec.rank >= spec.world {
+        return Err(TrainError::Config(format!("rank {} is not below the world size {}", spec.rank, spec.world)));
+    }
+    let rt = checkpoint::runtime()?;
+    let data = open_store(&spec.data, &spec.store_options)?;
+    let run = open_store(&spec.run, &spec.store_options)?;
+
+    // Phase 0: what this run is — the data as published, the selection, the model.
+    let (rows, datasets, samples_xxh3) = select_rows(&data, stage, Split::Train, &rt)?;
     if rows.is_empty() {
         return Err(TrainError::Config(format!("stage {}: no training samples selected in {}", stage.name, data)));
     }
     let sampler = Sampler::from_rows(&rows, stage.seed, stage.shard_window);
+    drop(rows);
     let cfg = model_config(stage)?;
     if cfg.precision == Precision::Bf16 && !device.supports_dtype(burn::tensor::FloatDType::BF16) {
         return Err(TrainError::Config(format!(
@@ -212,45 +194,58 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
             stage.name
         )));
     }
+    let training = run_identity::training_config(stage, &cfg, &datasets);
+    let identity = RunIdentity { config_digest: run_identity::digest(&training), samples_xxh3, world: spec.world };
     let ad = device.clone().autodiff();
 
     // Phase 1: model (seeded: every rank and every rerun starts from the same
-    // weights), optimisers, resume or init.
+    // weights), optimisers, then resume onto this same run, or init.
     let mut model = seeded_model(&cfg, &ad, stage.seed);
     let adamw = AdamWConfig::new()
         .with_beta_1(0.9)
         .with_beta_2(0.999)
         .with_epsilon(1e-8)
         .with_weight_decay(stage.weight_decay as f32);
-    let mut opt = Optimisers { encoder: adamw.init(), prompt: adamw.init(), decoder: adamw.init() };
+    let mut opt = Optimisers::new(&adamw);
     let mut state = TrainState::default();
-    let latest: Option<Latest> = if spec.resume {
-        match rt.block_on(json::get_json::<Latest>(run.store().as_ref(), &ObjPath::from(LATEST))) {
-            Ok(l) => Some(l),
-            Err(s3_shards::ShardError::NotFound(_)) => None,
-            Err(e) => return Err(store_err(e)),
-        }
-    } else {
-        None
-    };
-    // Burnpack tensors are read lazily from the file: keep it until the run ends.
+    let mut log = MetricsLog::default();
+    let latest: Option<Latest> =
+        if spec.resume { rt.block_on(checkpoint::read_latest(run.store().as_ref()))? } else { None };
     let mut _checkpoint_files = None;
     if let Some(l) = &latest {
-        let tmp;
-        (model, opt, state, tmp) = load_checkpoint(&rt, &run, &l.dir, model, opt)?;
-        _checkpoint_files = Some(tmp);
+        let saved_config = match rt
+            .block_on(json::get_json::<serde_json::Value>(run.store().as_ref(), &ObjPath::from("config.json")))
+        {
+            Ok(v) => Some(v),
+            Err(s3_shards::ShardError::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let verify = |saved: &CheckpointState| {
+            run_identity::check_resume(&saved.identity, saved_config.as_ref(), &identity, &training)
+        };
+        let restored = checkpoint::load(&rt, &run, &l.dir, model, opt, verify)?;
+        (model, opt, state) = (restored.model, restored.opt, restored.state.state);
+        log = MetricsLog::resume(restored.summary);
+        _checkpoint_files = Some(restored._files);
+        if spec.rank == 0 {
+            rt.block_on(metrics::drop_segments_after(run.store().as_ref(), state.step))?;
+        }
+        tracing::info!(step = state.step, epoch = state.sampler.epoch, "resumed from {}", l.dir);
     } else if let Some(init) = &stage.init {
-        let report = weights::load(&mut model, std::path::Path::new(init), Strictness::Strict)?;
-        tracing::info!(applied = report.applied, "initialised from {init}");
+        let tmp = checkpoint::temp_dir()?;
+        let file = checkpoint::local_copy(init, &spec.store_options, tmp.path())?;
+        let report = weights::load(&mut model, &file, Strictness::Strict)?;
+        tracing::info!(applied = report.applied, "initialised from {}", s3_shards::store::redact(init));
     }
     if spec.rank == 0 {
-        let resolved = serde_json::json!({ "stage": stage, "model": cfg, "data": spec.data, "world": spec.world });
-        rt.block_on(json::put_json(run.store().as_ref(), &ObjPath::from("config.json"), &resolved))
-            .map_err(store_err)?;
+        let resolved = serde_json::json!({
+            "stage": stage, "model": cfg, "datasets": datasets, "data": data.url(), "world": spec.world,
+        });
+        rt.block_on(json::put_json(run.store().as_ref(), &ObjPath::from("config.json"), &resolved))?;
     }
 
     let per_step = (stage.batch * stage.accumulation) as u64;
-    let per_rank_epoch = sampler.padded_len(spec.world) / spec.world.max(1) as u64;
+    let per_rank_epoch = sampler.padded_len(spec.world) / spec.world as u64;
     let steps_per_epoch = per_rank_epoch.div_ceil(per_step);
     progress(&TrainEvent::Started {
         samples: sampler.len(),
@@ -260,12 +255,11 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
     });
 
     let started = Instant::now();
-    let mut outcome =
-        TrainOutcome { state, trained: Vec::new(), metrics: Vec::new(), stopped_early: false, weights_digest: 0 };
+    let mut outcome = TrainOutcome { state, steps_run: 0, last: None, stopped_early: false, weights_digest: 0 };
     // Every rank takes the same optimiser steps on the mean gradient of all ranks.
     let mut collective = match (spec.world > 1, spec.master.as_deref()) {
         (false, _) => None,
-        (true, Some(addr)) => Some(TcpCollective::connect(addr, spec.rank, spec.world, RENDEZVOUS_TIMEOUT)?),
+        (true, Some(addr)) => Some(TcpCollective::connect_with(addr, spec.rank, spec.world, &spec.collective)?),
         (true, None) => {
             return Err(TrainError::Config(format!(
                 "world size {} needs a rendezvous address for the gradient all-reduce: --master HOST:PORT \
@@ -274,7 +268,7 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
             )));
         }
     };
-    let mut metrics_csv = read_metrics(&rt, &run);
+    let watchdog = spec.step_timeout.map(|t| Watchdog::start(t, Watchdog::exit_process()));
     // Phase 2: epochs.
     while state.sampler.epoch < stage.epochs {
         let epoch = state.sampler.epoch;
@@ -287,6 +281,7 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
         );
         let mut micro: Vec<Item> = Vec::new();
         let mut acc = Accumulators::new();
+        let mut step_samples: Vec<String> = Vec::new();
         let (mut done_positions, mut loss_sum, mut dice_sum, mut n_samples) = (0u64, 0f64, 0f64, 0usize);
         // Micro-batches and steps close on sample *positions*, not on usable samples:
         // a sample skipped on one rank must not shift that rank's step boundaries, or
@@ -300,6 +295,9 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
             match l {
                 Loaded::Skipped { sample_id, reason, .. } => progress(&TrainEvent::Skipped { sample_id, reason }),
                 Loaded::Item(item) => micro.push(item),
+                // A store that keeps failing ends the run: the resume continues exactly
+                // where the last checkpoint left off, instead of training without the sample.
+                Loaded::Failed { sample_id, error, .. } => return Err(TrainError::Read { sample_id, source: error }),
             }
             let last = loaded.peek().is_none();
             if slot_positions == stage.batch || last {
@@ -312,26 +310,18 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
                 let (loss, d) = micro_step(&model, &micro, stage, &cfg, step_seed, &ad);
                 let n = micro.len();
                 let loss_val: f64 = loss.clone().into_scalar::<f64>();
-                let mut grads = (loss / stage.accumulation as f64).backward();
-                acc.encoder
-                    .accumulate(&model.image_encoder, GradientsParams::from_module(&mut grads, &model.image_encoder));
-                acc.prompt
-                    .accumulate(&model.prompt_encoder, GradientsParams::from_module(&mut grads, &model.prompt_encoder));
-                acc.decoder
-                    .accumulate(&model.mask_decoder, GradientsParams::from_module(&mut grads, &model.mask_decoder));
-                outcome.trained.extend(micro.iter().map(|i| i.sample_id.clone()));
+                acc.add(&model, loss / stage.accumulation as f64);
+                step_samples.extend(micro.drain(..).map(|i| i.sample_id));
                 loss_sum += loss_val * n as f64;
                 dice_sum += d * n as f64;
                 n_samples += n;
-                micro.clear();
             }
             if slots == stage.accumulation || (last && slots > 0) {
                 // Phase 4: all-reduce (when distributed), optimiser step. A step whose
                 // samples were all skipped still counts (with no gradient here), so every
                 // rank and every resume agrees on what step N covered.
                 slots = 0;
-                let mut full = std::mem::replace(&mut acc, Accumulators::new());
-                let mut grads = [full.encoder.grads(), full.prompt.grads(), full.decoder.grads()];
+                let mut grads = acc.take();
                 let mut out_of_budget = stage.max_steps.is_some_and(|s| state.step + 1 >= s)
                     || stage.max_minutes.is_some_and(|mins| started.elapsed().as_secs_f64() >= mins * 60.0);
                 let mut totals = [loss_sum, dice_sum, n_samples as f64];
@@ -340,15 +330,9 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
                     // disagree about max_minutes still stop at the same step.
                     out_of_budget = all_reduce_step(c, &model, &mut grads, &mut totals, out_of_budget, device)?;
                 }
-                let [g_encoder, g_prompt, g_decoder] = grads;
-                let Sam { image_encoder, prompt_encoder, mask_decoder } = model;
-                let small = lr * stage.decoder_lr_factor;
-                model = Sam {
-                    image_encoder: opt.encoder.step(lr, image_encoder, g_encoder),
-                    prompt_encoder: opt.prompt.step(small, prompt_encoder, g_prompt),
-                    mask_decoder: opt.decoder.step(small, mask_decoder, g_decoder),
-                };
+                model = opt.step(model, grads, lr, lr * stage.decoder_lr_factor);
                 state.step += 1;
+                outcome.steps_run += 1;
                 state.sampler.consumed += done_positions * spec.world as u64;
                 done_positions = 0;
                 let [loss_total, dice_total, n_total] = totals;
@@ -363,18 +347,20 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
                 };
                 (loss_sum, dice_sum, n_samples) = (0.0, 0.0, 0);
                 step_start = Instant::now();
-                metrics_csv.push_str(&format!(
-                    "{},{},{:.6},{:.6},{:.3e},{:.3}\n",
-                    m.step, m.epoch, m.loss, m.dice, m.lr, m.samples_per_s
-                ));
-                progress(&TrainEvent::Step(m.clone()));
-                outcome.metrics.push(m);
+                if let Some(w) = &watchdog {
+                    w.pet();
+                }
+                log.push(m.clone());
+                progress(&TrainEvent::Step { metrics: m.clone(), samples: std::mem::take(&mut step_samples) });
+                outcome.last = Some(m);
                 // Phase 5: checkpoints and stopping.
                 if last {
                     state.sampler = SamplerState { epoch: epoch + 1, consumed: 0 };
                 }
                 if spec.rank == 0 && (state.step % stage.checkpoint_every.max(1) == 0 || last || out_of_budget) {
-                    let dir = save_checkpoint(&rt, &run, &model, &opt, &state, &metrics_csv)?;
+                    rt.block_on(log.flush(run.store().as_ref(), state.step))?;
+                    let record = CheckpointState { state, identity: identity.clone() };
+                    let dir = checkpoint::save(&rt, &run, &model, &opt, &record, log.summary(), stage.keep_last)?;
                     progress(&TrainEvent::Checkpoint { step: state.step, dir });
                 }
                 if out_of_budget {
@@ -390,43 +376,6 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
     outcome.state = state;
     outcome.weights_digest = weights_digest(&model);
     Ok(outcome)
-}
-
-/// How long ranks wait for each other at the rendezvous (they start in any order,
-/// and a Slurm or Kubernetes rank may wait for its node).
-const RENDEZVOUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
-
-/// One all-reduce for a whole optimiser step: the three parts' gradients (replaced
-/// by the mean over ranks), the metric totals (summed) and the stop flag (any rank).
-fn all_reduce_step(
-    c: &mut TcpCollective,
-    model: &Sam,
-    grads: &mut [GradientsParams; 3],
-    totals: &mut [f64; 3],
-    stop: bool,
-    device: &Device,
-) -> Result<bool> {
-    let (mut values, mut flags) = (Vec::new(), Vec::new());
-    let [g0, g1, g2] = grads;
-    flat::gather(&model.image_encoder, g0, &mut values, &mut flags);
-    flat::gather(&model.prompt_encoder, g1, &mut values, &mut flags);
-    flat::gather(&model.mask_decoder, g2, &mut values, &mut flags);
-    let (nv, nf) = (values.len(), flags.len());
-    values.extend(flags);
-    values.extend(totals.iter().map(|&t| t as f32));
-    values.push(f32::from(u8::from(stop)));
-    c.all_reduce_sum(&mut values)?;
-    let (vals, rest) = values.split_at(nv);
-    let (flags, rest) = rest.split_at(nf);
-    let scale = 1.0 / c.world() as f32;
-    let (mut pos, mut k) = (0, 0);
-    flat::scatter(&model.image_encoder, g0, vals, flags, &mut pos, &mut k, scale, device);
-    flat::scatter(&model.prompt_encoder, g1, vals, flags, &mut pos, &mut k, scale, device);
-    flat::scatter(&model.mask_decoder, g2, vals, flags, &mut pos, &mut k, scale, device);
-    for (t, v) in totals.iter_mut().zip(&rest[..3]) {
-        *t = f64::from(*v);
-    }
-    Ok(rest[3] > 0.0)
 }
 
 /// xxh3 of every parameter's f32 values in visiting order.
@@ -462,214 +411,6 @@ pub fn seeded_model(cfg: &SamConfig, device: &Device, seed: u64) -> Sam {
     model
 }
 
-/// One micro-batch: the image embedding once, then `clicks` decoder passes, each
-/// with a new click from the error region and the previous low-res logits as the
-/// mask prompt; a random pass in 2..=8 and the last get no points. Returns the loss
-/// summed over passes (mean over the batch) and the last pass's mean Dice.
-pub fn micro_step(
-    model: &Sam,
-    items: &[Item],
-    stage: &StageConfig,
-    cfg: &SamConfig,
-    seed: u64,
-    device: &Device,
-) -> (Tensor<1>, f64) {
-    let (b, s) = (items.len(), cfg.img_size);
-    let vox = s * s * s;
-    let volume = |f: fn(&Item) -> &Vec<f32>| {
-        let data: Vec<f32> = items.iter().flat_map(|i| f(i).iter().copied()).collect();
-        Tensor::<5>::from_data(TensorData::new(data, [b, 1, s, s, s]), device)
-    };
-    let images = volume(|i| &i.image);
-    let l = cfg.low_res();
-    let low_loss = stage.loss_resolution == LossResolution::Low;
-    let masks = if low_loss {
-        let data: Vec<f32> = items.iter().flat_map(|i| area_fraction(&i.mask, s, l)).collect();
-        Tensor::<5>::from_data(TensorData::new(data, [b, 1, l, l, l]), device)
-    } else {
-        volume(|i| &i.mask)
-    };
-    let emb = model.image_encoder.forward(images); // [B, E, g, g, g]
-    let mut low = Tensor::<5>::zeros([b, 1, l, l, l], device);
-    let mut rng = Rng::new(seed);
-    let no_point = 2 + (rng.next_u64() % 7) as usize;
-    let mut rngs: Vec<Rng> = items.iter().map(|i| Rng::new(seed ^ xxh3_64(i.sample_id.as_bytes()))).collect();
-    let mut preds: Vec<Vec<f32>> = vec![vec![0.0; vox]; b];
-    let mut clicks: Vec<Vec<Click>> = vec![Vec::new(); b];
-    let mut total = Tensor::<1>::zeros([1], device);
-    for pass in 0..stage.clicks {
-        for (k, item) in items.iter().enumerate() {
-            clicks[k].push(next_click(&preds[k], &item.mask, s, &mut rngs[k]));
-        }
-        let use_points = pass != no_point && pass + 1 != stage.clicks;
-        let points = use_points.then(|| points_tensors(&clicks, device));
-        let out = model.decode(emb.clone(), Prompt { points, mask: Some(low) });
-        let (logits, _) = out.single(); // [B, 1, L, L, L]
-        // Clicks always come from the full-resolution prediction, as in evaluation;
-        // with the low-res loss the upsampling stays off the graph (and off the backend).
-        if low_loss {
-            total = total + seg_loss(logits.clone(), masks.clone(), stage.legacy_loss);
-            let v: Vec<f32> = logits.clone().detach().into_data().try_to_vec::<f32>().expect("f32 logits");
-            preds = v.chunks(l * l * l).map(|c| trilinear_values(c, l, s)).collect();
-        } else {
-            let full = trilinear(logits.clone(), s); // [B, 1, S, S, S]
-            total = total + seg_loss(full.clone(), masks.clone(), stage.legacy_loss);
-            let v: Vec<f32> = full.detach().into_data().try_to_vec::<f32>().expect("f32 logits");
-            preds = v.chunks(vox).map(<[f32]>::to_vec).collect();
-        }
-        low = logits;
-    }
-    let d = items.iter().zip(&preds).map(|(i, p)| dice(p, &i.mask)).sum::<f64>() / b as f64;
-    (total, d)
-}
-
-/// The fraction of each `low`³ voxel's block of a `side`³ mask that is foreground.
-pub fn area_fraction(mask: &[f32], side: usize, low: usize) -> Vec<f32> {
-    let f = side / low;
-    let mut out = vec![0f32; low * low * low];
-    for (n, &m) in mask.iter().enumerate() {
-        if m > 0.5 {
-            let (i, j, k) = (n / (side * side) / f, n / side % side / f, n % side / f);
-            out[(i * low + j) * low + k] += 1.0;
-        }
-    }
-    let block = (f * f * f) as f32;
-    out.iter_mut().for_each(|v| *v /= block);
-    out
-}
-
-/// Clicks so far as `[B, N, 3]` coordinates and `[B, N]` labels.
-pub fn points_tensors(clicks: &[Vec<Click>], device: &Device) -> (Tensor<3>, Tensor<2>) {
-    let (b, n) = (clicks.len(), clicks[0].len());
-    let coords: Vec<f32> = clicks.iter().flat_map(|c| c.iter().flat_map(|p| p.at)).collect();
-    let labels: Vec<f32> = clicks.iter().flat_map(|c| c.iter().map(|p| p.label)).collect();
-    (
-        Tensor::from_data(TensorData::new(coords, [b, n, 3]), device),
-        Tensor::from_data(TensorData::new(labels, [b, n]), device),
-    )
-}
-
-/// Dice + BCE on logits `[B, 1, S, S, S]` (mean over the batch); `legacy` is the
-/// reference's effective loss: Dice with squared predictions only (its CE term was 0).
-pub fn seg_loss(logits: Tensor<5>, target: Tensor<5>, legacy: bool) -> Tensor<1> {
-    let [b, _, _, _, _] = logits.dims();
-    let x: Tensor<2> = logits.reshape([b as i32, -1]);
-    let t: Tensor<2> = target.reshape([b as i32, -1]);
-    let p = activation::sigmoid(x.clone());
-    let inter = (p.clone() * t.clone()).sum_dim(1);
-    let denom = if legacy {
-        p.clone().square().sum_dim(1) + t.clone().square().sum_dim(1)
-    } else {
-        p.sum_dim(1) + t.clone().sum_dim(1)
-    };
-    let dice_loss = ((inter * 2.0 + 1e-5) / (denom + 1e-5)).neg() + 1.0; // [B, 1]
-    let dice_loss: Tensor<1> = dice_loss.mean().reshape([1]);
-    if legacy {
-        return dice_loss;
-    }
-    // BCE with logits, stable form: max(x, 0) − x·t + log(1 + e^−|x|)
-    let bce = x.clone().clamp_min(0.0) - x.clone() * t + (x.abs().neg().exp() + 1.0).log();
-    dice_loss + bce.mean().reshape([1])
-}
-
-fn temp_dir() -> Result<tempfile::TempDir> {
-    tempfile::tempdir().map_err(|source| TrainError::Io { file: "temp dir".into(), error: source })
-}
-
-async fn put_file(store: &dyn ObjectStore, key: &str, file: &std::path::Path) -> Result<()> {
-    let bytes =
-        std::fs::read(file).map_err(|source| TrainError::Io { file: file.display().to_string(), error: source })?;
-    store
-        .put(&ObjPath::from(key), PutPayload::from(bytes))
-        .await
-        .map_err(|e| store_err(s3_shards::ShardError::Store { op: "put", path: ObjPath::from(key), source: e }))?;
-    Ok(())
-}
-
-async fn get_file(store: &dyn ObjectStore, key: &str, file: &std::path::Path) -> Result<()> {
-    let bytes = json::get_bytes(store, &ObjPath::from(key)).await.map_err(store_err)?;
-    std::fs::write(file, &bytes).map_err(|source| TrainError::Io { file: file.display().to_string(), error: source })
-}
-
-/// Writes `checkpoints/step-N/` (model and optimiser state as burnpack, weights as
-/// reference-named safetensors, state.json), then `checkpoints/latest.json` last: a
-/// reader following the pointer only ever finds a complete checkpoint.
-fn save_checkpoint(
-    rt: &tokio::runtime::Runtime,
-    run: &StoreLocation,
-    model: &Sam,
-    opt: &Optimisers,
-    state: &TrainState,
-    metrics_csv: &str,
-) -> Result<String> {
-    let dir = format!("checkpoints/step-{:08}", state.step);
-    let tmp = temp_dir()?;
-    let store = run.store().as_ref();
-    let record_err = |e: burn::store::RecordError| TrainError::Weights { file: dir.clone(), reason: e.to_string() };
-    model.clone().save_file(tmp.path().join("model")).map_err(record_err)?;
-    weights::export_safetensors(&model.clone().valid(), &tmp.path().join("weights.safetensors"))?;
-    for (name, o) in [("encoder", &opt.encoder), ("prompt", &opt.prompt), ("decoder", &opt.decoder)] {
-        o.save(tmp.path().join(format!("optim-{name}"))).map_err(record_err)?;
-    }
-    rt.block_on(async {
-        put_file(store, &format!("{dir}/model.bpk"), &tmp.path().join("model.bpk")).await?;
-        put_file(store, &format!("{dir}/weights.safetensors"), &tmp.path().join("weights.safetensors")).await?;
-        for name in ["encoder", "prompt", "decoder"] {
-            put_file(store, &format!("{dir}/optim-{name}.bpk"), &tmp.path().join(format!("optim-{name}.bpk"))).await?;
-        }
-        json::put_json(store, &ObjPath::from(format!("{dir}/state.json")), state).await.map_err(store_err)?;
-        store.put(&ObjPath::from("metrics.csv"), PutPayload::from(metrics_csv.as_bytes().to_vec())).await.map_err(
-            |e| store_err(s3_shards::ShardError::Store { op: "put", path: ObjPath::from("metrics.csv"), source: e }),
-        )?;
-        // A plot that fails to render is logged, never a reason to lose a checkpoint.
-        match plots::render_png(&plots::Curves::parse(metrics_csv), &format!("run at step {}", state.step)) {
-            Ok(png) => {
-                if let Err(e) = store.put(&ObjPath::from("metrics.png"), PutPayload::from(png)).await {
-                    tracing::warn!("writing metrics.png: {e}");
-                }
-            }
-            Err(e) => tracing::warn!("{e}"),
-        }
-        json::put_json(store, &ObjPath::from(LATEST), &Latest { step: state.step, dir: dir.clone() })
-            .await
-            .map_err(store_err)
-    })?;
-    Ok(dir)
-}
-
-fn load_checkpoint(
-    rt: &tokio::runtime::Runtime,
-    run: &StoreLocation,
-    dir: &str,
-    model: Sam,
-    opt: Optimisers,
-) -> Result<(Sam, Optimisers, TrainState, tempfile::TempDir)> {
-    let tmp = temp_dir()?;
-    let store = run.store().as_ref();
-    let state: TrainState = rt.block_on(async {
-        get_file(store, &format!("{dir}/model.bpk"), &tmp.path().join("model.bpk")).await?;
-        for name in ["encoder", "prompt", "decoder"] {
-            get_file(store, &format!("{dir}/optim-{name}.bpk"), &tmp.path().join(format!("optim-{name}.bpk"))).await?;
-        }
-        json::get_json(store, &ObjPath::from(format!("{dir}/state.json"))).await.map_err(store_err)
-    })?;
-    let err = |e: burn::store::RecordError| TrainError::Weights { file: dir.to_string(), reason: e.to_string() };
-    let model = model.try_load_file(tmp.path().join("model.bpk")).map_err(err)?;
-    let opt = Optimisers {
-        encoder: opt.encoder.load(tmp.path().join("optim-encoder.bpk")).map_err(err)?,
-        prompt: opt.prompt.load(tmp.path().join("optim-prompt.bpk")).map_err(err)?,
-        decoder: opt.decoder.load(tmp.path().join("optim-decoder.bpk")).map_err(err)?,
-    };
-    Ok((model, opt, state, tmp))
-}
-
-fn read_metrics(rt: &tokio::runtime::Runtime, run: &StoreLocation) -> String {
-    match rt.block_on(json::get_bytes(run.store().as_ref(), &ObjPath::from("metrics.csv"))) {
-        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-        Err(_) => "step,epoch,loss,dice,lr,samples_per_s\n".into(),
-    }
-}
-
 /// Loads the weights of the run's latest checkpoint into a fresh model on `device`.
 pub fn load_latest_weights(
     run_url: &str,
@@ -677,19 +418,26 @@ pub fn load_latest_weights(
     cfg: &SamConfig,
     device: &Device,
 ) -> Result<(Sam, u64)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| TrainError::Io { file: "runtime".into(), error: source })?;
-    let run = open_store(run_url, options).map_err(store_err)?;
-    let latest: Latest =
-        rt.block_on(json::get_json(run.store().as_ref(), &ObjPath::from(LATEST))).map_err(store_err)?;
-    let tmp = temp_dir()?;
+    let rt = checkpoint::runtime()?;
+    let run = open_store(run_url, options)?;
+    let latest = rt
+        .block_on(checkpoint::read_latest(run.store().as_ref()))?
+        .ok_or_else(|| TrainError::Config(format!("{run}: no checkpoint yet (checkpoints/latest.json)")))?;
+    let tmp = checkpoint::temp_dir()?;
     let file = tmp.path().join("weights.safetensors");
-    rt.block_on(get_file(run.store().as_ref(), &format!("{}/weights.safetensors", latest.dir), &file))?;
+    rt.block_on(checkpoint::get_file(run.store().as_ref(), &format!("{}/weights.safetensors", latest.dir), &file))?;
     let mut model = Sam::new(cfg, device);
     weights::load(&mut model, &file, Strictness::Strict)?;
     Ok((model, latest.step))
+}
+
+/// The stage a run was trained with, from its `config.json` (for `eval` and resume).
+pub fn load_run_stage(run_url: &str, options: &StoreOptions) -> Result<StageConfig> {
+    let rt = checkpoint::runtime()?;
+    let run = open_store(run_url, options)?;
+    let v: serde_json::Value = rt.block_on(json::get_json(run.store().as_ref(), &ObjPath::from("config.json")))?;
+    let stage = v.get("stage").cloned().ok_or_else(|| TrainError::Config(format!("{run}/config.json has no stage")))?;
+    serde_json::from_value(stage).map_err(|e| TrainError::Config(format!("{run}/config.json: {e}")))
 }
 
 #[cfg(test)]
@@ -703,24 +451,5 @@ mod tests {
         assert!(e.to_string().contains("64³ inputs"), "{e}");
         let stage = StageConfig { preset: "small".into(), ..stage };
         assert_eq!(model_config(&stage).unwrap().low_res(), 32);
-    }
-
-    #[test]
-    fn area_fraction_averages_each_block() {
-        // 4³ mask → 2³: block (0,0,0) full, block (1,1,1) one voxel of 8, the rest empty.
-        let (side, low) = (4, 2);
-        let mut mask = vec![0f32; side * side * side];
-        for i in 0..2 {
-            for j in 0..2 {
-                for k in 0..2 {
-                    mask[(i * side + j) * side + k] = 1.0;
-                }
-            }
-        }
-        mask[(3 * side + 2) * side + 3] = 1.0;
-        let f = area_fraction(&mask, side, low);
-        assert_eq!(f[0], 1.0);
-        assert_eq!(f[(low + 1) * low + 1], 1.0 / 8.0);
-        assert_eq!(f.iter().sum::<f32>(), 1.125);
     }
 }

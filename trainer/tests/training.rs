@@ -1,14 +1,12 @@
 //! Training on synthetic shards: loss goes down, a killed run resumes with exactly
 //! the remaining samples, checkpoints round-trip, corrupted samples are skipped.
 
-use std::sync::Arc;
-
 use burn::prelude::*;
 use object_store::ObjectStoreExt;
 use s3_shards::{StoreOptions, WriterOptions, open_store, synthetic};
 use s3_trainer::schedule::Schedule;
 use s3_trainer::stage::{LossResolution, Selection, StageConfig};
-use s3_trainer::train::{RunSpec, TrainEvent, train};
+use s3_trainer::train::{RunSpec, StepMetrics, TrainEvent, TrainOutcome, TrainState, train};
 
 fn stage(epochs: u64) -> StageConfig {
     StageConfig {
@@ -27,6 +25,7 @@ fn stage(epochs: u64) -> StageConfig {
         seed: 5,
         schedule: Schedule::Constant {},
         checkpoint_every: 2,
+        keep_last: 0,
         init: None,
         legacy_loss: false,
         loss_resolution: LossResolution::Full,
@@ -53,16 +52,34 @@ fn data_store(cases: usize) -> (tempfile::TempDir, String) {
 }
 
 fn spec(data: &str, run: &str, stage: StageConfig) -> RunSpec {
-    RunSpec {
-        data: data.into(),
-        run: run.into(),
-        stage,
-        rank: 0,
-        world: 1,
-        master: None,
-        resume: true,
-        store_options: StoreOptions::default(),
-    }
+    RunSpec::new(data, run, stage)
+}
+
+/// A run's outcome with what its events reported step by step.
+struct Recorded {
+    out: TrainOutcome,
+    metrics: Vec<StepMetrics>,
+    trained: Vec<String>,
+    skipped: Vec<(String, String)>,
+    from: Option<TrainState>,
+}
+
+fn record(spec: &RunSpec) -> s3_trainer::Result<Recorded> {
+    let seen = std::sync::Mutex::new((Vec::new(), Vec::new(), Vec::new(), None));
+    let out = train(spec, &Device::flex(), &|e| {
+        let mut g = seen.lock().unwrap();
+        match e {
+            TrainEvent::Step { metrics, samples } => {
+                g.0.push(metrics.clone());
+                g.1.extend(samples.iter().cloned());
+            }
+            TrainEvent::Skipped { sample_id, reason } => g.2.push((sample_id.clone(), reason.clone())),
+            TrainEvent::Started { from, .. } => g.3 = Some(*from),
+            _ => {}
+        }
+    })?;
+    let (metrics, trained, skipped, from) = seen.into_inner().unwrap();
+    Ok(Recorded { out, metrics, trained, skipped, from })
 }
 
 #[test]
@@ -82,13 +99,13 @@ fn loss_decreases_on_synthetic_organs() {
             clicks,
             ..stage(200)
         };
-        let out = train(&spec(&data, &run, st), &Device::flex(), &|_| {}).unwrap();
-        assert_eq!(out.metrics.len(), steps as usize);
-        let mean = |m: &[s3_trainer::train::StepMetrics]| m.iter().map(|x| x.loss).sum::<f64>() / m.len() as f64;
+        let r = record(&spec(&data, &run, st)).unwrap();
+        assert_eq!(r.metrics.len(), steps as usize);
+        let mean = |m: &[StepMetrics]| m.iter().map(|x| x.loss).sum::<f64>() / m.len() as f64;
         let w = steps as usize / 4;
-        let (first, last) = (mean(&out.metrics[..w]), mean(&out.metrics[steps as usize - w..]));
+        let (first, last) = (mean(&r.metrics[..w]), mean(&r.metrics[steps as usize - w..]));
         assert!(last < first * 0.9, "{resolution:?} legacy={legacy}: loss {first:.4} → {last:.4}");
-        assert!(out.stopped_early);
+        assert!(r.out.stopped_early);
         // The run folder has its curves plotted.
         let png = std::fs::read(dir.path().join("run/metrics.png")).expect("metrics.png written");
         assert!(png.starts_with(b"\x89PNG"), "metrics.png is a PNG");
@@ -99,15 +116,14 @@ fn loss_decreases_on_synthetic_organs() {
 fn killed_run_resumes_with_exactly_the_remaining_samples() {
     let (dir, data) = data_store(3);
     let full_run = dir.path().join("full").display().to_string();
-    let full = train(&spec(&data, &full_run, stage(2)), &Device::flex(), &|_| {}).unwrap();
-    assert!(!full.stopped_early);
-    assert_eq!(full.trained.len() as u64, full.state.step, "batch 1: one sample per step");
+    let full = record(&spec(&data, &full_run, stage(2))).unwrap();
+    assert!(!full.out.stopped_early);
+    assert_eq!(full.trained.len() as u64, full.out.state.step, "batch 1: one sample per step");
 
     // The same run stopped after 3 steps (as a kill right after a checkpoint), then resumed.
     let run = dir.path().join("resumed").display().to_string();
-    let first =
-        train(&spec(&data, &run, StageConfig { max_steps: Some(3), ..stage(2) }), &Device::flex(), &|_| {}).unwrap();
-    assert!(first.stopped_early);
+    let first = record(&spec(&data, &run, StageConfig { max_steps: Some(3), ..stage(2) })).unwrap();
+    assert!(first.out.stopped_early);
     for (a, b) in first.metrics.iter().zip(&full.metrics) {
         assert!(
             (a.loss - b.loss).abs() <= 1e-6 * b.loss.abs(),
@@ -117,28 +133,28 @@ fn killed_run_resumes_with_exactly_the_remaining_samples() {
             b.loss
         );
     }
-    let events = std::sync::Mutex::new(Vec::new());
-    let second = train(&spec(&data, &run, stage(2)), &Device::flex(), &|e| {
-        if let TrainEvent::Started { from, .. } = e {
-            events.lock().unwrap().push(*from);
-        }
-    })
-    .unwrap();
-    let events = events.into_inner().unwrap();
-    assert_eq!(events[0].step, 3, "resumed from the checkpoint at step 3");
+    let second = record(&spec(&data, &run, stage(2))).unwrap();
+    assert_eq!(second.from.map(|f| f.step), Some(3), "resumed from the checkpoint at step 3");
     let mut seq = first.trained.clone();
     seq.extend(second.trained.clone());
     assert_eq!(seq, full.trained, "the resumed run sees exactly the remaining sequence");
-    assert_eq!(second.state, full.state);
+    assert_eq!(second.out.state, full.out.state);
+    assert_eq!(second.out.weights_digest, full.out.weights_digest, "resumed weights = uninterrupted weights");
     // Optimiser state came back too: the resumed steps match the uninterrupted ones.
     for (a, b) in second.metrics.iter().zip(&full.metrics[3..]) {
         assert!((a.loss - b.loss).abs() <= 1e-3 * b.loss.abs().max(1.0), "step {}: {} vs {}", a.step, a.loss, b.loss);
     }
+    // The metrics history is whole: every step once, none erased by the resume.
+    let loc = open_store(&run, &StoreOptions::default()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let steps: Vec<u64> =
+        rt.block_on(s3_trainer::metrics::read_all(loc.store().as_ref())).unwrap().iter().map(|m| m.step).collect();
+    assert_eq!(steps, (1..=full.out.state.step).collect::<Vec<_>>());
     // And the checkpoint's weights load into a fresh model.
     let cfg = s3_trainer::train::model_config(&stage(2)).unwrap();
     let (_, step) =
         s3_trainer::train::load_latest_weights(&run, &StoreOptions::default(), &cfg, &Device::flex()).unwrap();
-    assert_eq!(step, full.state.step);
+    assert_eq!(step, full.out.state.step);
 }
 
 /// Rewrites the first shard with its first training sample's stored checksum broken;
@@ -170,20 +186,27 @@ fn a_corrupted_sample_is_reported_and_not_trained_on() {
     let (bad_id, train_count) = corrupt_first_train_sample(&data);
 
     let run = dir.path().join("run").display().to_string();
-    let skipped = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let s2 = skipped.clone();
-    let out = train(&spec(&data, &run, stage(1)), &Device::flex(), &move |e| {
-        if let TrainEvent::Skipped { sample_id, reason } = e {
-            s2.lock().unwrap().push((sample_id.clone(), reason.clone()));
-        }
-    })
-    .unwrap();
-    let skipped = skipped.lock().unwrap();
+    let r = record(&spec(&data, &run, stage(1))).unwrap();
+    let skipped = &r.skipped;
     assert_eq!(skipped.len(), 1, "{skipped:?}");
     assert_eq!(skipped[0].0, bad_id);
     assert!(skipped[0].1.contains("checksum mismatch"), "{}", skipped[0].1);
-    assert!(!out.trained.contains(&bad_id));
-    assert_eq!(out.trained.len(), train_count - 1);
+    assert!(!r.trained.contains(&bad_id));
+    assert_eq!(r.trained.len(), train_count - 1);
+}
+
+/// Runs `world` ranks of `st` in threads; their records in rank order.
+fn ranks(data: &str, run: &str, st: &StageConfig, world: usize) -> Vec<Recorded> {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..world)
+            .map(|rank| {
+                let spec = RunSpec { rank, world, master: Some(addr.clone()), ..spec(data, run, st.clone()) };
+                s.spawn(move || record(&spec).unwrap())
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
 }
 
 #[test]
@@ -195,27 +218,17 @@ fn two_ranks_average_gradients_and_stay_identical() {
     let e = train(&lonely, &Device::flex(), &|_| {}).unwrap_err();
     assert!(e.to_string().contains("--master"), "{e}");
 
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     let run = dir.path().join("ddp").display().to_string();
-    let outcomes: Vec<_> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..2)
-            .map(|rank| {
-                let spec = RunSpec { rank, world: 2, master: Some(addr.clone()), ..spec(&data, &run, st.clone()) };
-                s.spawn(move || train(&spec, &Device::flex(), &|_| {}).unwrap())
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let outcomes = ranks(&data, &run, &st, 2);
     let (r0, r1) = (&outcomes[0], &outcomes[1]);
     assert_eq!(r0.metrics.len(), r1.metrics.len(), "both ranks take the same steps");
     assert!(!r0.metrics.is_empty());
-    assert_eq!(r0.weights_digest, r1.weights_digest, "after every step both ranks hold the same weights");
+    assert_eq!(r0.out.weights_digest, r1.out.weights_digest, "after every step both ranks hold the same weights");
     for (a, b) in r0.metrics.iter().zip(&r1.metrics) {
         assert_eq!(a.loss, b.loss, "step {}: the logged loss is the mean over ranks", a.step);
     }
     // Between them the ranks covered the epoch, each its own share.
-    let solo =
-        train(&spec(&data, &dir.path().join("solo").display().to_string(), st), &Device::flex(), &|_| {}).unwrap();
+    let solo = record(&spec(&data, &dir.path().join("solo").display().to_string(), st)).unwrap();
     let mut union: Vec<String> = r0.trained.iter().chain(&r1.trained).cloned().collect();
     union.sort();
     union.dedup();
@@ -224,39 +237,129 @@ fn two_ranks_average_gradients_and_stay_identical() {
     assert_eq!(union, all);
     assert_ne!(r0.trained, r1.trained, "the ranks trained on different samples");
     // One rank alone ends elsewhere: the all-reduce changed what was learned.
-    assert_ne!(solo.weights_digest, r0.weights_digest);
+    assert_ne!(solo.out.weights_digest, r0.out.weights_digest);
 
     // A sample skipped on one rank only: step boundaries follow sample positions, so
     // both ranks still take the same steps to the end (were they to follow usable
     // samples, that rank would finish a step early and the other's last all-reduce
     // would find no peer).
     let (bad_id, _) = corrupt_first_train_sample(&data);
-    let st = stage(1); // one epoch: the skip lands on one rank only
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     let run = dir.path().join("ddp-skip").display().to_string();
-    let skipped = std::sync::Mutex::new(Vec::new());
-    let outcomes: Vec<_> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..2)
-            .map(|rank| {
-                let spec = RunSpec { rank, world: 2, master: Some(addr.clone()), ..spec(&data, &run, st.clone()) };
-                let skipped = &skipped;
-                s.spawn(move || {
-                    train(&spec, &Device::flex(), &|e| {
-                        if let TrainEvent::Skipped { sample_id, .. } = e {
-                            skipped.lock().unwrap().push((rank, sample_id.clone()));
-                        }
-                    })
-                    .unwrap()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let outcomes = ranks(&data, &run, &stage(1), 2);
     let (r0, r1) = (&outcomes[0], &outcomes[1]);
-    let skipped = skipped.into_inner().unwrap();
-    assert!(!skipped.is_empty() && skipped.iter().all(|(_, id)| *id == bad_id), "{skipped:?}");
+    let skipped: Vec<&String> = outcomes.iter().flat_map(|r| r.skipped.iter().map(|(id, _)| id)).collect();
+    assert!(!skipped.is_empty() && skipped.iter().all(|id| **id == bad_id), "{skipped:?}");
     assert_eq!(r0.metrics.len(), r1.metrics.len());
-    assert_eq!(r0.state, r1.state, "same epoch and consumed positions on both ranks");
-    assert_eq!(r0.weights_digest, r1.weights_digest);
+    assert_eq!(r0.out.state, r1.out.state, "same epoch and consumed positions on both ranks");
+    assert_eq!(r0.out.weights_digest, r1.out.weights_digest);
     assert!(!r0.trained.contains(&bad_id) && !r1.trained.contains(&bad_id));
+}
+
+#[test]
+fn a_two_rank_run_resumed_as_one_rank_keeps_the_global_order() {
+    let (dir, data) = data_store(6);
+    let st = StageConfig { epochs: 1, checkpoint_every: 1, ..stage(1) };
+    let solo = record(&spec(&data, &dir.path().join("solo").display().to_string(), st.clone())).unwrap();
+    // Two ranks for two steps: global positions 0..4, rank r at 2k + r.
+    let run = dir.path().join("ddp").display().to_string();
+    let two = ranks(&data, &run, &StageConfig { max_steps: Some(2), ..st.clone() }, 2);
+    let mut interleaved = Vec::new();
+    for k in 0..2 {
+        interleaved.extend([two[0].trained[k].clone(), two[1].trained[k].clone()]);
+    }
+    // The rest of the epoch on one rank, from the two-rank checkpoint.
+    let one = record(&spec(&data, &run, st)).unwrap();
+    assert_eq!(one.from.map(|f| f.sampler.consumed), Some(4));
+    interleaved.extend(one.trained);
+    assert_eq!(interleaved, solo.trained, "the same global sequence, whatever the world size");
+}
+
+#[test]
+fn resuming_onto_another_config_or_other_data_is_refused() {
+    let (dir, data) = data_store(3);
+    let run = dir.path().join("run").display().to_string();
+    record(&spec(&data, &run, StageConfig { max_steps: Some(2), ..stage(2) })).unwrap();
+    // Another learning rate: refused, naming the field.
+    let e = record(&spec(&data, &run, StageConfig { lr: 0.5, ..stage(2) })).err().unwrap().to_string();
+    assert!(e.contains("stage.lr") && e.contains("0.5"), "{e}");
+    // A longer budget is not another run.
+    record(&spec(&data, &run, StageConfig { max_steps: Some(3), checkpoint_every: 1, ..stage(2) })).unwrap();
+    // The same store re-published with other samples: refused.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let loc = open_store(&data, &StoreOptions::default()).unwrap();
+    rt.block_on(synthetic::populate(loc.store(), 1, 5, 1, WriterOptions { row_group_rows: 2, ..Default::default() }))
+        .unwrap();
+    let e = record(&spec(&data, &run, stage(2))).err().unwrap().to_string();
+    assert!(e.contains("data changed"), "{e}");
+    // eval reads the run's own stage back from config.json.
+    let back = s3_trainer::train::load_run_stage(&run, &StoreOptions::default()).unwrap();
+    assert_eq!(back.lr, stage(2).lr);
+}
+
+#[test]
+fn a_store_that_keeps_failing_stops_the_run_and_the_rerun_finishes_exactly() {
+    // One-row groups over many samples: the loader has to go back to the store
+    // throughout the epoch.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let loc = open_store(&data, &StoreOptions::default()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(synthetic::populate(loc.store(), 1, 14, 1, WriterOptions { row_group_rows: 1, ..Default::default() }))
+        .unwrap();
+    let st = StageConfig { epochs: 1, checkpoint_every: 2, ..stage(1) };
+    let clean = record(&spec(&data, &dir.path().join("clean").display().to_string(), st.clone())).unwrap();
+    assert!(clean.out.state.step >= 8, "enough steps for the failure to land mid-epoch");
+
+    let shards = dir.path().join("data/shards");
+    let hidden = dir.path().join("hidden-shards");
+    let run = dir.path().join("run").display().to_string();
+    let moved = std::sync::atomic::AtomicBool::new(false);
+    let skipped = std::sync::Mutex::new(Vec::new());
+    let e = train(&spec(&data, &run, st.clone()), &Device::flex(), &|e| match e {
+        // The shards vanish from under the loader after step 3 (a dead mount, a
+        // bucket that stopped answering).
+        TrainEvent::Step { metrics, .. }
+            if metrics.step == 3 && !moved.swap(true, std::sync::atomic::Ordering::SeqCst) =>
+        {
+            std::fs::rename(&shards, &hidden).unwrap();
+        }
+        TrainEvent::Skipped { sample_id, .. } => skipped.lock().unwrap().push(sample_id.clone()),
+        _ => {}
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("reading "), "the run stops naming the sample: {e}");
+    assert!(skipped.lock().unwrap().is_empty(), "no sample was skipped for a store failure");
+    // The store comes back; the same command resumes and ends exactly where an
+    // undisturbed run does.
+    std::fs::rename(&hidden, &shards).unwrap();
+    let resumed = record(&spec(&data, &run, st)).unwrap();
+    assert!(resumed.from.unwrap().step >= 2);
+    assert_eq!(resumed.out.state, clean.out.state);
+    assert_eq!(resumed.out.weights_digest, clean.out.weights_digest);
+}
+
+#[test]
+fn init_from_an_s3_checkpoint_and_keep_last_prunes_old_checkpoints() {
+    let (dir, data) = data_store(3);
+    let server = s3_test_support::S3Server::start();
+    let opts =
+        StoreOptions::endpoint_with_keys(&server.endpoint(), s3_test_support::ACCESS_KEY, s3_test_support::SECRET_KEY);
+    let on_s3 = |run: &str, st: StageConfig| RunSpec { store_options: opts.clone(), ..spec(&data, run, st) };
+    let run1 = server.url("runs/stage1");
+    let st1 = StageConfig { max_steps: Some(4), checkpoint_every: 1, keep_last: 2, ..stage(3) };
+    record(&on_s3(&run1, st1)).unwrap();
+    let loc = open_store(&run1, &opts).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let steps = rt.block_on(s3_trainer::checkpoint::checkpoint_steps(loc.store().as_ref())).unwrap();
+    assert_eq!(steps, vec![3, 4], "keep_last = 2 keeps the newest two");
+
+    let st2 = |init: Option<String>| StageConfig { max_steps: Some(1), init, ..stage(3) };
+    let url = format!("{run1}/checkpoints/step-00000004/weights.safetensors");
+    let run2 = |name: &str| dir.path().join(name).display().to_string();
+    let from_init = record(&on_s3(&run2("s2"), st2(Some(url)))).unwrap();
+    let scratch = record(&on_s3(&run2("s2b"), st2(None))).unwrap();
+    assert_ne!(from_init.metrics[0].loss, scratch.metrics[0].loss, "the stage-1 weights were loaded");
+    let pruned = format!("{run1}/checkpoints/step-00000001/weights.safetensors");
+    let e = record(&on_s3(&run2("s2c"), st2(Some(pruned)))).err().unwrap();
+    assert!(format!("{e:#}").to_lowercase().contains("not found"), "{e}");
 }

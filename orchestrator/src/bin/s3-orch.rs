@@ -44,7 +44,7 @@ fn run(cli: Cli) -> Result<()> {
             let cfg = DemoConfig { dir, minutes, cases, ..DemoConfig::default() };
             let report = run_demo(&cfg, &|m| eprintln!("{m}"), &|e| match e {
                 TrainEvent::Started { samples, .. } => eprintln!("   {samples} training samples"),
-                TrainEvent::Step(m) if m.step % 10 == 0 => {
+                TrainEvent::Step { metrics: m, .. } if m.step % 10 == 0 => {
                     eprintln!(
                         "   step {:>4} epoch {:>2} loss {:.3} dice {:.3} ({:.2} samples/s)",
                         m.step, m.epoch, m.loss, m.dice, m.samples_per_s
@@ -57,7 +57,7 @@ fn run(cli: Cli) -> Result<()> {
             println!(
                 "trained {} steps; metrics: {} (plots: {}); eval: {}; shards: {}",
                 report.training.state.step,
-                report.run_dir.join("metrics.csv").display(),
+                report.run_dir.join("metrics/").display(),
                 report.run_dir.join("metrics.png").display(),
                 report.run_dir.join("eval/val.csv").display(),
                 report.store.display()

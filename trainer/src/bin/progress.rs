@@ -1,13 +1,32 @@
 //! Progress bar and log lines for `s3-train train`.
 
+use std::io::Write;
 use std::time::Duration;
+
+use anyhow::Context;
 
 use burn::prelude::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use s3_trainer::train::{RunSpec, TrainEvent, TrainOutcome, train};
 
-/// Runs training with a progress bar (steps, ETA, loss, Dice, lr).
-pub fn train_with_progress(spec: &RunSpec, device: &Device) -> anyhow::Result<TrainOutcome> {
+/// Runs training with a progress bar (steps, ETA, loss, Dice, lr); with
+/// `samples_log`, appends each step's sample ids to that file.
+pub fn train_with_progress(
+    spec: &RunSpec,
+    device: &Device,
+    samples_log: Option<&std::path::Path>,
+) -> anyhow::Result<TrainOutcome> {
+    let samples_log = match samples_log {
+        Some(p) => Some(std::sync::Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let samples_log = samples_log.as_ref();
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps, eta {eta}  {msg}")
             .expect("template"),
@@ -24,7 +43,13 @@ pub fn train_with_progress(spec: &RunSpec, device: &Device) -> anyhow::Result<Tr
                 )
             });
         }
-        TrainEvent::Step(m) => {
+        TrainEvent::Step { metrics: m, samples } => {
+            if let Some(log) = samples_log {
+                // One line per step, flushed: what a killed rank had trained on.
+                let mut f = log.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = writeln!(f, "{} {}", m.step, samples.join(" "));
+                let _ = f.flush();
+            }
             bar.set_position(m.step);
             bar.set_message(format!(
                 "epoch {} loss {:.4} dice {:.3} lr {:.1e} {:.2} samples/s",

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
@@ -29,6 +30,13 @@ struct RunArgs {
     /// Stage file (manifests/stages/*.toml): model preset, data selection, schedule.
     #[arg(long)]
     stage: PathBuf,
+    #[command(flatten)]
+    place: Place,
+}
+
+/// Where the data and the run live.
+#[derive(clap::Args)]
+struct Place {
     /// Store with the published shards (index.json, samples.parquet).
     #[arg(long)]
     data: String,
@@ -51,10 +59,14 @@ enum Command {
         /// Path prefix, e.g. ../shared/fixtures/model/sam3d_tiny
         prefix: PathBuf,
     },
-    /// Train (or resume) a stage on published shards. Rank and world size come from
-    /// --rank/--world, else RANK/WORLD_SIZE, else SLURM_PROCID/SLURM_NTASKS; with more
-    /// than one rank, gradients are averaged every optimiser step through rank 0 at
-    /// --master (else MASTER_ADDR:MASTER_PORT).
+    /// Train (or resume) a stage on published shards.
+    ///
+    /// Rank and world size come from --rank/--world, else RANK/WORLD_SIZE, else
+    /// SLURM_PROCID/SLURM_NTASKS, else JOB_COMPLETION_INDEX (× S3_RANKS_PER_POD +
+    /// LOCAL_RANK) with --world; `--device cuda` picks cuda:LOCAL_RANK. With more than
+    /// one rank, gradients are averaged every optimiser step through rank 0 at
+    /// --master (else MASTER_ADDR:MASTER_PORT); S3_JOB_TOKEN keeps other processes
+    /// out. A resume is refused when the stage or the data differ from the run's.
     Train {
         #[command(flatten)]
         target: RunArgs,
@@ -74,12 +86,27 @@ enum Command {
         /// other ranks connect (needed when world > 1).
         #[arg(long, value_name = "HOST:PORT")]
         master: Option<String>,
+        /// Seconds a send or receive between ranks may block before the run ends with
+        /// an error naming the peer (longer than one optimiser step).
+        #[arg(long, default_value_t = 1800, value_name = "SECS")]
+        collective_timeout: u64,
+        /// Seconds an optimiser step may take before the watchdog ends the process
+        /// (exit 2) so the launcher can resume it; 0 disables.
+        #[arg(long, default_value_t = 3600, value_name = "SECS")]
+        step_timeout: u64,
+        /// Append each step's sample ids (one line per step) to this local file.
+        #[arg(long, value_name = "FILE")]
+        samples_log: Option<PathBuf>,
     },
     /// Dice at 1/3/5/10 clicks on the val split with the run's latest weights; writes
-    /// eval/val.csv and eval/val.json to the run folder.
+    /// eval/val.csv and eval/val.json to the run folder. The stage is the run's own
+    /// (its config.json) unless --stage is given.
     Eval {
+        /// Stage file; default: the stage recorded in the run's config.json.
+        #[arg(long)]
+        stage: Option<PathBuf>,
         #[command(flatten)]
-        target: RunArgs,
+        target: Place,
         /// Click counts.
         #[arg(long, value_delimiter = ',', default_value = "1,3,5,10")]
         clicks: Vec<usize>,
@@ -160,48 +187,75 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             println!("parity ok: every output within {:e} of the reference", fixture::TOLERANCE);
         }
-        Command::Train { target: RunArgs { stage, data, run }, no_resume, init, rank, world, master } => {
+        Command::Train {
+            target: RunArgs { stage, place: Place { data, run } },
+            no_resume,
+            init,
+            rank,
+            world,
+            master,
+            collective_timeout,
+            step_timeout,
+            samples_log,
+        } => {
             let mut stage = s3_trainer::stage::StageConfig::load(&stage)?;
             if init.is_some() {
                 stage.init = init;
             }
-            let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
-            let rank = rank.or_else(|| env("RANK")).or_else(|| env("SLURM_PROCID")).unwrap_or(0);
-            let world = world.or_else(|| env("WORLD_SIZE")).or_else(|| env("SLURM_NTASKS")).unwrap_or(1);
-            let master = master.or_else(|| {
-                let (a, p) = (std::env::var("MASTER_ADDR").ok()?, std::env::var("MASTER_PORT").ok()?);
-                Some(format!("{a}:{p}"))
-            });
-            let spec = s3_trainer::train::RunSpec {
-                data,
-                run,
-                stage,
-                rank,
-                world,
-                master,
-                resume: !no_resume,
-                store_options: Default::default(),
+            let launch =
+                s3_trainer::launch_env::from_env(&s3_trainer::launch_env::LaunchFlags { rank, world, master })?;
+            let device = if cli.device == "cuda" {
+                s3_trainer::device::parse_device(&format!("cuda:{}", launch.local_rank))?
+            } else {
+                device
             };
-            let outcome = progress::train_with_progress(&spec, &device)?;
+            tracing::info!(
+                rank = launch.rank,
+                world = launch.world,
+                local_rank = launch.local_rank,
+                from = launch.source,
+                run_id = launch.run_id.as_deref().unwrap_or("-"),
+                attempt = launch.attempt.unwrap_or(0),
+                "launch"
+            );
+            let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+            let spec = s3_trainer::train::RunSpec {
+                rank: launch.rank,
+                world: launch.world,
+                master: launch.master.clone(),
+                resume: !no_resume,
+                collective: s3_trainer::collective::CollectiveOptions {
+                    io_timeout: secs(collective_timeout).unwrap_or(Duration::MAX),
+                    token: launch.job_token.clone(),
+                    ..Default::default()
+                },
+                step_timeout: secs(step_timeout),
+                ..s3_trainer::train::RunSpec::new(data, run, stage)
+            };
+            let outcome = progress::train_with_progress(&spec, &device, samples_log.as_deref())?;
             println!(
                 "rank {}/{}: trained {} steps (epoch {}), last loss {:.4}, dice {:.3}, weights xxh3 {:016x}",
                 spec.rank,
                 spec.world,
                 outcome.state.step,
                 outcome.state.sampler.epoch,
-                outcome.metrics.last().map_or(f64::NAN, |m| m.loss),
-                outcome.metrics.last().map_or(f64::NAN, |m| m.dice),
+                outcome.last.as_ref().map_or(f64::NAN, |m| m.loss),
+                outcome.last.as_ref().map_or(f64::NAN, |m| m.dice),
                 outcome.weights_digest
             );
         }
-        Command::Eval { target: RunArgs { stage, data, run }, clicks } => {
-            let stage = s3_trainer::stage::StageConfig::load(&stage)?;
-            let cfg = s3_trainer::train::model_config(&stage)?;
+        Command::Eval { stage, target: Place { data, run }, clicks } => {
             let opts = s3_shards::StoreOptions::default();
+            let stage = match stage {
+                Some(p) => s3_trainer::stage::StageConfig::load(&p)?,
+                None => s3_trainer::train::load_run_stage(&run, &opts)
+                    .context("reading the run's stage (give --stage to evaluate with another)")?,
+            };
+            let cfg = s3_trainer::train::model_config(&stage)?;
             let (model, step) = s3_trainer::train::load_latest_weights(&run, &opts, &cfg, &device)?;
             let data_loc = s3_shards::open_store(&data, &opts)?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let rows = s3_trainer::train::select_rows(&data_loc, &stage, s3_shards::Split::Val, &rt)?;
+            let (rows, _, _) = s3_trainer::train::select_rows(&data_loc, &stage, s3_shards::Split::Val, &rt)?;
             let report = s3_trainer::eval::evaluate(&model, &cfg, &data_loc, &rows, &clicks, stage.seed, &device)?;
             s3_trainer::eval::write_report(&s3_shards::open_store(&run, &opts)?, "val", &report)?;
             println!("step {step}, {} val samples", report.samples.len());

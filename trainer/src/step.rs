@@ -1,0 +1,243 @@
+//! One micro-batch and one optimiser step: the click-simulation passes (shared
+//! with evaluation through [`ClickLoop`]), the per-part AdamW optimisers and the
+//! gradient accumulation, and the one all-reduce per step.
+
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use s3_shards::synthetic::Rng;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::clicks::{Click, dice, next_click};
+use crate::collective::{TcpCollective, flat};
+use crate::config::SamConfig;
+use crate::error::Result;
+use crate::loader::Item;
+use crate::loss::{area_fraction, seg_loss};
+use crate::model::layers::{trilinear, trilinear_values};
+use crate::model::{ImageEncoder, MaskDecoder, Prompt, PromptEncoder, Sam};
+use crate::stage::{LossResolution, StageConfig};
+
+/// Three optimisers: one per part, so the encoder and the rest get their own rates.
+pub(crate) struct Optimisers {
+    encoder: ModuleOptimizer,
+    prompt: ModuleOptimizer,
+    decoder: ModuleOptimizer,
+}
+
+impl Optimisers {
+    pub(crate) fn new(adamw: &AdamWConfig) -> Self {
+        Optimisers { encoder: adamw.init(), prompt: adamw.init(), decoder: adamw.init() }
+    }
+    pub(crate) fn parts(&self) -> [&ModuleOptimizer; 3] {
+        [&self.encoder, &self.prompt, &self.decoder]
+    }
+    pub(crate) fn into_parts(self) -> [ModuleOptimizer; 3] {
+        [self.encoder, self.prompt, self.decoder]
+    }
+    pub(crate) fn from_parts([encoder, prompt, decoder]: [ModuleOptimizer; 3]) -> Self {
+        Optimisers { encoder, prompt, decoder }
+    }
+
+    /// One AdamW step: the encoder at `lr`, prompt encoder and decoder at `small`.
+    pub(crate) fn step(&mut self, model: Sam, grads: [GradientsParams; 3], lr: f64, small: f64) -> Sam {
+        let [g_encoder, g_prompt, g_decoder] = grads;
+        let Sam { image_encoder, prompt_encoder, mask_decoder } = model;
+        Sam {
+            image_encoder: self.encoder.step(lr, image_encoder, g_encoder),
+            prompt_encoder: self.prompt.step(small, prompt_encoder, g_prompt),
+            mask_decoder: self.decoder.step(small, mask_decoder, g_decoder),
+        }
+    }
+}
+
+/// Gradients summed over the micro-batches of one optimiser step.
+pub(crate) struct Accumulators {
+    encoder: GradientsAccumulator<ImageEncoder>,
+    prompt: GradientsAccumulator<PromptEncoder>,
+    decoder: GradientsAccumulator<MaskDecoder>,
+}
+
+impl Accumulators {
+    pub(crate) fn new() -> Self {
+        Accumulators {
+            encoder: GradientsAccumulator::new(),
+            prompt: GradientsAccumulator::new(),
+            decoder: GradientsAccumulator::new(),
+        }
+    }
+
+    /// Adds the gradients of `loss` (already divided by the accumulation count).
+    pub(crate) fn add(&mut self, model: &Sam, loss: Tensor<1>) {
+        let mut grads = loss.backward();
+        self.encoder.accumulate(&model.image_encoder, GradientsParams::from_module(&mut grads, &model.image_encoder));
+        self.prompt.accumulate(&model.prompt_encoder, GradientsParams::from_module(&mut grads, &model.prompt_encoder));
+        self.decoder.accumulate(&model.mask_decoder, GradientsParams::from_module(&mut grads, &model.mask_decoder));
+    }
+
+    /// The step's gradients, leaving the accumulators empty.
+    pub(crate) fn take(&mut self) -> [GradientsParams; 3] {
+        let mut full = std::mem::replace(self, Accumulators::new());
+        [full.encoder.grads(), full.prompt.grads(), full.decoder.grads()]
+    }
+}
+
+/// The click-simulation state of a batch (DESIGN §8), shared by training and
+/// evaluation: each pass draws one click per sample (the first uniform in the
+/// mask, later ones uniform in the error region of the previous prediction) and
+/// decodes with the clicks so far and the previous low-res logits.
+pub struct ClickLoop {
+    side: usize,
+    low_side: usize,
+    low: Tensor<5>,
+    preds: Vec<Vec<f32>>,
+    clicks: Vec<Vec<Click>>,
+    rngs: Vec<Rng>,
+}
+
+impl ClickLoop {
+    /// A fresh loop for the samples `ids` (each sample's clicks seeded by `seed` and its id).
+    pub fn new(ids: &[&str], seed: u64, cfg: &SamConfig, device: &Device) -> ClickLoop {
+        let (s, l, b) = (cfg.img_size, cfg.low_res(), ids.len());
+        ClickLoop {
+            side: s,
+            low_side: l,
+            low: Tensor::<5>::zeros([b, 1, l, l, l], device),
+            preds: vec![vec![0.0; s * s * s]; b],
+            clicks: vec![Vec::new(); b],
+            rngs: ids.iter().map(|id| Rng::new(seed ^ xxh3_64(id.as_bytes()))).collect(),
+        }
+    }
+
+    /// One pass: new clicks from `masks` (128³, 0/1 per sample), then the decoder with
+    /// the clicks (or none when `use_points` is false) and the previous low-res logits.
+    /// Returns the low-res logits `[B, 1, L, L, L]`, still on the autodiff graph.
+    pub fn pass(
+        &mut self,
+        model: &Sam,
+        emb: Tensor<5>,
+        masks: &[&[f32]],
+        use_points: bool,
+        device: &Device,
+    ) -> Tensor<5> {
+        for (k, mask) in masks.iter().enumerate() {
+            self.clicks[k].push(next_click(&self.preds[k], mask, self.side, &mut self.rngs[k]));
+        }
+        let points = use_points.then(|| points_tensors(&self.clicks, device));
+        let out = model.decode(emb, Prompt { points, mask: Some(self.low.clone()) });
+        let (logits, _) = out.single(); // [B, 1, L, L, L]
+        self.low = logits.clone();
+        logits
+    }
+
+    /// Takes the next clicks' predictions from low-res logits, upsampled on the host
+    /// (off the graph and off the backend).
+    pub fn predict_from_low(&mut self, logits: &Tensor<5>) {
+        let (l, s) = (self.low_side, self.side);
+        let v: Vec<f32> = logits.clone().detach().into_data().convert::<f32>().try_to_vec::<f32>().expect("f32");
+        self.preds = v.chunks(l * l * l).map(|c| trilinear_values(c, l, s)).collect();
+    }
+
+    /// Takes the next clicks' predictions from full-resolution logits `[B, 1, S, S, S]`.
+    pub fn predict_from_full(&mut self, full: &Tensor<5>) {
+        let vox = self.side.pow(3);
+        let v: Vec<f32> = full.clone().detach().into_data().convert::<f32>().try_to_vec::<f32>().expect("f32");
+        self.preds = v.chunks(vox).map(<[f32]>::to_vec).collect();
+    }
+
+    /// Dice (sigmoid > 0.5) of the current prediction of sample `k` against `mask`.
+    pub fn dice(&self, k: usize, mask: &[f32]) -> f64 {
+        dice(&self.preds[k], mask)
+    }
+}
+
+/// One micro-batch: the image embedding once, then `clicks` decoder passes through a
+/// [`ClickLoop`]; a random pass in 2..=8 and the last get no points. Returns the loss
+/// summed over passes (mean over the batch) and the last pass's mean Dice.
+pub fn micro_step(
+    model: &Sam,
+    items: &[Item],
+    stage: &StageConfig,
+    cfg: &SamConfig,
+    seed: u64,
+    device: &Device,
+) -> (Tensor<1>, f64) {
+    let (b, s) = (items.len(), cfg.img_size);
+    let volume = |f: fn(&Item) -> &Vec<f32>| {
+        let data: Vec<f32> = items.iter().flat_map(|i| f(i).iter().copied()).collect();
+        Tensor::<5>::from_data(TensorData::new(data, [b, 1, s, s, s]), device)
+    };
+    let l = cfg.low_res();
+    let low_loss = stage.loss_resolution == LossResolution::Low;
+    let targets = if low_loss {
+        let data: Vec<f32> = items.iter().flat_map(|i| area_fraction(&i.mask, s, l)).collect();
+        Tensor::<5>::from_data(TensorData::new(data, [b, 1, l, l, l]), device)
+    } else {
+        volume(|i| &i.mask)
+    };
+    let emb = model.image_encoder.forward(volume(|i| &i.image)); // [B, E, g, g, g]
+    let no_point = 2 + (Rng::new(seed).next_u64() % 7) as usize;
+    let ids: Vec<&str> = items.iter().map(|i| i.sample_id.as_str()).collect();
+    let masks: Vec<&[f32]> = items.iter().map(|i| i.mask.as_slice()).collect();
+    let mut clicks = ClickLoop::new(&ids, seed, cfg, device);
+    let mut total = Tensor::<1>::zeros([1], device);
+    for pass in 0..stage.clicks {
+        let use_points = pass != no_point && pass + 1 != stage.clicks;
+        let logits = clicks.pass(model, emb.clone(), &masks, use_points, device);
+        // Clicks always come from the full-resolution prediction, as in evaluation;
+        // with the low-res loss the upsampling stays off the graph.
+        if low_loss {
+            total = total + seg_loss(logits.clone(), targets.clone(), stage.legacy_loss);
+            clicks.predict_from_low(&logits);
+        } else {
+            let full = trilinear(logits, s); // [B, 1, S, S, S]
+            total = total + seg_loss(full.clone(), targets.clone(), stage.legacy_loss);
+            clicks.predict_from_full(&full);
+        }
+    }
+    let d = items.iter().enumerate().map(|(k, i)| clicks.dice(k, &i.mask)).sum::<f64>() / b as f64;
+    (total, d)
+}
+
+/// Clicks so far as `[B, N, 3]` coordinates and `[B, N]` labels.
+pub fn points_tensors(clicks: &[Vec<Click>], device: &Device) -> (Tensor<3>, Tensor<2>) {
+    let (b, n) = (clicks.len(), clicks[0].len());
+    let coords: Vec<f32> = clicks.iter().flat_map(|c| c.iter().flat_map(|p| p.at)).collect();
+    let labels: Vec<f32> = clicks.iter().flat_map(|c| c.iter().map(|p| p.label)).collect();
+    (
+        Tensor::from_data(TensorData::new(coords, [b, n, 3]), device),
+        Tensor::from_data(TensorData::new(labels, [b, n]), device),
+    )
+}
+
+/// One all-reduce for a whole optimiser step: the three parts' gradients (replaced
+/// by the mean over ranks), the metric totals (summed) and the stop flag (any rank).
+pub(crate) fn all_reduce_step(
+    c: &mut TcpCollective,
+    model: &Sam,
+    grads: &mut [GradientsParams; 3],
+    totals: &mut [f64; 3],
+    stop: bool,
+    device: &Device,
+) -> Result<bool> {
+    let (mut values, mut flags) = (Vec::new(), Vec::new());
+    let [g0, g1, g2] = grads;
+    flat::gather(&model.image_encoder, g0, &mut values, &mut flags);
+    flat::gather(&model.prompt_encoder, g1, &mut values, &mut flags);
+    flat::gather(&model.mask_decoder, g2, &mut values, &mut flags);
+    let (nv, nf) = (values.len(), flags.len());
+    values.extend(flags);
+    values.extend(totals.iter().map(|&t| t as f32));
+    values.push(f32::from(u8::from(stop)));
+    c.all_reduce_sum(&mut values)?;
+    let (vals, rest) = values.split_at(nv);
+    let (flags, rest) = rest.split_at(nf);
+    let scale = 1.0 / c.world() as f32;
+    let (mut pos, mut k) = (0, 0);
+    flat::scatter(&model.image_encoder, g0, vals, flags, &mut pos, &mut k, scale, device);
+    flat::scatter(&model.prompt_encoder, g1, vals, flags, &mut pos, &mut k, scale, device);
+    flat::scatter(&model.mask_decoder, g2, vals, flags, &mut pos, &mut k, scale, device);
+    for (t, v) in totals.iter_mut().zip(&rest[..3]) {
+        *t = f64::from(*v);
+    }
+    Ok(rest[3] > 0.0)
+}

@@ -1,7 +1,11 @@
 //! The ingest library's error type.
 
-/// Why a case could not be read or processed. Every variant is a *quarantine
-/// reason*: the case is recorded with [`IngestError::to_string`] and the run goes on.
+/// Why a case, a task or a run failed.
+///
+/// Case-level variants are *quarantine reasons*: the case is recorded with
+/// [`IngestError::to_string`] and the run goes on. [`IngestError::Output`],
+/// [`IngestError::WorkerCount`], [`IngestError::Conflict`] and
+/// [`IngestError::Incomplete`] end the run (nothing new is published).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum IngestError {
@@ -51,6 +55,9 @@ pub enum IngestError {
     /// The label map has no foreground at all.
     #[error("label map {0} is empty (no voxel > 0)")]
     EmptyLabel(String),
+    /// Processing the case panicked (a bug, caught so the run goes on).
+    #[error("processing panicked: {0}")]
+    Panicked(String),
     /// Reading a file failed.
     #[error("{file}: {error}")]
     Io {
@@ -79,9 +86,88 @@ pub enum IngestError {
         /// What is wrong.
         reason: String,
     },
+    /// Writing to the output store failed: the run stops, publishes nothing new, and
+    /// what was committed before stays (re-run the same command to resume).
+    #[error("writing {dataset}/{task} to the output store failed; committed work is kept, re-run to resume")]
+    Output {
+        /// Dataset.
+        dataset: String,
+        /// Task.
+        task: String,
+        /// The store error.
+        #[source]
+        source: s3_shards::ShardError,
+    },
+    /// The task's journal was written by workers counted differently: resuming with
+    /// another N would renumber (and so overwrite or delete) committed shards.
+    #[error(
+        "{dataset}/{task} was started with --worker I/{journal}; resume it with the same N (not {requested}), \
+         or write to a new --out"
+    )]
+    WorkerCount {
+        /// Dataset.
+        dataset: String,
+        /// Task.
+        task: String,
+        /// N of the committed records.
+        journal: u32,
+        /// N of this run.
+        requested: u32,
+    },
+    /// A journal record that should be new already exists: another process is
+    /// running the same worker, or it wrote this record before failing.
+    #[error("journal record {path} already exists (is the same --worker running twice?); not overwriting it")]
+    Conflict {
+        /// The record's key.
+        path: String,
+        /// The store's answer.
+        #[source]
+        source: object_store::Error,
+    },
+    /// `merge` found listed cases without a fate; nothing was published.
+    #[error("{} listed case(s) have no fate, not publishing: {}", .missing.len(), list_missing(.missing))]
+    Incomplete {
+        /// The cases, with who listed them.
+        missing: Vec<MissingCase>,
+    },
     /// Shard or store errors.
     #[error(transparent)]
     Shards(#[from] s3_shards::ShardError),
+}
+
+/// A case a worker listed that no journal record accounts for.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MissingCase {
+    /// Dataset.
+    pub dataset: String,
+    /// Task.
+    pub task: String,
+    /// The case (None: the worker never listed the task at all).
+    pub case_id: Option<String>,
+    /// The worker that listed it (or should have).
+    pub worker: u32,
+    /// Its worker count.
+    pub workers: u32,
+}
+
+impl std::fmt::Display for MissingCase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (d, t, w, n) = (&self.dataset, &self.task, self.worker, self.workers);
+        match &self.case_id {
+            Some(c) => write!(f, "{d}/{t}/{c} (listed by worker {w}/{n})"),
+            None => write!(f, "{d}/{t}: worker {w}/{n} never ran"),
+        }
+    }
+}
+
+/// The first few, so a run with thousands missing still prints one readable line.
+fn list_missing(missing: &[MissingCase]) -> String {
+    const SHOWN: usize = 20;
+    let mut s = missing.iter().take(SHOWN).map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    if missing.len() > SHOWN {
+        s.push_str(&format!(", and {} more", missing.len() - SHOWN));
+    }
+    s
 }
 
 /// Result alias.

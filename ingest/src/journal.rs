@@ -7,22 +7,29 @@
 //! exactly when a record names it. A kill before the record is written loses only
 //! uncommitted cases; they are redone and their shard number is reused (the
 //! leftover file is overwritten or deleted), so nothing is duplicated.
+//!
+//! Before processing, each worker also stores the cases it listed as its share
+//! (`_ingest/listed/<dataset>/<task>/w<I>of<N>.json`), so `merge` can tell a finished
+//! store from one where a worker stopped early or never ran.
 
 use std::collections::BTreeMap;
 
 use futures::TryStreamExt;
-use object_store::ObjectStore;
 use object_store::path::Path;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use s3_shards::labels::CaseFate;
 use s3_shards::{ShardError, ShardMeta, json};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{LabelInfo, Modality};
+use crate::error::IngestError;
 
 /// Root of the journal on the output store.
 pub const JOURNAL_ROOT: &str = "_ingest/journal";
 /// Root of the per-task descriptions (modality, label map) used by `merge`.
 pub const TASKS_ROOT: &str = "_ingest/tasks";
+/// Root of the per-worker case listings.
+pub const LISTED_ROOT: &str = "_ingest/listed";
 
 /// One sample's contribution to the label manifest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,9 +101,63 @@ pub fn record_path(dataset: &str, task: &str, worker: u32, workers: u32, seq: u3
     record_dir(dataset, task).join(format!("w{worker:04}of{workers:04}-{seq:06}.json"))
 }
 
-/// Stores a record (one atomic PUT).
-pub async fn write_record(store: &dyn ObjectStore, r: &JournalRecord) -> Result<(), ShardError> {
-    json::put_json(store, &record_path(&r.dataset, &r.task, r.worker, r.workers, r.seq), r).await
+/// Stores a record (one atomic PUT) that must be new: a record is never replaced,
+/// since the shard it vouches for may already be published.
+pub async fn write_record(store: &dyn ObjectStore, r: &JournalRecord) -> Result<(), IngestError> {
+    let path = record_path(&r.dataset, &r.task, r.worker, r.workers, r.seq);
+    let mut bytes = serde_json::to_vec_pretty(r).map_err(|source| ShardError::Json { path: path.clone(), source })?;
+    bytes.push(b'\n');
+    let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+    match store.put_opts(&path, PutPayload::from(bytes), opts).await {
+        Ok(_) => Ok(()),
+        Err(source @ object_store::Error::AlreadyExists { .. }) => {
+            Err(IngestError::Conflict { path: path.to_string(), source })
+        }
+        Err(source) => Err(ShardError::Store { op: "put", path, source }.into()),
+    }
+}
+
+/// The cases one worker took as its share of a task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerListing {
+    /// Dataset.
+    pub dataset: String,
+    /// Task.
+    pub task: String,
+    /// Worker index.
+    pub worker: u32,
+    /// Worker count.
+    pub workers: u32,
+    /// Case ids, listing order.
+    pub cases: Vec<String>,
+}
+
+/// Key of a worker's listing.
+pub fn listing_path(dataset: &str, task: &str, worker: u32, workers: u32) -> Path {
+    Path::from(LISTED_ROOT).join(dataset).join(task).join(format!("w{worker:04}of{workers:04}.json"))
+}
+
+/// Stores a worker's listing (replacing its own earlier one: a resumed run relists).
+pub async fn write_listing(store: &dyn ObjectStore, l: &WorkerListing) -> Result<(), ShardError> {
+    json::put_json(store, &listing_path(&l.dataset, &l.task, l.worker, l.workers), l).await
+}
+
+/// Every worker listing on the store.
+pub async fn all_listings(store: &dyn ObjectStore) -> Result<Vec<WorkerListing>, ShardError> {
+    let prefix = Path::from(LISTED_ROOT);
+    let metas: Vec<_> = store.list(Some(&prefix)).try_collect().await.map_err(|e| ShardError::Store {
+        op: "list",
+        path: prefix.clone(),
+        source: e,
+    })?;
+    let mut out = Vec::new();
+    for m in metas {
+        if m.location.as_ref().ends_with(".json") {
+            out.push(json::get_json::<WorkerListing>(store, &m.location).await?);
+        }
+    }
+    out.sort_by(|a, b| (&a.dataset, &a.task, a.workers, a.worker).cmp(&(&b.dataset, &b.task, b.workers, b.worker)));
+    Ok(out)
 }
 
 /// Every record under `prefix` (a task dir, or the whole journal).

@@ -26,9 +26,10 @@ pub mod geometry;
 pub mod journal;
 pub mod layout;
 pub mod nifti_io;
+mod ordered;
 pub mod preprocess;
 pub mod run;
 pub mod source;
 pub mod synth;
 
-pub use error::{IngestError, Result};
+pub use error::{IngestError, MissingCase, Result};

@@ -1,20 +1,19 @@
 //! Running an ingest: plan → per task, resume from the journal, process the
 //! remaining cases on a rayon pool, write shards, commit → publish.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
-use rayon::prelude::*;
 use s3_shards::labels::CaseFate;
 use s3_shards::{ShardIndex, ShardMeta, ShardWriter, StoreLocation, StoreOptions, WriterOptions, json, open_store};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::catalog::{Catalog, DatasetEntry, LabelInfo, TaskEntry, expand_env};
-use crate::error::{IngestError, Result};
-use crate::journal::{self, CaseRecord, JournalRecord, SampleNote, TaskInfo};
+use crate::error::{IngestError, MissingCase, Result};
+use crate::journal::{self, CaseRecord, JournalRecord, SampleNote, TaskInfo, WorkerListing};
 use crate::layout::{CaseRef, LabelSource, list_cases};
 use crate::nifti_io::{ReadOptions, Volume, Voxels, read_nifti};
 use crate::preprocess::{CaseContext, CaseSamples, PreprocessOptions, process_case};
@@ -153,6 +152,10 @@ pub fn owns(dataset: &str, task: &str, case_id: &str, worker: u32, workers: u32)
 
 /// Runs an ingest of `catalog` as described by `cfg`. A plain run (one worker)
 /// publishes the index at the end; workers leave that to [`merge`].
+///
+/// A task whose source cannot be listed is skipped with a note; a failure to write
+/// the output store ends the run with [`IngestError::Output`] before anything new is
+/// published, keeping what was committed for a re-run to resume from.
 pub fn run(catalog: &Catalog, cfg: &IngestConfig, progress: &(dyn Fn(Event) + Sync)) -> Result<Summary> {
     if let Some(names) = &cfg.datasets {
         let unknown: Vec<&String> = names.iter().filter(|n| catalog.get(n).is_none()).collect();
@@ -180,7 +183,7 @@ pub fn run(catalog: &Catalog, cfg: &IngestConfig, progress: &(dyn Fn(Event) + Sy
         }
         let mut ds = DatasetSummary { dataset: d.name.clone(), ..Default::default() };
         for t in &d.tasks {
-            if let Err(reason) = run_task(&rt, &pool, &out, d, t, cfg, progress, &mut ds) {
+            if let TaskEnd::Skipped(reason) = run_task(&rt, &pool, &out, d, t, cfg, progress, &mut ds)? {
                 progress(Event::Skipped { dataset: d.name.clone(), task: t.name.clone(), reason: reason.clone() });
                 ds.notes.push(format!("{}: {reason}", t.name));
             }
@@ -194,8 +197,14 @@ pub fn run(catalog: &Catalog, cfg: &IngestConfig, progress: &(dyn Fn(Event) + Sy
     Ok(summary)
 }
 
-/// Errors that skip a whole task come back as `Err(reason)`; store failures while
-/// writing are fatal and come back inside the string too, after the committed work.
+/// How a task ended, when the run goes on.
+enum TaskEnd {
+    Done,
+    /// The source could not be used; the reason goes into the summary.
+    Skipped(String),
+}
+
+/// Processes one task. Source problems skip it; output-store problems are `Err`.
 #[allow(clippy::too_many_arguments)]
 fn run_task(
     rt: &tokio::runtime::Runtime,
@@ -206,113 +215,138 @@ fn run_task(
     cfg: &IngestConfig,
     progress: &(dyn Fn(Event) + Sync),
     ds: &mut DatasetSummary,
-) -> std::result::Result<(), String> {
-    let Some(raw) = &t.source else { return Err("no source configured".into()) };
-    let url = expand_env(raw)?;
-    let source = Source::open(&url, &cfg.store_options)?;
-    let listing = rt.block_on(list_cases(&source, t))?;
+) -> Result<TaskEnd> {
+    let Some(raw) = &t.source else { return Ok(TaskEnd::Skipped("no source configured".into())) };
+    let listing = match expand_env(raw).and_then(|url| Source::open(&url, &cfg.store_options)) {
+        Ok(source) => match rt.block_on(list_cases(&source, t)) {
+            Ok(listing) => (source, listing),
+            Err(reason) => return Ok(TaskEnd::Skipped(reason)),
+        },
+        Err(reason) => return Ok(TaskEnd::Skipped(reason)),
+    };
+    let (source, listing) = listing;
+    let cases_listed = listing.cases.len();
     let labels = d.label_map(t, &listing.labels);
     let store = out.store().clone();
+    let workers = cfg.workers.max(1);
+    let fatal =
+        |source: s3_shards::ShardError| IngestError::Output { dataset: d.name.clone(), task: t.name.clone(), source };
+    let records = rt.block_on(journal::task_records(store.as_ref(), &d.name, &t.name)).map_err(fatal)?;
+    // Shard numbers and leftovers are worked out per N: under another N this worker
+    // would number its files over committed ones (and delete them as leftovers).
+    if let Some(r) = records.iter().find(|r| r.workers.max(1) != workers) {
+        return Err(IngestError::WorkerCount {
+            dataset: d.name.clone(),
+            task: t.name.clone(),
+            journal: r.workers,
+            requested: workers,
+        });
+    }
+    let mine: Vec<CaseRef> =
+        listing.cases.into_iter().filter(|c| owns(&d.name, &t.name, &c.case_id, cfg.worker, workers)).collect();
     if !cfg.dry_run {
         let info = TaskInfo {
             dataset: d.name.clone(),
             task: t.name.clone(),
             modality: d.modality,
             labels: labels.clone(),
-            cases_listed: listing.cases.len(),
+            cases_listed,
         };
         rt.block_on(json::put_json(store.as_ref(), &journal::task_info_path(&d.name, &t.name), &info))
-            .map_err(|e| e.to_string())?;
+            .map_err(fatal)?;
+        let listed = WorkerListing {
+            dataset: d.name.clone(),
+            task: t.name.clone(),
+            worker: cfg.worker,
+            workers,
+            cases: mine.iter().map(|c| c.case_id.clone()).collect(),
+        };
+        rt.block_on(journal::write_listing(store.as_ref(), &listed)).map_err(fatal)?;
     }
-    let mine: Vec<CaseRef> =
-        listing.cases.into_iter().filter(|c| owns(&d.name, &t.name, &c.case_id, cfg.worker, cfg.workers)).collect();
-    let records = rt.block_on(journal::task_records(store.as_ref(), &d.name, &t.name)).map_err(|e| e.to_string())?;
-    let resume = journal::resume_state(&records, cfg.worker, cfg.workers);
+    let resume = journal::resume_state(&records, cfg.worker, workers);
     let todo: Vec<&CaseRef> = mine.iter().filter(|c| !resume.done.contains_key(&c.case_id)).collect();
     progress(Event::TaskStart { dataset: d.name.clone(), task: t.name.clone(), cases: mine.len(), todo: todo.len() });
     ds.cases += mine.len();
     ds.todo += todo.len();
     let mut finished: BTreeMap<String, CaseRecord> =
         mine.iter().filter_map(|c| resume.done.get(&c.case_id).map(|r| (c.case_id.clone(), r.clone()))).collect();
-    let mut shard_bytes: u64 = records
-        .iter()
-        .filter(|r| r.worker == cfg.worker && r.workers == cfg.workers)
-        .filter_map(|r| r.shard.as_ref().map(|s| s.bytes))
-        .sum();
+    let mut shard_bytes: u64 =
+        records.iter().filter(|r| r.worker == cfg.worker).filter_map(|r| r.shard.as_ref().map(|s| s.bytes)).sum();
     if cfg.dry_run || todo.is_empty() {
         tally(ds, &finished, shard_bytes);
-        return Ok(());
+        return Ok(TaskEnd::Done);
     }
-    rt.block_on(remove_leftovers(&store, &d.name, &t.name, resume.next_part, cfg.workers))
-        .map_err(|e| e.to_string())?;
+    rt.block_on(remove_leftovers(&store, &d.name, &t.name, resume.next_part, workers)).map_err(fatal)?;
 
-    let opts = WriterOptions { first_part: resume.next_part, part_stride: cfg.workers.max(1), ..cfg.writer.clone() };
-    let mut writer = ShardWriter::new(store.clone(), &d.name, &t.name, opts).map_err(|e| e.to_string())?;
+    let opts = WriterOptions { first_part: resume.next_part, part_stride: workers, ..cfg.writer.clone() };
+    let mut writer = ShardWriter::new(store.clone(), &d.name, &t.name, opts).map_err(fatal)?;
     let mut commit = Committer { store: store.clone(), d, t, cfg, seq: resume.next_seq, pending: BTreeMap::new() };
     let ctx = TaskCtx { d, t, labels: &labels, source: &source, cfg, handle: rt.handle().clone() };
-    let (tx, rx) = std::sync::mpsc::sync_channel::<(String, u64, Result<CaseSamples>)>(cfg.jobs.max(1));
-    let result: std::result::Result<(), String> = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            pool.install(|| {
-                todo.par_iter().for_each_with(tx, |tx, case| {
-                    let (bytes, outcome) = ctx.process(case);
-                    let _ = tx.send((case.case_id.clone(), bytes, outcome));
-                })
-            })
-        });
-        for (case_id, input_bytes, outcome) in rx {
-            let (record, samples, quarantined) = match outcome {
-                Ok(cs) if !cs.samples.is_empty() => {
-                    let notes = cs
-                        .samples
-                        .iter()
-                        .map(|s| SampleNote { label: s.meta.label_value, fg_voxels: s.fg_voxels, checksum: s.checksum })
-                        .collect();
-                    let dropped_labels = cs.dropped.iter().map(|(v, r)| (v.to_string(), r.clone())).collect();
-                    let fate = CaseFate::Ingested { samples: cs.samples.len() as u64, dropped_labels };
-                    (CaseRecord { fate, samples: notes }, cs.samples, None)
-                }
-                Ok(cs) => {
-                    let why = cs.dropped.iter().map(|(v, r)| format!("label {v}: {r}")).collect::<Vec<_>>().join("; ");
-                    (
-                        CaseRecord {
-                            fate: CaseFate::Skipped { reason: format!("no label passed the size filters ({why})") },
-                            samples: vec![],
-                        },
-                        vec![],
-                        None,
-                    )
-                }
-                Err(e) => {
-                    let reason = e.to_string();
-                    (
-                        CaseRecord { fate: CaseFate::Quarantined { reason: reason.clone() }, samples: vec![] },
-                        vec![],
-                        Some(reason),
-                    )
-                }
-            };
+    let jobs = cfg.jobs.max(1);
+    // Cases are written in listing order whatever order they finish in, so the shards
+    // are the same bytes for any --jobs; a window of 2 x jobs keeps every job busy
+    // while the writer works, and bounds the samples held in memory.
+    let written = crate::ordered::map_in_order(
+        &todo,
+        jobs,
+        2 * jobs,
+        |case| ctx.process_guarded(pool, case),
+        |case, (input_bytes, outcome)| {
+            let (record, samples, quarantined) = case_record(outcome);
             let n = samples.len();
-            commit.pending.insert(case_id.clone(), record);
-            let shard = rt.block_on(writer.push_case(samples)).map_err(|e| format!("writing shards: {e}"))?;
-            if let Some(shard) = shard {
+            commit.pending.insert(case.case_id.clone(), record);
+            if let Some(shard) = rt.block_on(writer.push_case(samples)).map_err(fatal)? {
                 shard_bytes += shard.bytes;
                 finished.extend(commit.pending.clone());
-                rt.block_on(commit.commit(Some(shard))).map_err(|e| e.to_string())?;
+                rt.block_on(commit.commit(Some(shard)))?;
             }
+            let case_id = case.case_id.clone();
             progress(Event::CaseDone { dataset: d.name.clone(), case_id, samples: n, input_bytes, quarantined });
-        }
-        Ok(())
-    });
-    result?;
-    let last = rt.block_on(writer.finish()).map_err(|e| format!("writing shards: {e}"))?;
+            Ok::<(), IngestError>(())
+        },
+    );
+    if let Err(e) = written {
+        // The open shard was never committed: abort its upload so nothing appears under its key.
+        rt.block_on(writer.abort());
+        return Err(e);
+    }
+    let last = rt.block_on(writer.finish()).map_err(fatal)?;
     shard_bytes += last.as_ref().map_or(0, |s| s.bytes);
     finished.extend(commit.pending.clone());
     if last.is_some() || !commit.pending.is_empty() {
-        rt.block_on(commit.commit(last)).map_err(|e| e.to_string())?;
+        rt.block_on(commit.commit(last))?;
     }
     tally(ds, &finished, shard_bytes);
-    Ok(())
+    Ok(TaskEnd::Done)
+}
+
+/// The journal entry of a processed case, its samples, and the quarantine reason if any.
+fn case_record(outcome: Result<CaseSamples>) -> (CaseRecord, Vec<s3_shards::Sample>, Option<String>) {
+    match outcome {
+        Ok(cs) if !cs.samples.is_empty() => {
+            let notes = cs
+                .samples
+                .iter()
+                .map(|s| SampleNote { label: s.meta.label_value, fg_voxels: s.fg_voxels, checksum: s.checksum })
+                .collect();
+            let dropped_labels = cs.dropped.iter().map(|(v, r)| (v.to_string(), r.clone())).collect();
+            let fate = CaseFate::Ingested { samples: cs.samples.len() as u64, dropped_labels };
+            (CaseRecord { fate, samples: notes }, cs.samples, None)
+        }
+        Ok(cs) => {
+            let why = cs.dropped.iter().map(|(v, r)| format!("label {v}: {r}")).collect::<Vec<_>>().join("; ");
+            let fate = CaseFate::Skipped { reason: format!("no label passed the size filters ({why})") };
+            (CaseRecord { fate, samples: vec![] }, vec![], None)
+        }
+        Err(e) => {
+            let reason = e.to_string();
+            (
+                CaseRecord { fate: CaseFate::Quarantined { reason: reason.clone() }, samples: vec![] },
+                vec![],
+                Some(reason),
+            )
+        }
+    }
 }
 
 fn tally(ds: &mut DatasetSummary, finished: &BTreeMap<String, CaseRecord>, bytes: u64) {
@@ -349,7 +383,12 @@ impl Committer<'_> {
             shard,
             cases: std::mem::take(&mut self.pending),
         };
-        journal::write_record(self.store.as_ref(), &rec).await?;
+        journal::write_record(self.store.as_ref(), &rec).await.map_err(|e| match e {
+            IngestError::Shards(source) => {
+                IngestError::Output { dataset: self.d.name.clone(), task: self.t.name.clone(), source }
+            }
+            e => e,
+        })?;
         self.seq += 1;
         Ok(())
     }
@@ -363,7 +402,7 @@ async fn remove_leftovers(
     task: &str,
     next_part: u32,
     workers: u32,
-) -> Result<()> {
+) -> Result<(), s3_shards::ShardError> {
     let dir = s3_shards::writer::shard_dir(dataset, task);
     let metas: Vec<_> = store.list(Some(&dir)).try_collect().await.map_err(|e| s3_shards::ShardError::Store {
         op: "list",
@@ -395,10 +434,27 @@ struct TaskCtx<'a> {
 }
 
 impl TaskCtx<'_> {
+    /// [`TaskCtx::process`] on the pool, with a panic turned into the case's
+    /// quarantine reason: a bug met on one input must not take the other cases down.
+    fn process_guarded(&self, pool: &rayon::ThreadPool, case: &CaseRef) -> (u64, Result<CaseSamples>) {
+        let work = || pool.install(|| self.process(case));
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|payload| {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into());
+            tracing::error!(case = %case.case_id, "processing panicked: {message}");
+            (0, Err(IngestError::Panicked(message)))
+        })
+    }
+
     /// Reads and preprocesses one case; returns the input bytes read and the outcome.
     fn process(&self, case: &CaseRef) -> (u64, Result<CaseSamples>) {
         let mut bytes = 0u64;
         let outcome = (|| {
+            #[cfg(test)]
+            tests::maybe_panic(&case.case_id);
             let image = self.read(&case.image, &mut bytes)?;
             let label = match &case.label {
                 LabelSource::File(key) => self.read(key, &mut bytes)?,
@@ -455,7 +511,8 @@ impl TaskCtx<'_> {
 
 /// Publishes a store from its journal: label manifests, `samples.parquet`, then
 /// `index.json`. Run after all workers finished (or by a plain run itself).
-/// Refuses to publish a case committed twice.
+/// Refuses to publish a case committed twice, and a store where a case some worker
+/// listed has no fate or a worker of the partition never listed its share.
 pub async fn merge(out: &StoreLocation) -> Result<ShardIndex> {
     use s3_shards::labels::{ClassEntry, FgStats, LabelManifest, Quarantined};
     let store = out.store();
@@ -478,6 +535,10 @@ pub async fn merge(out: &StoreLocation) -> Result<ShardIndex> {
         }
         shards.extend(r.shard.clone());
         by_dataset.entry(r.dataset.clone()).or_default().push(r);
+    }
+    let missing = unaccounted(store.as_ref(), &records, &seen).await?;
+    if !missing.is_empty() {
+        return Err(IngestError::Incomplete { missing });
     }
     let mut names = Vec::new();
     for (dataset, recs) in &by_dataset {
@@ -539,4 +600,99 @@ pub async fn merge(out: &StoreLocation) -> Result<ShardIndex> {
     }
     let tool = concat!("s3-ingest ", env!("CARGO_PKG_VERSION"));
     Ok(s3_shards::publish(store, tool, shards, &names).await?)
+}
+
+/// The cases that workers listed and no record accounts for, and the workers of a
+/// partition that never listed their share (their cases are unknown, so also missing).
+async fn unaccounted(
+    store: &dyn ObjectStore,
+    records: &[JournalRecord],
+    committed: &BTreeMap<(String, String, String), (u32, u32)>,
+) -> Result<Vec<MissingCase>> {
+    let listings = journal::all_listings(store).await?;
+    let mut missing = Vec::new();
+    let mut listed = BTreeSet::new();
+    for l in &listings {
+        listed.insert((l.dataset.as_str(), l.task.as_str(), l.worker, l.workers));
+        for c in &l.cases {
+            if !committed.contains_key(&(l.dataset.clone(), l.task.clone(), c.clone())) {
+                missing.push(MissingCase {
+                    dataset: l.dataset.clone(),
+                    task: l.task.clone(),
+                    case_id: Some(c.clone()),
+                    worker: l.worker,
+                    workers: l.workers,
+                });
+            }
+        }
+    }
+    // The partition of a task is the N its records were committed under; a task
+    // with nothing committed yet is partitioned as its listings say.
+    let mut partitions: BTreeMap<(&str, &str), BTreeSet<u32>> = BTreeMap::new();
+    for r in records {
+        partitions.entry((r.dataset.as_str(), r.task.as_str())).or_default().insert(r.workers.max(1));
+    }
+    for l in &listings {
+        if !records.iter().any(|r| r.dataset == l.dataset && r.task == l.task) {
+            partitions.entry((l.dataset.as_str(), l.task.as_str())).or_default().insert(l.workers.max(1));
+        }
+    }
+    for ((dataset, task), counts) in partitions {
+        for workers in counts {
+            for worker in 0..workers {
+                if !listed.contains(&(dataset, task, worker, workers)) {
+                    missing.push(MissingCase {
+                        dataset: dataset.into(),
+                        task: task.into(),
+                        case_id: None,
+                        worker,
+                        workers,
+                    });
+                }
+            }
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    Ok(missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// The case whose processing panics, for the test below; `process` asks before
+    /// each case. A test-only hook: no input is known to panic (that would be a bug).
+    static PANIC_CASE: Mutex<Option<String>> = Mutex::new(None);
+
+    pub(super) fn maybe_panic(case_id: &str) {
+        let target = PANIC_CASE.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if target.as_deref() == Some(case_id) {
+            panic!("injected failure in {case_id}");
+        }
+    }
+
+    #[test]
+    fn a_panicking_case_is_quarantined_and_the_run_goes_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let manifest = crate::synth::write_corpus(&tmp.path().join("raw"), 4, 2).unwrap();
+        let catalog = Catalog::load(&manifest).unwrap();
+        *PANIC_CASE.lock().unwrap() = Some("case002".into());
+        let out = tmp.path().join("out");
+        let cfg = IngestConfig { jobs: 2, ..IngestConfig::new(out.to_str().unwrap()) };
+        let summary = run(&catalog, &cfg, &|_| {});
+        *PANIC_CASE.lock().unwrap() = None;
+        let summary = summary.unwrap();
+        assert!(summary.index.is_some(), "the run published");
+        // case002 of both phantom datasets panicked; every other case was ingested.
+        assert_eq!(summary.quarantined(), 2);
+        assert_eq!(summary.datasets.iter().map(|d| d.ingested).sum::<usize>(), 6);
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("labels/PhantomCT.json")).unwrap()).unwrap();
+        let q = &manifest["quarantine"][0];
+        assert_eq!(q["case_id"], "case002");
+        assert!(q["reason"].as_str().unwrap().contains("panicked: injected failure in case002"), "{q}");
+    }
 }

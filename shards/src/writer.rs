@@ -110,6 +110,9 @@ struct HashingUpload {
     inner: BufWriter,
     hasher: Xxh3Default,
     bytes: u64,
+    /// Shutdown began: the upload then cleans up after itself on failure, and
+    /// `BufWriter::abort` would panic ("Already shut down").
+    completing: bool,
 }
 
 impl AsyncFileWriter for HashingUpload {
@@ -119,6 +122,7 @@ impl AsyncFileWriter for HashingUpload {
         async move { self.inner.put(bs).await.map_err(|e| ParquetError::External(Box::new(e))) }.boxed()
     }
     fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        self.completing = true;
         async move { self.inner.shutdown().await.map_err(|e| ParquetError::External(Box::new(e))) }.boxed()
     }
 }
@@ -248,6 +252,7 @@ impl ShardWriter {
             inner: BufWriter::with_capacity(self.store.clone(), path.clone(), self.opts.upload_part_bytes.max(5 << 20)),
             hasher: Xxh3Default::new(),
             bytes: 0,
+            completing: false,
         };
         let writer = AsyncArrowWriter::try_new(upload, schema::shard_schema(), Some(self.props.clone()))
             .map_err(|e| ShardError::parquet(&path, e))?;
@@ -259,7 +264,10 @@ impl ShardWriter {
             return Ok(None);
         };
         if let Err(e) = shard.writer.finish().await {
-            let _ = shard.writer.into_inner().inner.abort().await;
+            let mut upload = shard.writer.into_inner();
+            if !upload.completing {
+                let _ = upload.inner.abort().await;
+            }
             return Err(ShardError::parquet(&shard.path, e));
         }
         let upload = shard.writer.into_inner();

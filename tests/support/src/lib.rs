@@ -28,7 +28,8 @@ pub const SECRET_KEY: &str = "test-secret-key-d0-not-print";
 /// The bucket every server starts with.
 pub const BUCKET: &str = "test-bucket";
 
-/// A running in-process S3 server; stopped when dropped.
+/// An in-process S3 server; stopped when dropped. It can be stopped and restarted
+/// over the same data and port, to test clients against an outage.
 pub struct S3Server {
     addr: SocketAddr,
     root: tempfile::TempDir,
@@ -41,40 +42,35 @@ impl S3Server {
     pub fn start() -> Self {
         let root = tempfile::tempdir().expect("temp dir for the S3 server");
         std::fs::create_dir_all(root.path().join(BUCKET)).expect("bucket directory");
-        let fs_root: PathBuf = root.path().to_path_buf();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("s3s-fs".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .expect("tokio runtime for the S3 server");
-                rt.block_on(async move {
-                    let fs = s3s_fs::FileSystem::new(fs_root).expect("s3s-fs root");
-                    let mut builder = S3ServiceBuilder::new(fs);
-                    builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-                    let service = builder.build();
-                    let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind loopback");
-                    ready_tx.send(listener.local_addr().expect("local addr")).expect("report address");
-                    let http = ConnBuilder::new(TokioExecutor::new());
-                    loop {
-                        tokio::select! {
-                            res = listener.accept() => {
-                                let Ok((socket, _)) = res else { continue };
-                                let conn = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
-                                tokio::spawn(async move { let _ = conn.await; });
-                            }
-                            _ = &mut stop_rx => break,
-                        }
-                    }
-                });
-            })
-            .expect("spawn S3 server thread");
-        let addr = ready_rx.recv().expect("S3 server failed to start");
-        S3Server { addr, root, stop: Some(stop_tx), thread: Some(thread) }
+        let (addr, stop, thread) = serve(root.path().to_path_buf(), ("127.0.0.1", 0));
+        S3Server { addr, root, stop: Some(stop), thread: Some(thread) }
+    }
+
+    /// Stops serving, as a crashed or unreachable server would: open connections are
+    /// dropped and new ones refused. The data stays; [`S3Server::restart`] brings it back.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Serves the same data on the same port again (a no-op while running).
+    pub fn restart(&mut self) {
+        if self.thread.is_some() {
+            return;
+        }
+        let (addr, stop, thread) = serve(self.root.path().to_path_buf(), self.addr);
+        assert_eq!(addr, self.addr, "restarted on another address");
+        self.stop = Some(stop);
+        self.thread = Some(thread);
+    }
+
+    /// Whether the server is serving (not stopped).
+    pub fn is_running(&self) -> bool {
+        self.thread.is_some()
     }
 
     /// `http://127.0.0.1:PORT`
@@ -111,11 +107,51 @@ impl S3Server {
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.stop();
     }
+}
+
+/// Runs an s3s-fs server over `fs_root` on `bind` in a thread of its own; returns
+/// its address, the stop switch and the thread. Stopping drops the thread's runtime
+/// and with it every connection.
+fn serve(
+    fs_root: PathBuf,
+    bind: impl tokio::net::ToSocketAddrs + Send + 'static,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, JoinHandle<()>) {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("s3s-fs".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime for the S3 server");
+            rt.block_on(async move {
+                let fs = s3s_fs::FileSystem::new(fs_root).expect("s3s-fs root");
+                let mut builder = S3ServiceBuilder::new(fs);
+                builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+                let service = builder.build();
+                // tokio sets SO_REUSEADDR, so a restart can take the port back at once.
+                let listener = TcpListener::bind(bind).await.expect("bind loopback");
+                ready_tx.send(listener.local_addr().expect("local addr")).expect("report address");
+                let http = ConnBuilder::new(TokioExecutor::new());
+                loop {
+                    tokio::select! {
+                        res = listener.accept() => {
+                            let Ok((socket, _)) = res else { continue };
+                            let conn = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
+                            tokio::spawn(async move { let _ = conn.await; });
+                        }
+                        _ = &mut stop_rx => break,
+                    }
+                }
+            });
+            // Dropping the runtime here cancels the connection tasks: clients see resets.
+            rt.shutdown_background();
+        })
+        .expect("spawn S3 server thread");
+    let addr = ready_rx.recv().expect("S3 server failed to start");
+    (addr, stop_tx, thread)
 }

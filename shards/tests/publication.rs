@@ -1,9 +1,11 @@
-//! A reader polling `index.json` while it is re-published never sees a partial document.
+//! A reader polling `index.json` while it is re-published never sees a partial
+//! document, and the test counts the reads that overlapped a write (so it cannot pass
+//! by never racing).
 
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use s3_shards::{ShardError, ShardIndex, ShardMeta};
 
@@ -24,19 +26,32 @@ fn big_index(generation: u64) -> ShardIndex {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_reader_sees_whole_indexes_only() {
+    /// Reads that overlapped a write required per backend.
+    const OVERLAPS: u64 = 20;
     for b in common::backends("publication") {
         let store = b.loc.store().clone();
         let done = Arc::new(AtomicBool::new(false));
+        // Writes started / finished, and reads that overlapped one: a read overlapped a
+        // write iff some write started before the read ended and had not finished
+        // before it began (started-after > finished-before).
+        let (started, finished, overlapped) =
+            (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let reader = {
             let (store, done) = (store.clone(), done.clone());
+            let (started, finished, overlapped) = (started.clone(), finished.clone(), overlapped.clone());
             tokio::spawn(async move {
                 let (mut seen, mut missing) = (0u32, 0u32);
-                // Bounded: stops when the writer is done or after 5000 polls.
-                for _ in 0..5000 {
+                // Bounded: stops when the writer is done or after 100000 polls.
+                for _ in 0..100_000 {
                     if done.load(Ordering::Acquire) {
                         break;
                     }
-                    match ShardIndex::load(store.as_ref()).await {
+                    let finished_before = finished.load(Ordering::SeqCst);
+                    let got = ShardIndex::load(store.as_ref()).await;
+                    if started.load(Ordering::SeqCst) > finished_before {
+                        overlapped.fetch_add(1, Ordering::SeqCst);
+                    }
+                    match got {
                         Ok(idx) => {
                             let generation: u64 = idx.created.tool.trim_start_matches("generation ").parse().unwrap();
                             assert_eq!(idx, ShardIndex { created: idx.created.clone(), ..big_index(generation) });
@@ -50,13 +65,25 @@ async fn polling_reader_sees_whole_indexes_only() {
                 (seen, missing)
             })
         };
-        for generation in 1..=25 {
+        // Keep re-publishing until enough reads raced a write (bounded).
+        let mut generation = 0;
+        while generation < 25 || (overlapped.load(Ordering::SeqCst) < OVERLAPS && generation < 2000) {
+            generation += 1;
+            started.fetch_add(1, Ordering::SeqCst);
             big_index(generation).publish(store.as_ref()).await.unwrap();
+            finished.fetch_add(1, Ordering::SeqCst);
+            tokio::task::yield_now().await;
         }
         done.store(true, Ordering::Release);
         let (seen, missing) = reader.await.unwrap();
-        assert!(seen + missing > 0, "{}: the reader polled", b.name);
+        let overlaps = overlapped.load(Ordering::SeqCst);
+        eprintln!(
+            "{}: {generation} publications, {seen} whole reads ({missing} before the first), {overlaps} overlapping a write",
+            b.name
+        );
+        assert!(overlaps >= OVERLAPS, "{}: only {overlaps} reads overlapped a write", b.name);
+        assert!(seen > 0, "{}: the reader read whole indexes", b.name);
         let last = ShardIndex::load(store.as_ref()).await.unwrap();
-        assert_eq!(last.created.tool, "generation 25", "{}", b.name);
+        assert_eq!(last.created.tool, format!("generation {generation}"), "{}", b.name);
     }
 }

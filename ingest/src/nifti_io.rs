@@ -105,17 +105,29 @@ impl Voxels {
             swap: bool,
             sw: fn(T) -> T,
         ) -> io::Result<(Vec<T>, u64)> {
+            // The buffer grows with the data actually present, not with the header's
+            // claim: a 300-byte file whose dims promise 2 GiB must not cost 2 GiB (with
+            // --jobs such files at once that is an OOM kill of the whole run). The last
+            // step grows to exactly `n`, and large reallocations are remaps, not copies.
+            let first = n.min((1 << 20) / std::mem::size_of::<T>());
             let mut v: Vec<T> = Vec::new();
-            v.try_reserve_exact(n).map_err(|e| io::Error::new(io::ErrorKind::OutOfMemory, e.to_string()))?;
-            v.resize(n, T::zeroed());
-            let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut v);
             let mut got = 0;
-            while got < bytes.len() {
-                match r.read(&mut bytes[got..]) {
-                    Ok(0) => break,
-                    Ok(k) => got += k,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
+            loop {
+                let len = if v.is_empty() { first } else { v.len().saturating_mul(2).min(n) };
+                v.try_reserve_exact(len - v.len())
+                    .map_err(|e| io::Error::new(io::ErrorKind::OutOfMemory, e.to_string()))?;
+                v.resize(len, T::zeroed());
+                let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut v);
+                while got < bytes.len() {
+                    match r.read(&mut bytes[got..]) {
+                        Ok(0) => break,
+                        Ok(k) => got += k,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                if got < bytes.len() || len == n {
+                    break;
                 }
             }
             if swap {

@@ -379,10 +379,8 @@ fn check_dims(h: &NiftiHeader) -> Result<[usize; 3], String> {
     if dim[4..=nd.max(3)].iter().any(|&d| d > 1) {
         return Err(format!("{nd}-D image {:?}; a 3-D volume (or 4-D with one volume) is needed", &dim[1..=nd]));
     }
-    for a in 1..=3 {
-        if dim[a] < 1 {
-            return Err(format!("dim[{a}] = {}; dimensions must be at least 1", dim[a]));
-        }
+    if let Some(a) = (1..=3).find(|&a| dim[a] < 1) {
+        return Err(format!("dim[{a}] = {}; dimensions must be at least 1", dim[a]));
     }
     for (a, &p) in h.pixdim[1..4].iter().enumerate() {
         if !p.is_finite() || p <= 0.0 {

@@ -183,7 +183,7 @@ fn below(rng: &mut Rng, n: usize) -> usize {
 
 /// A header position most of the time: that is where the arithmetic is.
 fn position(rng: &mut Rng, len: usize) -> usize {
-    if rng.next_u64() % 4 != 0 { below(rng, len.min(352)) } else { below(rng, len) }
+    if !rng.next_u64().is_multiple_of(4) { below(rng, len.min(352)) } else { below(rng, len) }
 }
 
 fn put(b: &mut [u8], at: usize, bytes: &[u8]) {
@@ -215,7 +215,7 @@ pub fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
                 let (at, width, float) = FIELDS[below(rng, FIELDS.len())];
                 let bytes: Vec<u8> = match (float, width) {
                     (true, _) => {
-                        let v = if rng.next_u64() % 4 == 0 {
+                        let v = if rng.next_u64().is_multiple_of(4) {
                             f32::from_bits(rng.next_u64() as u32)
                         } else {
                             FLOATS[below(rng, FLOATS.len())]
@@ -235,7 +235,7 @@ pub fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
             }
             6 => {
                 // Truncation, often near the header/data boundary.
-                let len = if rng.next_u64() % 2 == 0 { below(rng, 400) } else { below(rng, b.len() + 1) };
+                let len = if rng.next_u64().is_multiple_of(2) { below(rng, 400) } else { below(rng, b.len() + 1) };
                 b.truncate(len);
             }
             7 => {
@@ -252,11 +252,11 @@ pub fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
             }
         }
     }
-    if rng.next_u64() % 3 == 0 {
+    if rng.next_u64().is_multiple_of(3) {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         e.write_all(&b).expect("in memory");
         b = e.finish().expect("in memory");
-        if rng.next_u64() % 10 == 0 && !b.is_empty() {
+        if rng.next_u64().is_multiple_of(10) && !b.is_empty() {
             let at = below(rng, b.len());
             b[at] ^= 1 << below(rng, 8);
         }
@@ -297,7 +297,7 @@ pub fn run_one(bytes: &[u8]) -> (Outcome, usize) {
             ..image.clone_header()
         };
         let labels = BTreeMap::new();
-        let modality = if bytes.len() % 2 == 0 { Modality::CT } else { Modality::MR };
+        let modality = if bytes.len().is_multiple_of(2) { Modality::CT } else { Modality::MR };
         let ctx = CaseContext { dataset: "FUZZ", task: "default", case_id: "fuzz", modality, labels: &labels };
         match process_case(&image, &label, &ctx, &PreprocessOptions::default()) {
             Ok(s) => Outcome::Processed(s.samples.len()),

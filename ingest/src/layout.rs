@@ -158,33 +158,20 @@ async fn totalseg(source: &Source, task: &TaskEntry) -> Result<Listing, String> 
     Ok(Listing { cases, labels })
 }
 
-/// `*` and `?` wildcards against a whole name.
-pub fn wildcard(pattern: &str, name: &str) -> bool {
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ni;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ni = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
+/// A filename pattern (`*`, `?`, `[abc]`, `{a,b}`; globset syntax) matching whole names.
+pub fn name_matcher(pattern: &str) -> Result<globset::GlobMatcher, String> {
+    globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| format!("image_glob {pattern:?}: {e}"))
 }
 
 async fn pairs(source: &Source, task: &TaskEntry) -> Result<Listing, String> {
     let glob = task.image_glob.as_deref().unwrap_or_default();
     let template = task.label_template.as_deref().unwrap_or_default();
     let (dir, pattern) = glob.rsplit_once('/').unwrap_or(("", glob));
+    let matcher = name_matcher(pattern)?;
     let keys = source.list(dir).await?;
     let labels_dir = template.rsplit_once('/').map_or("", |(d, _)| d);
     let label_keys: BTreeSet<String> = source.list(labels_dir).await?.into_iter().collect();
@@ -195,7 +182,7 @@ async fn pairs(source: &Source, task: &TaskEntry) -> Result<Listing, String> {
         } else {
             key.strip_prefix(dir).and_then(|k| k.strip_prefix('/')).unwrap_or(key)
         };
-        if rel.contains('/') || !wildcard(pattern, rel) {
+        if rel.contains('/') || !matcher.is_match(rel) {
             continue;
         }
         let stem = nifti_stem(rel).unwrap_or(rel);
@@ -230,9 +217,12 @@ mod tests {
 
     #[test]
     fn wildcards() {
-        assert!(wildcard("*_img.nii.gz", "case01_img.nii.gz"));
-        assert!(!wildcard("*_img.nii.gz", "case01_seg.nii.gz"));
-        assert!(wildcard("c??e*", "case7"));
-        assert!(wildcard("*", ""));
+        let m = |p: &str, n: &str| name_matcher(p).unwrap().is_match(n);
+        assert!(m("*_img.nii.gz", "case01_img.nii.gz"));
+        assert!(!m("*_img.nii.gz", "case01_seg.nii.gz"));
+        assert!(m("c??e*", "case7"));
+        assert!(m("*", ""));
+        assert!(m("case{01,02}.nii.gz", "case02.nii.gz"));
+        assert!(name_matcher("case[").is_err(), "a broken pattern is an error, not a silent non-match");
     }
 }

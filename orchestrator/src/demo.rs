@@ -95,8 +95,9 @@ pub fn run_demo(cfg: &DemoConfig, say: Say, on_train: &dyn Fn(&TrainEvent)) -> R
     let mut stage: StageConfig =
         toml::from_str(DEMO_STAGE).map_err(|e| DemoError::Other(format!("demo stage: {e}")))?;
     stage.max_minutes = Some(cfg.minutes);
-    if cfg.max_steps.is_some() {
-        (stage.max_minutes, stage.max_steps) = (None, cfg.max_steps);
+    if let Some(steps) = cfg.max_steps {
+        // Every epoch is at least one step: enough epochs for the steps asked for.
+        (stage.max_minutes, stage.max_steps, stage.epochs) = (None, Some(steps), stage.epochs.max(steps));
     }
     let device = Device::flex();
     let mcfg = model_config(&stage)?;

@@ -4,9 +4,9 @@
 use s3_orch::demo::{DemoConfig, dice_table, run_demo};
 
 /// Optimiser steps of the shortened demo.
-const STEPS: u64 = 150;
-/// Dice@5 on the val split it must reach (untrained: ~0.01).
-const FLOOR: f64 = 0.3;
+const STEPS: u64 = 400;
+/// Dice@5 on the val split it must reach (untrained: ~0.01; measured 0.72 at 400 steps).
+const FLOOR: f64 = 0.5;
 
 #[test]
 fn demo_runs_end_to_end_and_learns() {

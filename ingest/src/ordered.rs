@@ -48,6 +48,21 @@ impl Gate {
     }
 }
 
+/// Stops the gate when dropped (`always`) or when dropped by a panic: a consumer or
+/// worker that unwinds must not leave the others waiting for it forever.
+struct StopOnDrop<'a> {
+    gate: &'a Gate,
+    always: bool,
+}
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.always || std::thread::panicking() {
+            self.gate.update(|g| g.stopped = true);
+        }
+    }
+}
+
 /// Runs `work` over `items` on `threads` threads and hands each result to `sink` in
 /// item order, on the calling thread. When `sink` fails, no further item is started
 /// (those already running finish and are dropped) and its error is returned.
@@ -74,6 +89,7 @@ where
         for n in 0..threads.max(1) {
             let (tx, gate, work) = (tx.clone(), &gate, &work);
             let started = std::thread::Builder::new().name(format!("ingest-case-{n}")).spawn_scoped(scope, move || {
+                let _stop = StopOnDrop { gate, always: false };
                 while let Some(i) = gate.claim(items.len(), window) {
                     if tx.send((i, work(&items[i]))).is_err() {
                         return;
@@ -90,6 +106,8 @@ where
             // No thread to be had: do the work here, still in order.
             return items.iter().try_for_each(|item| sink(item, work(item)));
         }
+        // However the consumer ends (done, failed, panicked), workers stop claiming.
+        let _stop = StopOnDrop { gate: &gate, always: true };
         let mut early: BTreeMap<usize, R> = BTreeMap::new();
         let mut next = 0;
         let mut outcome = Ok(());
@@ -103,9 +121,6 @@ where
                 next += 1;
                 gate.update(|g| g.consumed = next);
             }
-        }
-        if outcome.is_err() {
-            gate.update(|g| g.stopped = true);
         }
         outcome
     })
@@ -175,5 +190,30 @@ mod tests {
         assert_eq!(r, Err("store full"));
         // Items 0..=5 consumed, at most a window's worth claimed beyond them.
         assert!(started.load(Ordering::SeqCst) <= 6 + 4, "{} started", started.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_panic_in_the_sink_or_a_worker_propagates_instead_of_hanging() {
+        let items: Vec<usize> = (0..100).collect();
+        let r = std::panic::catch_unwind(|| {
+            map_in_order(
+                &items,
+                3,
+                2,
+                |&i| i,
+                |&i, _| -> Result<(), ()> { if i == 4 { panic!("sink") } else { Ok(()) } },
+            )
+        });
+        assert!(r.is_err());
+        let r = std::panic::catch_unwind(|| {
+            map_in_order(
+                &items,
+                3,
+                2,
+                |&i| if i == 4 { panic!("worker") } else { i },
+                |_, _| -> Result<(), ()> { Ok(()) },
+            )
+        });
+        assert!(r.is_err());
     }
 }

@@ -102,8 +102,8 @@ pub fn run_demo(cfg: &DemoConfig, say: Say, on_train: &dyn Fn(&TrainEvent)) -> R
     let device = Device::flex();
     let mcfg = model_config(&stage)?;
     let data = open_store(&store.display().to_string(), &StoreOptions::default())?;
-    let rt = tokio_rt()?;
-    let (val, _, _) = select_rows(&data, &stage, Split::Val, &rt)?;
+    let rt = s3_trainer::io_runtime::io_runtime()?;
+    let (val, _, _) = select_rows(&data, &stage, Split::Val, rt)?;
     say(&format!("3/4 evaluating the untrained model on {} val samples", val.len()));
     let fresh = s3_trainer::train::seeded_model(&mcfg, &device, stage.seed);
     let clicks = [1, 3, 5, 10];
@@ -125,10 +125,6 @@ pub fn run_demo(cfg: &DemoConfig, say: Say, on_train: &dyn Fn(&TrainEvent)) -> R
     s3_trainer::eval::write_report(&open_store(&spec.run, &StoreOptions::default())?, "val_before", &before)?;
     s3_trainer::eval::write_report(&open_store(&spec.run, &StoreOptions::default())?, "val", &after)?;
     Ok(DemoReport { before, after, training, run_dir, store })
-}
-
-fn tokio_rt() -> Result<tokio::runtime::Runtime, DemoError> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| DemoError::Other(e.to_string()))
 }
 
 /// A fresh demo run each time (the demo is not a resumable job).

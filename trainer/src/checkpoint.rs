@@ -149,11 +149,8 @@ pub fn local_copy(url: &str, options: &StoreOptions, tmp: &Path) -> Result<PathB
     Ok(file)
 }
 
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| TrainError::Io { file: "tokio runtime".into(), error: source })
+pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+    crate::io_runtime::io_runtime()
 }
 
 /// The run's latest checkpoint pointer, if it has one (any other failure is an error:

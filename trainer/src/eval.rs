@@ -156,10 +156,7 @@ pub fn evaluate(
 
 /// Writes `eval/<name>.csv` and `eval/<name>.json` to the run folder.
 pub fn write_report(run: &StoreLocation, name: &str, report: &EvalReport) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| TrainError::Io { file: "runtime".into(), error: source })?;
+    let rt = crate::io_runtime::io_runtime()?;
     let store = run.store().as_ref();
     rt.block_on(async {
         let csv = ObjPath::from(format!("eval/{name}.csv"));

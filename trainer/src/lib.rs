@@ -19,6 +19,7 @@ pub mod device;
 mod error;
 pub mod eval;
 pub mod fixture;
+pub mod io_runtime;
 pub mod launch_env;
 pub mod loader;
 pub mod loss;

@@ -165,7 +165,15 @@ impl Loader {
         let thread = std::thread::Builder::new()
             .name("loader".into())
             .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("loader runtime");
+                let rt = match crate::io_runtime::io_runtime() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let error = s3_shards::ShardError::StoreUrl { url: "loader".into(), reason: e.to_string() };
+                        let first = positions.first().map(|(p, r)| (*p, r.sample_id.clone())).unwrap_or_default();
+                        let _ = tx.send(Loaded::Failed { position: first.0, sample_id: first.1, error });
+                        return;
+                    }
+                };
                 let mut readers: HashMap<String, Arc<ShardReader>> = HashMap::new();
                 let mut cache: RowGroupCache<Result<Sample, String>> =
                     RowGroupCache::new(positions.iter().map(|(_, r)| (r.shard.as_str(), r.row)), cfg.cache_bytes);

@@ -363,3 +363,43 @@ fn init_from_an_s3_checkpoint_and_keep_last_prunes_old_checkpoints() {
     let e = record(&on_s3(&run2("s2c"), st2(Some(pruned)))).err().unwrap();
     assert!(format!("{e:#}").to_lowercase().contains("not found"), "{e}");
 }
+
+#[test]
+fn the_s3_server_stopping_mid_run_ends_it_and_the_rerun_matches_an_undisturbed_run() {
+    let server = std::sync::Mutex::new(s3_test_support::S3Server::start());
+    let (endpoint, data, clean_run, run) = {
+        let s = server.lock().unwrap();
+        (s.endpoint(), s.url("data"), s.url("runs/clean"), s.url("runs/outage"))
+    };
+    let mut opts =
+        StoreOptions::endpoint_with_keys(&endpoint, s3_test_support::ACCESS_KEY, s3_test_support::SECRET_KEY);
+    // Fail fast while the server is down (the loader retries on top of this).
+    opts.retry = s3_shards::Retry {
+        max_retries: 1,
+        timeout: std::time::Duration::from_secs(2),
+        initial_backoff: std::time::Duration::from_millis(50),
+    };
+    let loc = open_store(&data, &opts).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(synthetic::populate(loc.store(), 1, 8, 1, WriterOptions { row_group_rows: 2, ..Default::default() }))
+        .unwrap();
+    let st = StageConfig { epochs: 1, checkpoint_every: 3, ..stage(1) };
+    let on_s3 = |run: &str| RunSpec { store_options: opts.clone(), ..spec(&data, run, st.clone()) };
+    let clean = record(&on_s3(&clean_run)).unwrap();
+    assert!(clean.out.state.step >= 5);
+
+    let e = train(&on_s3(&run), &Device::flex(), &|e| {
+        if let TrainEvent::Step { metrics, .. } = e
+            && metrics.step == 4
+        {
+            server.lock().unwrap().stop();
+        }
+    })
+    .unwrap_err();
+    eprintln!("the run ended with: {e}");
+    server.lock().unwrap().restart();
+    let resumed = record(&on_s3(&run)).unwrap();
+    assert!(resumed.from.is_some_and(|f| f.step == 3), "resumed from the checkpoint written before the outage");
+    assert_eq!(resumed.out.state, clean.out.state);
+    assert_eq!(resumed.out.weights_digest, clean.out.weights_digest, "the same weights as an undisturbed run");
+}

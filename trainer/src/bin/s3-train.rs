@@ -254,8 +254,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let cfg = s3_trainer::train::model_config(&stage)?;
             let (model, step) = s3_trainer::train::load_latest_weights(&run, &opts, &cfg, &device)?;
             let data_loc = s3_shards::open_store(&data, &opts)?;
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let (rows, _, _) = s3_trainer::train::select_rows(&data_loc, &stage, s3_shards::Split::Val, &rt)?;
+            let rt = s3_trainer::io_runtime::io_runtime()?;
+            let (rows, _, _) = s3_trainer::train::select_rows(&data_loc, &stage, s3_shards::Split::Val, rt)?;
             let report = s3_trainer::eval::evaluate(&model, &cfg, &data_loc, &rows, &clicks, stage.seed, &device)?;
             s3_trainer::eval::write_report(&s3_shards::open_store(&run, &opts)?, "val", &report)?;
             println!("step {step}, {} val samples", report.samples.len());

@@ -94,9 +94,9 @@ pub enum IngestError {
         dataset: String,
         /// Task.
         task: String,
-        /// The store error.
+        /// The store error (boxed: it is large, and this is the rare path).
         #[source]
-        source: s3_shards::ShardError,
+        source: Box<s3_shards::ShardError>,
     },
     /// The task's journal was written by workers counted differently: resuming with
     /// another N would renumber (and so overwrite or delete) committed shards.

@@ -229,8 +229,11 @@ fn run_task(
     let labels = d.label_map(t, &listing.labels);
     let store = out.store().clone();
     let workers = cfg.workers.max(1);
-    let fatal =
-        |source: s3_shards::ShardError| IngestError::Output { dataset: d.name.clone(), task: t.name.clone(), source };
+    let fatal = |source: s3_shards::ShardError| IngestError::Output {
+        dataset: d.name.clone(),
+        task: t.name.clone(),
+        source: Box::new(source),
+    };
     let records = rt.block_on(journal::task_records(store.as_ref(), &d.name, &t.name)).map_err(fatal)?;
     // Shard numbers and leftovers are worked out per N: under another N this worker
     // would number its files over committed ones (and delete them as leftovers).
@@ -384,9 +387,11 @@ impl Committer<'_> {
             cases: std::mem::take(&mut self.pending),
         };
         journal::write_record(self.store.as_ref(), &rec).await.map_err(|e| match e {
-            IngestError::Shards(source) => {
-                IngestError::Output { dataset: self.d.name.clone(), task: self.t.name.clone(), source }
-            }
+            IngestError::Shards(source) => IngestError::Output {
+                dataset: self.d.name.clone(),
+                task: self.t.name.clone(),
+                source: Box::new(source),
+            },
             e => e,
         })?;
         self.seq += 1;
@@ -410,15 +415,16 @@ async fn remove_leftovers(
         source: e,
     })?;
     for m in metas {
-        if let Some(p) = journal::part_number(m.location.as_ref()) {
-            if p >= next_part && p % workers.max(1) == next_part % workers.max(1) {
-                tracing::info!(path = %m.location, "removing a shard left by an interrupted run");
-                store.delete(&m.location).await.map_err(|e| s3_shards::ShardError::Store {
-                    op: "delete",
-                    path: m.location.clone(),
-                    source: e,
-                })?;
-            }
+        if let Some(p) = journal::part_number(m.location.as_ref())
+            && p >= next_part
+            && p % workers.max(1) == next_part % workers.max(1)
+        {
+            tracing::info!(path = %m.location, "removing a shard left by an interrupted run");
+            store.delete(&m.location).await.map_err(|e| s3_shards::ShardError::Store {
+                op: "delete",
+                path: m.location.clone(),
+                source: e,
+            })?;
         }
     }
     Ok(())

@@ -149,10 +149,10 @@ fn run_worker(catalog: &Catalog, out: &Path, w: u32, n: u32, fail_after: Option<
     let done = AtomicUsize::new(0);
     let aside = Mutex::new(None);
     let r = run::run(catalog, &cfg, &|e| {
-        if let Event::CaseDone { .. } = e {
-            if Some(done.fetch_add(1, Ordering::SeqCst) + 1) == fail_after {
-                *aside.lock().unwrap() = Some(break_shards_dir(out));
-            }
+        if let Event::CaseDone { .. } = e
+            && Some(done.fetch_add(1, Ordering::SeqCst) + 1) == fail_after
+        {
+            *aside.lock().unwrap() = Some(break_shards_dir(out));
         }
     });
     match fail_after {
@@ -326,10 +326,10 @@ fn an_s3_outage_mid_run_fails_it_cleanly_and_the_rerun_matches_an_undisturbed_ru
     // The server goes down after the second case and stays down: the run must fail.
     let done = AtomicUsize::new(0);
     let err = run::run(&catalog, &cfg, &|e| {
-        if let Event::CaseDone { .. } = e {
-            if done.fetch_add(1, Ordering::SeqCst) + 1 == 2 {
-                server.lock().unwrap().stop();
-            }
+        if let Event::CaseDone { .. } = e
+            && done.fetch_add(1, Ordering::SeqCst) + 1 == 2
+        {
+            server.lock().unwrap().stop();
         }
     })
     .unwrap_err();
@@ -346,14 +346,14 @@ fn an_s3_outage_mid_run_fails_it_cleanly_and_the_rerun_matches_an_undisturbed_ru
     let server_ref = &server;
     std::thread::scope(|scope| {
         let first = run::run(&catalog, &cfg2, &|e| {
-            if let Event::CaseDone { .. } = e {
-                if done.fetch_add(1, Ordering::SeqCst) + 1 == 3 {
-                    server_ref.lock().unwrap().stop();
-                    let _ = scope.spawn(move || {
-                        std::thread::sleep(Duration::from_millis(300));
-                        server_ref.lock().unwrap().restart();
-                    });
-                }
+            if let Event::CaseDone { .. } = e
+                && done.fetch_add(1, Ordering::SeqCst) + 1 == 3
+            {
+                server_ref.lock().unwrap().stop();
+                let _ = scope.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(300));
+                    server_ref.lock().unwrap().restart();
+                });
             }
         });
         if let Err(e) = first {

@@ -4,8 +4,8 @@
 ///
 /// Case-level variants are *quarantine reasons*: the case is recorded with
 /// [`IngestError::to_string`] and the run goes on. [`IngestError::Output`],
-/// [`IngestError::WorkerCount`], [`IngestError::Conflict`] and
-/// [`IngestError::Incomplete`] end the run (nothing new is published).
+/// [`IngestError::SourceUnavailable`], [`IngestError::WorkerCount`], [`IngestError::Conflict`]
+/// and [`IngestError::Incomplete`] end the run (nothing new is published).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum IngestError {
@@ -123,6 +123,18 @@ pub enum IngestError {
         /// The store's answer.
         #[source]
         source: object_store::Error,
+    },
+    /// A remote source object could not be fetched even after the store client's
+    /// retries (an outage, not a bad file): the run ends, nothing new is published,
+    /// and a re-run fetches the case again. Quarantining it would record a good case
+    /// as bad, and a resume would never retry it.
+    #[error("reading {key} from the source failed; committed work is kept, re-run to resume")]
+    SourceUnavailable {
+        /// The source object or prefix.
+        key: String,
+        /// The store's error (boxed: large, and the rare path).
+        #[source]
+        source: Box<object_store::Error>,
     },
     /// `merge` found listed cases without a fate; nothing was published.
     #[error("{} listed case(s) have no fate, not publishing: {}", .missing.len(), list_missing(.missing))]

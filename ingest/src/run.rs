@@ -220,7 +220,12 @@ fn run_task(
     let listing = match expand_env(raw).and_then(|url| Source::open(&url, &cfg.store_options)) {
         Ok(source) => match rt.block_on(list_cases(&source, t)) {
             Ok(listing) => (source, listing),
-            Err(reason) => return Ok(TaskEnd::Skipped(reason)),
+            // A store that failed while listing is an outage, not a reason to publish
+            // without the dataset.
+            Err(reason) => match source.take_outage() {
+                Some(outage) => return Err(outage),
+                None => return Ok(TaskEnd::Skipped(reason)),
+            },
         },
         Err(reason) => return Ok(TaskEnd::Skipped(reason)),
     };
@@ -295,6 +300,11 @@ fn run_task(
         2 * jobs,
         |case| ctx.process_guarded(pool, case),
         |case, (input_bytes, outcome)| {
+            // A source that cannot be read ends the run rather than quarantine a good case.
+            let outcome = match outcome {
+                Err(e @ IngestError::SourceUnavailable { .. }) => return Err(e),
+                o => o,
+            };
             let (record, samples, quarantined) = case_record(outcome);
             let n = samples.len();
             commit.pending.insert(case.case_id.clone(), record);

@@ -16,6 +16,9 @@ use crate::error::{IngestError, Result};
 pub struct Source {
     loc: StoreLocation,
     local_root: Option<PathBuf>,
+    /// The store error of a failed listing or read: an outage ends the run, where a
+    /// source that is simply not usable (no such layout, nothing matches) skips the task.
+    outage: std::sync::Arc<std::sync::Mutex<Option<(String, object_store::Error)>>>,
 }
 
 /// A file ready to be read: local in place, or a fetched copy deleted on drop.
@@ -47,7 +50,7 @@ impl Source {
             }
         }
         let loc = open_store(url, options).map_err(|e| e.to_string())?;
-        Ok(Source { loc, local_root: local })
+        Ok(Source { loc, local_root: local, outage: Default::default() })
     }
 
     /// The source URL.
@@ -65,7 +68,7 @@ impl Source {
             .map_ok(|m| m.location.to_string())
             .try_collect()
             .await
-            .map_err(|e| format!("listing {}/{prefix}: {e}", self.url()))?;
+            .map_err(|e| self.record_outage(format!("{}/{prefix}", self.url()), e))?;
         keys.sort();
         Ok(keys)
     }
@@ -78,8 +81,23 @@ impl Source {
                 Ok(Some(String::from_utf8_lossy(&b).into_owned()))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(format!("reading {}/{key}: {e}", self.url())),
+            Err(e) => Err(self.record_outage(format!("{}/{key}", self.url()), e)),
         }
+    }
+
+    /// Keeps `e` as the source's outage; returns the message for the listing error.
+    fn record_outage(&self, what: String, e: object_store::Error) -> String {
+        let message = format!("reading {what}: {e}");
+        if !matches!(e, object_store::Error::NotFound { .. }) {
+            *self.outage.lock().unwrap_or_else(|p| p.into_inner()) = Some((what, e));
+        }
+        message
+    }
+
+    /// The store failure behind a failed listing, if it was one.
+    pub fn take_outage(&self) -> Option<IngestError> {
+        let taken = self.outage.lock().unwrap_or_else(|p| p.into_inner()).take();
+        taken.map(|(key, source)| IngestError::SourceUnavailable { key, source: Box::new(source) })
     }
 
     /// Makes `key` readable as a local file (fetching it under `tmp` for remote sources).
@@ -92,19 +110,12 @@ impl Source {
         let name = key.rsplit('/').next().unwrap_or("file");
         let path = dir.path().join(name);
         let obj = ObjPath::from(key);
-        let get = self
-            .loc
-            .store()
-            .get(&obj)
-            .await
-            .map_err(|e| IngestError::Io { file: key.into(), error: std::io::Error::other(e) })?;
+        let unavailable =
+            |source| IngestError::SourceUnavailable { key: format!("{}/{key}", self.url()), source: Box::new(source) };
+        let get = self.loc.store().get(&obj).await.map_err(unavailable)?;
         let mut stream = get.into_stream();
         let mut file = std::fs::File::create(&path).map_err(io)?;
-        while let Some(chunk) = stream
-            .try_next()
-            .await
-            .map_err(|e| IngestError::Io { file: key.into(), error: std::io::Error::other(e) })?
-        {
+        while let Some(chunk) = stream.try_next().await.map_err(unavailable)? {
             std::io::Write::write_all(&mut file, &chunk).map_err(io)?;
         }
         Ok(LocalFile { path, _temp: Some(dir) })

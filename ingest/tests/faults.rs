@@ -376,3 +376,80 @@ fn an_s3_outage_mid_run_fails_it_cleanly_and_the_rerun_matches_an_undisturbed_ru
     assert_eq!(shard_list(&summary.index.unwrap()), expected, "re-run after the outage");
     assert_eq!(no_partial_shards(&url, &opts), expected.len(), "leftovers of the failed run are gone");
 }
+
+/// Every file under `dir`.
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in rd {
+        let p = e.unwrap().path();
+        if p.is_dir() { out.extend(files_in(&p)) } else { out.push(p) }
+    }
+    out
+}
+
+#[test]
+fn a_source_outage_ends_the_run_instead_of_quarantining_good_cases() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Enough cases that some are fetched only after the outage begins (the in-order
+    // window holds 2 x jobs).
+    let local = corpus(&tmp.path().join("raw"), 10);
+    let reference = tmp.path().join("reference");
+    run::run(&local, &tiny_shards(reference.to_str().unwrap()), &|_| {}).unwrap();
+    let expected = shard_list(&index_of(reference.to_str().unwrap(), &StoreOptions::default()).unwrap());
+
+    // The raw corpus lives in a bucket; the output is local.
+    let server = Mutex::new(S3Server::start());
+    let (endpoint, raw_url) = {
+        let s = server.lock().unwrap();
+        (s.endpoint(), s.url("raw"))
+    };
+    let mut opts =
+        StoreOptions::endpoint_with_keys(&endpoint, s3_test_support::ACCESS_KEY, s3_test_support::SECRET_KEY);
+    opts.retry = Retry { max_retries: 1, timeout: Duration::from_secs(2), initial_backoff: Duration::from_millis(20) };
+    let raw = open_store(&raw_url, &opts).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for file in files_in(&tmp.path().join("raw")) {
+        let key = file.strip_prefix(tmp.path().join("raw")).unwrap().to_str().unwrap().to_string();
+        if key.contains('/') {
+            let bytes = std::fs::read(&file).unwrap();
+            rt.block_on(object_store::ObjectStoreExt::put(raw.store().as_ref(), &key.as_str().into(), bytes.into()))
+                .unwrap();
+        }
+    }
+    let mut remote = local.clone();
+    for d in &mut remote.datasets {
+        d.tasks[0].source = Some(format!("{raw_url}/{}", d.name));
+    }
+    let out = tmp.path().join("out");
+    let cfg = IngestConfig {
+        store_options: opts.clone(),
+        tmp_dir: tmp.path().to_path_buf(),
+        ..tiny_shards(out.to_str().unwrap())
+    };
+
+    // The source goes away after the first case: the run ends, nothing is published,
+    // and no case is recorded as quarantined for it.
+    let done = AtomicUsize::new(0);
+    let quarantined = Mutex::new(Vec::new());
+    let err = run::run(&remote, &cfg, &|e| {
+        if let Event::CaseDone { case_id, quarantined: q, .. } = &e {
+            if let Some(r) = q {
+                quarantined.lock().unwrap().push(format!("{case_id}: {r}"));
+            }
+            if done.fetch_add(1, Ordering::SeqCst) == 0 {
+                server.lock().unwrap().stop();
+            }
+        }
+    })
+    .unwrap_err();
+    assert!(matches!(&err, IngestError::SourceUnavailable { key, .. } if key.contains("PhantomCT/")), "{err:?}");
+    assert!(quarantined.lock().unwrap().is_empty(), "{:?}", quarantined.lock().unwrap());
+    assert!(index_of(out.to_str().unwrap(), &StoreOptions::default()).is_none(), "nothing published");
+
+    // The source comes back: the re-run ingests every case, as an undisturbed run does.
+    server.lock().unwrap().restart();
+    let summary = run::run(&remote, &cfg, &|_| {}).unwrap();
+    assert!(summary.datasets.iter().all(|d| d.quarantined == 0));
+    assert_eq!(shard_list(&summary.index.unwrap()), expected);
+}

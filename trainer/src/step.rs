@@ -216,9 +216,9 @@ pub(crate) fn all_reduce_step(
     model: &Sam,
     grads: &mut [GradientsParams; 3],
     totals: &mut [f64; 3],
-    stop: bool,
+    stops: [bool; 2],
     device: &Device,
-) -> Result<bool> {
+) -> Result<[bool; 2]> {
     let (mut values, mut flags) = (Vec::new(), Vec::new());
     let [g0, g1, g2] = grads;
     flat::gather(&model.image_encoder, g0, &mut values, &mut flags);
@@ -227,7 +227,7 @@ pub(crate) fn all_reduce_step(
     let (nv, nf) = (values.len(), flags.len());
     values.extend(flags);
     values.extend(totals.iter().map(|&t| t as f32));
-    values.push(f32::from(u8::from(stop)));
+    values.extend(stops.map(|s| f32::from(u8::from(s))));
     c.all_reduce_sum(&mut values)?;
     let (vals, rest) = values.split_at(nv);
     let (flags, rest) = rest.split_at(nf);
@@ -239,5 +239,28 @@ pub(crate) fn all_reduce_step(
     for (t, v) in totals.iter_mut().zip(&rest[..3]) {
         *t = f64::from(*v);
     }
-    Ok(rest[3] > 0.0)
+    Ok([rest[3] > 0.0, rest[4] > 0.0])
+}
+
+/// Every rank's weights digest through the collective (exactly: 16-bit pieces in
+/// each rank's own slots of a zero buffer, summed); an error naming the ranks when
+/// they differ. A synchronised run can never drift apart silently, as the
+/// reference's DDP did.
+pub(crate) fn check_same_weights(c: &mut TcpCollective, digest: u64, step: u64) -> Result<()> {
+    let (rank, world) = (c.rank(), c.world());
+    let mut buf = vec![0f32; world * 4];
+    for k in 0..4 {
+        buf[rank * 4 + k] = ((digest >> (16 * k)) & 0xffff) as f32;
+    }
+    c.all_reduce_sum(&mut buf)?;
+    let digests: Vec<u64> =
+        (0..world).map(|r| (0..4).fold(0u64, |acc, k| acc | ((buf[r * 4 + k] as u64) << (16 * k)))).collect();
+    if digests.iter().any(|&d| d != digests[0]) {
+        let list: Vec<String> = digests.iter().enumerate().map(|(r, d)| format!("rank {r}: {d:016x}")).collect();
+        return Err(crate::error::TrainError::Collective(format!(
+            "the ranks hold different weights at step {step} ({}); the run stops rather than train diverged copies",
+            list.join(", ")
+        )));
+    }
+    Ok(())
 }

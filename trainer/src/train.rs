@@ -5,6 +5,8 @@
 //! all-reduce (when distributed) and an AdamW step → metrics, checkpoints, stop.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use burn::optim::AdamWConfig;
@@ -26,7 +28,7 @@ use crate::model::Sam;
 use crate::run_identity::{self, RunIdentity};
 use crate::sampler::{Sampler, SamplerState};
 use crate::stage::StageConfig;
-use crate::step::{Accumulators, Optimisers, all_reduce_step, micro_step};
+use crate::step::{Accumulators, Optimisers, all_reduce_step, check_same_weights, micro_step};
 use crate::watchdog::Watchdog;
 use crate::weights::{self, Strictness};
 
@@ -53,6 +55,10 @@ pub struct RunSpec {
     pub collective: CollectiveOptions,
     /// End the process (exit 2) when an optimiser step makes no progress for this long.
     pub step_timeout: Option<Duration>,
+    /// Set (by a SIGTERM/SIGUSR2 handler) to ask for a preemption: every rank stops at
+    /// the same step boundary (the flag travels through the all-reduce), rank 0
+    /// checkpoints, and the outcome says `preempted` (the binary exits 75).
+    pub preempt: Option<Arc<AtomicBool>>,
 }
 
 impl RunSpec {
@@ -69,6 +75,7 @@ impl RunSpec {
             store_options: StoreOptions::default(),
             collective: CollectiveOptions::default(),
             step_timeout: None,
+            preempt: None,
         }
     }
 }
@@ -131,6 +138,8 @@ pub struct TrainOutcome {
     pub last: Option<StepMetrics>,
     /// Stopped by max_steps/max_minutes before the last epoch.
     pub stopped_early: bool,
+    /// Stopped by a preemption request, after a checkpoint at that step.
+    pub preempted: bool,
     /// xxh3 of the final parameters: equal on every rank of a synchronised run.
     pub weights_digest: u64,
 }
@@ -255,7 +264,8 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
     });
 
     let started = Instant::now();
-    let mut outcome = TrainOutcome { state, steps_run: 0, last: None, stopped_early: false, weights_digest: 0 };
+    let mut outcome =
+        TrainOutcome { state, steps_run: 0, last: None, stopped_early: false, preempted: false, weights_digest: 0 };
     // Every rank takes the same optimiser steps on the mean gradient of all ranks.
     let mut collective = match (spec.world > 1, spec.master.as_deref()) {
         (false, _) => None,
@@ -324,11 +334,14 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
                 let mut grads = acc.take();
                 let mut out_of_budget = stage.max_steps.is_some_and(|s| state.step + 1 >= s)
                     || stage.max_minutes.is_some_and(|mins| started.elapsed().as_secs_f64() >= mins * 60.0);
+                let mut preempted = spec.preempt.as_ref().is_some_and(|p| p.load(Ordering::SeqCst));
                 let mut totals = [loss_sum, dice_sum, n_samples as f64];
                 if let Some(c) = collective.as_mut() {
-                    // The stop decision travels with the gradients: ranks whose clocks
-                    // disagree about max_minutes still stop at the same step.
-                    out_of_budget = all_reduce_step(c, &model, &mut grads, &mut totals, out_of_budget, device)?;
+                    // The stop decisions travel with the gradients: ranks whose clocks
+                    // disagree about max_minutes, or only one of which got the SIGTERM,
+                    // still stop at the same step.
+                    [out_of_budget, preempted] =
+                        all_reduce_step(c, &model, &mut grads, &mut totals, [out_of_budget, preempted], device)?;
                 }
                 model = opt.step(model, grads, lr, lr * stage.decoder_lr_factor);
                 state.step += 1;
@@ -357,15 +370,23 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
                 if last {
                     state.sampler = SamplerState { epoch: epoch + 1, consumed: 0 };
                 }
-                if spec.rank == 0 && (state.step % stage.checkpoint_every.max(1) == 0 || last || out_of_budget) {
-                    rt.block_on(log.flush(run.store().as_ref(), state.step))?;
-                    let record = CheckpointState { state, identity: identity.clone() };
-                    let dir = checkpoint::save(&rt, &run, &model, &opt, &record, log.summary(), stage.keep_last)?;
-                    progress(&TrainEvent::Checkpoint { step: state.step, dir });
+                let stop = out_of_budget || preempted;
+                if state.step % stage.checkpoint_every.max(1) == 0 || last || stop {
+                    // Every rank checks it holds the same weights before rank 0 saves them.
+                    if let Some(c) = collective.as_mut() {
+                        check_same_weights(c, weights_digest(&model), state.step)?;
+                    }
+                    if spec.rank == 0 {
+                        rt.block_on(log.flush(run.store().as_ref(), state.step))?;
+                        let record = CheckpointState { state, identity: identity.clone() };
+                        let dir = checkpoint::save(&rt, &run, &model, &opt, &record, log.summary(), stage.keep_last)?;
+                        progress(&TrainEvent::Checkpoint { step: state.step, dir });
+                    }
                 }
-                if out_of_budget {
+                if stop {
                     outcome.state = state;
                     outcome.stopped_early = state.sampler.epoch < stage.epochs;
+                    outcome.preempted = preempted;
                     outcome.weights_digest = weights_digest(&model);
                     return Ok(outcome);
                 }

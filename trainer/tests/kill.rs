@@ -106,3 +106,40 @@ fn kill_9_between_checkpoints_resumes_with_exactly_the_rest() {
     assert_eq!(after, &full[resume_at as usize..], "after the resume: exactly the rest, from the checkpoint on");
     assert_eq!(digest(&out.stdout), full_digest, "the same final weights");
 }
+
+#[test]
+fn sigterm_checkpoints_and_exits_75_and_the_relaunch_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let loc = open_store(data.to_str().unwrap(), &StoreOptions::default()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(synthetic::populate(loc.store(), 1, 12, 1, WriterOptions { row_group_rows: 2, ..Default::default() }))
+        .unwrap();
+    let stage = dir.path().join("stage.toml");
+    std::fs::write(&stage, STAGE.replace("checkpoint_every = 5", "checkpoint_every = 100")).unwrap();
+    let (full_run, full_log) = (dir.path().join("full"), dir.path().join("full.log"));
+    let full = train_cmd(&stage, &data, &full_run, &full_log).stdout(Stdio::piped()).output().unwrap();
+    assert!(full.status.success());
+
+    let (run, log) = (dir.path().join("preempted"), dir.path().join("preempted.log"));
+    let mut child = train_cmd(&stage, &data, &run, &log).stdout(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while steps(&log).len() < 3 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before the signal");
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(75), "preempted: checkpoint and exit 75");
+    let latest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("checkpoints/latest.json")).unwrap()).unwrap();
+    assert_eq!(latest["step"].as_u64().unwrap(), steps(&log).len() as u64, "checkpointed at the step it stopped");
+
+    let out = train_cmd(&stage, &data, &run, &log).stdout(Stdio::piped()).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(steps(&log), steps(&full_log), "no sample repeated or lost across the preemption");
+    let digest = |o: &[u8]| String::from_utf8_lossy(o).split("weights xxh3 ").nth(1).map(|s| s.trim().to_string());
+    assert_eq!(digest(&out.stdout), digest(&full.stdout));
+}

@@ -1,6 +1,9 @@
 //! Training on synthetic shards: loss goes down, a killed run resumes with exactly
 //! the remaining samples, checkpoints round-trip, corrupted samples are skipped.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use burn::prelude::*;
 use object_store::ObjectStoreExt;
 use s3_shards::{StoreOptions, WriterOptions, open_store, synthetic};
@@ -402,4 +405,76 @@ fn the_s3_server_stopping_mid_run_ends_it_and_the_rerun_matches_an_undisturbed_r
     assert!(resumed.from.is_some_and(|f| f.step == 3), "resumed from the checkpoint written before the outage");
     assert_eq!(resumed.out.state, clean.out.state);
     assert_eq!(resumed.out.weights_digest, clean.out.weights_digest, "the same weights as an undisturbed run");
+}
+
+#[test]
+fn a_preemption_on_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint() {
+    let (dir, data) = data_store(6);
+    let st = StageConfig { epochs: 2, checkpoint_every: 100, ..stage(2) };
+    let undisturbed = ranks(&data, &dir.path().join("clean").display().to_string(), &st, 2);
+    let run = dir.path().join("preempted").display().to_string();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let flag = Arc::new(AtomicBool::new(false));
+    let outcomes: Vec<TrainOutcome> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|rank| {
+                let preempt = (rank == 1).then(|| flag.clone());
+                let spec =
+                    RunSpec { rank, world: 2, master: Some(addr.clone()), preempt, ..spec(&data, &run, st.clone()) };
+                let flag = flag.clone();
+                s.spawn(move || {
+                    train(&spec, &Device::flex(), &|e| {
+                        // Rank 1 alone is signalled after its second step.
+                        if let TrainEvent::Step { metrics, .. } = e
+                            && rank == 1
+                            && metrics.step == 2
+                        {
+                            flag.store(true, Ordering::SeqCst);
+                        }
+                    })
+                    .unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(outcomes.iter().all(|o| o.preempted), "both ranks stop on rank 1's signal");
+    assert_eq!(outcomes[0].state, outcomes[1].state, "at the same step");
+    assert_eq!(outcomes[0].state.step, 3, "at the next step boundary");
+    let loc = open_store(&run, &StoreOptions::default()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let latest = rt.block_on(s3_trainer::checkpoint::read_latest(loc.store().as_ref())).unwrap().unwrap();
+    assert_eq!(latest.step, 3, "checkpointed at the step it stopped");
+    // Requeued: the relaunch finishes the stage where an undisturbed run ends.
+    let resumed = ranks(&data, &run, &st, 2);
+    assert_eq!(resumed[0].out.weights_digest, undisturbed[0].out.weights_digest);
+    assert_eq!(resumed[0].out.state, undisturbed[0].out.state);
+}
+
+#[test]
+fn ranks_whose_weights_diverge_are_stopped_at_the_first_checkpoint() {
+    let (dir, data) = data_store(4);
+    let st = StageConfig { epochs: 1, checkpoint_every: 2, ..stage(1) };
+    let run = dir.path().join("diverged").display().to_string();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    // Same gradients, different step sizes: the copies drift apart from step 1.
+    let errors: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|rank| {
+                let st = StageConfig { lr: if rank == 0 { 2e-3 } else { 3e-3 }, ..st.clone() };
+                let spec = RunSpec { rank, world: 2, master: Some(addr.clone()), ..spec(&data, &run, st) };
+                s.spawn(move || train(&spec, &Device::flex(), &|_| {}).unwrap_err().to_string())
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for e in &errors {
+        assert!(e.contains("different weights at step 2") && e.contains("rank 1"), "{e}");
+    }
+    let loc = open_store(&run, &StoreOptions::default()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert!(
+        rt.block_on(s3_trainer::checkpoint::read_latest(loc.store().as_ref())).unwrap().is_none(),
+        "no checkpoint of diverged weights"
+    );
 }

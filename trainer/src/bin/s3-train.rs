@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -12,6 +14,9 @@ use s3_trainer::model::Sam;
 use s3_trainer::{fixture, weights};
 
 mod progress;
+
+/// Exit code of a preempted rank (DESIGN §10): checkpointed, requeue it.
+const PREEMPTED: u8 = 75;
 
 /// SAM-Med3D trainer and model tools.
 #[derive(Parser)]
@@ -219,6 +224,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "launch"
             );
             let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+            // SIGTERM (Kubernetes, Slurm at the time limit) and SIGUSR2 (Slurm's
+            // --signal) mean "checkpoint at the next step and exit 75" (DESIGN §10).
+            let preempt = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR2] {
+                signal_hook::flag::register(sig, preempt.clone()).context("installing the signal handler")?;
+            }
             let spec = s3_trainer::train::RunSpec {
                 rank: launch.rank,
                 world: launch.world,
@@ -230,6 +241,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     ..Default::default()
                 },
                 step_timeout: secs(step_timeout),
+                preempt: Some(preempt),
                 ..s3_trainer::train::RunSpec::new(data, run, stage)
             };
             let outcome = progress::train_with_progress(&spec, &device, samples_log.as_deref())?;
@@ -243,6 +255,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 outcome.last.as_ref().map_or(f64::NAN, |m| m.dice),
                 outcome.weights_digest
             );
+            if outcome.preempted {
+                eprintln!("preempted: checkpoint at step {} written; exit 75 (requeue)", outcome.state.step);
+                return Ok(ExitCode::from(PREEMPTED));
+            }
         }
         Command::Eval { stage, target: Place { data, run }, clicks } => {
             let opts = s3_shards::StoreOptions::default();

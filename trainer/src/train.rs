@@ -240,7 +240,14 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
             rt.block_on(metrics::drop_segments_after(run.store().as_ref(), state.step))?;
         }
         tracing::info!(step = state.step, epoch = state.sampler.epoch, "resumed from {}", l.dir);
-    } else if let Some(init) = &stage.init {
+    } else if spec.rank == 0 {
+        // A fresh start (no checkpoint, or --no-resume): segments of an earlier run in
+        // this folder would otherwise mix into this run's history.
+        rt.block_on(metrics::drop_segments_after(run.store().as_ref(), 0))?;
+    }
+    if latest.is_none()
+        && let Some(init) = &stage.init
+    {
         let tmp = checkpoint::temp_dir()?;
         let file = checkpoint::local_copy(init, &spec.store_options, tmp.path())?;
         let report = weights::load(&mut model, &file, Strictness::Strict)?;

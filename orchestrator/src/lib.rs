@@ -1,6 +1,19 @@
-//! Orchestration of the SAM-Med3D pipeline. Today: [`demo`], the end-to-end CPU run
-//! on a phantom corpus (ingest → train → evaluate) that the README's first command
-//! starts. Stage planning and the local/Slurm/Kubernetes launchers come next.
+//! Orchestration of the SAM-Med3D pipeline: a stage becomes a [`plan::Job`] (one
+//! `s3-train` process per rank with the launch-contract environment), a
+//! [`backend::Backend`] runs it (local processes today), [`launch`] gates and
+//! records every attempt in the run [`ledger`]. [`demo`] is the README's
+//! end-to-end CPU run on a phantom corpus.
+//!
+//! The launch path: `launch::launch_stage` → ledger check (succeeded? gate) →
+//! `plan::train_job` → `Backend::render` (dry run stops here) → `submit` → ledger
+//! (running) → `wait` → ledger (succeeded / preempted / failed, final checkpoint).
 #![deny(missing_docs)]
 
+pub mod backend;
 pub mod demo;
+mod error;
+pub mod launch;
+pub mod ledger;
+pub mod plan;
+
+pub use error::{OrchError, Result};

@@ -1,0 +1,158 @@
+//! The local backend: every rank a process on this machine, its output in
+//! `rank-R.log` under the attempt's log folder; the first rank that fails takes the
+//! others down (a group with a missing rank would only wait for it).
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::backend::{Backend, JobEnd, Submission};
+use crate::error::{OrchError, Result};
+use crate::plan::Job;
+
+/// Exit code of a preempted rank (checkpointed; requeue).
+pub const PREEMPTED: i32 = 75;
+
+/// Rank processes on this machine.
+#[derive(Default)]
+pub struct Local {
+    children: Mutex<HashMap<String, Child>>,
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@%".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+impl Backend for Local {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn render(&self, job: &Job) -> String {
+        let mut out = format!("# {} attempt {}: {} local rank process(es)\n", job.stage, job.attempt, job.ranks.len());
+        for r in &job.ranks {
+            let env: Vec<String> = r.env.iter().map(|(k, v)| format!("{k}={}", shell_quote(v))).collect();
+            let args: Vec<String> = r.args.iter().map(|a| shell_quote(a)).collect();
+            let log = job.log_dir.join(format!("rank-{}.log", r.rank));
+            out.push_str(&format!(
+                "{} {} {} > {} 2>&1 &\n",
+                env.join(" "),
+                shell_quote(&r.program.display().to_string()),
+                args.join(" "),
+                shell_quote(&log.display().to_string())
+            ));
+        }
+        out
+    }
+
+    fn submit(&self, job: &Job) -> Result<Submission> {
+        std::fs::create_dir_all(&job.log_dir)
+            .map_err(|source| OrchError::Io { file: job.log_dir.display().to_string(), source })?;
+        let mut ids = Vec::new();
+        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        for r in &job.ranks {
+            let log_path = job.log_dir.join(format!("rank-{}.log", r.rank));
+            let log = std::fs::File::create(&log_path)
+                .map_err(|source| OrchError::Io { file: log_path.display().to_string(), source })?;
+            let err =
+                log.try_clone().map_err(|source| OrchError::Io { file: log_path.display().to_string(), source })?;
+            let spawned = Command::new(&r.program)
+                .args(&r.args)
+                .envs(r.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(err)
+                .spawn();
+            match spawned {
+                Ok(child) => {
+                    ids.push(child.id().to_string());
+                    children.insert(child.id().to_string(), child);
+                }
+                Err(source) => {
+                    // A group with a missing rank would wait for it: stop the started ones.
+                    for id in &ids {
+                        if let Some(mut c) = children.remove(id) {
+                            let _ = c.kill();
+                            let _ = c.wait();
+                        }
+                    }
+                    return Err(OrchError::Process { what: format!("starting {}", r.program.display()), source });
+                }
+            }
+        }
+        Ok(Submission { ids })
+    }
+
+    fn wait(&self, _job: &Job, submission: &Submission) -> Result<JobEnd> {
+        let mut codes: Vec<Option<Option<i32>>> = vec![None; submission.ids.len()];
+        let mut failed_rank = None;
+        loop {
+            {
+                let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+                let mut failed_now: Vec<(usize, Option<i32>)> = Vec::new();
+                for (rank, id) in submission.ids.iter().enumerate() {
+                    if codes[rank].is_some() {
+                        continue;
+                    }
+                    let Some(child) = children.get_mut(id) else {
+                        codes[rank] = Some(None);
+                        continue;
+                    };
+                    match child.try_wait() {
+                        Ok(Some(status)) => {
+                            codes[rank] = Some(status.code());
+                            children.remove(id);
+                            if !matches!(status.code(), Some(0) | Some(PREEMPTED)) {
+                                failed_now.push((rank, status.code()));
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(source) => {
+                            return Err(OrchError::Process { what: format!("waiting for rank {rank}"), source });
+                        }
+                    }
+                }
+                // When one rank dies its peers fail right after it (their all-reduce
+                // loses the peer): blame a rank killed by a signal over one that
+                // exited with an error, then the lowest.
+                if failed_rank.is_none() {
+                    failed_rank = failed_now.iter().find(|(_, c)| c.is_none()).or(failed_now.first()).map(|(r, _)| *r);
+                }
+                if failed_rank.is_some() {
+                    // The first failure ends the attempt: the other ranks would block in
+                    // the all-reduce until their timeout.
+                    for (rank, id) in submission.ids.iter().enumerate() {
+                        if let Some(mut c) = children.remove(id) {
+                            let _ = c.kill();
+                            codes[rank] = Some(c.wait().ok().and_then(|s| s.code()));
+                        }
+                    }
+                }
+            }
+            if codes.iter().all(Option::is_some) {
+                return Ok(JobEnd {
+                    exit_codes: codes.into_iter().map(Option::unwrap_or_default).collect(),
+                    failed_rank,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn cancel(&self, submission: &Submission) -> Result<()> {
+        for id in &submission.ids {
+            // SIGTERM first: a rank checkpoints and exits 75 (DESIGN §10).
+            let _ = Command::new("kill").args(["-TERM", id]).status();
+        }
+        Ok(())
+    }
+
+    fn is_running(&self, submission: &Submission) -> bool {
+        submission.ids.iter().any(|id| std::path::Path::new(&format!("/proc/{id}")).exists())
+    }
+}

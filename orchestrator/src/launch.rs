@@ -1,0 +1,306 @@
+//! Launching a stage (DESIGN §10): idempotent (a succeeded stage is skipped, a
+//! failed or preempted one continues from its checkpoint as the next attempt),
+//! stage 2 gated on a stage-1 final checkpoint that the ledger records and whose
+//! hash verifies, every attempt recorded in the ledger before and after it runs.
+
+use std::path::PathBuf;
+
+use futures::TryStreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use s3_shards::{StoreLocation, StoreOptions, json, open_store};
+use serde::Deserialize;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::backend::Backend;
+use crate::error::{OrchError, Result};
+use crate::ledger::{Attempt, CheckpointRef, Ledger, State, now};
+use crate::plan::{TrainPlan, train_job};
+
+/// A training stage to launch.
+#[derive(Clone, Debug)]
+pub struct StageLaunch {
+    /// Root of the run folders (`<runs>/<run-id>/`).
+    pub runs: String,
+    /// Run id.
+    pub run_id: String,
+    /// `stage1` or `stage2`.
+    pub stage: String,
+    /// Its stage file.
+    pub stage_file: PathBuf,
+    /// Published shards.
+    pub data: String,
+    /// Ranks.
+    pub ranks: usize,
+    /// `s3-train`.
+    pub train_bin: PathBuf,
+    /// `--device` of the ranks.
+    pub device: String,
+    /// Where rank logs go when the run folder is not a local directory.
+    pub log_root: PathBuf,
+    /// S3 settings.
+    pub store_options: StoreOptions,
+}
+
+/// What a launch did.
+#[derive(Debug)]
+pub enum Launched {
+    /// The stage had succeeded already; nothing was started.
+    AlreadySucceeded,
+    /// `--dry-run`: what would be submitted.
+    DryRun(String),
+    /// The attempt ran; its stage record after it.
+    Ran(crate::ledger::StageRecord),
+}
+
+/// `<root>/<name>` for a path or URL.
+pub fn join(root: &str, name: &str) -> String {
+    format!("{}/{}", root.trim_end_matches('/'), name)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|source| OrchError::Process { what: "starting the I/O runtime".into(), source })
+}
+
+/// xxh3 of a whole object, streamed.
+pub async fn object_xxh3(store: &dyn ObjectStore, key: &str) -> Result<u64> {
+    let path = ObjPath::from(key);
+    let got = store.get(&path).await.map_err(|e| match e {
+        object_store::Error::NotFound { .. } => s3_shards::ShardError::NotFound(key.to_string()),
+        e => s3_shards::ShardError::Store { op: "get", path: path.clone(), source: e },
+    })?;
+    let mut h = Xxh3::new();
+    let mut stream = got.into_stream();
+    while let Some(chunk) = stream.try_next().await.map_err(|e| s3_shards::ShardError::Store {
+        op: "get",
+        path: path.clone(),
+        source: e,
+    })? {
+        h.update(&chunk);
+    }
+    Ok(h.digest())
+}
+
+#[derive(Deserialize)]
+struct Latest {
+    step: u64,
+    dir: String,
+}
+
+#[derive(Deserialize)]
+struct CheckpointIdentity {
+    config_digest: String,
+}
+
+#[derive(Deserialize)]
+struct CheckpointState {
+    identity: CheckpointIdentity,
+}
+
+/// The stage run's latest checkpoint: step, folder, config digest.
+async fn latest_checkpoint(run: &StoreLocation) -> Result<Option<(u64, String, String)>> {
+    let store = run.store().as_ref();
+    let latest: Latest = match json::get_json(store, &ObjPath::from("checkpoints/latest.json")).await {
+        Ok(l) => l,
+        Err(s3_shards::ShardError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let state: CheckpointState = json::get_json(store, &ObjPath::from(format!("{}/state.json", latest.dir))).await?;
+    Ok(Some((latest.step, latest.dir, state.identity.config_digest)))
+}
+
+/// Stage 2's gate: stage 1 succeeded and its final checkpoint is the one recorded.
+async fn stage1_checkpoint(ledger: &Ledger, options: &StoreOptions) -> Result<String> {
+    let s1 = ledger.stage("stage1").filter(|s| s.state == State::Succeeded).ok_or_else(|| {
+        OrchError::Refused(format!(
+            "run {}: stage 2 starts from stage 1's final checkpoint, and stage 1 has not succeeded \
+             (launch stage1 --run {} first)",
+            ledger.run, ledger.run
+        ))
+    })?;
+    let ckpt = s1.final_checkpoint.clone().ok_or_else(|| {
+        OrchError::Refused(format!("run {}: the ledger records no final stage-1 checkpoint", ledger.run))
+    })?;
+    let (dir, name) = ckpt
+        .url
+        .rsplit_once('/')
+        .ok_or_else(|| OrchError::Refused(format!("stage-1 checkpoint URL {} has no file name", ckpt.url)))?;
+    let loc = open_store(dir, options)?;
+    let found = object_xxh3(loc.store().as_ref(), name)
+        .await
+        .map_err(|e| OrchError::Refused(format!("stage 1's final checkpoint {} cannot be read: {e}", ckpt.url)))?;
+    if found != ckpt.xxh3 {
+        return Err(OrchError::Refused(format!(
+            "stage 1's final checkpoint {} has xxh3 {found:016x}, the ledger recorded {:016x}: it changed since \
+             stage 1 ended; not starting stage 2 from it",
+            ckpt.url, ckpt.xxh3
+        )));
+    }
+    Ok(ckpt.url)
+}
+
+/// A token no other job shares (the collective turns away processes without it).
+fn job_token(run_id: &str, stage: &str, attempt: u32) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let seed = format!("{run_id}/{stage}/{attempt}/{}/{nanos}", std::process::id());
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(seed.as_bytes()))
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|source| OrchError::Process { what: "finding a free port".into(), source })?;
+    l.local_addr().map(|a| a.port()).map_err(|source| OrchError::Process { what: "finding a free port".into(), source })
+}
+
+/// Launches (or resumes, or skips) a training stage and waits for it.
+pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, say: &dyn Fn(&str)) -> Result<Launched> {
+    let rt = runtime()?;
+    let run_url = join(&spec.runs, &spec.run_id);
+    let run = open_store(&run_url, &spec.store_options)?;
+    let mut ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), &spec.run_id))?;
+    if ledger.stage(&spec.stage).is_some_and(|s| s.state == State::Succeeded) {
+        say(&format!("run {}: {} already succeeded; nothing to do", spec.run_id, spec.stage));
+        return Ok(Launched::AlreadySucceeded);
+    }
+    let init =
+        if spec.stage == "stage2" { Some(rt.block_on(stage1_checkpoint(&ledger, &spec.store_options))?) } else { None };
+    let attempt = ledger.stage(&spec.stage).map_or(0, |s| s.attempts.len() as u32) + 1;
+    let stage_run = join(&run_url, &spec.stage);
+    let log_dir = match run.url().strip_prefix("file://") {
+        Some(dir) => PathBuf::from(dir).join("logs").join(&spec.stage).join(format!("attempt-{attempt}")),
+        None => spec.log_root.join(&spec.run_id).join(&spec.stage).join(format!("attempt-{attempt}")),
+    };
+    let plan = TrainPlan {
+        train_bin: spec.train_bin.clone(),
+        stage_file: spec.stage_file.clone(),
+        data: spec.data.clone(),
+        run_dir: stage_run.clone(),
+        init: init.clone(),
+        ranks: spec.ranks,
+        device: spec.device.clone(),
+    };
+    if dry_run {
+        let job = train_job(&plan, &spec.run_id, &spec.stage, attempt, 0, None, log_dir);
+        return Ok(Launched::DryRun(backend.render(&job)));
+    }
+    let data = open_store(&spec.data, &spec.store_options)?;
+    let index_xxh3 = rt.block_on(object_xxh3(data.store().as_ref(), s3_shards::INDEX_KEY)).map_err(|e| {
+        OrchError::Refused(format!("no published data at {} ({e}); run s3-orch launch ingest first", data.url()))
+    })?;
+    let token = job_token(&spec.run_id, &spec.stage, attempt);
+    let job = train_job(&plan, &spec.run_id, &spec.stage, attempt, free_port()?, Some(&token), log_dir.clone());
+    say(&format!(
+        "run {}: {} attempt {attempt} on {} ({} rank(s)); logs in {}",
+        spec.run_id,
+        spec.stage,
+        backend.name(),
+        job.ranks.len(),
+        log_dir.display()
+    ));
+    let submission = backend.submit(&job)?;
+    {
+        let rec = ledger.stage_mut(&spec.stage);
+        rec.state = State::Running;
+        rec.init = init.clone();
+        rec.attempts.push(Attempt {
+            attempt,
+            backend: backend.name().into(),
+            job_ids: submission.ids.clone(),
+            state: State::Running,
+            started: now(),
+            ended: None,
+            exit_codes: Vec::new(),
+            error: None,
+            last_step: None,
+            config_digest: None,
+            data_index_xxh3: Some(format!("{index_xxh3:016x}")),
+        });
+    }
+    if let Err(e) = rt.block_on(ledger.save(run.store().as_ref())) {
+        let _ = backend.cancel(&submission);
+        return Err(e);
+    }
+    let end = backend.wait(&job, &submission)?;
+    let stage_loc = open_store(&stage_run, &spec.store_options)?;
+    let latest = rt.block_on(latest_checkpoint(&stage_loc))?;
+    let state = if let Some(rank) = end.failed_rank {
+        State::Failed.with_error(format!(
+            "rank {rank} exited with {} (log: {})",
+            end.exit_codes[rank].map_or("a signal".to_string(), |c| format!("code {c}")),
+            log_dir.join(format!("rank-{rank}.log")).display()
+        ))
+    } else if end.exit_codes.iter().any(|c| *c == Some(crate::backend::local::PREEMPTED)) {
+        (State::Preempted, None)
+    } else {
+        (State::Succeeded, None)
+    };
+    let final_checkpoint = match (&state.0, &latest) {
+        (State::Succeeded, Some((_, dir, _))) => {
+            let key = format!("{dir}/weights.safetensors");
+            let xxh3 = rt.block_on(object_xxh3(stage_loc.store().as_ref(), &key))?;
+            Some(CheckpointRef { url: join(stage_loc.url(), &key), xxh3 })
+        }
+        _ => None,
+    };
+    let rec = ledger.stage_mut(&spec.stage);
+    let a = rec.attempts.last_mut().expect("pushed above");
+    (a.state, a.error) = state.clone();
+    a.ended = Some(now());
+    a.exit_codes = end.exit_codes.clone();
+    a.last_step = latest.as_ref().map(|l| l.0);
+    a.config_digest = latest.as_ref().map(|l| l.2.clone());
+    rec.state = state.0;
+    rec.final_checkpoint = final_checkpoint;
+    let record = rec.clone();
+    rt.block_on(ledger.save(run.store().as_ref()))?;
+    Ok(Launched::Ran(record))
+}
+
+impl State {
+    fn with_error(self, e: String) -> (State, Option<String>) {
+        (self, Some(e))
+    }
+}
+
+/// `status`: the ledger, with running attempts checked against the scheduler; an
+/// attempt whose processes are gone is marked failed (and said so).
+pub fn status(
+    runs: &str,
+    run_id: &str,
+    options: &StoreOptions,
+    backend: &dyn Backend,
+    say: &dyn Fn(&str),
+) -> Result<Ledger> {
+    let rt = runtime()?;
+    let run = open_store(&join(runs, run_id), options)?;
+    let store = run.store().as_ref();
+    let exists = rt.block_on(store.head(&ObjPath::from(crate::ledger::LEDGER))).is_ok();
+    if !exists {
+        return Err(OrchError::Refused(format!("no run {run_id} under {runs} (no ledger.json)")));
+    }
+    let mut ledger = rt.block_on(Ledger::load_or_new(store, run_id))?;
+    let mut changed = false;
+    for s in &mut ledger.stages {
+        let name = s.name.clone();
+        if let Some(a) = s.attempts.last_mut()
+            && a.state == State::Running
+            && a.backend == backend.name()
+            && !backend.is_running(&crate::backend::Submission { ids: a.job_ids.clone() })
+        {
+            say(&format!("{name} attempt {}: its processes are gone without a result; marked failed", a.attempt));
+            a.state = State::Failed;
+            a.error = Some("the processes ended without the launcher recording a result".into());
+            a.ended = Some(now());
+            s.state = State::Failed;
+            changed = true;
+        }
+    }
+    if changed {
+        rt.block_on(ledger.save(store))?;
+    }
+    Ok(ledger)
+}

@@ -1,0 +1,158 @@
+//! The run ledger (DESIGN §10): `<runs>/<run-id>/ledger.json`, the orchestrator's
+//! source of truth. Per stage and attempt: the backend, scheduler job ids, the
+//! trainer's config digest and data hash, the state, the last checkpoint step; at
+//! the end the final checkpoint's URL and xxh3. Written whole in one PUT, which
+//! every store makes atomic: a reader sees the old ledger or the new one.
+
+use object_store::ObjectStore;
+use object_store::path::Path as ObjPath;
+use s3_shards::json;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+/// A stage's or an attempt's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Not started.
+    Pending,
+    /// Submitted or running.
+    Running,
+    /// Stopped by the scheduler after a checkpoint (exit 75): resumes, uses no retry.
+    Preempted,
+    /// Ended with an error.
+    Failed,
+    /// Done.
+    Succeeded,
+}
+
+/// A checkpoint and the hash of its weights file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRef {
+    /// URL of `weights.safetensors`.
+    pub url: String,
+    /// xxh3 of that file.
+    #[serde(with = "s3_shards::index::hex_u64")]
+    pub xxh3: u64,
+}
+
+/// One submission of a stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1-based.
+    pub attempt: u32,
+    /// `local`, `slurm`, `k8s`.
+    pub backend: String,
+    /// Scheduler ids (local: process ids).
+    pub job_ids: Vec<String>,
+    /// State.
+    pub state: State,
+    /// Started, RFC 3339.
+    pub started: String,
+    /// Ended, RFC 3339.
+    #[serde(default)]
+    pub ended: Option<String>,
+    /// Exit code of each rank (None while running, or killed by a signal).
+    #[serde(default)]
+    pub exit_codes: Vec<Option<i32>>,
+    /// Why it failed, naming the rank.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Last checkpoint step when it ended.
+    #[serde(default)]
+    pub last_step: Option<u64>,
+    /// The trainer's digest of the resolved training config (from its checkpoint).
+    #[serde(default)]
+    pub config_digest: Option<String>,
+    /// xxh3 of the data's `index.json` at submission.
+    #[serde(default)]
+    pub data_index_xxh3: Option<String>,
+}
+
+/// One stage of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// `ingest`, `stage1`, `stage2`, `eval`.
+    pub name: String,
+    /// State (of the newest attempt).
+    pub state: State,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<Attempt>,
+    /// The final checkpoint once the stage succeeded.
+    pub final_checkpoint: Option<CheckpointRef>,
+    /// The weights it started from.
+    pub init: Option<String>,
+}
+
+/// `ledger.json`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Ledger {
+    /// Run id.
+    pub run: String,
+    /// Stages in launch order.
+    pub stages: Vec<StageRecord>,
+}
+
+/// Key of the ledger inside the run folder.
+pub const LEDGER: &str = "ledger.json";
+
+impl Ledger {
+    /// The run's ledger, or a new empty one.
+    pub async fn load_or_new(store: &dyn ObjectStore, run: &str) -> Result<Ledger> {
+        match json::get_json::<Ledger>(store, &ObjPath::from(LEDGER)).await {
+            Ok(l) => Ok(l),
+            Err(s3_shards::ShardError::NotFound(_)) => Ok(Ledger { run: run.to_string(), stages: Vec::new() }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes the whole ledger in one PUT.
+    pub async fn save(&self, store: &dyn ObjectStore) -> Result<()> {
+        Ok(json::put_json(store, &ObjPath::from(LEDGER), self).await?)
+    }
+
+    /// The stage's record, if launched before.
+    pub fn stage(&self, name: &str) -> Option<&StageRecord> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+
+    /// The stage's record, created pending if new.
+    pub fn stage_mut(&mut self, name: &str) -> &mut StageRecord {
+        if let Some(i) = self.stages.iter().position(|s| s.name == name) {
+            return &mut self.stages[i];
+        }
+        self.stages.push(StageRecord {
+            name: name.to_string(),
+            state: State::Pending,
+            attempts: Vec::new(),
+            final_checkpoint: None,
+            init: None,
+        });
+        self.stages.last_mut().expect("just pushed")
+    }
+}
+
+/// Now, RFC 3339 (UTC, seconds).
+pub fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ledger_round_trips_with_the_documented_state_names() {
+        let mut l = Ledger { run: "r1".into(), stages: Vec::new() };
+        let s = l.stage_mut("stage1");
+        s.state = State::Preempted;
+        s.final_checkpoint = Some(CheckpointRef { url: "s3://b/x".into(), xxh3: u64::MAX });
+        let text = serde_json::to_string(&l).unwrap();
+        assert!(text.contains("\"preempted\"") && text.contains("ffffffffffffffff"), "{text}");
+        let back: Ledger = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, l);
+        assert_eq!(l.stage_mut("stage1").name, "stage1");
+        assert_eq!(l.stages.len(), 1, "an existing stage is found, not added again");
+    }
+}

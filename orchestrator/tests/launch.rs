@@ -1,0 +1,227 @@
+//! `s3-orch launch` on the local backend with real `s3-train` rank processes: the
+//! ledger, stage 2 gated on a verified stage-1 checkpoint, idempotent relaunch, a
+//! killed rank failing the attempt and the relaunch resuming it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use s3_shards::{StoreOptions, WriterOptions, open_store, synthetic};
+
+fn stage_toml(name: &str, epochs: u64, seed: u64) -> String {
+    format!(
+        r#"name = "{name}"
+preset = "small"
+epochs = {epochs}
+lr = 2e-3
+decoder_lr_factor = 1.0
+batch = 1
+accumulation = 1
+clicks = 2
+seed = {seed}
+checkpoint_every = 2
+shard_window = 2
+loss_resolution = "low"
+legacy_loss = true
+[schedule]
+kind = "constant"
+"#
+    )
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    data: PathBuf,
+    runs: PathBuf,
+    stages: PathBuf,
+}
+
+fn fixture(stage1_epochs: u64) -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let loc = open_store(data.to_str().unwrap(), &StoreOptions::default()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(synthetic::populate(loc.store(), 1, 6, 1, WriterOptions { row_group_rows: 2, ..Default::default() }))
+        .unwrap();
+    let stages = tmp.path().join("stages");
+    std::fs::create_dir_all(&stages).unwrap();
+    std::fs::write(stages.join("stage1.toml"), stage_toml("stage1", stage1_epochs, 1)).unwrap();
+    std::fs::write(stages.join("stage2.toml"), stage_toml("stage2", 1, 2)).unwrap();
+    let runs = tmp.path().join("runs");
+    Fixture { _tmp: tmp, data, runs, stages }
+}
+
+fn orch(f: &Fixture, args: &[&str]) -> Command {
+    let train = Path::new(env!("CARGO_BIN_EXE_s3-orch")).with_file_name("s3-train");
+    assert!(train.exists(), "{} missing: `cargo test --workspace` builds it", train.display());
+    let mut c = Command::new(env!("CARGO_BIN_EXE_s3-orch"));
+    c.args(args);
+    if matches!(args.first(), Some(&"launch")) {
+        c.arg("--data").arg(&f.data).arg("--stages").arg(&f.stages);
+    }
+    if !args.contains(&"--runs") {
+        c.arg("--runs").arg(&f.runs);
+    }
+    c.env("S3_TRAIN_BIN", train);
+    c
+}
+
+fn run(f: &Fixture, args: &[&str]) -> Output {
+    orch(f, args).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn status(f: &Fixture, run_id: &str) -> serde_json::Value {
+    let o = run(f, &["status", "--run", run_id, "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn stage<'a>(s: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    s["stages"].as_array().unwrap().iter().find(|x| x["name"] == name).unwrap_or_else(|| panic!("{name} in {s}"))
+}
+
+/// Every rank's printed weights digest.
+fn digests(log_dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in 0.. {
+        let Ok(t) = std::fs::read_to_string(log_dir.join(format!("rank-{r}.log"))) else { break };
+        out.push(t.split("weights xxh3 ").nth(1).map(|s| s.trim().to_string()).unwrap_or_default());
+    }
+    out
+}
+
+#[test]
+fn stage2_is_gated_on_a_verified_stage1_and_a_succeeded_stage_is_not_run_again() {
+    let f = fixture(1);
+    // Stage 2 before stage 1: refused.
+    let o = run(&f, &["launch", "stage2", "--run", "r1", "--ranks", "2"]);
+    assert!(!o.status.success() && text(&o).contains("stage 1 has not succeeded"), "{}", text(&o));
+
+    // The dry run prints the rank commands and writes nothing.
+    let o = run(&f, &["launch", "stage1", "--run", "r1", "--ranks", "2", "--dry-run"]);
+    let shown = text(&o);
+    assert!(o.status.success(), "{shown}");
+    for want in [
+        "RANK=0 WORLD_SIZE=2 LOCAL_RANK=0",
+        "RANK=1 WORLD_SIZE=2",
+        "S3_STAGE=stage1",
+        "S3_ATTEMPT=1",
+        " train --device cpu",
+    ] {
+        assert!(shown.contains(want), "{want:?} in\n{shown}");
+    }
+    assert!(!f.runs.join("r1/ledger.json").exists(), "a dry run writes nothing");
+
+    let o = run(&f, &["launch", "stage1", "--run", "r1", "--ranks", "2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let s = status(&f, "r1");
+    let s1 = stage(&s, "stage1");
+    assert_eq!(s1["state"], "succeeded");
+    assert_eq!(s1["attempts"].as_array().unwrap().len(), 1);
+    let ckpt = s1["final_checkpoint"]["url"].as_str().unwrap().to_string();
+    assert!(ckpt.ends_with("weights.safetensors"), "{ckpt}");
+    let d = digests(&f.runs.join("r1/logs/stage1/attempt-1"));
+    assert_eq!(d.len(), 2);
+    assert!(!d[0].is_empty() && d[0] == d[1], "both ranks end with the same weights: {d:?}");
+
+    // Launching it again does nothing.
+    let o = run(&f, &["launch", "stage1", "--run", "r1", "--ranks", "2"]);
+    assert!(o.status.success() && text(&o).contains("already succeeded"), "{}", text(&o));
+    assert_eq!(stage(&status(&f, "r1"), "stage1")["attempts"].as_array().unwrap().len(), 1);
+
+    // Stage 2 starts from stage 1's final checkpoint.
+    let o = run(&f, &["launch", "stage2", "--run", "r1", "--ranks", "2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let s = status(&f, "r1");
+    assert_eq!(stage(&s, "stage2")["state"], "succeeded");
+    assert_eq!(stage(&s, "stage2")["init"].as_str(), Some(ckpt.as_str()));
+
+    // A stage-1 checkpoint altered after the fact: stage 2 refuses it.
+    let o = run(&f, &["launch", "stage1", "--run", "r2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let url = stage(&status(&f, "r2"), "stage1")["final_checkpoint"]["url"].as_str().unwrap().to_string();
+    let file = PathBuf::from(url.strip_prefix("file://").unwrap());
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(&file, bytes).unwrap();
+    let o = run(&f, &["launch", "stage2", "--run", "r2"]);
+    assert!(!o.status.success() && text(&o).contains("changed since stage 1 ended"), "{}", text(&o));
+}
+
+/// Starts `launch stage1 --run ID --ranks 2`, and once its first checkpoint is
+/// written sends `signal` to rank 1 (its pid from the ledger); the launcher's output.
+fn signal_rank_1(f: &Fixture, run_id: &str, signal: &str) -> Output {
+    let mut launcher = orch(f, &["launch", "stage1", "--run", run_id, "--ranks", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let latest = f.runs.join(format!("{run_id}/stage1/checkpoints/latest.json"));
+    while !latest.exists() {
+        assert!(launcher.try_wait().unwrap().is_none(), "the launcher ended before the signal");
+        assert!(Instant::now() < deadline, "no checkpoint");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let ledger: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(f.runs.join(format!("{run_id}/ledger.json"))).unwrap()).unwrap();
+    let pid = stage(&ledger, "stage1")["attempts"][0]["job_ids"][1].as_str().unwrap().to_string();
+    assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    launcher.wait_with_output().unwrap()
+}
+
+#[test]
+fn sigterm_to_one_rank_is_a_preemption_and_the_relaunch_finishes() {
+    let f = fixture(8);
+    let out = signal_rank_1(&f, "p", "-TERM");
+    assert_eq!(out.status.code(), Some(75), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = status(&f, "p");
+    let a1 = &stage(&s, "stage1")["attempts"][0];
+    assert_eq!(stage(&s, "stage1")["state"], "preempted");
+    assert_eq!(a1["exit_codes"], serde_json::json!([75, 75]), "every rank checkpointed and exited 75");
+    let o = run(&f, &["launch", "stage1", "--run", "p", "--ranks", "2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let s = status(&f, "p");
+    assert_eq!(stage(&s, "stage1")["state"], "succeeded");
+    assert_eq!(stage(&s, "stage1")["attempts"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_killed_rank_fails_the_attempt_and_the_relaunch_resumes_it() {
+    let f = fixture(8);
+    let out = signal_rank_1(&f, "k", "-9");
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{said}");
+    let s = status(&f, "k");
+    let a1 = &stage(&s, "stage1")["attempts"][0];
+    assert_eq!(stage(&s, "stage1")["state"], "failed");
+    assert!(a1["error"].as_str().unwrap().contains("rank 1"), "the failed rank is named: {a1}");
+    assert!(said.contains("rank 1"), "{said}");
+
+    // The relaunch is attempt 2 and resumes from the last checkpoint.
+    let o = run(&f, &["launch", "stage1", "--run", "k", "--ranks", "2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let s = status(&f, "k");
+    let s1 = stage(&s, "stage1");
+    assert_eq!(s1["state"], "succeeded");
+    assert_eq!(s1["attempts"].as_array().unwrap().len(), 2);
+    let log0 = std::fs::read_to_string(f.runs.join("k/logs/stage1/attempt-2/rank-0.log")).unwrap();
+    assert!(!log0.contains("starting at step 0 "), "attempt 2 resumed from a checkpoint:\n{log0}");
+    // The metrics history has every step once: no repeat, no gap across the kill.
+    let mut steps: Vec<u64> = Vec::new();
+    let mut segs: Vec<PathBuf> =
+        std::fs::read_dir(f.runs.join("k/stage1/metrics")).unwrap().map(|e| e.unwrap().path()).collect();
+    segs.sort();
+    for seg in segs {
+        for line in std::fs::read_to_string(seg).unwrap().lines().skip(1) {
+            steps.push(line.split(',').next().unwrap().parse().unwrap());
+        }
+    }
+    let total = s1["attempts"][1]["last_step"].as_u64().unwrap();
+    assert_eq!(steps, (1..=total).collect::<Vec<_>>());
+}

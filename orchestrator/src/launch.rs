@@ -15,7 +15,7 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::backend::Backend;
 use crate::error::{OrchError, Result};
 use crate::ledger::{Attempt, CheckpointRef, Ledger, State, now};
-use crate::plan::{TrainPlan, train_job};
+use crate::plan::{IngestPlan, TrainPlan, ingest_job, merge_job, train_job};
 
 /// A training stage to launch.
 #[derive(Clone, Debug)]
@@ -170,10 +170,7 @@ pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, sa
         if spec.stage == "stage2" { Some(rt.block_on(stage1_checkpoint(&ledger, &spec.store_options))?) } else { None };
     let attempt = ledger.stage(&spec.stage).map_or(0, |s| s.attempts.len() as u32) + 1;
     let stage_run = join(&run_url, &spec.stage);
-    let log_dir = match run.url().strip_prefix("file://") {
-        Some(dir) => PathBuf::from(dir).join("logs").join(&spec.stage).join(format!("attempt-{attempt}")),
-        None => spec.log_root.join(&spec.run_id).join(&spec.stage).join(format!("attempt-{attempt}")),
-    };
+    let log_dir = log_dir_for(&run, &spec.log_root, &spec.run_id, &spec.stage, attempt);
     let plan = TrainPlan {
         train_bin: spec.train_bin.clone(),
         stage_file: spec.stage_file.clone(),
@@ -303,4 +300,124 @@ pub fn status(
         rt.block_on(ledger.save(store))?;
     }
     Ok(ledger)
+}
+
+/// An ingest to launch: N workers, then the merge.
+#[derive(Clone, Debug)]
+pub struct IngestLaunch {
+    /// Root of the run folders.
+    pub runs: String,
+    /// Run id.
+    pub run_id: String,
+    /// What to run.
+    pub plan: IngestPlan,
+    /// Where worker logs go when the run folder is not a local directory.
+    pub log_root: PathBuf,
+    /// S3 settings.
+    pub store_options: StoreOptions,
+}
+
+fn log_dir_for(run: &StoreLocation, log_root: &std::path::Path, run_id: &str, stage: &str, attempt: u32) -> PathBuf {
+    match run.url().strip_prefix("file://") {
+        Some(dir) => PathBuf::from(dir).join("logs").join(stage).join(format!("attempt-{attempt}")),
+        None => log_root.join(run_id).join(stage).join(format!("attempt-{attempt}")),
+    }
+}
+
+/// Launches (or skips) the ingest of a run: its workers, then the merge.
+pub fn launch_ingest(
+    spec: &IngestLaunch,
+    backend: &dyn Backend,
+    dry_run: bool,
+    say: &dyn Fn(&str),
+) -> Result<Launched> {
+    let rt = runtime()?;
+    let run = open_store(&join(&spec.runs, &spec.run_id), &spec.store_options)?;
+    let mut ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), &spec.run_id))?;
+    if ledger.stage("ingest").is_some_and(|s| s.state == State::Succeeded) {
+        say(&format!("run {}: ingest already succeeded; nothing to do", spec.run_id));
+        return Ok(Launched::AlreadySucceeded);
+    }
+    let attempt = ledger.stage("ingest").map_or(0, |s| s.attempts.len() as u32) + 1;
+    let log_dir = log_dir_for(&run, &spec.log_root, &spec.run_id, "ingest", attempt);
+    let workers = ingest_job(&spec.plan, &spec.run_id, attempt, log_dir.clone());
+    let merge = (spec.plan.workers > 1).then(|| merge_job(&spec.plan, &spec.run_id, attempt, log_dir.join("merge")));
+    if dry_run {
+        let mut text = backend.render(&workers);
+        if let Some(m) = &merge {
+            text.push_str("# then, once every worker succeeded:\n");
+            text.push_str(&backend.render(m));
+        }
+        return Ok(Launched::DryRun(text));
+    }
+    say(&format!(
+        "run {}: ingest attempt {attempt} on {} ({} worker(s)); logs in {}",
+        spec.run_id,
+        backend.name(),
+        workers.ranks.len(),
+        log_dir.display()
+    ));
+    let submission = backend.submit(&workers)?;
+    {
+        let rec = ledger.stage_mut("ingest");
+        rec.state = State::Running;
+        rec.attempts.push(Attempt {
+            attempt,
+            backend: backend.name().into(),
+            job_ids: submission.ids.clone(),
+            state: State::Running,
+            started: now(),
+            ended: None,
+            exit_codes: Vec::new(),
+            error: None,
+            last_step: None,
+            config_digest: None,
+            data_index_xxh3: None,
+        });
+    }
+    if let Err(e) = rt.block_on(ledger.save(run.store().as_ref())) {
+        let _ = backend.cancel(&submission);
+        return Err(e);
+    }
+    let end = backend.wait(&workers, &submission)?;
+    let mut exit_codes = end.exit_codes.clone();
+    let mut error = end.failed_rank.map(|w| {
+        format!(
+            "worker {w} exited with {} (log: {})",
+            end.exit_codes[w].map_or("a signal".to_string(), |c| format!("code {c}")),
+            log_dir.join(format!("rank-{w}.log")).display()
+        )
+    });
+    if error.is_none()
+        && let Some(m) = &merge
+    {
+        let sub = backend.submit(m)?;
+        let e = backend.wait(m, &sub)?;
+        exit_codes.extend(e.exit_codes.iter().copied());
+        if e.failed_rank.is_some() {
+            error = Some(format!(
+                "merge exited with {} (log: {})",
+                e.exit_codes[0].map_or("a signal".to_string(), |c| format!("code {c}")),
+                m.log_dir.join("rank-0.log").display()
+            ));
+        }
+    }
+    let index = match error {
+        None => {
+            let out = open_store(&spec.plan.out, &spec.store_options)?;
+            Some(rt.block_on(object_xxh3(out.store().as_ref(), s3_shards::INDEX_KEY))?)
+        }
+        Some(_) => None,
+    };
+    let rec = ledger.stage_mut("ingest");
+    let a = rec.attempts.last_mut().expect("pushed above");
+    a.state = if error.is_some() { State::Failed } else { State::Succeeded };
+    a.error = error;
+    a.ended = Some(now());
+    a.exit_codes = exit_codes;
+    a.data_index_xxh3 = index.map(|x| format!("{x:016x}"));
+    rec.state = a.state;
+    let record = rec.clone();
+    rt.block_on(ledger.save(run.store().as_ref()))?;
+    Ok(Launched::Ran(record))
 }

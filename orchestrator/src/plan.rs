@@ -100,3 +100,65 @@ pub fn train_job(
         .collect();
     Job { run_id: run_id.into(), stage: stage.into(), attempt, ranks, log_dir }
 }
+
+/// What an ingest needs.
+#[derive(Clone, Debug)]
+pub struct IngestPlan {
+    /// `s3-ingest`.
+    pub ingest_bin: PathBuf,
+    /// The dataset catalogue.
+    pub manifest: PathBuf,
+    /// Output store.
+    pub out: String,
+    /// Worker processes (each takes the cases of its share, `--worker I/N`).
+    pub workers: usize,
+    /// `--jobs` of each worker.
+    pub jobs: usize,
+}
+
+fn identity_env(run_id: &str, stage: &str, attempt: u32) -> Vec<(String, String)> {
+    vec![
+        ("S3_RUN_ID".into(), run_id.into()),
+        ("S3_STAGE".into(), stage.into()),
+        ("S3_ATTEMPT".into(), attempt.to_string()),
+    ]
+}
+
+/// The worker processes of an ingest; one worker publishes by itself, several need
+/// [`merge_job`] after them.
+pub fn ingest_job(plan: &IngestPlan, run_id: &str, attempt: u32, log_dir: PathBuf) -> Job {
+    let n = plan.workers.max(1);
+    let ranks = (0..n)
+        .map(|w| {
+            let mut args = vec![
+                "--manifest".to_string(),
+                plan.manifest.display().to_string(),
+                "--out".into(),
+                plan.out.clone(),
+                "--jobs".into(),
+                plan.jobs.max(1).to_string(),
+            ];
+            if n > 1 {
+                args.extend(["--worker".into(), format!("{w}/{n}")]);
+            }
+            RankCommand {
+                rank: w,
+                program: plan.ingest_bin.clone(),
+                args,
+                env: identity_env(run_id, "ingest", attempt),
+            }
+        })
+        .collect();
+    Job { run_id: run_id.into(), stage: "ingest".into(), attempt, ranks, log_dir }
+}
+
+/// `s3-ingest merge`: publishes what all workers committed.
+pub fn merge_job(plan: &IngestPlan, run_id: &str, attempt: u32, log_dir: PathBuf) -> Job {
+    let rank = RankCommand {
+        rank: 0,
+        program: plan.ingest_bin.clone(),
+        args: vec!["merge".into(), "--out".into(), plan.out.clone()],
+        env: identity_env(run_id, "ingest", attempt),
+    };
+    Job { run_id: run_id.into(), stage: "ingest-merge".into(), attempt, ranks: vec![rank], log_dir }
+}

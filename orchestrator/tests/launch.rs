@@ -225,3 +225,51 @@ fn a_killed_rank_fails_the_attempt_and_the_relaunch_resumes_it() {
     let total = s1["attempts"][1]["last_step"].as_u64().unwrap();
     assert_eq!(steps, (1..=total).collect::<Vec<_>>());
 }
+
+/// (sample id, split, foreground voxels) of every published sample, sorted.
+fn samples(store: &Path) -> Vec<(String, String, i64)> {
+    let loc = open_store(store.to_str().unwrap(), &StoreOptions::default()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut v: Vec<_> = rt
+        .block_on(s3_shards::samples_table::read(loc.store().as_ref()))
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.sample_id, format!("{:?}", r.split), r.fg_voxels))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn the_pipeline_ingests_with_three_workers_then_chains_both_stages() {
+    let f = fixture(1);
+    let tmp = f.runs.parent().unwrap().to_path_buf();
+    let ingest = Path::new(env!("CARGO_BIN_EXE_s3-orch")).with_file_name("s3-ingest");
+    let raw = tmp.join("raw");
+    let o = Command::new(&ingest).args(["synth", "--cases", "4", "--out"]).arg(&raw).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let manifest = raw.join("datasets.toml");
+    let reference = tmp.join("reference");
+    let o = Command::new(&ingest).arg("--manifest").arg(&manifest).arg("--out").arg(&reference).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+
+    let store = tmp.join("store");
+    let (m, out) = (manifest.to_str().unwrap(), store.to_str().unwrap());
+    let o = orch(
+        &f,
+        &["launch", "pipeline", "--manifest", m, "--out", out, "--run", "p", "--workers", "3", "--ranks", "2"],
+    )
+    .env("S3_INGEST_BIN", &ingest)
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(samples(&store), samples(&reference), "3 workers + merge publish what one process does");
+    let s = status(&f, "p");
+    for name in ["ingest", "stage1", "stage2"] {
+        assert_eq!(stage(&s, name)["state"], "succeeded", "{name}: {s}");
+    }
+    assert_eq!(stage(&s, "ingest")["attempts"][0]["exit_codes"].as_array().unwrap().len(), 4, "3 workers + merge");
+    assert_eq!(stage(&s, "stage2")["init"], stage(&s, "stage1")["final_checkpoint"]["url"]);
+    let d = digests(&f.runs.join("p/logs/stage2/attempt-1"));
+    assert!(d.len() == 2 && !d[0].is_empty() && d[0] == d[1], "{d:?}");
+}

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use s3_orch::demo::{DemoConfig, dice_table, run_demo};
-use s3_orch::launch::{Launched, StageLaunch, launch_stage};
-use s3_orch::ledger::State;
+use s3_orch::launch::{IngestLaunch, Launched, StageLaunch, launch_ingest, launch_stage};
+use s3_orch::ledger::{StageRecord, State};
+use s3_orch::plan::IngestPlan;
 use s3_trainer::train::TrainEvent;
 
 /// Orchestrate SAM-Med3D: ingest, stage 1, stage 2.
@@ -39,8 +40,9 @@ enum Command {
     /// attempt. Stage 2 starts only from the stage-1 final checkpoint the ledger
     /// records, after checking its hash.
     Launch {
-        /// stage1 or stage2.
-        #[arg(value_parser = ["stage1", "stage2"])]
+        /// ingest (--manifest, --out, --workers), stage1 / stage2 (--data), or
+        /// pipeline (ingest → stage1 → stage2 in one run).
+        #[arg(value_parser = ["ingest", "stage1", "stage2", "pipeline"])]
         stage: String,
         #[command(flatten)]
         args: LaunchArgs,
@@ -63,9 +65,24 @@ enum Command {
 /// Where and how a stage runs.
 #[derive(clap::Args)]
 struct LaunchArgs {
-    /// Published shards (the ingest's --out).
+    /// Published shards to train on (stage1, stage2; the pipeline uses --out).
     #[arg(long)]
-    data: String,
+    data: Option<String>,
+    /// The dataset catalogue to ingest (ingest, pipeline).
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// Output store of the ingest (ingest, pipeline).
+    #[arg(long)]
+    out: Option<String>,
+    /// Ingest worker processes (each `--worker I/N`, then one merge).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Cases each ingest worker processes in parallel.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// The s3-ingest binary (default: S3_INGEST_BIN, else next to s3-orch, else PATH).
+    #[arg(long)]
+    ingest_bin: Option<PathBuf>,
     /// Root of the run folders: each run is `<runs>/<run>/` (ledger, stage folders, logs).
     #[arg(long)]
     runs: String,
@@ -95,14 +112,43 @@ struct LaunchArgs {
     json: bool,
 }
 
-/// `--train-bin`, else `S3_TRAIN_BIN`, else `s3-train` next to this binary, else on PATH.
-fn train_bin(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| std::env::var_os("S3_TRAIN_BIN").map(PathBuf::from))
+/// The flag, else the variable, else the binary next to this one, else on PATH.
+fn tool(flag: Option<PathBuf>, var: &str, name: &str) -> PathBuf {
+    flag.or_else(|| std::env::var_os(var).map(PathBuf::from))
         .or_else(|| {
-            let sibling = std::env::current_exe().ok()?.with_file_name("s3-train");
+            let sibling = std::env::current_exe().ok()?.with_file_name(name);
             sibling.exists().then_some(sibling)
         })
-        .unwrap_or_else(|| PathBuf::from("s3-train"))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Prints a stage's end; the exit code the launch ends with (75 preempted).
+fn report(run_id: &str, record: &StageRecord, json: bool) -> Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(record)?);
+    }
+    let a = record.attempts.last().context("an attempt was recorded")?;
+    match record.state {
+        State::Succeeded => {
+            eprintln!(
+                "run {run_id}: {} succeeded{}{}",
+                record.name,
+                a.last_step.map_or(String::new(), |s| format!(" at step {s}")),
+                record.final_checkpoint.as_ref().map_or(String::new(), |c| format!("; final checkpoint {}", c.url))
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        State::Preempted => {
+            eprintln!("run {run_id}: {} preempted after a checkpoint; launch again to continue", record.name);
+            Ok(ExitCode::from(75))
+        }
+        _ => bail!(
+            "run {run_id}: {} attempt {} failed: {}; launch again to resume",
+            record.name,
+            a.attempt,
+            a.error.as_deref().unwrap_or("unknown")
+        ),
+    }
 }
 
 fn main() -> ExitCode {
@@ -116,59 +162,73 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let backend = s3_orch::backend::backend(&args.backend)?;
             let run_id = match (&args.run, stage.as_str()) {
                 (Some(r), _) => r.clone(),
-                (None, "stage1") => {
-                    format!("run-{}", s3_orch::ledger::now().replace([':', '-'], "").trim_end_matches('Z'))
+                (None, "stage2") => bail!("stage 2 continues a run: give --run ID (the run of its stage 1)"),
+                (None, _) => format!("run-{}", s3_orch::ledger::now().replace([':', '-'], "").trim_end_matches('Z')),
+            };
+            let say = |m: &str| eprintln!("{m}");
+            let ingest = |out: &str| -> Result<Launched> {
+                let manifest = args.manifest.clone().context("--manifest is needed to ingest")?;
+                let spec = IngestLaunch {
+                    runs: args.runs.clone(),
+                    run_id: run_id.clone(),
+                    plan: IngestPlan {
+                        ingest_bin: tool(args.ingest_bin.clone(), "S3_INGEST_BIN", "s3-ingest"),
+                        manifest,
+                        out: out.to_string(),
+                        workers: args.workers,
+                        jobs: args.jobs,
+                    },
+                    log_root: PathBuf::from("s3-orch-logs"),
+                    store_options: Default::default(),
+                };
+                Ok(launch_ingest(&spec, backend.as_ref(), args.dry_run, &say)?)
+            };
+            let train = |name: &str, data: &str| -> Result<Launched> {
+                let spec = StageLaunch {
+                    runs: args.runs.clone(),
+                    run_id: run_id.clone(),
+                    stage_file: args.stages.join(format!("{name}.toml")),
+                    stage: name.to_string(),
+                    data: data.to_string(),
+                    ranks: args.ranks,
+                    train_bin: tool(args.train_bin.clone(), "S3_TRAIN_BIN", "s3-train"),
+                    device: args.device.clone(),
+                    log_root: PathBuf::from("s3-orch-logs"),
+                    store_options: Default::default(),
+                };
+                if !spec.stage_file.exists() {
+                    bail!(
+                        "stage file {} not found (--stages DIR holds stage1.toml and stage2.toml)",
+                        spec.stage_file.display()
+                    );
                 }
-                (None, _) => bail!("stage 2 continues a run: give --run ID (the run of its stage 1)"),
+                Ok(launch_stage(&spec, backend.as_ref(), args.dry_run, &say)?)
             };
-            let spec = StageLaunch {
-                runs: args.runs,
-                run_id,
-                stage_file: args.stages.join(format!("{stage}.toml")),
-                stage,
-                data: args.data,
-                ranks: args.ranks,
-                train_bin: train_bin(args.train_bin),
-                device: args.device,
-                log_root: PathBuf::from("s3-orch-logs"),
-                store_options: Default::default(),
+            let steps: Vec<&str> = match stage.as_str() {
+                "pipeline" => vec!["ingest", "stage1", "stage2"],
+                one => vec![one],
             };
-            if !spec.stage_file.exists() {
-                bail!(
-                    "stage file {} not found (--stages DIR holds stage1.toml and stage2.toml)",
-                    spec.stage_file.display()
-                );
-            }
-            match launch_stage(&spec, backend.as_ref(), args.dry_run, &|m| eprintln!("{m}"))? {
-                Launched::AlreadySucceeded => {}
-                Launched::DryRun(text) => print!("{text}"),
-                Launched::Ran(record) => {
-                    if args.json {
-                        println!("{}", serde_json::to_string_pretty(&record)?);
-                    }
-                    let a = record.attempts.last().context("an attempt was recorded")?;
-                    match record.state {
-                        State::Succeeded => eprintln!(
-                            "run {}: {} succeeded at step {}; final checkpoint {}",
-                            spec.run_id,
-                            spec.stage,
-                            a.last_step.unwrap_or(0),
-                            record.final_checkpoint.as_ref().map_or("-", |c| c.url.as_str())
-                        ),
-                        State::Preempted => {
-                            eprintln!(
-                                "run {}: {} preempted after a checkpoint; launch again to continue",
-                                spec.run_id, spec.stage
-                            );
-                            return Ok(ExitCode::from(75));
+            for step in steps {
+                let launched = match step {
+                    "ingest" => ingest(args.out.as_deref().context("--out is needed to ingest")?)?,
+                    name => {
+                        let data = if stage == "pipeline" { args.out.as_deref() } else { args.data.as_deref() };
+                        let data = data.context("--data is needed to train (--out for the pipeline)")?;
+                        if args.dry_run && stage == "pipeline" && name == "stage2" {
+                            println!("# stage2: starts from stage 1's final checkpoint once the ledger records it");
+                            continue;
                         }
-                        _ => bail!(
-                            "run {}: {} attempt {} failed: {}; launch again to resume from the last checkpoint",
-                            spec.run_id,
-                            spec.stage,
-                            a.attempt,
-                            a.error.as_deref().unwrap_or("unknown")
-                        ),
+                        train(name, data)?
+                    }
+                };
+                match launched {
+                    Launched::AlreadySucceeded => {}
+                    Launched::DryRun(text) => print!("{text}"),
+                    Launched::Ran(record) => {
+                        let code = report(&run_id, &record, args.json)?;
+                        if code != ExitCode::SUCCESS {
+                            return Ok(code);
+                        }
                     }
                 }
             }

@@ -160,7 +160,7 @@ fn free_port() -> Result<u16> {
 pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, say: &dyn Fn(&str)) -> Result<Launched> {
     let rt = runtime()?;
     let run_url = join(&spec.runs, &spec.run_id);
-    let run = open_store(&run_url, &spec.store_options)?;
+    let run = open_run(&run_url, &spec.store_options, dry_run)?;
     let mut ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), &spec.run_id))?;
     if ledger.stage(&spec.stage).is_some_and(|s| s.state == State::Succeeded) {
         say(&format!("run {}: {} already succeeded; nothing to do", spec.run_id, spec.stage));
@@ -324,6 +324,24 @@ fn log_dir_for(run: &StoreLocation, log_root: &std::path::Path, run_id: &str, st
     }
 }
 
+/// The run folder's store. A dry run touches nothing: a local run folder that does
+/// not exist yet is not created (opening a local store creates its directory), and
+/// stands for an empty run.
+fn open_run(url: &str, options: &StoreOptions, dry_run: bool) -> Result<StoreLocation> {
+    let local =
+        if url.contains("://") { url.strip_prefix("file://").map(PathBuf::from) } else { Some(PathBuf::from(url)) };
+    if dry_run
+        && let Some(dir) = local
+        && !dir.exists()
+    {
+        let abs =
+            std::path::absolute(&dir).map_err(|source| OrchError::Io { file: dir.display().to_string(), source })?;
+        let empty: std::sync::Arc<dyn ObjectStore> = std::sync::Arc::new(object_store::memory::InMemory::new());
+        return Ok(StoreLocation::from_store(format!("file://{}", abs.display()), empty));
+    }
+    Ok(open_store(url, options)?)
+}
+
 /// Launches (or skips) the ingest of a run: its workers, then the merge.
 pub fn launch_ingest(
     spec: &IngestLaunch,
@@ -332,7 +350,7 @@ pub fn launch_ingest(
     say: &dyn Fn(&str),
 ) -> Result<Launched> {
     let rt = runtime()?;
-    let run = open_store(&join(&spec.runs, &spec.run_id), &spec.store_options)?;
+    let run = open_run(&join(&spec.runs, &spec.run_id), &spec.store_options, dry_run)?;
     let mut ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), &spec.run_id))?;
     if ledger.stage("ingest").is_some_and(|s| s.state == State::Succeeded) {
         say(&format!("run {}: ingest already succeeded; nothing to do", spec.run_id));

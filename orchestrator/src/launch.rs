@@ -439,3 +439,45 @@ pub fn launch_ingest(
     rt.block_on(ledger.save(run.store().as_ref()))?;
     Ok(Launched::Ran(record))
 }
+
+/// The log file of one rank of an attempt (the newest attempt by default) of a run
+/// whose run folder is a local directory, or under `log_root` otherwise.
+pub fn log_path(
+    runs: &str,
+    run_id: &str,
+    stage: &str,
+    attempt: Option<u32>,
+    rank: usize,
+    log_root: &std::path::Path,
+    options: &StoreOptions,
+) -> Result<PathBuf> {
+    let rt = runtime()?;
+    let run = open_run(&join(runs, run_id), options, true)?;
+    let ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), run_id))?;
+    let record = ledger
+        .stage(stage)
+        .ok_or_else(|| OrchError::Refused(format!("run {run_id} has no stage {stage} in its ledger")))?;
+    let attempt = match attempt {
+        Some(a) if record.attempts.iter().any(|x| x.attempt == a) => a,
+        Some(a) => return Err(OrchError::Refused(format!("{stage} of run {run_id} has no attempt {a}"))),
+        None => record.attempts.last().map_or(1, |a| a.attempt),
+    };
+    Ok(log_dir_for(&run, log_root, run_id, stage, attempt).join(format!("rank-{rank}.log")))
+}
+
+/// Stops the running attempts of a run (SIGTERM: the ranks checkpoint and exit 75,
+/// so a relaunch continues); returns the stages it signalled.
+pub fn cancel(runs: &str, run_id: &str, options: &StoreOptions, backend: &dyn Backend) -> Result<Vec<String>> {
+    let ledger = status(runs, run_id, options, backend, &|_| {})?;
+    let mut signalled = Vec::new();
+    for s in &ledger.stages {
+        if let Some(a) = s.attempts.last()
+            && a.state == State::Running
+            && a.backend == backend.name()
+        {
+            backend.cancel(&crate::backend::Submission { ids: a.job_ids.clone() })?;
+            signalled.push(s.name.clone());
+        }
+    }
+    Ok(signalled)
+}

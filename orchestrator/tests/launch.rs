@@ -128,6 +128,12 @@ fn stage2_is_gated_on_a_verified_stage1_and_a_succeeded_stage_is_not_run_again()
     assert_eq!(d.len(), 2);
     assert!(!d[0].is_empty() && d[0] == d[1], "both ranks end with the same weights: {d:?}");
 
+    // Its logs, by rank; nothing left to cancel.
+    let o = run(&f, &["logs", "--run", "r1", "--stage", "stage1", "--rank", "1"]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rank 1/2: trained"), "{}", text(&o));
+    let o = run(&f, &["cancel", "--run", "r1"]);
+    assert!(o.status.success() && text(&o).contains("nothing running"), "{}", text(&o));
+
     // Launching it again does nothing.
     let o = run(&f, &["launch", "stage1", "--run", "r1", "--ranks", "2"]);
     assert!(o.status.success() && text(&o).contains("already succeeded"), "{}", text(&o));
@@ -154,7 +160,8 @@ fn stage2_is_gated_on_a_verified_stage1_and_a_succeeded_stage_is_not_run_again()
 }
 
 /// Starts `launch stage1 --run ID --ranks 2`, and once its first checkpoint is
-/// written sends `signal` to rank 1 (its pid from the ledger); the launcher's output.
+/// written sends `signal` to rank 1 (its pid from the ledger; `cancel`: runs
+/// `s3-orch cancel`); the launcher's output.
 fn signal_rank_1(f: &Fixture, run_id: &str, signal: &str) -> Output {
     let mut launcher = orch(f, &["launch", "stage1", "--run", run_id, "--ranks", "2"])
         .stdout(Stdio::null())
@@ -171,7 +178,12 @@ fn signal_rank_1(f: &Fixture, run_id: &str, signal: &str) -> Output {
     let ledger: serde_json::Value =
         serde_json::from_slice(&std::fs::read(f.runs.join(format!("{run_id}/ledger.json"))).unwrap()).unwrap();
     let pid = stage(&ledger, "stage1")["attempts"][0]["job_ids"][1].as_str().unwrap().to_string();
-    assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    if signal == "cancel" {
+        let o = run(f, &["cancel", "--run", run_id]);
+        assert!(o.status.success() && text(&o).contains("asked stage1"), "{}", text(&o));
+    } else {
+        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    }
     launcher.wait_with_output().unwrap()
 }
 
@@ -189,6 +201,17 @@ fn sigterm_to_one_rank_is_a_preemption_and_the_relaunch_finishes() {
     let s = status(&f, "p");
     assert_eq!(stage(&s, "stage1")["state"], "succeeded");
     assert_eq!(stage(&s, "stage1")["attempts"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn cancel_checkpoints_every_rank_and_records_a_preemption() {
+    let f = fixture(8);
+    let out = signal_rank_1(&f, "c", "cancel");
+    assert_eq!(out.status.code(), Some(75), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = status(&f, "c");
+    assert_eq!(stage(&s, "stage1")["state"], "preempted");
+    let steps = stage(&s, "stage1")["attempts"][0]["last_step"].as_u64().unwrap();
+    assert!(steps >= 2, "checkpointed where it stopped: {s}");
 }
 
 #[test]

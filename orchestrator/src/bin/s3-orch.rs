@@ -50,16 +50,46 @@ enum Command {
     /// The run ledger: stages, attempts, states, job ids, last checkpoint step. Running
     /// attempts are checked against the scheduler.
     Status {
-        /// Root of the run folders.
-        #[arg(long)]
-        runs: String,
-        /// Run id.
-        #[arg(long)]
-        run: String,
+        #[command(flatten)]
+        target: RunRef,
         /// Print the ledger as JSON.
         #[arg(long)]
         json: bool,
     },
+    /// Print a rank's log of a stage (the newest attempt by default).
+    Logs {
+        #[command(flatten)]
+        target: RunRef,
+        /// ingest, stage1, stage2.
+        #[arg(long)]
+        stage: String,
+        /// Attempt number (default: the newest).
+        #[arg(long)]
+        attempt: Option<u32>,
+        /// Rank (or ingest worker).
+        #[arg(long, default_value_t = 0)]
+        rank: usize,
+        /// Keep printing what is appended until the attempt ends.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Stop a run's running attempts: SIGTERM, so every rank checkpoints and exits 75
+    /// (the ledger then records a preemption; launch again to continue).
+    Cancel {
+        #[command(flatten)]
+        target: RunRef,
+    },
+}
+
+/// Which run.
+#[derive(clap::Args)]
+struct RunRef {
+    /// Root of the run folders.
+    #[arg(long)]
+    runs: String,
+    /// Run id.
+    #[arg(long)]
+    run: String,
 }
 
 /// Where and how a stage runs.
@@ -233,7 +263,42 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Status { runs, run, json } => {
+        Command::Logs { target: RunRef { runs, run }, stage, attempt, rank, follow } => {
+            let path = s3_orch::launch::log_path(
+                &runs,
+                &run,
+                &stage,
+                attempt,
+                rank,
+                std::path::Path::new("s3-orch-logs"),
+                &Default::default(),
+            )?;
+            let mut file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            let mut out = std::io::stdout();
+            std::io::copy(&mut file, &mut out)?;
+            if follow {
+                let backend = s3_orch::backend::backend("local")?;
+                loop {
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                    std::io::copy(&mut file, &mut out)?;
+                    let ledger = s3_orch::launch::status(&runs, &run, &Default::default(), backend.as_ref(), &|_| {})?;
+                    if ledger.stage(&stage).is_none_or(|s| s.state != State::Running) {
+                        std::io::copy(&mut file, &mut out)?;
+                        break;
+                    }
+                }
+            }
+        }
+        Command::Cancel { target: RunRef { runs, run } } => {
+            let backend = s3_orch::backend::backend("local")?;
+            let stopped = s3_orch::launch::cancel(&runs, &run, &Default::default(), backend.as_ref())?;
+            if stopped.is_empty() {
+                eprintln!("run {run}: nothing running");
+            } else {
+                eprintln!("run {run}: asked {} to checkpoint and stop (SIGTERM)", stopped.join(", "));
+            }
+        }
+        Command::Status { target: RunRef { runs, run }, json } => {
             let backend = s3_orch::backend::backend("local")?;
             let ledger =
                 s3_orch::launch::status(&runs, &run, &Default::default(), backend.as_ref(), &|m| eprintln!("{m}"))?;

@@ -36,10 +36,22 @@ pub struct StageLaunch {
     pub train_bin: PathBuf,
     /// `--device` of the ranks.
     pub device: String,
+    /// The catalogue the data was ingested from: its pretrain/finetune flags drive
+    /// the stage's selection unless the stage file names its own `datasets.catalog`.
+    pub catalog: Option<PathBuf>,
     /// Where rank logs go when the run folder is not a local directory.
     pub log_root: PathBuf,
     /// S3 settings.
     pub store_options: StoreOptions,
+}
+
+/// Whether a stage file names its own `datasets.catalog`.
+fn names_catalog(stage_file: &std::path::Path) -> Result<bool> {
+    let text = std::fs::read_to_string(stage_file)
+        .map_err(|source| OrchError::Io { file: stage_file.display().to_string(), source })?;
+    let v: toml::Value =
+        toml::from_str(&text).map_err(|e| OrchError::Config(format!("{}: {e}", stage_file.display())))?;
+    Ok(v.get("datasets").and_then(|d| d.get("catalog")).is_some())
 }
 
 /// What a launch did.
@@ -177,6 +189,10 @@ pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, sa
         data: spec.data.clone(),
         run_dir: stage_run.clone(),
         init: init.clone(),
+        catalog: match &spec.catalog {
+            Some(c) if !names_catalog(&spec.stage_file)? => Some(c.clone()),
+            _ => None,
+        },
         ranks: spec.ranks,
         device: spec.device.clone(),
     };

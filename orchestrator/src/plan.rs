@@ -46,6 +46,8 @@ pub struct TrainPlan {
     pub run_dir: String,
     /// Weights to start from (stage 2: stage 1's final checkpoint).
     pub init: Option<String>,
+    /// Catalogue for the selection's flags, when the stage file names none.
+    pub catalog: Option<PathBuf>,
     /// Number of ranks.
     pub ranks: usize,
     /// `--device` of every rank.
@@ -79,6 +81,9 @@ pub fn train_job(
     ];
     if let Some(init) = &plan.init {
         args.extend(["--init".into(), init.clone()]);
+    }
+    if let Some(c) = &plan.catalog {
+        args.extend(["--catalog".into(), c.display().to_string()]);
     }
     let ranks = (0..world)
         .map(|rank| RankCommand {

@@ -276,6 +276,13 @@ fn the_pipeline_ingests_with_three_workers_then_chains_both_stages() {
     let o = Command::new(&ingest).arg("--manifest").arg(&manifest).arg("--out").arg(&reference).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
 
+    // The stages select by the catalogue's flags without naming a catalogue: the
+    // pipeline hands them the one it ingested.
+    for (name, select) in [("stage1", "pretrain"), ("stage2", "finetune")] {
+        let file = f.stages.join(format!("{name}.toml"));
+        let text = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(&file, format!("{text}[datasets]\nselect = \"{select}\"\n")).unwrap();
+    }
     let store = tmp.join("store");
     let (m, out) = (manifest.to_str().unwrap(), store.to_str().unwrap());
     let o = orch(

@@ -98,7 +98,9 @@ struct LaunchArgs {
     /// Published shards to train on (stage1, stage2; the pipeline uses --out).
     #[arg(long)]
     data: Option<String>,
-    /// The dataset catalogue to ingest (ingest, pipeline).
+    /// The dataset catalogue to ingest (ingest, pipeline); for the training stages
+    /// its pretrain/finetune flags drive the selection unless the stage file names its
+    /// own `datasets.catalog`.
     #[arg(long)]
     manifest: Option<PathBuf>,
     /// Output store of the ingest (ingest, pipeline).
@@ -223,6 +225,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     ranks: args.ranks,
                     train_bin: tool(args.train_bin.clone(), "S3_TRAIN_BIN", "s3-train"),
                     device: args.device.clone(),
+                    catalog: args.manifest.clone(),
                     log_root: PathBuf::from("s3-orch-logs"),
                     store_options: Default::default(),
                 };

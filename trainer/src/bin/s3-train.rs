@@ -78,9 +78,13 @@ enum Command {
         /// Start over even if the run has a checkpoint.
         #[arg(long)]
         no_resume: bool,
-        /// Override the stage's init weights.
+        /// Override the stage's init weights (a path or any store URL).
         #[arg(long)]
         init: Option<String>,
+        /// The dataset catalogue whose pretrain/finetune flags the stage's selection
+        /// reads (overrides the stage's `datasets.catalog`).
+        #[arg(long)]
+        catalog: Option<PathBuf>,
         /// This rank.
         #[arg(long)]
         rank: Option<usize>,
@@ -196,6 +200,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             target: RunArgs { stage, place: Place { data, run } },
             no_resume,
             init,
+            catalog,
             rank,
             world,
             master,
@@ -206,6 +211,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut stage = s3_trainer::stage::StageConfig::load(&stage)?;
             if init.is_some() {
                 stage.init = init;
+            }
+            if let Some(c) = catalog {
+                stage.datasets.catalog = Some(c.display().to_string());
             }
             let launch =
                 s3_trainer::launch_env::from_env(&s3_trainer::launch_env::LaunchFlags { rank, world, master })?;

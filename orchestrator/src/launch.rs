@@ -246,7 +246,7 @@ pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, sa
             end.exit_codes[rank].map_or("a signal".to_string(), |c| format!("code {c}")),
             log_dir.join(format!("rank-{rank}.log")).display()
         ))
-    } else if end.exit_codes.iter().any(|c| *c == Some(crate::backend::local::PREEMPTED)) {
+    } else if end.exit_codes.contains(&Some(crate::backend::local::PREEMPTED)) {
         (State::Preempted, None)
     } else {
         (State::Succeeded, None)

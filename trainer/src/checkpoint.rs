@@ -62,7 +62,7 @@ pub(crate) struct Restored {
 }
 
 fn put_err(op: &'static str, key: &ObjPath, e: object_store::Error) -> TrainError {
-    TrainError::Shards(s3_shards::ShardError::Store { op, path: key.clone(), source: e })
+    TrainError::from(s3_shards::ShardError::Store { op, path: key.clone(), source: e })
 }
 
 fn io_err(file: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
@@ -114,7 +114,7 @@ pub async fn get_file(store: &dyn ObjectStore, key: &str, file: &Path) -> Result
     use std::io::Write;
     let path = ObjPath::from(key);
     let got = store.get(&path).await.map_err(|e| match e {
-        object_store::Error::NotFound { .. } => TrainError::Shards(s3_shards::ShardError::NotFound(key.to_string())),
+        object_store::Error::NotFound { .. } => TrainError::from(s3_shards::ShardError::NotFound(key.to_string())),
         e => put_err("get", &path, e),
     })?;
     let mut out = std::io::BufWriter::new(std::fs::File::create(file).map_err(io_err(file))?);

@@ -36,11 +36,18 @@ pub enum TrainError {
         sample_id: String,
         /// The store error.
         #[source]
-        source: s3_shards::ShardError,
+        source: Box<s3_shards::ShardError>,
     },
-    /// Shards could not be read.
+    /// Shards could not be read (boxed: the store error is large, and this is the
+    /// rare path).
     #[error(transparent)]
-    Shards(#[from] s3_shards::ShardError),
+    Shards(Box<s3_shards::ShardError>),
+}
+
+impl From<s3_shards::ShardError> for TrainError {
+    fn from(e: s3_shards::ShardError) -> Self {
+        TrainError::Shards(Box::new(e))
+    }
 }
 
 /// Result alias.

@@ -115,7 +115,9 @@ pub fn evaluate(
                 report.skipped.push(format!("{sample_id}: {reason}"));
                 continue;
             }
-            Loaded::Failed { sample_id, error, .. } => return Err(TrainError::Read { sample_id, source: error }),
+            Loaded::Failed { sample_id, error, .. } => {
+                return Err(TrainError::Read { sample_id, source: Box::new(error) });
+            }
         };
         let image = Tensor::<5>::from_data(TensorData::new(item.image.clone(), [1, 1, s, s, s]), device);
         let emb = model.image_encoder.forward(image);
@@ -160,9 +162,10 @@ pub fn write_report(run: &StoreLocation, name: &str, report: &EvalReport) -> Res
     let store = run.store().as_ref();
     rt.block_on(async {
         let csv = ObjPath::from(format!("eval/{name}.csv"));
-        store.put(&csv, PutPayload::from(report.to_csv().into_bytes())).await.map_err(|e| {
-            TrainError::Shards(s3_shards::ShardError::Store { op: "put", path: csv.clone(), source: e })
-        })?;
-        json::put_json(store, &ObjPath::from(format!("eval/{name}.json")), report).await.map_err(TrainError::Shards)
+        store
+            .put(&csv, PutPayload::from(report.to_csv().into_bytes()))
+            .await
+            .map_err(|e| TrainError::from(s3_shards::ShardError::Store { op: "put", path: csv.clone(), source: e }))?;
+        json::put_json(store, &ObjPath::from(format!("eval/{name}.json")), report).await.map_err(TrainError::from)
     })
 }

@@ -39,7 +39,7 @@ pub struct StepMetrics {
 }
 
 fn store_err(op: &'static str, path: &ObjPath, e: object_store::Error) -> TrainError {
-    TrainError::Shards(s3_shards::ShardError::Store { op, path: path.clone(), source: e })
+    TrainError::from(s3_shards::ShardError::Store { op, path: path.clone(), source: e })
 }
 
 fn segment_key(last_step: u64) -> ObjPath {

@@ -190,7 +190,7 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
     let run = open_store(&spec.run, &spec.store_options)?;
 
     // Phase 0: what this run is — the data as published, the selection, the model.
-    let (rows, datasets, samples_xxh3) = select_rows(&data, stage, Split::Train, &rt)?;
+    let (rows, datasets, samples_xxh3) = select_rows(&data, stage, Split::Train, rt)?;
     if rows.is_empty() {
         return Err(TrainError::Config(format!("stage {}: no training samples selected in {}", stage.name, data)));
     }
@@ -232,7 +232,7 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
         let verify = |saved: &CheckpointState| {
             run_identity::check_resume(&saved.identity, saved_config.as_ref(), &identity, &training)
         };
-        let restored = checkpoint::load(&rt, &run, &l.dir, model, opt, verify)?;
+        let restored = checkpoint::load(rt, &run, &l.dir, model, opt, verify)?;
         (model, opt, state) = (restored.model, restored.opt, restored.state.state);
         log = MetricsLog::resume(restored.summary);
         _checkpoint_files = Some(restored._files);
@@ -314,7 +314,9 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
                 Loaded::Item(item) => micro.push(item),
                 // A store that keeps failing ends the run: the resume continues exactly
                 // where the last checkpoint left off, instead of training without the sample.
-                Loaded::Failed { sample_id, error, .. } => return Err(TrainError::Read { sample_id, source: error }),
+                Loaded::Failed { sample_id, error, .. } => {
+                    return Err(TrainError::Read { sample_id, source: Box::new(error) });
+                }
             }
             let last = loaded.peek().is_none();
             if slot_positions == stage.batch || last {
@@ -386,7 +388,7 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
                     if spec.rank == 0 {
                         rt.block_on(log.flush(run.store().as_ref(), state.step))?;
                         let record = CheckpointState { state, identity: identity.clone() };
-                        let dir = checkpoint::save(&rt, &run, &model, &opt, &record, log.summary(), stage.keep_last)?;
+                        let dir = checkpoint::save(rt, &run, &model, &opt, &record, log.summary(), stage.keep_last)?;
                         progress(&TrainEvent::Checkpoint { step: state.step, dir });
                     }
                 }

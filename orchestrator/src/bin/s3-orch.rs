@@ -45,7 +45,7 @@ enum Command {
         #[arg(value_parser = ["ingest", "stage1", "stage2", "pipeline"])]
         stage: String,
         #[command(flatten)]
-        args: LaunchArgs,
+        args: Box<LaunchArgs>,
     },
     /// The run ledger: stages, attempts, states, job ids, last checkpoint step. Running
     /// attempts are checked against the scheduler.

@@ -109,12 +109,18 @@ struct CheckpointIdentity {
 }
 
 #[derive(Deserialize)]
-struct CheckpointState {
-    identity: CheckpointIdentity,
+struct SamplerPosition {
+    epoch: u64,
 }
 
-/// The stage run's latest checkpoint: step, folder, config digest.
-async fn latest_checkpoint(run: &StoreLocation) -> Result<Option<(u64, String, String)>> {
+#[derive(Deserialize)]
+struct CheckpointState {
+    identity: CheckpointIdentity,
+    sampler: SamplerPosition,
+}
+
+/// The stage run's latest checkpoint: step, folder, config digest, epoch reached.
+async fn latest_checkpoint(run: &StoreLocation) -> Result<Option<(u64, String, String, u64)>> {
     let store = run.store().as_ref();
     let latest: Latest = match json::get_json(store, &ObjPath::from("checkpoints/latest.json")).await {
         Ok(l) => l,
@@ -122,7 +128,7 @@ async fn latest_checkpoint(run: &StoreLocation) -> Result<Option<(u64, String, S
         Err(e) => return Err(e.into()),
     };
     let state: CheckpointState = json::get_json(store, &ObjPath::from(format!("{}/state.json", latest.dir))).await?;
-    Ok(Some((latest.step, latest.dir, state.identity.config_digest)))
+    Ok(Some((latest.step, latest.dir, state.identity.config_digest, state.sampler.epoch)))
 }
 
 /// Stage 2's gate: stage 1 succeeded and its final checkpoint is the one recorded.
@@ -155,6 +161,43 @@ async fn stage1_checkpoint(ledger: &Ledger, options: &StoreOptions) -> Result<St
     Ok(ckpt.url)
 }
 
+/// Two attempts of a stage at once would write the same checkpoints: refused while
+/// the newest attempt's processes still run; one whose processes are gone without a
+/// result (the launcher died) is marked failed.
+fn refuse_if_running(ledger: &mut Ledger, stage: &str, backend: &dyn Backend) -> Result<()> {
+    let run = ledger.run.clone();
+    let Some(rec) = ledger.stages.iter_mut().find(|s| s.name == stage) else { return Ok(()) };
+    let Some(a) = rec.attempts.last_mut() else { return Ok(()) };
+    if a.state != State::Running || a.backend != backend.name() {
+        return Ok(());
+    }
+    if backend.is_running(&crate::backend::Submission { ids: a.job_ids.clone() }) {
+        return Err(OrchError::Refused(format!(
+            "run {run}: {stage} attempt {} is still running (processes {}); wait for it, or `s3-orch cancel` it first",
+            a.attempt,
+            a.job_ids.join(", ")
+        )));
+    }
+    a.state = State::Failed;
+    a.error = Some("the processes ended without the launcher recording a result".into());
+    a.ended = Some(now());
+    rec.state = State::Failed;
+    Ok(())
+}
+
+/// The epoch count of a stage file (to tell a finished stage from one its step or
+/// time budget stopped).
+fn stage_epochs(stage_file: &std::path::Path) -> Result<u64> {
+    let text = std::fs::read_to_string(stage_file)
+        .map_err(|source| OrchError::Io { file: stage_file.display().to_string(), source })?;
+    let v: toml::Value =
+        toml::from_str(&text).map_err(|e| OrchError::Config(format!("{}: {e}", stage_file.display())))?;
+    v.get("epochs")
+        .and_then(toml::Value::as_integer)
+        .and_then(|e| u64::try_from(e).ok())
+        .ok_or_else(|| OrchError::Config(format!("{}: no epochs", stage_file.display())))
+}
+
 /// A token no other job shares (the collective turns away processes without it).
 fn job_token(run_id: &str, stage: &str, attempt: u32) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
@@ -178,6 +221,7 @@ pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, sa
         say(&format!("run {}: {} already succeeded; nothing to do", spec.run_id, spec.stage));
         return Ok(Launched::AlreadySucceeded);
     }
+    refuse_if_running(&mut ledger, &spec.stage, backend)?;
     let init =
         if spec.stage == "stage2" { Some(rt.block_on(stage1_checkpoint(&ledger, &spec.store_options))?) } else { None };
     let attempt = ledger.stage(&spec.stage).map_or(0, |s| s.attempts.len() as u32) + 1;
@@ -249,10 +293,22 @@ pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, sa
     } else if end.exit_codes.contains(&Some(crate::backend::local::PREEMPTED)) {
         (State::Preempted, None)
     } else {
-        (State::Succeeded, None)
+        // Exit 0 after a step or time budget (max_steps, max_minutes) is not the end
+        // of the stage: its checkpoint is no final one for stage 2 to start from.
+        let epochs = stage_epochs(&spec.stage_file)?;
+        match &latest {
+            Some((.., epoch)) if *epoch >= epochs => (State::Succeeded, None),
+            Some((step, .., epoch)) => (
+                State::Preempted,
+                Some(format!(
+                    "stopped by its step or time budget at step {step}, epoch {epoch} of {epochs}; launch again to continue"
+                )),
+            ),
+            None => State::Failed.with_error("the ranks exited 0 but left no checkpoint".into()),
+        }
     };
     let final_checkpoint = match (&state.0, &latest) {
-        (State::Succeeded, Some((_, dir, _))) => {
+        (State::Succeeded, Some((_, dir, ..))) => {
             let key = format!("{dir}/weights.safetensors");
             let xxh3 = rt.block_on(object_xxh3(stage_loc.store().as_ref(), &key))?;
             Some(CheckpointRef { url: join(stage_loc.url(), &key), xxh3 })
@@ -372,6 +428,7 @@ pub fn launch_ingest(
         say(&format!("run {}: ingest already succeeded; nothing to do", spec.run_id));
         return Ok(Launched::AlreadySucceeded);
     }
+    refuse_if_running(&mut ledger, "ingest", backend)?;
     let attempt = ledger.stage("ingest").map_or(0, |s| s.attempts.len() as u32) + 1;
     let log_dir = log_dir_for(&run, &spec.log_root, &spec.run_id, "ingest", attempt);
     let workers = ingest_job(&spec.plan, &spec.run_id, attempt, log_dir.clone());

@@ -179,6 +179,9 @@ fn signal_rank_1(f: &Fixture, run_id: &str, signal: &str) -> Output {
         serde_json::from_slice(&std::fs::read(f.runs.join(format!("{run_id}/ledger.json"))).unwrap()).unwrap();
     let pid = stage(&ledger, "stage1")["attempts"][0]["job_ids"][1].as_str().unwrap().to_string();
     if signal == "cancel" {
+        // A second launch while the first runs is refused.
+        let o = run(f, &["launch", "stage1", "--run", run_id, "--ranks", "2"]);
+        assert!(!o.status.success() && text(&o).contains("still running"), "{}", text(&o));
         let o = run(f, &["cancel", "--run", run_id]);
         assert!(o.status.success() && text(&o).contains("asked stage1"), "{}", text(&o));
     } else {
@@ -302,4 +305,20 @@ fn the_pipeline_ingests_with_three_workers_then_chains_both_stages() {
     assert_eq!(stage(&s, "stage2")["init"], stage(&s, "stage1")["final_checkpoint"]["url"]);
     let d = digests(&f.runs.join("p/logs/stage2/attempt-1"));
     assert!(d.len() == 2 && !d[0].is_empty() && d[0] == d[1], "{d:?}");
+}
+
+#[test]
+fn a_stage_stopped_by_its_step_budget_is_not_a_final_checkpoint() {
+    let f = fixture(3);
+    let file = f.stages.join("stage1.toml");
+    let text1 = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text1.replace("epochs = 3", "epochs = 3\nmax_steps = 2")).unwrap();
+    let o = run(&f, &["launch", "stage1", "--run", "b"]);
+    assert_eq!(o.status.code(), Some(75), "{}", text(&o));
+    let s = status(&f, "b");
+    assert_eq!(stage(&s, "stage1")["state"], "preempted");
+    assert!(stage(&s, "stage1")["final_checkpoint"].is_null());
+    assert!(stage(&s, "stage1")["attempts"][0]["error"].as_str().unwrap().contains("budget"), "{s}");
+    let o = run(&f, &["launch", "stage2", "--run", "b"]);
+    assert!(!o.status.success() && text(&o).contains("has not succeeded"), "{}", text(&o));
 }

@@ -163,8 +163,20 @@ pub fn open_store(url: &str, options: &StoreOptions) -> Result<StoreLocation> {
 
 fn has_userinfo(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    userinfo_end(rest).is_some()
+}
+
+/// Where `user[:password]@` ends in the part of a URL after `://`. A secret may
+/// itself hold `/` (AWS secret keys often do), so the authority is not simply the
+/// text before the first `/`: an `@` whose prefix has a `:` counts too.
+fn userinfo_end(rest: &str) -> Option<usize> {
+    let rest = rest.split(['?', '#']).next().unwrap_or(rest);
     let authority = rest.split('/').next().unwrap_or(rest);
-    authority.contains('@')
+    if let Some(at) = authority.rfind('@') {
+        return Some(at);
+    }
+    let at = rest.rfind('@')?;
+    rest[..at].contains(':').then_some(at)
 }
 
 fn local_store(dir: &std::path::Path, bad: &dyn Fn(String) -> ShardError) -> Result<StoreLocation> {
@@ -210,12 +222,10 @@ fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
 /// Removes `user:password@` from a URL so it can be logged.
 pub fn redact(url: &str) -> String {
     match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-            let host = authority.rsplit('@').next().unwrap_or(authority);
-            let sep = if rest.contains('/') { "/" } else { "" };
-            format!("{scheme}://{host}{sep}{path}")
-        }
+        Some((scheme, rest)) => match userinfo_end(rest) {
+            Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+            None => url.to_string(),
+        },
         None => url.to_string(),
     }
 }
@@ -229,6 +239,8 @@ mod tests {
         assert_eq!(redact("s3://AKIA:secret@bucket/a/b"), "s3://bucket/a/b");
         assert_eq!(redact("s3://bucket"), "s3://bucket");
         assert_eq!(redact("file:///x/y"), "file:///x/y");
+        assert_eq!(redact("s3://AKIA:ab/cd+ef@bucket/p"), "s3://bucket/p", "a secret with a slash");
+        assert_eq!(redact("s3://bucket/key@v2"), "s3://bucket/key@v2", "an @ in a key is not userinfo");
     }
 
     #[test]
@@ -244,7 +256,12 @@ mod tests {
 
     #[test]
     fn credentials_in_a_url_are_refused_without_echoing_them() {
-        for url in ["s3://AKIAEXAMPLE:sup3r-s3cret@bucket/p", "s3://AKIAEXAMPLE@bucket", "file://u:sup3r-s3cret@/x"] {
+        for url in [
+            "s3://AKIAEXAMPLE:sup3r-s3cret@bucket/p",
+            "s3://AKIAEXAMPLE@bucket",
+            "file://u:sup3r-s3cret@/x",
+            "s3://AKIAEXAMPLE:sup3r/s3cret@bucket/p",
+        ] {
             let e = open_store(url, &StoreOptions::default()).unwrap_err().to_string();
             assert!(e.contains("AWS_ACCESS_KEY_ID"), "{e}");
             assert!(!e.contains("sup3r-s3cret") && !e.contains("AKIAEXAMPLE"), "{e}");

@@ -163,6 +163,15 @@ pub async fn read_latest(store: &dyn ObjectStore) -> Result<Option<Latest>> {
     }
 }
 
+/// Removes the checkpoint pointer (a run started over).
+pub async fn forget_latest(store: &dyn ObjectStore) -> Result<()> {
+    let key = ObjPath::from(LATEST);
+    match store.delete(&key).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(put_err("delete", &key, e)),
+    }
+}
+
 /// Writes `checkpoints/step-N/`, then the pointer, then prunes; returns the folder.
 pub(crate) fn save(
     rt: &tokio::runtime::Runtime,
@@ -201,8 +210,12 @@ pub(crate) fn save(
             Err(e) => tracing::warn!("{e}"),
         }
         json::put_json(store, &ObjPath::from(LATEST), &Latest { step, dir: dir.clone() }).await?;
-        if keep_last > 0 {
-            prune(store, step, keep_last).await?;
+        // The checkpoint is complete and pointed to: a store that refuses deletes
+        // costs space, never the checkpoint.
+        if keep_last > 0
+            && let Err(e) = prune(store, step, keep_last).await
+        {
+            tracing::warn!("pruning old checkpoints: {e}");
         }
         Ok::<(), TrainError>(())
     })?;

@@ -258,7 +258,8 @@ pub(crate) fn check_same_weights(c: &mut TcpCollective, digest: u64, step: u64) 
     if digests.iter().any(|&d| d != digests[0]) {
         let list: Vec<String> = digests.iter().enumerate().map(|(r, d)| format!("rank {r}: {d:016x}")).collect();
         return Err(crate::error::TrainError::Collective(format!(
-            "the ranks hold different weights at step {step} ({}); the run stops rather than train diverged copies",
+            "the ranks hold different weights (or start from different positions) at step {step} ({}); the run stops \
+             rather than train diverged copies",
             list.join(", ")
         )));
     }

@@ -218,8 +218,16 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
     let mut opt = Optimisers::new(&adamw);
     let mut state = TrainState::default();
     let mut log = MetricsLog::default();
-    let latest: Option<Latest> =
-        if spec.resume { rt.block_on(checkpoint::read_latest(run.store().as_ref()))? } else { None };
+    let latest: Option<Latest> = if spec.resume {
+        rt.block_on(checkpoint::read_latest(run.store().as_ref()))?
+    } else {
+        if spec.rank == 0 {
+            // Starting over: the old pointer must not outlive the decision, or a crash
+            // before this run's first checkpoint would resume the old run next time.
+            rt.block_on(checkpoint::forget_latest(run.store().as_ref()))?;
+        }
+        None
+    };
     let mut _checkpoint_files = None;
     if let Some(l) = &latest {
         let saved_config = match rt
@@ -285,6 +293,20 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
             )));
         }
     };
+    if let Some(c) = collective.as_mut() {
+        // Every rank starts from the same place: a rank that read another checkpoint
+        // pointer (a straggler of an old attempt moved it) or another init file would
+        // otherwise train diverged weights until the first checkpoint.
+        let position =
+            xxh3_64(&[state.step, state.sampler.epoch, state.sampler.consumed].map(u64::to_le_bytes).concat());
+        check_same_weights(c, weights_digest(&model) ^ position, state.step)?;
+    }
+    if stage.max_steps.is_some_and(|s| state.step >= s) {
+        // Resumed at its step budget: nothing to do (not one more step per relaunch).
+        outcome.stopped_early = state.sampler.epoch < stage.epochs;
+        outcome.weights_digest = weights_digest(&model);
+        return Ok(outcome);
+    }
     let watchdog = spec.step_timeout.map(|t| Watchdog::start(t, Watchdog::exit_process()));
     // Phase 2: epochs.
     while state.sampler.epoch < stage.epochs {
@@ -390,6 +412,10 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
                         let record = CheckpointState { state, identity: identity.clone() };
                         let dir = checkpoint::save(rt, &run, &model, &opt, &record, log.summary(), stage.keep_last)?;
                         progress(&TrainEvent::Checkpoint { step: state.step, dir });
+                        // The upload is progress too: a slow store must not trip the watchdog.
+                        if let Some(w) = &watchdog {
+                            w.pet();
+                        }
                     }
                 }
                 if stop {

@@ -287,6 +287,9 @@ fn resuming_onto_another_config_or_other_data_is_refused() {
     assert!(e.contains("stage.lr") && e.contains("0.5"), "{e}");
     // A longer budget is not another run.
     record(&spec(&data, &run, StageConfig { max_steps: Some(3), checkpoint_every: 1, ..stage(2) })).unwrap();
+    // Relaunched at its budget: not one more step.
+    let again = record(&spec(&data, &run, StageConfig { max_steps: Some(3), ..stage(2) })).unwrap();
+    assert_eq!((again.out.steps_run, again.out.state.step), (0, 3));
     // The same store re-published with other samples: refused.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let loc = open_store(&data, &StoreOptions::default()).unwrap();
@@ -469,7 +472,7 @@ fn ranks_whose_weights_diverge_are_stopped_at_the_first_checkpoint() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for e in &errors {
-        assert!(e.contains("different weights at step 2") && e.contains("rank 1"), "{e}");
+        assert!(e.contains("different weights") && e.contains("at step 2") && e.contains("rank 1"), "{e}");
     }
     let loc = open_store(&run, &StoreOptions::default()).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -477,4 +480,25 @@ fn ranks_whose_weights_diverge_are_stopped_at_the_first_checkpoint() {
         rt.block_on(s3_trainer::checkpoint::read_latest(loc.store().as_ref())).unwrap().is_none(),
         "no checkpoint of diverged weights"
     );
+}
+
+#[test]
+fn starting_over_forgets_the_old_checkpoint_before_the_first_new_one() {
+    let (dir, data) = data_store(3);
+    let run = dir.path().join("run").display().to_string();
+    record(&spec(&data, &run, StageConfig { max_steps: Some(2), checkpoint_every: 1, ..stage(2) })).unwrap();
+    // --no-resume, and the process dies before its first checkpoint.
+    let fresh = RunSpec { resume: false, ..spec(&data, &run, StageConfig { checkpoint_every: 100, ..stage(2) }) };
+    let died = std::panic::catch_unwind(|| {
+        train(&fresh, &Device::flex(), &|e| {
+            if let TrainEvent::Step { .. } = e {
+                panic!("killed");
+            }
+        })
+    });
+    assert!(died.is_err());
+    let loc = open_store(&run, &StoreOptions::default()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let latest = rt.block_on(s3_trainer::checkpoint::read_latest(loc.store().as_ref())).unwrap();
+    assert!(latest.is_none(), "a later resume must not land on the run that was started over: {latest:?}");
 }

@@ -28,6 +28,30 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
+/// Starts one rank with its output in `rank-R.log`.
+fn spawn_rank(job: &Job, r: &crate::plan::RankCommand) -> Result<Child> {
+    let log_path = job.log_dir.join(format!("rank-{}.log", r.rank));
+    let io = |source| OrchError::Io { file: log_path.display().to_string(), source };
+    let log = std::fs::File::create(&log_path).map_err(io)?;
+    let err = log.try_clone().map_err(io)?;
+    Command::new(&r.program)
+        .args(&r.args)
+        .envs(r.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .spawn()
+        .map_err(|source| OrchError::Process { what: format!("starting {}", r.program.display()), source })
+}
+
+/// Whether a failed rank's log ends with a collective error: it lost a peer, and
+/// the peer is the one to blame.
+fn lost_a_peer(job: &Job, rank: usize) -> bool {
+    let log = std::fs::read_to_string(job.log_dir.join(format!("rank-{rank}.log"))).unwrap_or_default();
+    let tail: String = log.lines().rev().take(5).collect::<Vec<_>>().join("\n");
+    tail.contains("collective:")
+}
+
 impl Backend for Local {
     fn name(&self) -> &'static str {
         "local"
@@ -56,24 +80,12 @@ impl Backend for Local {
         let mut ids = Vec::new();
         let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
         for r in &job.ranks {
-            let log_path = job.log_dir.join(format!("rank-{}.log", r.rank));
-            let log = std::fs::File::create(&log_path)
-                .map_err(|source| OrchError::Io { file: log_path.display().to_string(), source })?;
-            let err =
-                log.try_clone().map_err(|source| OrchError::Io { file: log_path.display().to_string(), source })?;
-            let spawned = Command::new(&r.program)
-                .args(&r.args)
-                .envs(r.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(err)
-                .spawn();
-            match spawned {
+            match spawn_rank(job, r) {
                 Ok(child) => {
                     ids.push(child.id().to_string());
                     children.insert(child.id().to_string(), child);
                 }
-                Err(source) => {
+                Err(e) => {
                     // A group with a missing rank would wait for it: stop the started ones.
                     for id in &ids {
                         if let Some(mut c) = children.remove(id) {
@@ -81,14 +93,14 @@ impl Backend for Local {
                             let _ = c.wait();
                         }
                     }
-                    return Err(OrchError::Process { what: format!("starting {}", r.program.display()), source });
+                    return Err(e);
                 }
             }
         }
         Ok(Submission { ids })
     }
 
-    fn wait(&self, _job: &Job, submission: &Submission) -> Result<JobEnd> {
+    fn wait(&self, job: &Job, submission: &Submission) -> Result<JobEnd> {
         let mut codes: Vec<Option<Option<i32>>> = vec![None; submission.ids.len()];
         let mut failed_rank = None;
         loop {
@@ -113,15 +125,25 @@ impl Backend for Local {
                         }
                         Ok(None) => {}
                         Err(source) => {
+                            for c in children.values_mut() {
+                                let _ = c.kill();
+                                let _ = c.wait();
+                            }
+                            children.clear();
                             return Err(OrchError::Process { what: format!("waiting for rank {rank}"), source });
                         }
                     }
                 }
                 // When one rank dies its peers fail right after it (their all-reduce
-                // loses the peer): blame a rank killed by a signal over one that
-                // exited with an error, then the lowest.
+                // loses the peer): blame a rank killed by a signal, then one whose log
+                // does not end with a collective error, then the lowest.
                 if failed_rank.is_none() {
-                    failed_rank = failed_now.iter().find(|(_, c)| c.is_none()).or(failed_now.first()).map(|(r, _)| *r);
+                    failed_rank = failed_now
+                        .iter()
+                        .find(|(_, c)| c.is_none())
+                        .or_else(|| failed_now.iter().find(|(r, _)| !lost_a_peer(job, *r)))
+                        .or(failed_now.first())
+                        .map(|(r, _)| *r);
                 }
                 if failed_rank.is_some() {
                     // The first failure ends the attempt: the other ranks would block in

@@ -96,7 +96,8 @@ enum Command {
         #[arg(long, value_name = "HOST:PORT")]
         master: Option<String>,
         /// Seconds a send or receive between ranks may block before the run ends with
-        /// an error naming the peer (longer than one optimiser step).
+        /// an error naming the peer: longer than one optimiser step plus rank 0's
+        /// checkpoint upload (the other ranks wait for it at the next step).
         #[arg(long, default_value_t = 1800, value_name = "SECS")]
         collective_timeout: u64,
         /// Seconds an optimiser step may take before the watchdog ends the process

@@ -263,19 +263,12 @@ pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, sa
         let rec = ledger.stage_mut(&spec.stage);
         rec.state = State::Running;
         rec.init = init.clone();
-        rec.attempts.push(Attempt {
+        rec.attempts.push(Attempt::running(
             attempt,
-            backend: backend.name().into(),
-            job_ids: submission.ids.clone(),
-            state: State::Running,
-            started: now(),
-            ended: None,
-            exit_codes: Vec::new(),
-            error: None,
-            last_step: None,
-            config_digest: None,
-            data_index_xxh3: Some(format!("{index_xxh3:016x}")),
-        });
+            backend.name(),
+            submission.ids.clone(),
+            Some(format!("{index_xxh3:016x}")),
+        ));
     }
     if let Err(e) = rt.block_on(ledger.save(run.store().as_ref())) {
         let _ = backend.cancel(&submission);
@@ -452,19 +445,7 @@ pub fn launch_ingest(
     {
         let rec = ledger.stage_mut("ingest");
         rec.state = State::Running;
-        rec.attempts.push(Attempt {
-            attempt,
-            backend: backend.name().into(),
-            job_ids: submission.ids.clone(),
-            state: State::Running,
-            started: now(),
-            ended: None,
-            exit_codes: Vec::new(),
-            error: None,
-            last_step: None,
-            config_digest: None,
-            data_index_xxh3: None,
-        });
+        rec.attempts.push(Attempt::running(attempt, backend.name(), submission.ids.clone(), None));
     }
     if let Err(e) = rt.block_on(ledger.save(run.store().as_ref())) {
         let _ = backend.cancel(&submission);

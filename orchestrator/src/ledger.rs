@@ -70,6 +70,25 @@ pub struct Attempt {
     pub data_index_xxh3: Option<String>,
 }
 
+impl Attempt {
+    /// A new running attempt.
+    pub fn running(attempt: u32, backend: &str, job_ids: Vec<String>, data_index_xxh3: Option<String>) -> Attempt {
+        Attempt {
+            attempt,
+            backend: backend.into(),
+            job_ids,
+            state: State::Running,
+            started: now(),
+            ended: None,
+            exit_codes: Vec::new(),
+            error: None,
+            last_step: None,
+            config_digest: None,
+            data_index_xxh3,
+        }
+    }
+}
+
 /// One stage of a run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StageRecord {

@@ -132,7 +132,7 @@ async fn latest_checkpoint(run: &StoreLocation) -> Result<Option<(u64, String, S
 }
 
 /// Stage 2's gate: stage 1 succeeded and its final checkpoint is the one recorded.
-async fn stage1_checkpoint(ledger: &Ledger, options: &StoreOptions) -> Result<String> {
+async fn stage1_checkpoint(ledger: &Ledger, options: &StoreOptions) -> Result<(String, u64)> {
     let s1 = ledger.stage("stage1").filter(|s| s.state == State::Succeeded).ok_or_else(|| {
         OrchError::Refused(format!(
             "run {}: stage 2 starts from stage 1's final checkpoint, and stage 1 has not succeeded \
@@ -158,7 +158,7 @@ async fn stage1_checkpoint(ledger: &Ledger, options: &StoreOptions) -> Result<St
             ckpt.url, ckpt.xxh3
         )));
     }
-    Ok(ckpt.url)
+    Ok((ckpt.url, ckpt.xxh3))
 }
 
 /// Two attempts of a stage at once would write the same checkpoints: refused while
@@ -262,7 +262,7 @@ pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, sa
     {
         let rec = ledger.stage_mut(&spec.stage);
         rec.state = State::Running;
-        rec.init = init.clone();
+        rec.init = init.as_ref().map(|(url, _)| url.clone());
         rec.attempts.push(Attempt::running(
             attempt,
             backend.name(),

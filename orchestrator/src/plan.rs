@@ -44,8 +44,8 @@ pub struct TrainPlan {
     pub data: String,
     /// The stage's run folder (checkpoints, metrics).
     pub run_dir: String,
-    /// Weights to start from (stage 2: stage 1's final checkpoint).
-    pub init: Option<String>,
+    /// Weights to start from (stage 2: stage 1's final checkpoint) and their xxh3.
+    pub init: Option<(String, u64)>,
     /// Catalogue for the selection's flags, when the stage file names none.
     pub catalog: Option<PathBuf>,
     /// Number of ranks.
@@ -79,8 +79,8 @@ pub fn train_job(
         "--run".into(),
         plan.run_dir.clone(),
     ];
-    if let Some(init) = &plan.init {
-        args.extend(["--init".into(), init.clone()]);
+    if let Some((init, xxh3)) = &plan.init {
+        args.extend(["--init".into(), init.clone(), "--init-xxh3".into(), format!("{xxh3:016x}")]);
     }
     if let Some(c) = &plan.catalog {
         args.extend(["--catalog".into(), c.display().to_string()]);

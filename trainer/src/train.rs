@@ -55,6 +55,9 @@ pub struct RunSpec {
     pub collective: CollectiveOptions,
     /// End the process (exit 2) when an optimiser step makes no progress for this long.
     pub step_timeout: Option<Duration>,
+    /// The xxh3 the init weights file must have (the launcher verified it before
+    /// starting stage 2; each rank checks the copy it actually read).
+    pub init_xxh3: Option<u64>,
     /// Set (by a SIGTERM/SIGUSR2 handler) to ask for a preemption: every rank stops at
     /// the same step boundary (the flag travels through the all-reduce), rank 0
     /// checkpoints, and the outcome says `preempted` (the binary exits 75).
@@ -75,6 +78,7 @@ impl RunSpec {
             store_options: StoreOptions::default(),
             collective: CollectiveOptions::default(),
             step_timeout: None,
+            init_xxh3: None,
             preempt: None,
         }
     }
@@ -258,6 +262,17 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
     {
         let tmp = checkpoint::temp_dir()?;
         let file = checkpoint::local_copy(init, &spec.store_options, tmp.path())?;
+        if let Some(want) = spec.init_xxh3 {
+            let bytes = std::fs::read(&file)
+                .map_err(|source| TrainError::Io { file: file.display().to_string(), error: source })?;
+            let got = xxh3_64(&bytes);
+            if got != want {
+                return Err(TrainError::Config(format!(
+                    "init weights {} have xxh3 {got:016x}, expected {want:016x}: not starting from a changed checkpoint",
+                    s3_shards::store::redact(init)
+                )));
+            }
+        }
         let report = weights::load(&mut model, &file, Strictness::Strict)?;
         tracing::info!(applied = report.applied, "initialised from {}", s3_shards::store::redact(init));
     }

@@ -365,6 +365,11 @@ fn init_from_an_s3_checkpoint_and_keep_last_prunes_old_checkpoints() {
     let from_init = record(&on_s3(&run2("s2"), st2(Some(url)))).unwrap();
     let scratch = record(&on_s3(&run2("s2b"), st2(None))).unwrap();
     assert_ne!(from_init.metrics[0].loss, scratch.metrics[0].loss, "the stage-1 weights were loaded");
+    // The launcher's expected hash is checked against the copy each rank read.
+    let url4 = format!("{run1}/checkpoints/step-00000004/weights.safetensors");
+    let wrong = RunSpec { init_xxh3: Some(1), ..on_s3(&run2("s2d"), st2(Some(url4))) };
+    let e = record(&wrong).err().unwrap().to_string();
+    assert!(e.contains("expected 0000000000000001"), "{e}");
     let pruned = format!("{run1}/checkpoints/step-00000001/weights.safetensors");
     let e = record(&on_s3(&run2("s2c"), st2(Some(pruned)))).err().unwrap();
     assert!(format!("{e:#}").to_lowercase().contains("not found"), "{e}");

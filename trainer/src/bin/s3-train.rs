@@ -81,6 +81,9 @@ enum Command {
         /// Override the stage's init weights (a path or any store URL).
         #[arg(long)]
         init: Option<String>,
+        /// The xxh3 (16 hex digits) the --init file must have; a mismatch is refused.
+        #[arg(long, value_name = "HEX")]
+        init_xxh3: Option<String>,
         /// The dataset catalogue whose pretrain/finetune flags the stage's selection
         /// reads (overrides the stage's `datasets.catalog`).
         #[arg(long)]
@@ -201,6 +204,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             target: RunArgs { stage, place: Place { data, run } },
             no_resume,
             init,
+            init_xxh3,
             catalog,
             rank,
             world,
@@ -250,6 +254,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     ..Default::default()
                 },
                 step_timeout: secs(step_timeout),
+                init_xxh3: init_xxh3
+                    .map(|h| u64::from_str_radix(&h, 16).with_context(|| format!("--init-xxh3 {h:?} is not hex")))
+                    .transpose()?,
                 preempt: Some(preempt),
                 ..s3_trainer::train::RunSpec::new(data, run, stage)
             };

@@ -142,26 +142,11 @@ pub async fn write_listing(store: &dyn ObjectStore, l: &WorkerListing) -> Result
     json::put_json(store, &listing_path(&l.dataset, &l.task, l.worker, l.workers), l).await
 }
 
-/// Every worker listing on the store.
-pub async fn all_listings(store: &dyn ObjectStore) -> Result<Vec<WorkerListing>, ShardError> {
-    let prefix = Path::from(LISTED_ROOT);
-    let metas: Vec<_> = store.list(Some(&prefix)).try_collect().await.map_err(|e| ShardError::Store {
-        op: "list",
-        path: prefix.clone(),
-        source: e,
-    })?;
-    let mut out = Vec::new();
-    for m in metas {
-        if m.location.as_ref().ends_with(".json") {
-            out.push(json::get_json::<WorkerListing>(store, &m.location).await?);
-        }
-    }
-    out.sort_by(|a, b| (&a.dataset, &a.task, a.workers, a.worker).cmp(&(&b.dataset, &b.task, b.workers, b.worker)));
-    Ok(out)
-}
-
-/// Every record under `prefix` (a task dir, or the whole journal).
-pub async fn read_records(store: &dyn ObjectStore, prefix: &Path) -> Result<Vec<JournalRecord>, ShardError> {
+/// Every JSON document under `prefix`, in listing order.
+async fn read_all_json<T: serde::de::DeserializeOwned>(
+    store: &dyn ObjectStore,
+    prefix: &Path,
+) -> Result<Vec<T>, ShardError> {
     let metas: Vec<_> = store.list(Some(prefix)).try_collect().await.map_err(|e| ShardError::Store {
         op: "list",
         path: prefix.clone(),
@@ -170,9 +155,22 @@ pub async fn read_records(store: &dyn ObjectStore, prefix: &Path) -> Result<Vec<
     let mut out = Vec::new();
     for m in metas {
         if m.location.as_ref().ends_with(".json") {
-            out.push(json::get_json::<JournalRecord>(store, &m.location).await?);
+            out.push(json::get_json::<T>(store, &m.location).await?);
         }
     }
+    Ok(out)
+}
+
+/// Every worker listing on the store.
+pub async fn all_listings(store: &dyn ObjectStore) -> Result<Vec<WorkerListing>, ShardError> {
+    let mut out: Vec<WorkerListing> = read_all_json(store, &Path::from(LISTED_ROOT)).await?;
+    out.sort_by(|a, b| (&a.dataset, &a.task, a.workers, a.worker).cmp(&(&b.dataset, &b.task, b.workers, b.worker)));
+    Ok(out)
+}
+
+/// Every record under `prefix` (a task dir, or the whole journal).
+pub async fn read_records(store: &dyn ObjectStore, prefix: &Path) -> Result<Vec<JournalRecord>, ShardError> {
+    let mut out: Vec<JournalRecord> = read_all_json(store, prefix).await?;
     out.sort_by(|a, b| (&a.dataset, &a.task, a.worker, a.seq).cmp(&(&b.dataset, &b.task, b.worker, b.seq)));
     Ok(out)
 }

@@ -33,6 +33,8 @@ struct Spec {
     organs: Vec<Organ>,
     float_image: bool,
     msd_names: bool,
+    /// In the catalogue's fine-tune selection (the demo's stage 2 trains on it).
+    finetune: bool,
 }
 
 fn specs() -> Vec<Spec> {
@@ -70,6 +72,7 @@ fn specs() -> Vec<Spec> {
             ],
             float_image: false,
             msd_names: false,
+            finetune: true,
         },
         Spec {
             name: "PhantomMR",
@@ -84,6 +87,7 @@ fn specs() -> Vec<Spec> {
             ],
             float_image: true,
             msd_names: true,
+            finetune: false,
         },
     ]
 }
@@ -140,9 +144,10 @@ pub fn write_corpus(dir: &Path, cases: usize, seed: u64) -> std::io::Result<Path
         };
         std::fs::write(root.join("dataset.json"), dataset_json)?;
         toml.push_str(&format!(
-            "\n[[datasets]]\nname = \"{}\"\nmodality = \"{}\"\npretrain = true\nfinetune = true\nlicence = \"generated\"\n\n[[datasets.tasks]]\nname = \"default\"\nlayout = \"nnunet\"\nsource = \"{}\"\n",
+            "\n[[datasets]]\nname = \"{}\"\nmodality = \"{}\"\npretrain = true\nfinetune = {}\nlicence = \"generated\"\n\n[[datasets.tasks]]\nname = \"default\"\nlayout = \"nnunet\"\nsource = \"{}\"\n",
             spec.name,
             spec.modality,
+            spec.finetune,
             root.display()
         ));
     }

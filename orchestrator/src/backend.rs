@@ -5,8 +5,10 @@
 
 use crate::error::{OrchError, Result};
 use crate::plan::Job;
+use crate::settings::Settings;
 
 pub mod local;
+pub mod slurm;
 
 /// A submitted job, as its scheduler knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,17 +38,41 @@ pub trait Backend {
     fn wait(&self, job: &Job, submission: &Submission) -> Result<JobEnd>;
     /// Stops the job.
     fn cancel(&self, submission: &Submission) -> Result<()>;
-    /// Whether the scheduler still runs the job (for `status`).
+    /// Whether the scheduler still runs (or holds) the job, for `status`. When it
+    /// cannot tell, true: an attempt is never marked failed on a guess.
     fn is_running(&self, submission: &Submission) -> bool;
+    /// Whether its jobs record their own attempts in the ledger (`s3-orch job ...`)
+    /// and the scheduler holds the chain: launching then submits and returns, the
+    /// next stage waiting on a scheduler dependency. Otherwise the launcher waits
+    /// for each job and records it.
+    fn records_in_job(&self) -> bool {
+        false
+    }
 }
 
-/// A backend by name.
-pub fn backend(name: &str) -> Result<Box<dyn Backend>> {
+/// The backend `name`, set up with the launch settings (the Slurm and Kubernetes
+/// backends take their partition, image, namespace, ... from them).
+pub fn backend(name: &str, settings: &Settings) -> Result<Box<dyn Backend>> {
     match name {
-        "local" => Ok(Box::new(local::Local::default())),
-        "slurm" | "k8s" => Err(OrchError::Config(format!(
-            "the {name} backend is not built yet (local works today; Slurm and Kubernetes are the next issues)"
-        ))),
+        "local" => Ok(Box::new(local::Local::new(settings)?)),
+        "slurm" => Ok(Box::new(slurm::Slurm::new(settings)?)),
+        "k8s" => Err(OrchError::Config(
+            "the k8s backend is not built yet (local and slurm work today; Kubernetes is the next issue)".into(),
+        )),
         other => Err(OrchError::Config(format!("unknown backend {other:?} (local, slurm, k8s)"))),
+    }
+}
+
+/// The backend a ledger names, to poll or cancel an attempt it submitted.
+pub fn by_name(name: &str) -> Result<Box<dyn Backend>> {
+    backend(name, &Settings::default())
+}
+
+/// `s` as one word of a POSIX shell command line.
+pub(crate) fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@%".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
     }
 }

@@ -1,71 +1,78 @@
-//! The demo: phantom corpus → ingest into a local store → evaluate the untrained
-//! model → train the small preset on CPU for a few minutes → evaluate again.
+//! The demo: the pipeline on the local backend, on an embedded default. A phantom
+//! corpus (`s3-ingest synth`) → ingest by two workers and a merge → stage 1 with two
+//! CPU ranks → Dice → stage 2 from stage 1's verified final checkpoint on the
+//! fine-tune selection → Dice (the ledger's `eval`) → the run's status. Every step is
+//! a process started the way `s3-orch launch` starts it; nothing here links the
+//! trainer or the ingest.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use burn::prelude::*;
-use s3_ingest::catalog::Catalog;
-use s3_ingest::preprocess::PreprocessOptions;
-use s3_ingest::run::IngestConfig;
-use s3_shards::{Split, StoreOptions, open_store};
-use s3_trainer::eval::{EvalReport, evaluate};
-use s3_trainer::stage::StageConfig;
-use s3_trainer::train::{RunSpec, TrainEvent, TrainOutcome, model_config, select_rows, train};
+use crate::backend::Backend;
+use crate::backend::local::Local;
+use crate::error::{OrchError, Result};
+use crate::launch::{IngestLaunch, Launched, StageLaunch, join, launch_eval, launch_ingest, launch_stage, status};
+use crate::ledger::{Ledger, State};
+use crate::plan::{IngestPlan, TrainPlan, eval_job};
 
-/// The demo stage shipped in `manifests/stages/demo.toml`, embedded so the demo runs anywhere.
-pub const DEMO_STAGE: &str = include_str!("../../manifests/stages/demo.toml");
+/// Stage 1 of the demo (`manifests/stages/demo.toml`), embedded so the demo runs anywhere.
+pub const DEMO_STAGE1: &str = include_str!("../../manifests/stages/demo.toml");
+/// Stage 2 of the demo (`manifests/stages/demo-finetune.toml`).
+pub const DEMO_STAGE2: &str = include_str!("../../manifests/stages/demo-finetune.toml");
 
-/// Errors of the demo (each step's own error, kept as the source: print the chain,
-/// e.g. `{:#}` with anyhow, to see it).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum DemoError {
-    /// Writing or ingesting the phantom corpus failed.
-    #[error("ingest")]
-    Ingest(#[from] s3_ingest::IngestError),
-    /// Training or evaluation failed.
-    #[error("training")]
-    Train(#[from] s3_trainer::TrainError),
-    /// Store access failed.
-    #[error("store")]
-    Shards(#[from] s3_shards::ShardError),
-    /// Anything else.
-    #[error("{0}")]
-    Other(String),
-}
+/// The run id of the demo.
+pub const RUN_ID: &str = "demo";
+/// Marks a folder the demo made, so a rerun may clear it and no other folder is cleared.
+const MARKER: &str = ".s3-orch-demo";
 
 /// Demo settings.
 #[derive(Clone, Debug)]
 pub struct DemoConfig {
-    /// Working directory (raw/, store/, runs/).
+    /// Working directory (raw/, store/, stages/, runs/).
     pub dir: PathBuf,
     /// Phantom cases per dataset.
     pub cases: usize,
-    /// Minutes of training.
-    pub minutes: f64,
-    /// Stop after this many optimiser steps instead (tests: a fixed amount of work,
-    /// whatever the machine's speed).
-    pub max_steps: Option<u64>,
+    /// Epochs of stage 1 and stage 2 (None: the stage files' own).
+    pub epochs: (Option<u64>, Option<u64>),
+    /// Ranks of each training stage.
+    pub ranks: usize,
+    /// Ingest worker processes.
+    pub workers: usize,
     /// Percent of cases held out for evaluation.
     pub val_percent: u32,
+    /// `s3-train`.
+    pub train_bin: PathBuf,
+    /// `s3-ingest`.
+    pub ingest_bin: PathBuf,
 }
 
-impl Default for DemoConfig {
-    fn default() -> Self {
-        DemoConfig { dir: PathBuf::from("demo"), cases: 12, minutes: 6.0, max_steps: None, val_percent: 25 }
+impl DemoConfig {
+    /// The embedded default, with the two programs.
+    pub fn new(train_bin: PathBuf, ingest_bin: PathBuf) -> DemoConfig {
+        DemoConfig {
+            dir: PathBuf::from("demo"),
+            cases: 12,
+            epochs: (None, None),
+            ranks: 2,
+            workers: 2,
+            val_percent: 25,
+            train_bin,
+            ingest_bin,
+        }
     }
 }
 
 /// What the demo measured.
 #[derive(Debug)]
 pub struct DemoReport {
-    /// Dice before training.
-    pub before: EvalReport,
-    /// Dice after training.
-    pub after: EvalReport,
-    /// The training run.
-    pub training: TrainOutcome,
-    /// Run folder (metrics/, metrics.png, checkpoints, eval/).
+    /// Mean Dice at each click count (`dice@N`) after stage 1, on its val split.
+    pub after_stage1: BTreeMap<String, f64>,
+    /// The same after stage 2, on the fine-tune selection's val split.
+    pub after_stage2: BTreeMap<String, f64>,
+    /// The run's ledger at the end.
+    pub ledger: Ledger,
+    /// The run folder (`stage1/`, `stage2/` with metrics, plots, checkpoints, eval).
     pub run_dir: PathBuf,
     /// The store with the shards.
     pub store: PathBuf,
@@ -74,82 +81,179 @@ pub struct DemoReport {
 /// Progress messages for the caller to print.
 pub type Say<'a> = &'a (dyn Fn(&str) + Sync);
 
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OrchError + '_ {
+    move |source| OrchError::Io { file: path.display().to_string(), source }
+}
+
+/// A fresh demo each time (the demo is not a resumable job): clears what an earlier
+/// demo left in `dir`, and refuses a non-empty folder no demo made.
+fn prepare(dir: &Path) -> Result<()> {
+    if dir.exists() && std::fs::read_dir(dir).map_err(io(dir))?.next().is_some() {
+        if !dir.join(MARKER).exists() {
+            return Err(OrchError::Refused(format!(
+                "{} is not empty and no demo made it; give the demo an empty or new --dir",
+                dir.display()
+            )));
+        }
+        for sub in ["raw", "store", "stages", "runs"] {
+            let p = dir.join(sub);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).map_err(io(&p))?;
+            }
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    std::fs::write(dir.join(MARKER), "made by s3-orch demo; the demo clears raw/ store/ stages/ runs/ here\n")
+        .map_err(io(dir))
+}
+
+/// A stage file with its epochs replaced.
+fn stage_file(text: &str, epochs: Option<u64>, path: &Path) -> Result<()> {
+    let mut t: toml::Table = toml::from_str(text).map_err(|e| OrchError::Config(format!("demo stage: {e}")))?;
+    if let Some(e) = epochs {
+        t.insert("epochs".into(), toml::Value::Integer(e as i64));
+    }
+    let text = toml::to_string(&t).map_err(|e| OrchError::Config(format!("demo stage: {e}")))?;
+    std::fs::write(path, text).map_err(io(path))
+}
+
+/// Runs a helper program to the end; its output is the error when it fails.
+fn run_tool(program: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|source| OrchError::Process { what: format!("starting {}", program.display()), source })?;
+    if !out.status.success() {
+        return Err(OrchError::Refused(format!(
+            "{} {} failed ({}): {}",
+            program.display(),
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn ran(launched: Launched, what: &str) -> Result<()> {
+    match launched {
+        Launched::Ran(r) if r.state == State::Succeeded => Ok(()),
+        Launched::Ran(r) => Err(OrchError::Refused(format!(
+            "{what} ended {}: {}",
+            r.state.name(),
+            r.attempts.last().and_then(|a| a.error.clone()).unwrap_or_default()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Runs the whole demo.
-pub fn run_demo(cfg: &DemoConfig, say: Say, on_train: &dyn Fn(&TrainEvent)) -> Result<DemoReport, DemoError> {
-    let raw = cfg.dir.join("raw");
-    let store = cfg.dir.join("store");
-    let run_dir = cfg.dir.join("runs").join("demo");
-    say(&format!("1/4 writing the phantom corpus to {}", raw.display()));
-    let manifest = s3_ingest::synth::write_corpus(&raw, cfg.cases, 7)
-        .map_err(|e| DemoError::Other(format!("writing {}: {e}", raw.display())))?;
-    let catalog = Catalog::load(&manifest)?;
-    say(&format!("2/4 ingesting into {}", store.display()));
-    let icfg = IngestConfig {
-        preprocess: PreprocessOptions { val_percent: cfg.val_percent, ..Default::default() },
-        ..IngestConfig::new(store.display().to_string())
-    };
-    let summary = s3_ingest::run::run(&catalog, &icfg, &|_| {})?;
-    let samples: u64 = summary.datasets.iter().map(|d| d.samples).sum();
-    say(&format!("   {samples} samples from {} cases", summary.datasets.iter().map(|d| d.cases).sum::<usize>()));
+pub fn run_demo(cfg: &DemoConfig, say: Say) -> Result<DemoReport> {
+    prepare(&cfg.dir)?;
+    let dir = std::path::absolute(&cfg.dir).map_err(io(&cfg.dir))?;
+    let (raw, store, stages, runs) = (dir.join("raw"), dir.join("store"), dir.join("stages"), dir.join("runs"));
+    let backend = Local::default();
 
-    let mut stage: StageConfig =
-        toml::from_str(DEMO_STAGE).map_err(|e| DemoError::Other(format!("demo stage: {e}")))?;
-    stage.max_minutes = Some(cfg.minutes);
-    if let Some(steps) = cfg.max_steps {
-        // Every epoch is at least one step: enough epochs for the steps asked for.
-        (stage.max_minutes, stage.max_steps, stage.epochs) = (None, Some(steps), stage.epochs.max(steps));
+    say(&format!("1/5 writing the phantom corpus to {}", raw.display()));
+    run_tool(&cfg.ingest_bin, &["synth", "--out", &raw.display().to_string(), "--cases", &cfg.cases.to_string()])?;
+    let catalog = raw.join("datasets.toml");
+
+    say(&format!("2/5 ingesting into {} ({} workers, then the merge)", store.display(), cfg.workers));
+    let ingest = IngestLaunch {
+        runs: runs.display().to_string(),
+        run_id: RUN_ID.into(),
+        plan: IngestPlan {
+            ingest_bin: cfg.ingest_bin.clone(),
+            manifest: catalog.clone(),
+            out: store.display().to_string(),
+            workers: cfg.workers,
+            jobs: 1,
+            extra_args: vec!["--val-percent".into(), cfg.val_percent.to_string()],
+            env: BTreeMap::new(),
+        },
+        log_root: runs.join("logs"),
+        store_options: Default::default(),
+    };
+    ran(launch_ingest(&ingest, &backend, false, say)?, "the ingest")?;
+
+    std::fs::create_dir_all(&stages).map_err(io(&stages))?;
+    stage_file(DEMO_STAGE1, cfg.epochs.0, &stages.join("stage1.toml"))?;
+    stage_file(DEMO_STAGE2, cfg.epochs.1, &stages.join("stage2.toml"))?;
+    let stage = |name: &str| StageLaunch {
+        runs: runs.display().to_string(),
+        run_id: RUN_ID.into(),
+        stage: name.into(),
+        stage_file: stages.join(format!("{name}.toml")),
+        data: store.display().to_string(),
+        ranks: cfg.ranks,
+        nodes: 1,
+        env: BTreeMap::new(),
+        train_bin: cfg.train_bin.clone(),
+        device: "cpu".into(),
+        catalog: Some(catalog.clone()),
+        log_root: runs.join("logs"),
+        store_options: Default::default(),
+    };
+
+    say(&format!("3/5 stage 1: the small preset from scratch, {} CPU ranks", cfg.ranks));
+    let s1 = stage("stage1");
+    ran(launch_stage(&s1, &backend, false, say)?, "stage 1")?;
+    let after_stage1 = eval_stage(&s1, &backend)?;
+    say(&format!("   after stage 1: {}", dice_line(&after_stage1)));
+
+    say("4/5 stage 2: fine-tuning stage 1's verified final checkpoint on the fine-tune selection");
+    let s2 = stage("stage2");
+    ran(launch_stage(&s2, &backend, false, say)?, "stage 2")?;
+
+    say("5/5 evaluating stage 2");
+    ran(launch_eval(&s2, &backend, false, say)?, "the eval")?;
+    let ledger = status(&runs.display().to_string(), RUN_ID, &Default::default(), &|m| say(m))?;
+    let after_stage2 = ledger.stage("eval").and_then(|s| s.attempts.last()).map(|a| a.metrics.clone()).unwrap_or_default();
+    Ok(DemoReport { after_stage1, after_stage2, ledger, run_dir: runs.join(RUN_ID), store })
+}
+
+/// Stage 1's Dice, outside the ledger (its `eval` stage is the pipeline's last step).
+fn eval_stage(spec: &StageLaunch, backend: &dyn Backend) -> Result<BTreeMap<String, f64>> {
+    let run_dir = join(&join(&spec.runs, &spec.run_id), &spec.stage);
+    let plan = TrainPlan {
+        train_bin: spec.train_bin.clone(),
+        stage_file: spec.stage_file.clone(),
+        data: spec.data.clone(),
+        run_dir: run_dir.clone(),
+        init: None,
+        catalog: None,
+        ranks: 1,
+        nodes: 1,
+        device: spec.device.clone(),
+        env: BTreeMap::new(),
+    };
+    let log_dir = PathBuf::from(&run_dir).join("eval-logs");
+    let job = eval_job(&plan, &spec.run_id, 1, log_dir.clone());
+    let end = backend.wait(&job, &backend.submit(&job)?)?;
+    if end.failed_rank.is_some() {
+        return Err(OrchError::Refused(format!(
+            "evaluating {} failed (log: {})",
+            spec.stage,
+            log_dir.join("rank-0.log").display()
+        )));
     }
-    let device = Device::flex();
-    let mcfg = model_config(&stage)?;
-    let data = open_store(&store.display().to_string(), &StoreOptions::default())?;
-    let rt = s3_trainer::io_runtime::io_runtime()?;
-    let (val, _, _) = select_rows(&data, &stage, Split::Val, rt)?;
-    say(&format!("3/4 evaluating the untrained model on {} val samples", val.len()));
-    let fresh = s3_trainer::train::seeded_model(&mcfg, &device, stage.seed);
-    let clicks = [1, 3, 5, 10];
-    let before = evaluate(&fresh, &mcfg, &data, &val, &clicks, stage.seed, &device)?;
-
-    say(&format!(
-        "4/4 training `{}` ({} preset) for up to {:.0} min, then evaluating",
-        stage.name, stage.preset, cfg.minutes
-    ));
-    std::fs::create_dir_all(&run_dir).map_err(|e| DemoError::Other(e.to_string()))?;
-    let spec = RunSpec {
-        resume: false,
-        ..RunSpec::new(store.display().to_string(), run_dir.display().to_string(), stage.clone())
-    };
-    clear_run(&run_dir);
-    let training = train(&spec, &device, on_train)?;
-    let (trained, _) = s3_trainer::train::load_latest_weights(&spec.run, &StoreOptions::default(), &mcfg, &device)?;
-    let after = evaluate(&trained, &mcfg, &data, &val, &clicks, stage.seed, &device)?;
-    s3_trainer::eval::write_report(&open_store(&spec.run, &StoreOptions::default())?, "val_before", &before)?;
-    s3_trainer::eval::write_report(&open_store(&spec.run, &StoreOptions::default())?, "val", &after)?;
-    Ok(DemoReport { before, after, training, run_dir, store })
+    let loc = s3_shards::open_store(&run_dir, &Default::default())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| OrchError::Process { what: "starting the I/O runtime".into(), source })?;
+    rt.block_on(crate::stage_metrics::eval_dice(loc.store().as_ref()))
 }
 
-/// A fresh demo run each time (the demo is not a resumable job).
-fn clear_run(dir: &Path) {
-    let _ = std::fs::remove_dir_all(dir.join("checkpoints"));
-    let _ = std::fs::remove_dir_all(dir.join("metrics"));
+/// `Dice@1 0.42  Dice@3 ...` in click order.
+pub fn dice_line(m: &BTreeMap<String, f64>) -> String {
+    let mut v: Vec<(usize, f64)> =
+        m.iter().filter_map(|(k, d)| Some((k.strip_prefix("dice@")?.parse().ok()?, *d))).collect();
+    v.sort_by_key(|(c, _)| *c);
+    v.iter().map(|(c, d)| format!("Dice@{c} {d:.3}")).collect::<Vec<_>>().join("  ")
 }
 
-/// The before/after table.
+/// The table of Dice after each stage.
 pub fn dice_table(r: &DemoReport) -> String {
-    let mut s = String::from("                     Dice@1  Dice@3  Dice@5  Dice@10\n");
-    for (name, rep) in [("untrained", &r.before), ("trained", &r.after)] {
-        let v: Vec<String> =
-            [1, 3, 5, 10].iter().map(|&c| format!("{:>6.3}", rep.mean_at(c).unwrap_or(f64::NAN))).collect();
-        s.push_str(&format!("{name:<20} {}\n", v.join("  ")));
-    }
-    s.push_str("\nper class after training:\n");
-    for g in r.after.groups.iter().filter(|g| g.label != "*") {
-        s.push_str(&format!(
-            "  {:<12} {:<14} n={:<3} Dice@5 {:.3}\n",
-            g.dataset,
-            g.label,
-            g.n,
-            g.dice.get(2).copied().unwrap_or(f64::NAN)
-        ));
-    }
-    s
+    format!("after stage 1   {}\nafter stage 2   {}\n", dice_line(&r.after_stage1), dice_line(&r.after_stage2))
 }

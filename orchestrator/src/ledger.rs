@@ -68,6 +68,14 @@ pub struct Attempt {
     /// xxh3 of the data's `index.json` at submission.
     #[serde(default)]
     pub data_index_xxh3: Option<String>,
+    /// What it measured when it ended: the last step's `loss` and `dice` (training),
+    /// `dice@N` at each click count (eval).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metrics: std::collections::BTreeMap<String, f64>,
+    /// The scheduler's restart count of the job run that is this attempt (Slurm's
+    /// `SLURM_RESTART_COUNT`; a requeued job is the next attempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler_restart: Option<u32>,
 }
 
 impl Attempt {
@@ -85,6 +93,8 @@ impl Attempt {
             last_step: None,
             config_digest: None,
             data_index_xxh3,
+            metrics: Default::default(),
+            scheduler_restart: None,
         }
     }
 }
@@ -102,6 +112,9 @@ pub struct StageRecord {
     pub final_checkpoint: Option<CheckpointRef>,
     /// The weights it started from.
     pub init: Option<String>,
+    /// `s3-orch cancel` asked the running attempt to stop: its exit 75 is not requeued.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_requested: bool,
 }
 
 /// `ledger.json`.
@@ -147,8 +160,52 @@ impl Ledger {
             attempts: Vec::new(),
             final_checkpoint: None,
             init: None,
+            cancel_requested: false,
         });
         self.stages.last_mut().expect("just pushed")
+    }
+}
+
+impl State {
+    /// The name the ledger and `status --json` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Running => "running",
+            State::Preempted => "preempted",
+            State::Failed => "failed",
+            State::Succeeded => "succeeded",
+        }
+    }
+}
+
+impl Ledger {
+    /// The `s3-orch status` table: a line per stage (state, attempts, last step, job
+    /// ids, what it measured, why it failed).
+    pub fn table(&self) -> String {
+        let mut s = format!("run {}\n", self.run);
+        for st in &self.stages {
+            let a = st.attempts.last();
+            let metrics = a.map_or(String::new(), |a| {
+                // dice@10 after dice@5: by the number after the name.
+                let mut m: Vec<(&String, &f64)> = a.metrics.iter().collect();
+                m.sort_by_key(|(k, _)| {
+                    let (name, n) = k.split_once('@').unwrap_or((k.as_str(), ""));
+                    (name.to_string(), n.parse::<u64>().unwrap_or(0))
+                });
+                m.iter().map(|(k, v)| format!("  {k} {v:.3}")).collect::<String>()
+            });
+            s.push_str(&format!(
+                "  {:<8} {:<10} attempts {}  last step {}  jobs {}{metrics}{}\n",
+                st.name,
+                st.state.name(),
+                st.attempts.len(),
+                a.and_then(|a| a.last_step).map_or("-".into(), |x| x.to_string()),
+                a.map_or("-".into(), |a| a.job_ids.join(",")),
+                a.and_then(|a| a.error.as_ref()).map_or(String::new(), |e| format!("  error: {e}"))
+            ));
+        }
+        s
     }
 }
 

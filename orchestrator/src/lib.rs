@@ -12,8 +12,11 @@
 pub mod backend;
 pub mod demo;
 mod error;
+pub mod job_hooks;
 pub mod launch;
 pub mod ledger;
 pub mod plan;
+pub mod settings;
+pub mod stage_metrics;
 
 pub use error::{OrchError, Result};

@@ -3,6 +3,7 @@
 //! `MASTER_PORT`, `S3_RUN_ID`, `S3_STAGE`, `S3_ATTEMPT`, `S3_JOB_TOKEN`). Backends
 //! only decide where those processes run.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// One rank's process.
@@ -29,8 +30,32 @@ pub struct Job {
     pub attempt: u32,
     /// The ranks.
     pub ranks: Vec<RankCommand>,
+    /// Nodes (pods) the ranks spread over, evenly.
+    pub nodes: usize,
     /// Where rank logs go (`rank-R.log`).
     pub log_dir: PathBuf,
+    /// Scheduler jobs this one starts after, once they succeeded (a chain the
+    /// scheduler holds: Slurm `--dependency=afterok`).
+    pub after: Vec<String>,
+    /// Set when the job records its own attempts in the ledger (`s3-orch job ...`).
+    pub hooks: Option<Hooks>,
+}
+
+/// What a job that records its own attempts tells `s3-orch job start|gate|end`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hooks {
+    /// Root of the run folders.
+    pub runs: String,
+    /// The training stage's file (`job end` reads its epochs).
+    pub stage_file: Option<PathBuf>,
+    /// The shards a training stage reads (`job start` records their index hash).
+    pub data: Option<String>,
+    /// The ingest's output (`job end` records its index hash).
+    pub out: Option<String>,
+    /// For `eval`: the stage it evaluates.
+    pub evaluated: Option<String>,
+    /// Check stage 2's gate when the job starts and pass the verified `--init`.
+    pub gate: bool,
 }
 
 /// What a training stage needs.
@@ -44,14 +69,18 @@ pub struct TrainPlan {
     pub data: String,
     /// The stage's run folder (checkpoints, metrics).
     pub run_dir: String,
-    /// Weights to start from (stage 2: stage 1's final checkpoint) and their xxh3.
-    pub init: Option<(String, u64)>,
+    /// Weights to start from (stage 2: stage 1's final checkpoint) and their xxh3 in hex.
+    pub init: Option<(String, String)>,
     /// Catalogue for the selection's flags, when the stage file names none.
     pub catalog: Option<PathBuf>,
     /// Number of ranks.
     pub ranks: usize,
+    /// Nodes they spread over.
+    pub nodes: usize,
     /// `--device` of every rank.
     pub device: String,
+    /// Extra environment of every rank (the settings' `env`).
+    pub env: BTreeMap<String, String>,
 }
 
 /// The job token placeholder in rendered (dry-run) output: the real one is never printed.
@@ -68,6 +97,7 @@ pub fn train_job(
     log_dir: PathBuf,
 ) -> Job {
     let world = plan.ranks.max(1);
+    let per_node = world / plan.nodes.max(1);
     let mut args = vec![
         "train".to_string(),
         "--device".into(),
@@ -80,7 +110,7 @@ pub fn train_job(
         plan.run_dir.clone(),
     ];
     if let Some((init, xxh3)) = &plan.init {
-        args.extend(["--init".into(), init.clone(), "--init-xxh3".into(), format!("{xxh3:016x}")]);
+        args.extend(["--init".into(), init.clone(), "--init-xxh3".into(), xxh3.clone()]);
     }
     if let Some(c) = &plan.catalog {
         args.extend(["--catalog".into(), c.display().to_string()]);
@@ -90,20 +120,23 @@ pub fn train_job(
             rank,
             program: plan.train_bin.clone(),
             args: args.clone(),
-            env: vec![
+            env: [
                 ("RANK".into(), rank.to_string()),
                 ("WORLD_SIZE".into(), world.to_string()),
-                ("LOCAL_RANK".into(), rank.to_string()),
+                ("LOCAL_RANK".into(), (rank % per_node.max(1)).to_string()),
                 ("MASTER_ADDR".into(), "127.0.0.1".into()),
                 ("MASTER_PORT".into(), if port == 0 { "<free port at launch>".into() } else { port.to_string() }),
                 ("S3_RUN_ID".into(), run_id.into()),
                 ("S3_STAGE".into(), stage.into()),
                 ("S3_ATTEMPT".into(), attempt.to_string()),
                 ("S3_JOB_TOKEN".into(), token.unwrap_or(TOKEN_SHOWN).into()),
-            ],
+            ]
+            .into_iter()
+            .chain(plan.env.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .collect(),
         })
         .collect();
-    Job { run_id: run_id.into(), stage: stage.into(), attempt, ranks, log_dir }
+    Job { run_id: run_id.into(), stage: stage.into(), attempt, ranks, nodes: plan.nodes.max(1), log_dir, after: Vec::new(), hooks: None }
 }
 
 /// What an ingest needs.
@@ -119,14 +152,21 @@ pub struct IngestPlan {
     pub workers: usize,
     /// `--jobs` of each worker.
     pub jobs: usize,
+    /// More `s3-ingest` options for every worker (e.g. `--val-percent 25`).
+    pub extra_args: Vec<String>,
+    /// Extra environment of every worker.
+    pub env: BTreeMap<String, String>,
 }
 
-fn identity_env(run_id: &str, stage: &str, attempt: u32) -> Vec<(String, String)> {
-    vec![
-        ("S3_RUN_ID".into(), run_id.into()),
-        ("S3_STAGE".into(), stage.into()),
+fn identity_env(plan: &IngestPlan, run_id: &str, attempt: u32) -> Vec<(String, String)> {
+    [
+        ("S3_RUN_ID".to_string(), run_id.to_string()),
+        ("S3_STAGE".into(), "ingest".into()),
         ("S3_ATTEMPT".into(), attempt.to_string()),
     ]
+    .into_iter()
+    .chain(plan.env.iter().map(|(k, v)| (k.clone(), v.clone())))
+    .collect()
 }
 
 /// The worker processes of an ingest; one worker publishes by itself, several need
@@ -143,18 +183,14 @@ pub fn ingest_job(plan: &IngestPlan, run_id: &str, attempt: u32, log_dir: PathBu
                 "--jobs".into(),
                 plan.jobs.max(1).to_string(),
             ];
+            args.extend(plan.extra_args.iter().cloned());
             if n > 1 {
                 args.extend(["--worker".into(), format!("{w}/{n}")]);
             }
-            RankCommand {
-                rank: w,
-                program: plan.ingest_bin.clone(),
-                args,
-                env: identity_env(run_id, "ingest", attempt),
-            }
+            RankCommand { rank: w, program: plan.ingest_bin.clone(), args, env: identity_env(plan, run_id, attempt) }
         })
         .collect();
-    Job { run_id: run_id.into(), stage: "ingest".into(), attempt, ranks, log_dir }
+    Job { run_id: run_id.into(), stage: "ingest".into(), attempt, ranks, nodes: 1, log_dir, after: Vec::new(), hooks: None }
 }
 
 /// `s3-ingest merge`: publishes what all workers committed.
@@ -163,7 +199,31 @@ pub fn merge_job(plan: &IngestPlan, run_id: &str, attempt: u32, log_dir: PathBuf
         rank: 0,
         program: plan.ingest_bin.clone(),
         args: vec!["merge".into(), "--out".into(), plan.out.clone()],
-        env: identity_env(run_id, "ingest", attempt),
+        env: identity_env(plan, run_id, attempt),
     };
-    Job { run_id: run_id.into(), stage: "ingest-merge".into(), attempt, ranks: vec![rank], log_dir }
+    Job { run_id: run_id.into(), stage: "ingest-merge".into(), attempt, ranks: vec![rank], nodes: 1, log_dir, after: Vec::new(), hooks: None }
+}
+
+/// `s3-train eval` of a training stage's run folder (its final weights, its own
+/// stage config): one process, Dice at 1/3/5/10 clicks into `eval/val.json`.
+pub fn eval_job(plan: &TrainPlan, run_id: &str, attempt: u32, log_dir: PathBuf) -> Job {
+    let args = vec![
+        "eval".to_string(),
+        "--device".into(),
+        plan.device.clone(),
+        "--data".into(),
+        plan.data.clone(),
+        "--run".into(),
+        plan.run_dir.clone(),
+    ];
+    let env = [
+        ("S3_RUN_ID".to_string(), run_id.to_string()),
+        ("S3_STAGE".into(), "eval".into()),
+        ("S3_ATTEMPT".into(), attempt.to_string()),
+    ]
+    .into_iter()
+    .chain(plan.env.iter().map(|(k, v)| (k.clone(), v.clone())))
+    .collect();
+    let rank = RankCommand { rank: 0, program: plan.train_bin.clone(), args, env };
+    Job { run_id: run_id.into(), stage: "eval".into(), attempt, ranks: vec![rank], nodes: 1, log_dir, after: Vec::new(), hooks: None }
 }

@@ -1,46 +1,83 @@
-//! The demo pipeline end to end, shortened: phantom corpus → ingest → evaluate →
-//! train briefly → evaluate, with its outputs in place.
+//! `s3-orch demo` end to end, shortened: the pipeline on the local backend with real
+//! `s3-ingest` and `s3-train` processes (2 ingest workers + merge, 2 ranks per stage),
+//! the model learning in stage 1, stage 2 started from stage 1's final checkpoint,
+//! the ledger and the outputs in place.
 
-use s3_orch::demo::{DemoConfig, dice_table, run_demo};
+use std::path::Path;
+use std::process::Command;
 
-/// Optimiser steps of the shortened demo.
-const STEPS: u64 = 400;
-/// Dice@5 on the val split it must reach (untrained: ~0.01; measured 0.72 at 400 steps).
+/// Epochs of the shortened stages (a fixed amount of work, whatever the machine).
+const STAGE1_EPOCHS: &str = "80";
+const STAGE2_EPOCHS: &str = "6";
+/// Dice@5 the trained model must reach on the val split (untrained: ~0.01).
 const FLOOR: f64 = 0.5;
 
+fn bin(name: &str) -> std::path::PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_s3-orch")).with_file_name(name);
+    assert!(p.exists(), "{} missing: `cargo test --workspace` builds it", p.display());
+    p
+}
+
 #[test]
-fn demo_runs_end_to_end_and_learns() {
+fn the_demo_runs_the_pipeline_and_learns() {
     let tmp = tempfile::tempdir().unwrap();
-    // A fixed number of steps, not minutes: a slow machine does the same work, and a
-    // change that stops the model learning fails here.
-    let cfg =
-        DemoConfig { dir: tmp.path().join("demo"), cases: 4, minutes: 60.0, max_steps: Some(STEPS), val_percent: 50 };
-    let report = run_demo(&cfg, &|_| {}, &|e| {
-        if let s3_trainer::train::TrainEvent::Step { metrics: m, .. } = e {
-            assert!(m.loss.is_finite());
-        }
-    })
-    .unwrap();
-    assert_eq!(report.training.state.step, STEPS);
-    assert!(!report.after.samples.is_empty(), "there are val samples to evaluate");
-    for rep in [&report.before, &report.after] {
-        for c in [1, 3, 5, 10] {
-            let d = rep.mean_at(c).unwrap();
-            assert!((0.0..=1.0).contains(&d), "Dice@{c} = {d}");
-        }
+    let dir = tmp.path().join("demo");
+    let o = Command::new(env!("CARGO_BIN_EXE_s3-orch"))
+        .args(["demo", "--cases", "4", "--stage1-epochs", STAGE1_EPOCHS, "--stage2-epochs", STAGE2_EPOCHS, "--dir"])
+        .arg(&dir)
+        .env("S3_TRAIN_BIN", bin("s3-train"))
+        .env("S3_INGEST_BIN", bin("s3-ingest"))
+        .output()
+        .unwrap();
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    eprintln!("{out}");
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("after stage 1") && out.contains("after stage 2"), "{out}");
+
+    let o = Command::new(env!("CARGO_BIN_EXE_s3-orch"))
+        .args(["status", "--run", "demo", "--json", "--runs"])
+        .arg(dir.join("runs"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let stage = |name: &str| s["stages"].as_array().unwrap().iter().find(|x| x["name"] == name).unwrap().clone();
+    for name in ["ingest", "stage1", "stage2", "eval"] {
+        assert_eq!(stage(name)["state"], "succeeded", "{name}: {s}");
     }
-    let (before, after) = (report.before.mean_at(5).unwrap(), report.after.mean_at(5).unwrap());
-    eprintln!("{}", dice_table(&report));
-    assert!(
-        after >= FLOOR && after > before + 0.1,
-        "Dice@5 {before:.3} → {after:.3} after {STEPS} steps (floor {FLOOR})"
-    );
-    let table = dice_table(&report);
-    assert!(table.contains("untrained") && table.contains("trained"), "{table}");
-    for f in
-        ["metrics", "metrics.png", "config.json", "eval/val.csv", "eval/val_before.json", "checkpoints/latest.json"]
-    {
-        assert!(report.run_dir.join(f).exists(), "{f} written");
+    assert_eq!(stage("ingest")["attempts"][0]["exit_codes"].as_array().unwrap().len(), 3, "2 workers + merge");
+    assert_eq!(stage("stage1")["attempts"][0]["job_ids"].as_array().unwrap().len(), 2, "2 ranks");
+    assert_eq!(stage("stage2")["init"], stage("stage1")["final_checkpoint"]["url"]);
+    assert_eq!(stage("eval")["init"], stage("stage2")["final_checkpoint"]["url"], "eval reads stage 2's weights");
+
+    // Dice at every click count after each stage, and the model learned in stage 1.
+    let stage1_eval: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("runs/demo/stage1/eval/val.json")).unwrap()).unwrap();
+    assert!(!stage1_eval["samples"].as_array().unwrap().is_empty(), "there are val samples");
+    let eval = &stage("eval")["attempts"][0]["metrics"];
+    for c in [1, 3, 5, 10] {
+        let d = eval[format!("dice@{c}")].as_f64().unwrap_or_else(|| panic!("dice@{c} in {eval}"));
+        assert!((0.0..=1.0).contains(&d), "Dice@{c} = {d}");
     }
-    assert!(report.store.join("index.json").exists());
+    let dice5 = eval["dice@5"].as_f64().unwrap();
+    assert!(dice5 >= FLOOR, "Dice@5 after both stages {dice5:.3} (floor {FLOOR})");
+    // Stage 2 fine-tunes the selection the phantom catalogue marks: CT only.
+    let stage2_eval: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("runs/demo/stage2/eval/val.json")).unwrap()).unwrap();
+    let datasets: std::collections::BTreeSet<&str> =
+        stage2_eval["samples"].as_array().unwrap().iter().map(|x| x["dataset"].as_str().unwrap()).collect();
+    assert_eq!(datasets.into_iter().collect::<Vec<_>>(), ["PhantomCT"]);
+
+    for f in ["stage1/metrics.png", "stage2/metrics.png", "stage1/config.json", "stage2/checkpoints/latest.json"] {
+        assert!(dir.join("runs/demo").join(f).exists(), "{f} written");
+    }
+    assert!(dir.join("store/index.json").exists());
+
+    // A rerun starts afresh in its own folder, and a folder no demo made is refused.
+    let other = tmp.path().join("mine");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("precious.txt"), "keep").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_s3-orch")).args(["demo", "--dir"]).arg(&other).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no demo made it"));
+    assert!(other.join("precious.txt").exists());
 }

@@ -298,9 +298,10 @@ fn the_pipeline_ingests_with_three_workers_then_chains_both_stages() {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(samples(&store), samples(&reference), "3 workers + merge publish what one process does");
     let s = status(&f, "p");
-    for name in ["ingest", "stage1", "stage2"] {
+    for name in ["ingest", "stage1", "stage2", "eval"] {
         assert_eq!(stage(&s, name)["state"], "succeeded", "{name}: {s}");
     }
+    assert_eq!(stage(&s, "eval")["init"], stage(&s, "stage2")["final_checkpoint"]["url"], "eval of stage 2's weights");
     assert_eq!(stage(&s, "ingest")["attempts"][0]["exit_codes"].as_array().unwrap().len(), 4, "3 workers + merge");
     assert_eq!(stage(&s, "stage2")["init"], stage(&s, "stage1")["final_checkpoint"]["url"]);
     let d = digests(&f.runs.join("p/logs/stage2/attempt-1"));

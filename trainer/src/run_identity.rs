@@ -19,7 +19,7 @@ use crate::stage::StageConfig;
 
 /// Stage fields that change how long or how often a run does things, not what it
 /// learns: a resume may change them freely.
-const BUDGET_FIELDS: [&str; 4] = ["max_steps", "max_minutes", "checkpoint_every", "keep_last"];
+const BUDGET_FIELDS: [&str; 5] = ["max_steps", "max_minutes", "checkpoint_every", "keep_last", "launch"];
 
 /// A run's identity, recorded in each checkpoint's `state.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -119,6 +119,11 @@ pub struct StageConfig {
     /// Stop after this many minutes (demos).
     #[serde(default)]
     pub max_minutes: Option<f64>,
+    /// The stage's launch defaults (`ranks`, `nodes`, `time_limit`, ...): read by
+    /// `s3-orch` under its flags, environment and cluster profile; the trainer
+    /// ignores them and they are no part of the run's identity.
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub launch: toml::Table,
 }
 
 fn default_preset() -> String {

@@ -35,6 +35,7 @@ fn stage(epochs: u64) -> StageConfig {
         shard_window: 2,
         max_steps: None,
         max_minutes: None,
+        launch: Default::default(),
     }
 }
 

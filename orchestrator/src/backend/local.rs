@@ -7,9 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::backend::{Backend, JobEnd, Submission};
+use crate::backend::{Backend, JobEnd, Submission, shell_quote};
 use crate::error::{OrchError, Result};
 use crate::plan::Job;
+use crate::settings::Settings;
 
 /// Exit code of a preempted rank (checkpointed; requeue).
 pub const PREEMPTED: i32 = 75;
@@ -20,11 +21,16 @@ pub struct Local {
     children: Mutex<HashMap<String, Child>>,
 }
 
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@%".contains(c)) {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
+impl Local {
+    /// The local backend; it has one node.
+    pub fn new(settings: &Settings) -> Result<Local> {
+        if settings.nodes() > 1 {
+            return Err(OrchError::Config(format!(
+                "the local backend runs every rank on this machine: {} nodes asked (use --nodes 1, or --backend slurm|k8s)",
+                settings.nodes()
+            )));
+        }
+        Ok(Local::default())
     }
 }
 

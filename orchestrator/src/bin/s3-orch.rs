@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use s3_orch::demo::{DemoConfig, dice_table, run_demo};
-use s3_orch::launch::{IngestLaunch, Launched, StageLaunch, launch_ingest, launch_stage};
+use s3_orch::launch::{IngestLaunch, Launched, StageLaunch, launch_eval, launch_ingest, launch_stage};
 use s3_orch::ledger::{StageRecord, State};
 use s3_orch::plan::IngestPlan;
-use s3_trainer::train::TrainEvent;
+use s3_orch::settings::{self, Layer, Origin, Settings};
 
 /// Orchestrate SAM-Med3D: ingest, stage 1, stage 2.
 #[derive(Parser)]
@@ -21,27 +21,35 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Phantom corpus → ingest into a local store → train the small preset on CPU for a
-    /// few minutes → Dice at 1/3/5/10 clicks before and after.
+    /// The pipeline on the local backend, on an embedded default: a phantom corpus →
+    /// ingest (2 workers + merge) → stage 1 (2 CPU ranks, small preset) → Dice →
+    /// stage 2 from stage 1's verified checkpoint on the fine-tune selection → Dice →
+    /// the run's status. About 10 minutes on 2 cores. Needs s3-train and s3-ingest next
+    /// to s3-orch (`cargo build`), or S3_TRAIN_BIN / S3_INGEST_BIN.
     Demo {
-        /// Working directory.
+        /// Working directory (cleared of an earlier demo's output).
         #[arg(long, default_value = "demo")]
         dir: PathBuf,
-        /// Minutes of training.
-        #[arg(long, default_value_t = 6.0)]
-        minutes: f64,
         /// Phantom cases per dataset.
         #[arg(long, default_value_t = 12)]
         cases: usize,
+        /// Epochs of stage 1 (default: manifests/stages/demo.toml's).
+        #[arg(long)]
+        stage1_epochs: Option<u64>,
+        /// Epochs of stage 2 (default: manifests/stages/demo-finetune.toml's).
+        #[arg(long)]
+        stage2_epochs: Option<u64>,
     },
-    /// Launch (or resume, or skip) a stage and wait for it; every attempt goes into
-    /// the run ledger `<runs>/<run>/ledger.json`. A succeeded stage is not run again;
+    /// Launch (or resume, or skip) a stage; every attempt goes into the run ledger
+    /// `<runs>/<run>/ledger.json`. The local backend runs the stages here and waits;
+    /// Slurm holds the chain (each job after the one before) and the launch returns
+    /// once submitted (--wait follows it). A succeeded stage is not run again;
     /// a failed or preempted one continues from its last checkpoint as the next
     /// attempt. Stage 2 starts only from the stage-1 final checkpoint the ledger
     /// records, after checking its hash.
     Launch {
         /// ingest (--manifest, --out, --workers), stage1 / stage2 (--data), or
-        /// pipeline (ingest → stage1 → stage2 in one run).
+        /// pipeline (ingest → stage1 → stage2 → eval in one run).
         #[arg(value_parser = ["ingest", "stage1", "stage2", "pipeline"])]
         stage: String,
         #[command(flatten)]
@@ -55,6 +63,9 @@ enum Command {
         /// Print the ledger as JSON.
         #[arg(long)]
         json: bool,
+        /// First wait until no stage runs (a scheduler's requeued job is followed).
+        #[arg(long)]
+        wait: bool,
     },
     /// Print a rank's log of a stage (the newest attempt by default).
     Logs {
@@ -73,12 +84,92 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// Ledger hooks a batch script runs around its ranks (Slurm jobs record their own
+    /// attempts, so the chain runs without the launching terminal).
+    #[command(subcommand, hide = true)]
+    Job(JobHook),
     /// Stop a run's running attempts: SIGTERM, so every rank checkpoints and exits 75
     /// (the ledger then records a preemption; launch again to continue).
     Cancel {
         #[command(flatten)]
         target: RunRef,
     },
+}
+
+/// `s3-orch job ...`.
+#[derive(Subcommand)]
+enum JobHook {
+    /// Prints the attempt number this run of the scheduler job is.
+    Start {
+        #[command(flatten)]
+        target: HookRef,
+        /// The scheduler's job id.
+        #[arg(long)]
+        job_id: String,
+        /// The scheduler's restart count of the job (SLURM_RESTART_COUNT).
+        #[arg(long, default_value_t = 0)]
+        restart: u32,
+        /// The shards a training stage reads (their index hash goes into the ledger).
+        #[arg(long)]
+        data: Option<String>,
+    },
+    /// Prints stage 1's final checkpoint URL and xxh3 once their hash is verified;
+    /// fails if the ledger does not record a succeeded stage 1.
+    Gate {
+        #[command(flatten)]
+        target: HookRef,
+    },
+    /// Records how the attempt ended; exits 3 when the job should requeue itself.
+    End {
+        #[command(flatten)]
+        target: HookRef,
+        /// The scheduler's job id.
+        #[arg(long)]
+        job_id: String,
+        /// The attempt `job start` printed.
+        #[arg(long)]
+        attempt: u32,
+        /// The ranks' exit code.
+        #[arg(long, allow_hyphen_values = true)]
+        exit_code: i32,
+        /// Where the ranks' logs are.
+        #[arg(long)]
+        logs: String,
+        /// The training stage's file.
+        #[arg(long)]
+        stage_file: Option<PathBuf>,
+        /// The ingest's output store.
+        #[arg(long)]
+        out: Option<String>,
+        /// For eval: the stage it evaluated.
+        #[arg(long)]
+        evaluated: Option<String>,
+    },
+}
+
+/// The run and stage of a hook.
+#[derive(clap::Args)]
+struct HookRef {
+    /// Root of the run folders.
+    #[arg(long)]
+    runs: String,
+    /// Run id.
+    #[arg(long)]
+    run: String,
+    /// Ledger stage.
+    #[arg(long)]
+    stage: String,
+}
+
+impl HookRef {
+    fn target(self) -> s3_orch::job_hooks::HookTarget {
+        s3_orch::job_hooks::HookTarget {
+            runs: self.runs,
+            run_id: self.run,
+            stage: self.stage,
+            options: Default::default(),
+        }
+    }
 }
 
 /// Which run.
@@ -106,47 +197,182 @@ struct LaunchArgs {
     /// Output store of the ingest (ingest, pipeline).
     #[arg(long)]
     out: Option<String>,
-    /// Ingest worker processes (each `--worker I/N`, then one merge).
-    #[arg(long, default_value_t = 1)]
-    workers: usize,
-    /// Cases each ingest worker processes in parallel.
-    #[arg(long, default_value_t = 1)]
-    jobs: usize,
-    /// The s3-ingest binary (default: S3_INGEST_BIN, else next to s3-orch, else PATH).
-    #[arg(long)]
-    ingest_bin: Option<PathBuf>,
     /// Root of the run folders: each run is `<runs>/<run>/` (ledger, stage folders, logs).
     #[arg(long)]
     runs: String,
     /// Run id (stage 2 continues the run of its stage 1; default for stage 1: run-<UTC time>).
     #[arg(long)]
     run: Option<String>,
-    /// Total number of ranks.
-    #[arg(long, default_value_t = 1)]
-    ranks: usize,
-    /// local (Slurm and Kubernetes: the next issues).
-    #[arg(long, default_value = "local")]
+    /// local, slurm or k8s.
+    #[arg(long, env = "S3_ORCH_BACKEND", default_value = "local")]
     backend: String,
+    /// Cluster profile (default: manifests/clusters/<backend>.toml when it exists).
+    #[arg(long, value_name = "FILE")]
+    cluster: Option<PathBuf>,
     /// Folder holding stage1.toml and stage2.toml.
     #[arg(long, default_value = "manifests/stages")]
     stages: PathBuf,
-    /// `--device` of every rank (cpu, cuda: cuda:LOCAL_RANK).
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// The s3-train binary (default: S3_TRAIN_BIN, else next to s3-orch, else PATH).
-    #[arg(long)]
-    train_bin: Option<PathBuf>,
-    /// Print exactly what would be started, and touch nothing.
+    /// Print exactly what would be submitted, and touch nothing (no scheduler command,
+    /// no object written).
     #[arg(long)]
     dry_run: bool,
-    /// Print the stage's ledger record as JSON when done.
+    /// Print each stage's ledger record as JSON when done.
     #[arg(long)]
     json: bool,
+    /// On a scheduler that holds the chain (Slurm): stay until the stages end and exit
+    /// with their result. Without it the launch returns once everything is submitted.
+    #[arg(long)]
+    wait: bool,
+    #[command(flatten)]
+    settings: SettingFlags,
 }
 
-/// The flag, else the variable, else the binary next to this one, else on PATH.
-fn tool(flag: Option<PathBuf>, var: &str, name: &str) -> PathBuf {
-    flag.or_else(|| std::env::var_os(var).map(PathBuf::from))
+/// Settings a flag may give; each also comes from `S3_ORCH_<NAME>`, the cluster
+/// profile or the stage file's `[launch]` table, in that order.
+#[derive(clap::Args)]
+#[command(next_help_heading = "Settings (flag > $S3_ORCH_<NAME> > cluster profile > stage [launch] > default)")]
+struct SettingFlags {
+    /// Total number of ranks [default: 1].
+    #[arg(long)]
+    ranks: Option<usize>,
+    /// Nodes (pods) the ranks spread over, evenly [default: 1].
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// `--device` of every rank: cpu, or cuda (rank's GPU = LOCAL_RANK) [default: cpu].
+    #[arg(long)]
+    device: Option<String>,
+    /// GPUs per node.
+    #[arg(long)]
+    gpus_per_node: Option<u32>,
+    /// CPUs per rank.
+    #[arg(long)]
+    cpus_per_rank: Option<u32>,
+    /// Memory per rank (e.g. 64G).
+    #[arg(long)]
+    mem_per_rank: Option<String>,
+    /// Wall-clock limit.
+    #[arg(long)]
+    time_limit: Option<String>,
+    /// Slurm partition.
+    #[arg(long)]
+    partition: Option<String>,
+    /// Slurm account.
+    #[arg(long)]
+    account: Option<String>,
+    /// Slurm QoS.
+    #[arg(long)]
+    qos: Option<String>,
+    /// Container image.
+    #[arg(long)]
+    image: Option<String>,
+    /// Kubernetes namespace.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Secret holding the object-store credentials (Kubernetes; referenced by name).
+    #[arg(long)]
+    secret: Option<String>,
+    /// Slurm container runtime: none, pyxis, apptainer.
+    #[arg(long)]
+    container: Option<String>,
+    /// Seconds from the stop signal to the kill (time to checkpoint) [default: 300].
+    #[arg(long)]
+    grace_seconds: Option<u64>,
+    /// Ingest worker processes, each `--worker I/N`, then one merge [default: 1].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Cases each ingest worker processes in parallel [default: 1].
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// The s3-train program (local default: $S3_TRAIN_BIN, else next to s3-orch, else PATH).
+    #[arg(long)]
+    train_bin: Option<String>,
+    /// The s3-ingest program (local default: $S3_INGEST_BIN, else next to s3-orch, else PATH).
+    #[arg(long)]
+    ingest_bin: Option<String>,
+    /// The s3-orch program where the jobs run (Slurm; default: this one).
+    #[arg(long)]
+    orch_bin: Option<String>,
+    /// Kubernetes object per stage: job (Indexed Job + headless Service) or jobset [default: job].
+    #[arg(long, value_parser = ["job", "jobset"])]
+    k8s_kind: Option<String>,
+    /// Log folder when the run folder is not a local directory [default: s3-orch-logs].
+    #[arg(long)]
+    log_dir: Option<String>,
+    /// Extra environment of every rank, KEY=VALUE (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or("expected KEY=VALUE")?;
+    if k.is_empty() {
+        return Err("empty variable name".into());
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+impl SettingFlags {
+    fn layer(&self) -> Layer {
+        Layer {
+            ranks: self.ranks,
+            nodes: self.nodes,
+            device: self.device.clone(),
+            gpus_per_node: self.gpus_per_node,
+            cpus_per_rank: self.cpus_per_rank,
+            mem_per_rank: self.mem_per_rank.clone(),
+            time_limit: self.time_limit.clone(),
+            partition: self.partition.clone(),
+            account: self.account.clone(),
+            qos: self.qos.clone(),
+            image: self.image.clone(),
+            namespace: self.namespace.clone(),
+            secret: self.secret.clone(),
+            container: self.container.clone(),
+            grace_seconds: self.grace_seconds,
+            workers: self.workers,
+            jobs: self.jobs,
+            train_bin: self.train_bin.clone(),
+            ingest_bin: self.ingest_bin.clone(),
+            orch_bin: self.orch_bin.clone(),
+            k8s_kind: self.k8s_kind.clone(),
+            log_dir: self.log_dir.clone(),
+            env: self.env.iter().cloned().collect(),
+        }
+    }
+}
+
+/// The cluster profile to read: the flag, else the backend's default when it exists.
+fn profile_path(args: &LaunchArgs) -> Result<Option<PathBuf>> {
+    match &args.cluster {
+        Some(p) if !p.exists() => bail!("cluster profile {} not found", p.display()),
+        Some(p) => Ok(Some(p.clone())),
+        None => {
+            let p = PathBuf::from(format!("manifests/clusters/{}.toml", args.backend));
+            Ok(p.exists().then_some(p))
+        }
+    }
+}
+
+/// Flags over environment over the cluster profile over the stage file.
+fn resolve(args: &LaunchArgs, stage_file: Option<&std::path::Path>) -> Result<Settings> {
+    let mut layers = vec![
+        (Origin::Flag, args.settings.layer()),
+        (Origin::Env, Layer::from_env(&|k| std::env::var(k).ok())?),
+    ];
+    if let Some(p) = profile_path(args)? {
+        layers.push((Origin::Profile(p.clone()), settings::load_profile(&p)?));
+    }
+    if let Some(f) = stage_file {
+        layers.push((Origin::Stage(f.to_path_buf()), settings::stage_layer(f)?));
+    }
+    Ok(Settings::resolve(layers))
+}
+
+/// The setting, else the variable, else the binary next to this one, else on PATH.
+fn tool(setting: Option<&String>, var: &str, name: &str) -> PathBuf {
+    setting
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os(var).map(PathBuf::from))
         .or_else(|| {
             let sibling = std::env::current_exe().ok()?.with_file_name(name);
             sibling.exists().then_some(sibling)
@@ -190,101 +416,19 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Launch { stage, args } => {
-            let backend = s3_orch::backend::backend(&args.backend)?;
-            let run_id = match (&args.run, stage.as_str()) {
-                (Some(r), _) => r.clone(),
-                (None, "stage2") => bail!("stage 2 continues a run: give --run ID (the run of its stage 1)"),
-                (None, _) => format!("run-{}", s3_orch::ledger::now().replace([':', '-'], "").trim_end_matches('Z')),
-            };
-            let say = |m: &str| eprintln!("{m}");
-            let ingest = |out: &str| -> Result<Launched> {
-                let manifest = args.manifest.clone().context("--manifest is needed to ingest")?;
-                let spec = IngestLaunch {
-                    runs: args.runs.clone(),
-                    run_id: run_id.clone(),
-                    plan: IngestPlan {
-                        ingest_bin: tool(args.ingest_bin.clone(), "S3_INGEST_BIN", "s3-ingest"),
-                        manifest,
-                        out: out.to_string(),
-                        workers: args.workers,
-                        jobs: args.jobs,
-                    },
-                    log_root: PathBuf::from("s3-orch-logs"),
-                    store_options: Default::default(),
-                };
-                Ok(launch_ingest(&spec, backend.as_ref(), args.dry_run, &say)?)
-            };
-            let train = |name: &str, data: &str| -> Result<Launched> {
-                let spec = StageLaunch {
-                    runs: args.runs.clone(),
-                    run_id: run_id.clone(),
-                    stage_file: args.stages.join(format!("{name}.toml")),
-                    stage: name.to_string(),
-                    data: data.to_string(),
-                    ranks: args.ranks,
-                    train_bin: tool(args.train_bin.clone(), "S3_TRAIN_BIN", "s3-train"),
-                    device: args.device.clone(),
-                    catalog: args.manifest.clone(),
-                    log_root: PathBuf::from("s3-orch-logs"),
-                    store_options: Default::default(),
-                };
-                if !spec.stage_file.exists() {
-                    bail!(
-                        "stage file {} not found (--stages DIR holds stage1.toml and stage2.toml)",
-                        spec.stage_file.display()
-                    );
-                }
-                Ok(launch_stage(&spec, backend.as_ref(), args.dry_run, &say)?)
-            };
-            let steps: Vec<&str> = match stage.as_str() {
-                "pipeline" => vec!["ingest", "stage1", "stage2"],
-                one => vec![one],
-            };
-            for step in steps {
-                let launched = match step {
-                    "ingest" => ingest(args.out.as_deref().context("--out is needed to ingest")?)?,
-                    name => {
-                        let data = if stage == "pipeline" { args.out.as_deref() } else { args.data.as_deref() };
-                        let data = data.context("--data is needed to train (--out for the pipeline)")?;
-                        if args.dry_run && stage == "pipeline" && name == "stage2" {
-                            println!("# stage2: starts from stage 1's final checkpoint once the ledger records it");
-                            continue;
-                        }
-                        train(name, data)?
-                    }
-                };
-                match launched {
-                    Launched::AlreadySucceeded => {}
-                    Launched::DryRun(text) => print!("{text}"),
-                    Launched::Ran(record) => {
-                        let code = report(&run_id, &record, args.json)?;
-                        if code != ExitCode::SUCCESS {
-                            return Ok(code);
-                        }
-                    }
-                }
-            }
-        }
+        Command::Launch { stage, args } => return launch(&stage, &args),
+        Command::Job(hook) => return job_hook(hook),
         Command::Logs { target: RunRef { runs, run }, stage, attempt, rank, follow } => {
-            let path = s3_orch::launch::log_path(
-                &runs,
-                &run,
-                &stage,
-                attempt,
-                rank,
-                std::path::Path::new("s3-orch-logs"),
-                &Default::default(),
-            )?;
+            let log_root = std::path::Path::new("s3-orch-logs");
+            let path = s3_orch::launch::log_path(&runs, &run, &stage, attempt, rank, log_root, &Default::default())?;
             let mut file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
             let mut out = std::io::stdout();
             std::io::copy(&mut file, &mut out)?;
             if follow {
-                let backend = s3_orch::backend::backend("local")?;
                 loop {
                     std::thread::sleep(std::time::Duration::from_millis(500));
                     std::io::copy(&mut file, &mut out)?;
-                    let ledger = s3_orch::launch::status(&runs, &run, &Default::default(), backend.as_ref(), &|_| {})?;
+                    let ledger = s3_orch::launch::status(&runs, &run, &Default::default(), &|_| {})?;
                     if ledger.stage(&stage).is_none_or(|s| s.state != State::Running) {
                         std::io::copy(&mut file, &mut out)?;
                         break;
@@ -293,58 +437,207 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Cancel { target: RunRef { runs, run } } => {
-            let backend = s3_orch::backend::backend("local")?;
-            let stopped = s3_orch::launch::cancel(&runs, &run, &Default::default(), backend.as_ref())?;
+            let stopped = s3_orch::launch::cancel(&runs, &run, &Default::default())?;
             if stopped.is_empty() {
                 eprintln!("run {run}: nothing running");
             } else {
                 eprintln!("run {run}: asked {} to checkpoint and stop (SIGTERM)", stopped.join(", "));
             }
         }
-        Command::Status { target: RunRef { runs, run }, json } => {
-            let backend = s3_orch::backend::backend("local")?;
-            let ledger =
-                s3_orch::launch::status(&runs, &run, &Default::default(), backend.as_ref(), &|m| eprintln!("{m}"))?;
+        Command::Status { target: RunRef { runs, run }, json, wait } => {
+            if wait {
+                let ledger = s3_orch::launch::status(&runs, &run, &Default::default(), &|m| eprintln!("{m}"))?;
+                // A preempted stage whose job Slurm requeued is still to come.
+                for s in &ledger.stages {
+                    let poll = std::time::Duration::from_secs(2);
+                    s3_orch::launch::wait_stage(&runs, &run, &s.name, &Default::default(), poll, &|m| eprintln!("{m}"))?;
+                }
+            }
+            let ledger = s3_orch::launch::status(&runs, &run, &Default::default(), &|m| eprintln!("{m}"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&ledger)?);
             } else {
-                println!("run {}", ledger.run);
-                for s in &ledger.stages {
-                    let a = s.attempts.last();
-                    println!(
-                        "  {:<8} {:<10} attempts {}  last step {}  jobs {}{}",
-                        s.name,
-                        format!("{:?}", s.state).to_lowercase(),
-                        s.attempts.len(),
-                        a.and_then(|a| a.last_step).map_or("-".into(), |x| x.to_string()),
-                        a.map_or("-".into(), |a| a.job_ids.join(",")),
-                        a.and_then(|a| a.error.as_ref()).map_or(String::new(), |e| format!("  error: {e}"))
-                    );
-                }
+                print!("{}", ledger.table());
             }
         }
-        Command::Demo { dir, minutes, cases } => {
-            let cfg = DemoConfig { dir, minutes, cases, ..DemoConfig::default() };
-            let report = run_demo(&cfg, &|m| eprintln!("{m}"), &|e| match e {
-                TrainEvent::Started { samples, .. } => eprintln!("   {samples} training samples"),
-                TrainEvent::Step { metrics: m, .. } if m.step % 10 == 0 => {
-                    eprintln!(
-                        "   step {:>4} epoch {:>2} loss {:.3} dice {:.3} ({:.2} samples/s)",
-                        m.step, m.epoch, m.loss, m.dice, m.samples_per_s
-                    )
+        Command::Demo { dir, cases, stage1_epochs, stage2_epochs } => {
+            let cfg = DemoConfig {
+                dir,
+                cases,
+                epochs: (stage1_epochs, stage2_epochs),
+                ..DemoConfig::new(
+                    tool(None, "S3_TRAIN_BIN", "s3-train"),
+                    tool(None, "S3_INGEST_BIN", "s3-ingest"),
+                )
+            };
+            for (what, bin) in [("s3-train", &cfg.train_bin), ("s3-ingest", &cfg.ingest_bin)] {
+                if bin.components().count() > 1 && !bin.exists() {
+                    bail!("{what} not found at {}: build the workspace's binaries first (cargo build)", bin.display());
                 }
-                TrainEvent::Skipped { sample_id, reason } => eprintln!("   skipped {sample_id}: {reason}"),
-                _ => {}
-            })?;
+            }
+            let started = std::time::Instant::now();
+            let report = run_demo(&cfg, &|m| eprintln!("{m}"))?;
             println!("\n{}", dice_table(&report));
+            println!("{}", report.ledger.table());
             println!(
-                "trained {} steps; metrics: {} (plots: {}); eval: {}; shards: {}",
-                report.training.state.step,
-                report.run_dir.join("metrics/").display(),
-                report.run_dir.join("metrics.png").display(),
-                report.run_dir.join("eval/val.csv").display(),
-                report.store.display()
+                "{:.1} min. Per stage under {}: metrics/ (CSV segments), metrics.png, checkpoints/, eval/val.csv; \
+                 shards: {}; `s3-orch status --runs {} --run demo` shows the ledger again",
+                started.elapsed().as_secs_f64() / 60.0,
+                report.run_dir.display(),
+                report.store.display(),
+                report.run_dir.parent().map_or(String::new(), |p| p.display().to_string()),
             );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn job_hook(hook: JobHook) -> Result<ExitCode> {
+    use s3_orch::job_hooks;
+    match hook {
+        JobHook::Start { target, job_id, restart, data } => {
+            println!("{}", job_hooks::job_start(&target.target(), &job_id, restart, data.as_deref())?);
+        }
+        JobHook::Gate { target } => {
+            let (url, xxh3) = job_hooks::job_gate(&target.target())?;
+            println!("{url} {xxh3}");
+        }
+        JobHook::End { target, job_id, attempt, exit_code, logs, stage_file, out, evaluated } => {
+            let end = job_hooks::JobEnd {
+                job_id: &job_id,
+                attempt,
+                exit_code,
+                stage_file: stage_file.as_deref(),
+                out: out.as_deref(),
+                evaluated: evaluated.as_deref(),
+                logs: &logs,
+            };
+            if job_hooks::job_end(&target.target(), &end)? {
+                return Ok(ExitCode::from(job_hooks::REQUEUE));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn launch(stage: &str, args: &LaunchArgs) -> Result<ExitCode> {
+    let run_id = match (&args.run, stage) {
+        (Some(r), _) => r.clone(),
+        (None, "stage2") => bail!("stage 2 continues a run: give --run ID (the run of its stage 1)"),
+        (None, _) => format!("run-{}", s3_orch::ledger::now().replace([':', '-'], "").trim_end_matches('Z')),
+    };
+    let say = |m: &str| eprintln!("{m}");
+    let log_root = PathBuf::from("s3-orch-logs");
+    let stage_file = |name: &str| -> Result<PathBuf> {
+        let f = args.stages.join(format!("{name}.toml"));
+        if !f.exists() {
+            bail!("stage file {} not found (--stages DIR holds stage1.toml and stage2.toml)", f.display());
+        }
+        Ok(f)
+    };
+    let show_settings = |s: &Settings| {
+        if args.dry_run {
+            print!("{}", s.describe());
+        }
+    };
+    let ingest = |out: &str| -> Result<Launched> {
+        let settings = resolve(args, None)?;
+        show_settings(&settings);
+        let backend = s3_orch::backend::backend(&args.backend, &settings)?;
+        let manifest = args.manifest.clone().context("--manifest is needed to ingest")?;
+        let spec = IngestLaunch {
+            runs: args.runs.clone(),
+            run_id: run_id.clone(),
+            plan: IngestPlan {
+                ingest_bin: tool(settings.values.ingest_bin.as_ref(), "S3_INGEST_BIN", "s3-ingest"),
+                manifest,
+                out: out.to_string(),
+                workers: settings.workers(),
+                jobs: settings.jobs(),
+                extra_args: Vec::new(),
+                env: settings.values.env.clone(),
+            },
+            log_root: settings.values.log_dir.as_ref().map_or(log_root.clone(), PathBuf::from),
+            store_options: Default::default(),
+        };
+        Ok(launch_ingest(&spec, backend.as_ref(), args.dry_run, &say)?)
+    };
+    let train = |name: &str, data: &str, eval: bool| -> Result<Launched> {
+        let file = stage_file(name)?;
+        let settings = resolve(args, Some(&file))?;
+        if !eval {
+            show_settings(&settings);
+        }
+        let backend = s3_orch::backend::backend(&args.backend, &settings)?;
+        settings.ranks_per_node()?;
+        let spec = StageLaunch {
+            runs: args.runs.clone(),
+            run_id: run_id.clone(),
+            stage_file: file,
+            stage: name.to_string(),
+            data: data.to_string(),
+            ranks: settings.ranks(),
+            nodes: settings.nodes(),
+            env: settings.values.env.clone(),
+            train_bin: tool(settings.values.train_bin.as_ref(), "S3_TRAIN_BIN", "s3-train"),
+            device: settings.device().to_string(),
+            catalog: args.manifest.clone(),
+            log_root: settings.values.log_dir.as_ref().map_or(log_root.clone(), PathBuf::from),
+            store_options: Default::default(),
+        };
+        if eval {
+            return Ok(launch_eval(&spec, backend.as_ref(), args.dry_run, &say)?);
+        }
+        Ok(launch_stage(&spec, backend.as_ref(), args.dry_run, &say)?)
+    };
+    let steps: Vec<&str> = match stage {
+        "pipeline" => vec!["ingest", "stage1", "stage2", "eval"],
+        one => vec![one],
+    };
+    if args.dry_run {
+        println!("# s3-orch launch {stage} --dry-run: run {run_id} on the {} backend", args.backend);
+        if stage == "pipeline" && args.backend == "slurm" {
+            println!("# each job is submitted --dependency=afterok:<the job before it> --kill-on-invalid-dep=yes");
+        }
+    }
+    let mut submitted = Vec::new();
+    for step in steps {
+        let data = if stage == "pipeline" { args.out.as_deref() } else { args.data.as_deref() };
+        let launched = match step {
+            "ingest" => ingest(args.out.as_deref().context("--out is needed to ingest")?)?,
+            "eval" => train("stage2", data.context("--data is needed to evaluate")?, true)?,
+            name => train(name, data.context("--data is needed to train (--out for the pipeline)")?, false)?,
+        };
+        match launched {
+            Launched::AlreadySucceeded => {}
+            Launched::DryRun(text) => print!("{text}"),
+            Launched::Ran(record) => {
+                let code = report(&run_id, &record, args.json)?;
+                if code != ExitCode::SUCCESS {
+                    return Ok(code);
+                }
+            }
+            Launched::Submitted(record) => {
+                eprintln!(
+                    "run {run_id}: {} submitted as job {}",
+                    record.name,
+                    record.attempts.last().map_or(String::new(), |a| a.job_ids.join(","))
+                );
+                submitted.push(record.name);
+            }
+        }
+    }
+    if !submitted.is_empty() && !args.wait {
+        eprintln!("the scheduler runs the chain; follow it with `s3-orch status --runs {} --run {run_id}`", args.runs);
+    }
+    if args.wait {
+        for name in submitted {
+            let poll = std::time::Duration::from_secs(2);
+            let record = s3_orch::launch::wait_stage(&args.runs, &run_id, &name, &Default::default(), poll, &say)?;
+            let code = report(&run_id, &record, args.json)?;
+            if code != ExitCode::SUCCESS {
+                return Ok(code);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

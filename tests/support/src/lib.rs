@@ -1,5 +1,7 @@
 //! Helpers shared by the workspace's tests.
 //!
+//! [`SlurmCluster`] runs a real one-node Slurm cluster (Debian's daemons, as root).
+//!
 //! [`S3Server`] runs a real S3 server (`s3s-fs`, the S3 protocol over a temporary
 //! directory) on `127.0.0.1` in a background thread, with signature-checked
 //! credentials, so tests talk to S3 through the same HTTP client code as production.
@@ -9,6 +11,9 @@
 //! let url = server.url("run-1"); // s3://test-bucket/run-1
 //! for (k, v) in server.env() { /* hand to a child process */ let _ = (k, v); }
 //! ```
+
+mod slurm;
+pub use slurm::SlurmCluster;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,155 @@
+//! The ledger from inside a job: `s3-orch job start|gate|end`, which a batch script
+//! runs around its ranks (Slurm). A scheduler that holds the chain (dependencies,
+//! requeues) runs the stages without the launcher's terminal, so the jobs record
+//! their own attempts: start (which attempt this run of the job is), the stage-2
+//! gate (checked when the job starts, since a dependency does not re-arm after a
+//! requeue), and end (how it ended, the final checkpoint, whether to requeue).
+
+use std::path::Path;
+
+use s3_shards::StoreOptions;
+
+use crate::error::{OrchError, Result};
+use crate::launch::{close_eval, close_ingest, join, object_xxh3, runtime, stage1_checkpoint, training_outcome};
+use crate::ledger::{Attempt, Ledger, State, now};
+
+/// Which run and stage a hook is about.
+#[derive(Clone, Debug)]
+pub struct HookTarget {
+    /// Root of the run folders.
+    pub runs: String,
+    /// Run id.
+    pub run_id: String,
+    /// `ingest`, `stage1`, `stage2` or `eval`.
+    pub stage: String,
+    /// S3 settings.
+    pub options: StoreOptions,
+}
+
+impl HookTarget {
+    fn run_url(&self) -> String {
+        join(&self.runs, &self.run_id)
+    }
+}
+
+/// Exit code of `job end` that asks the script to requeue its job (a preemption the
+/// user did not ask for: the stage continues from its checkpoint).
+pub const REQUEUE: u8 = 3;
+
+/// `job start`: the attempt this run of the scheduler job is. The first run (restart
+/// 0) is the attempt the launcher recorded at submission; a requeued run (restart
+/// N) is a new attempt, and an earlier one still marked running was preempted by
+/// the scheduler. Idempotent for the same restart count.
+pub fn job_start(t: &HookTarget, job_id: &str, restart: u32, data: Option<&str>) -> Result<u32> {
+    let rt = runtime()?;
+    let run = s3_shards::open_store(&t.run_url(), &t.options)?;
+    let mut ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), &t.run_id))?;
+    let index = match data {
+        Some(d) => {
+            let loc = s3_shards::open_store(d, &t.options)?;
+            Some(format!("{:016x}", rt.block_on(object_xxh3(loc.store().as_ref(), s3_shards::INDEX_KEY))?))
+        }
+        None => None,
+    };
+    let rec = ledger.stage_mut(&t.stage);
+    let next = rec.attempts.len() as u32 + 1;
+    let attempt = match rec.attempts.iter_mut().rev().find(|a| a.job_ids.iter().any(|j| j == job_id)) {
+        Some(a) if a.scheduler_restart == Some(restart) => return Ok(a.attempt),
+        Some(a) if a.scheduler_restart.is_none() && restart == 0 && a.state == State::Running => {
+            a.scheduler_restart = Some(restart);
+            a.data_index_xxh3 = a.data_index_xxh3.take().or(index);
+            a.attempt
+        }
+        found => {
+            if let Some(a) = found
+                && a.state == State::Running
+            {
+                a.state = State::Preempted;
+                a.error = Some("requeued by the scheduler before it recorded an end".into());
+                a.ended = Some(now());
+            }
+            let mut a = Attempt::running(next, "slurm", vec![job_id.to_string()], index);
+            a.scheduler_restart = Some(restart);
+            rec.attempts.push(a);
+            next
+        }
+    };
+    rec.state = State::Running;
+    rt.block_on(ledger.save(run.store().as_ref()))?;
+    Ok(attempt)
+}
+
+/// `job gate`: stage 1's final checkpoint as the ledger records it, its hash checked
+/// now; `(url, xxh3 hex)`. Also recorded as stage 2's `init`.
+pub fn job_gate(t: &HookTarget) -> Result<(String, String)> {
+    let rt = runtime()?;
+    let run = s3_shards::open_store(&t.run_url(), &t.options)?;
+    let mut ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), &t.run_id))?;
+    let (url, xxh3) = rt.block_on(stage1_checkpoint(&ledger, &t.options))?;
+    ledger.stage_mut(&t.stage).init = Some(url.clone());
+    rt.block_on(ledger.save(run.store().as_ref()))?;
+    Ok((url, format!("{xxh3:016x}")))
+}
+
+/// What `job end` needs besides the target.
+#[derive(Clone, Debug)]
+pub struct JobEnd<'a> {
+    /// The scheduler's job id.
+    pub job_id: &'a str,
+    /// The attempt `job start` returned.
+    pub attempt: u32,
+    /// The ranks' exit code (srun's: the first failure).
+    pub exit_code: i32,
+    /// The training stage's file (its epochs tell a finished stage from a budget stop).
+    pub stage_file: Option<&'a Path>,
+    /// The ingest's output store.
+    pub out: Option<&'a str>,
+    /// For `eval`: the stage it evaluated.
+    pub evaluated: Option<&'a str>,
+    /// Where the ranks' logs are (named in the error).
+    pub logs: &'a str,
+}
+
+/// `job end`: closes the attempt in the ledger; true when the job should requeue
+/// itself (exit 75 that no `s3-orch cancel` asked for).
+pub fn job_end(t: &HookTarget, end: &JobEnd) -> Result<bool> {
+    let rt = runtime()?;
+    let run = s3_shards::open_store(&t.run_url(), &t.options)?;
+    let mut ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), &t.run_id))?;
+    let codes = vec![Some(end.exit_code)];
+    let failure = (!matches!(end.exit_code, 0 | 75))
+        .then(|| format!("the ranks exited with code {} (logs: {})", end.exit_code, end.logs));
+    {
+        let rec = ledger.stage_mut(&t.stage);
+        match rec.attempts.last() {
+            Some(a) if a.attempt == end.attempt && a.job_ids.iter().any(|j| j == end.job_id) => {}
+            _ => {
+                return Err(OrchError::Refused(format!(
+                    "run {}: {} attempt {} of job {} is not the newest attempt in the ledger",
+                    t.run_id, t.stage, end.attempt, end.job_id
+                )));
+            }
+        }
+    }
+    match t.stage.as_str() {
+        "ingest" => {
+            let out = end.out.ok_or_else(|| OrchError::Config("job end --stage ingest needs --out".into()))?;
+            rt.block_on(close_ingest(ledger.stage_mut("ingest"), out, &t.options, failure, codes))?;
+        }
+        "eval" => {
+            let evaluated = end.evaluated.unwrap_or("stage2");
+            let loc = s3_shards::open_store(&join(&t.run_url(), evaluated), &t.options)?;
+            rt.block_on(close_eval(&mut ledger, evaluated, &loc, failure, codes));
+        }
+        stage => {
+            let file = end.stage_file.ok_or_else(|| OrchError::Config("job end of a training stage needs --stage-file".into()))?;
+            let loc = s3_shards::open_store(&join(&t.run_url(), stage), &t.options)?;
+            let outcome = rt.block_on(training_outcome(&loc, file, &codes, failure, &|_| {}))?;
+            outcome.apply(ledger.stage_mut(stage), codes);
+        }
+    }
+    let rec = ledger.stage_mut(&t.stage);
+    let requeue = end.exit_code == 75 && !rec.cancel_requested;
+    rt.block_on(ledger.save(run.store().as_ref()))?;
+    Ok(requeue)
+}

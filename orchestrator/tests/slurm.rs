@@ -1,0 +1,244 @@
+//! `s3-orch launch --backend slurm` on a real one-node Slurm cluster (Debian's
+//! slurmctld + slurmd, started by the test): the pipeline as a chain of jobs held
+//! by Slurm (ingest array + merge, stage 1, stage 2 after it, eval), and a
+//! preemption that requeues the job, which resumes from its checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use s3_shards::{StoreOptions, WriterOptions, open_store, synthetic};
+use s3_test_support::SlurmCluster;
+
+fn stage_toml(name: &str, epochs: u64, select: &str) -> String {
+    format!(
+        "name = \"{name}\"\npreset = \"small\"\nepochs = {epochs}\nlr = 2e-3\ndecoder_lr_factor = 1.0\nbatch = 1\n\
+         accumulation = 1\nclicks = 2\nseed = 1\ncheckpoint_every = 2\nshard_window = 2\nloss_resolution = \"low\"\n\
+         legacy_loss = true\n[schedule]\nkind = \"constant\"\n[datasets]\nselect = \"{select}\"\n"
+    )
+}
+
+fn bin(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_s3-orch")).with_file_name(name);
+    assert!(p.exists(), "{} missing: `cargo test --workspace` builds it", p.display());
+    p
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// `s3-orch` aimed at the cluster, with the CPU test profile's settings.
+fn orch(cluster: &SlurmCluster, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_s3-orch"));
+    c.args(args).envs(cluster.env());
+    if args.first() == Some(&"launch") {
+        c.args(["--backend", "slurm", "--cpus-per-rank", "1", "--mem-per-rank", "1G", "--grace-seconds", "60"]);
+        c.arg("--train-bin").arg(bin("s3-train")).arg("--ingest-bin").arg(bin("s3-ingest"));
+    }
+    c
+}
+
+fn status(cluster: &SlurmCluster, runs: &Path, run: &str) -> serde_json::Value {
+    let o = orch(cluster, &["status", "--run", run, "--json", "--runs", runs.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn stage(s: &serde_json::Value, name: &str) -> serde_json::Value {
+    s["stages"].as_array().unwrap().iter().find(|x| x["name"] == name).unwrap_or_else(|| panic!("{name} in {s}")).clone()
+}
+
+fn digests(log_dir: &Path) -> Vec<String> {
+    (0..)
+        .map_while(|r| std::fs::read_to_string(log_dir.join(format!("rank-{r}.log"))).ok())
+        .map(|t| t.split("weights xxh3 ").nth(1).map(|s| s.trim().to_string()).unwrap_or_default())
+        .collect()
+}
+
+fn samples(store: &Path) -> Vec<(String, String, i64)> {
+    let loc = open_store(store.to_str().unwrap(), &StoreOptions::default()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut v: Vec<_> = rt
+        .block_on(s3_shards::samples_table::read(loc.store().as_ref()))
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.sample_id, format!("{:?}", r.split), r.fg_voxels))
+        .collect();
+    v.sort();
+    v
+}
+
+fn sbatch_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            sbatch_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "sbatch") {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn the_pipeline_runs_on_slurm_as_a_chain_of_jobs() {
+    let cluster = SlurmCluster::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("raw");
+    let o = Command::new(bin("s3-ingest")).args(["synth", "--cases", "3", "--out"]).arg(&raw).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let manifest = raw.join("datasets.toml");
+    let reference = tmp.path().join("reference");
+    let o = Command::new(bin("s3-ingest")).arg("--manifest").arg(&manifest).arg("--out").arg(&reference).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let stages = tmp.path().join("stages");
+    std::fs::create_dir_all(&stages).unwrap();
+    std::fs::write(stages.join("stage1.toml"), stage_toml("stage1", 1, "pretrain")).unwrap();
+    std::fs::write(stages.join("stage2.toml"), stage_toml("stage2", 1, "finetune")).unwrap();
+    let (store, runs) = (tmp.path().join("store"), tmp.path().join("runs"));
+
+    // Everything is submitted at once, each job after the one before; --wait follows it.
+    let o = orch(&cluster, &["launch", "pipeline", "--run", "p", "--workers", "3", "--ranks", "2", "--wait"])
+        .arg("--manifest")
+        .arg(&manifest)
+        .arg("--out")
+        .arg(&store)
+        .arg("--runs")
+        .arg(&runs)
+        .arg("--stages")
+        .arg(&stages)
+        .output()
+        .unwrap();
+    let said = text(&o);
+    assert!(o.status.success(), "{said}\nslurm logs: {}", cluster.log_dir().display());
+    assert!(said.contains("after job"), "stages wait on Slurm dependencies: {said}");
+    assert_eq!(samples(&store), samples(&reference), "3 array tasks + merge publish what one process does");
+
+    let s = status(&cluster, &runs, "p");
+    for name in ["ingest", "stage1", "stage2", "eval"] {
+        assert_eq!(stage(&s, name)["state"], "succeeded", "{name}: {s}");
+        assert_eq!(stage(&s, name)["attempts"][0]["backend"], "slurm");
+    }
+    assert_eq!(stage(&s, "ingest")["attempts"][0]["job_ids"].as_array().unwrap().len(), 2, "array + merge");
+    assert_eq!(stage(&s, "stage2")["init"], stage(&s, "stage1")["final_checkpoint"]["url"]);
+    let d = digests(&runs.join("p/logs/stage2/attempt-1"));
+    assert!(d.len() == 2 && !d[0].is_empty() && d[0] == d[1], "both ranks end with the same weights: {d:?}");
+
+    // Every script it submitted is one sbatch accepts.
+    let mut scripts = Vec::new();
+    sbatch_files(&runs.join("p/logs"), &mut scripts);
+    assert_eq!(scripts.len(), 5, "ingest array, merge, stage 1, stage 2, eval: {scripts:?}");
+    for f in scripts {
+        let o = cluster.command("sbatch").arg("--test-only").arg(&f).output().unwrap();
+        assert!(o.status.success(), "sbatch --test-only {}: {}", f.display(), text(&o));
+    }
+}
+
+#[test]
+fn a_preempted_job_requeues_itself_and_resumes_from_its_checkpoint() {
+    let cluster = SlurmCluster::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let loc = open_store(data.to_str().unwrap(), &StoreOptions::default()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(synthetic::populate(loc.store(), 1, 6, 1, WriterOptions { row_group_rows: 2, ..Default::default() }))
+        .unwrap();
+    let stages = tmp.path().join("stages");
+    std::fs::create_dir_all(&stages).unwrap();
+    std::fs::write(stages.join("stage1.toml"), stage_toml("stage1", 8, "all")).unwrap();
+    let runs = tmp.path().join("runs");
+    let o = orch(&cluster, &["launch", "stage1", "--run", "q", "--ranks", "2"])
+        .arg("--data")
+        .arg(&data)
+        .arg("--runs")
+        .arg(&runs)
+        .arg("--stages")
+        .arg(&stages)
+        .output()
+        .unwrap();
+    assert!(o.status.success() && text(&o).contains("submitted as job"), "{}", text(&o));
+    let s = status(&cluster, &runs, "q");
+    let job = stage(&s, "stage1")["attempts"][0]["job_ids"][0].as_str().unwrap().to_string();
+
+    // Once it checkpointed, Slurm signals the ranks as it does before a time limit.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !runs.join("q/stage1/checkpoints/latest.json").exists() {
+        assert!(Instant::now() < deadline, "no checkpoint; slurm logs in {}", cluster.log_dir().display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = cluster.command("scancel").args(["--signal=USR2", &job]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+
+    // The job records the preemption and requeues itself. Slurm holds a requeued job
+    // for two minutes (BeginTime); the test lets it start at once.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let show = String::from_utf8(cluster.command("scontrol").args(["show", "job", &job]).output().unwrap().stdout).unwrap();
+        if show.contains("Restarts=1") && show.contains("JobState=PENDING") {
+            let o = cluster.command("scontrol").args(["update", &format!("JobId={job}"), "StartTime=now"]).output().unwrap();
+            assert!(o.status.success(), "{}", text(&o));
+            break;
+        }
+        assert!(!show.contains("JobState=COMPLETED") || show.contains("Restarts=1"), "finished without a requeue: {show}");
+        assert!(Instant::now() < deadline, "no requeue: {show}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let o = orch(&cluster, &["status", "--run", "q", "--wait", "--runs", runs.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+
+    let s = status(&cluster, &runs, "q");
+    let s1 = stage(&s, "stage1");
+    assert_eq!(s1["state"], "succeeded", "{s}");
+    let attempts = s1["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "a preemption, then the requeued run: {s}");
+    assert_eq!(attempts[0]["state"], "preempted");
+    assert_eq!(attempts[0]["exit_codes"], serde_json::json!([75]));
+    assert_eq!((attempts[1]["job_ids"][0].as_str(), attempts[1]["scheduler_restart"].as_u64()), (Some(job.as_str()), Some(1)));
+    let log0 = std::fs::read_to_string(runs.join("q/logs/stage1/attempt-2/rank-0.log")).unwrap();
+    assert!(!log0.contains("starting at step 0 "), "attempt 2 resumed from a checkpoint:\n{log0}");
+    // Every step once across the preemption: no sample repeated or skipped.
+    let mut segs: Vec<PathBuf> =
+        std::fs::read_dir(runs.join("q/stage1/metrics")).unwrap().map(|e| e.unwrap().path()).collect();
+    segs.sort();
+    let steps: Vec<u64> = segs
+        .iter()
+        .flat_map(|p| std::fs::read_to_string(p).unwrap().lines().skip(1).map(|l| l.split(',').next().unwrap().parse().unwrap()).collect::<Vec<_>>())
+        .collect();
+    let total = attempts[1]["last_step"].as_u64().unwrap();
+    assert_eq!(steps, (1..=total).collect::<Vec<_>>());
+}
+
+#[test]
+fn the_dry_run_prints_the_scripts_for_a_gpu_cluster_and_runs_no_slurm_command() {
+    // No cluster: with no Slurm reachable, any Slurm command would fail the launch.
+    let tmp = tempfile::tempdir().unwrap();
+    let stages = tmp.path().join("stages");
+    std::fs::create_dir_all(&stages).unwrap();
+    std::fs::write(stages.join("stage1.toml"), stage_toml("stage1", 1, "pretrain")).unwrap();
+    std::fs::write(stages.join("stage2.toml"), stage_toml("stage2", 1, "finetune")).unwrap();
+    let profile = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/slurm-2x8gpu.toml");
+    let o = Command::new(env!("CARGO_BIN_EXE_s3-orch"))
+        .current_dir(tmp.path())
+        .env("PATH", "/nonexistent")
+        .env("SLURM_CONF", "/nonexistent/slurm.conf")
+        .args(["launch", "pipeline", "--backend", "slurm", "--manifest", "raw/datasets.toml", "--out", "s3://b/v1"])
+        .args(["--runs", "/shared/runs", "--run", "golden", "--stages", "stages", "--orch-bin", "s3-orch", "--dry-run"])
+        .arg("--cluster")
+        .arg(&profile)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let shown = String::from_utf8(o.stdout).unwrap().replace(&tmp.path().display().to_string(), "<dir>").replace(
+        &profile.display().to_string(),
+        "tests/golden/slurm-2x8gpu.toml",
+    );
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/slurm-pipeline-dry-run.txt");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &shown).unwrap();
+    }
+    let want = std::fs::read_to_string(&golden).expect("golden file (UPDATE_GOLDEN=1 writes it)");
+    assert_eq!(shown, want, "the dry run changed; if on purpose, regenerate with UPDATE_GOLDEN=1");
+    for needle in ["--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--signal=USR2@300", "--array=0-15%16", "--requeue"] {
+        assert!(shown.contains(needle), "{needle} in\n{shown}");
+    }
+}

@@ -134,9 +134,8 @@ fn the_pipeline_runs_on_slurm_as_a_chain_of_jobs() {
     }
 }
 
-#[test]
-fn a_preempted_job_requeues_itself_and_resumes_from_its_checkpoint() {
-    let cluster = SlurmCluster::start();
+/// A phantom store and an 8-epoch stage 1: (tempdir, data, stages, runs).
+fn long_stage1() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let loc = open_store(data.to_str().unwrap(), &StoreOptions::default()).unwrap();
@@ -147,7 +146,49 @@ fn a_preempted_job_requeues_itself_and_resumes_from_its_checkpoint() {
     std::fs::create_dir_all(&stages).unwrap();
     std::fs::write(stages.join("stage1.toml"), stage_toml("stage1", 8, "all")).unwrap();
     let runs = tmp.path().join("runs");
-    let o = orch(&cluster, &["launch", "stage1", "--run", "q", "--ranks", "2"])
+    (tmp, data, stages, runs)
+}
+
+/// Submits stage 1 of run `run` and waits for its first checkpoint; its job id.
+fn submit_and_wait_for_a_checkpoint(cluster: &SlurmCluster, data: &Path, stages: &Path, runs: &Path, run: &str) -> String {
+    let o = orch(cluster, &["launch", "stage1", "--run", run, "--ranks", "2"])
+        .arg("--data")
+        .arg(data)
+        .arg("--runs")
+        .arg(runs)
+        .arg("--stages")
+        .arg(stages)
+        .output()
+        .unwrap();
+    assert!(o.status.success() && text(&o).contains("submitted as job"), "{}", text(&o));
+    let s = status(cluster, runs, run);
+    let job = stage(&s, "stage1")["attempts"][0]["job_ids"][0].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !runs.join(format!("{run}/stage1/checkpoints/latest.json")).exists() {
+        assert!(Instant::now() < deadline, "no checkpoint; slurm logs in {}", cluster.log_dir().display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    job
+}
+
+#[test]
+fn cancel_stops_the_job_after_a_checkpoint_without_a_requeue() {
+    let cluster = SlurmCluster::start();
+    let (_tmp, data, stages, runs) = long_stage1();
+    let job = submit_and_wait_for_a_checkpoint(&cluster, &data, &stages, &runs, "c");
+    let o = orch(&cluster, &["cancel", "--run", "c", "--runs", runs.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success() && text(&o).contains("asked stage1"), "{}", text(&o));
+    let o = orch(&cluster, &["status", "--run", "c", "--wait", "--runs", runs.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let s1 = stage(&status(&cluster, &runs, "c"), "stage1");
+    assert_eq!(s1["state"], "preempted", "{s1}");
+    assert_eq!(s1["attempts"].as_array().unwrap().len(), 1, "a cancel is not requeued: {s1}");
+    assert!(s1["attempts"][0]["last_step"].as_u64().unwrap() >= 2, "it checkpointed where it stopped: {s1}");
+    let show = String::from_utf8(cluster.command("scontrol").args(["show", "job", &job]).output().unwrap().stdout).unwrap();
+    assert!(show.contains("Restarts=0") && !show.contains("JobState=PENDING"), "{show}");
+
+    // Launching again continues it as attempt 2, to the end.
+    let o = orch(&cluster, &["launch", "stage1", "--run", "c", "--ranks", "2", "--wait"])
         .arg("--data")
         .arg(&data)
         .arg("--runs")
@@ -156,16 +197,18 @@ fn a_preempted_job_requeues_itself_and_resumes_from_its_checkpoint() {
         .arg(&stages)
         .output()
         .unwrap();
-    assert!(o.status.success() && text(&o).contains("submitted as job"), "{}", text(&o));
-    let s = status(&cluster, &runs, "q");
-    let job = stage(&s, "stage1")["attempts"][0]["job_ids"][0].as_str().unwrap().to_string();
+    assert!(o.status.success(), "{}", text(&o));
+    let s1 = stage(&status(&cluster, &runs, "c"), "stage1");
+    assert_eq!((s1["state"].as_str(), s1["attempts"].as_array().unwrap().len()), (Some("succeeded"), 2), "{s1}");
+}
+
+#[test]
+fn a_preempted_job_requeues_itself_and_resumes_from_its_checkpoint() {
+    let cluster = SlurmCluster::start();
+    let (_tmp, data, stages, runs) = long_stage1();
+    let job = submit_and_wait_for_a_checkpoint(&cluster, &data, &stages, &runs, "q");
 
     // Once it checkpointed, Slurm signals the ranks as it does before a time limit.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !runs.join("q/stage1/checkpoints/latest.json").exists() {
-        assert!(Instant::now() < deadline, "no checkpoint; slurm logs in {}", cluster.log_dir().display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let o = cluster.command("scancel").args(["--signal=USR2", &job]).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
 

@@ -379,4 +379,51 @@ mod tests {
         assert_eq!(exit_code("JobState=COMPLETED Reason=None\n   Requeue=1 Restarts=0 ExitCode=75:0"), Some(75));
         assert_eq!(exit_code("JobState=PENDING"), None);
     }
+
+    fn job(settings: &Settings) -> (Slurm, Job) {
+        let plan = crate::plan::TrainPlan {
+            train_bin: "s3-train".into(),
+            stage_file: "stage1.toml".into(),
+            data: "s3://b/data".into(),
+            run_dir: "s3://b/runs/r/stage1".into(),
+            init: None,
+            catalog: None,
+            ranks: settings.ranks(),
+            nodes: settings.nodes(),
+            device: "cuda".into(),
+            env: Default::default(),
+        };
+        let mut job = crate::plan::train_job(&plan, "r", "stage1", 1, 0, None, "/logs/stage1".into());
+        job.hooks = Some(Hooks { runs: "s3://b/runs".into(), stage_file: Some("stage1.toml".into()), ..Default::default() });
+        (Slurm::new(settings).unwrap(), job)
+    }
+
+    fn settings(toml: &str) -> Settings {
+        Settings::resolve(vec![(crate::settings::Origin::Flag, toml::from_str(toml).unwrap())])
+    }
+
+    #[test]
+    fn the_ranks_run_in_the_profiles_image() {
+        let (slurm, j) = job(&settings("ranks = 4\nnodes = 2\ncontainer = \"pyxis\"\nimage = \"reg/sam3d:cuda\"\n"));
+        let text = slurm.render(&j);
+        assert!(text.contains("srun --kill-on-bad-exit=1 --container-image=reg/sam3d:cuda "), "{text}");
+        assert!(text.contains("--nodes=2\n#SBATCH --ntasks-per-node=2\n"), "{text}");
+        let (slurm, j) = job(&settings("container = \"apptainer\"\nimage = \"/shared/sam3d.sif\"\n"));
+        let text = slurm.render(&j);
+        assert!(text.contains("apptainer exec --nv /shared/sam3d.sif s3-train train"), "{text}");
+        // No image: refused, not rendered without one.
+        let e = Slurm::new(&settings("container = \"pyxis\"\n")).unwrap_err();
+        assert!(e.to_string().contains("needs an image"), "{e}");
+    }
+
+    #[test]
+    fn no_per_rank_variable_or_token_is_written_into_the_script() {
+        let (slurm, mut j) = job(&settings("ranks = 2\n"));
+        for r in &mut j.ranks {
+            r.env.push(("S3_JOB_TOKEN".into(), "secret-token-value".into()));
+        }
+        let text = slurm.render(&j);
+        assert!(!text.contains("secret-token-value") && !text.contains("export RANK="), "{text}");
+        assert!(text.contains("export S3_JOB_TOKEN=$(od"), "the job makes its own token: {text}");
+    }
 }

@@ -73,6 +73,7 @@ impl SlurmCluster {
             .ok()
             .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<u64>().ok())
             .map_or(2048, |kib| kib / 1024 - 512);
+        let ctld_port = free_port();
         let conf = format!(
             "ClusterName=s3test\nSlurmctldHost={host}(127.0.0.1)\nSlurmctldPort={ctld}\nSlurmdPort={slurmd}\n\
              AuthType=auth/munge\nAuthInfo=socket={sock}\nCredType=cred/munge\nSlurmUser=root\nSlurmdUser=root\n\
@@ -80,10 +81,13 @@ impl SlurmCluster {
              SlurmctldLogFile={ctld_log}\nSlurmdLogFile={d_log}\nProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\n\
              SelectType=select/cons_tres\nSelectTypeParameters=CR_Core\nSchedulerType=sched/backfill\nReturnToService=2\n\
              MpiDefault=none\nJobAcctGatherType=jobacct_gather/none\nAccountingStorageType=accounting_storage/none\n\
-             MinJobAge=3600\nKillWait=30\nSchedulerParameters=sched_interval=2\n\
+             MinJobAge=3600\nKillWait=30\nSchedulerParameters=sched_interval=2\nFirstJobId={first_job}\n\
              NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mib} State=UNKNOWN\n\
              PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:8\n",
-            ctld = free_port(),
+            ctld = ctld_port,
+            // Job ids distinct from other test clusters on this host: jobs derive
+            // their rendezvous port from the id.
+            first_job = u32::from(ctld_port) * 10,
             slurmd = free_port(),
             sock = p("munge.sock"),
             state = p("state"),

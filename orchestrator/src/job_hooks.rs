@@ -61,6 +61,7 @@ pub fn job_start(t: &HookTarget, job_id: &str, restart: u32, data: Option<&str>)
             a.attempt
         }
         found => {
+            let backend = found.as_ref().map_or("slurm".to_string(), |a| a.backend.clone());
             if let Some(a) = found
                 && a.state == State::Running
             {
@@ -68,7 +69,7 @@ pub fn job_start(t: &HookTarget, job_id: &str, restart: u32, data: Option<&str>)
                 a.error = Some("requeued by the scheduler before it recorded an end".into());
                 a.ended = Some(now());
             }
-            let mut a = Attempt::running(next, "slurm", vec![job_id.to_string()], index);
+            let mut a = Attempt::running(next, &backend, vec![job_id.to_string()], index);
             a.scheduler_restart = Some(restart);
             rec.attempts.push(a);
             next

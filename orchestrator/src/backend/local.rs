@@ -58,6 +58,16 @@ fn lost_a_peer(job: &Job, rank: usize) -> bool {
     tail.contains("collective:")
 }
 
+/// Whether process `pid` lives and is one of ours (an `s3-*` program): a pid the
+/// system reused for another process is neither polled as a rank nor signalled.
+fn ours(pid: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
+        let argv0 = cmd.split(|b| *b == 0).next().unwrap_or_default();
+        let name = argv0.rsplit(|b| *b == b'/').next().unwrap_or_default();
+        name.starts_with(b"s3-")
+    })
+}
+
 impl Backend for Local {
     fn name(&self) -> &'static str {
         "local"
@@ -173,7 +183,7 @@ impl Backend for Local {
     }
 
     fn cancel(&self, submission: &Submission) -> Result<()> {
-        for id in &submission.ids {
+        for id in submission.ids.iter().filter(|id| ours(id)) {
             // SIGTERM first: a rank checkpoints and exits 75 (DESIGN §10).
             let _ = Command::new("kill").args(["-TERM", id]).status();
         }
@@ -181,6 +191,6 @@ impl Backend for Local {
     }
 
     fn is_running(&self, submission: &Submission) -> bool {
-        submission.ids.iter().any(|id| std::path::Path::new(&format!("/proc/{id}")).exists())
+        submission.ids.iter().any(|id| ours(id))
     }
 }

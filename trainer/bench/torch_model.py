@@ -7,8 +7,11 @@ and `pip install torch numpy`; run by hand:
 Forward+backward of one 128³ sample on CPU, batch 1, one point prompt, as the Rust bench.
 Prints the trainable parameter count (compare with `s3-train info --preset PRESET`) and
 torch.get_num_threads() (set OMP_NUM_THREADS / torch.set_num_threads to match the Rust run).
+DEVICE=cuda runs it on the GPU (tests/gpu/run.sh does, beside `s3-train --device cuda bench
+model --clicks 1`); STEPS=N times N steps after the warm-up (default 1).
 """
 
+import os
 import sys
 import time
 from functools import partial
@@ -80,13 +83,19 @@ preset = sys.argv[1] if len(sys.argv) > 1 else "vit_b_ori"
 if preset not in PRESETS:
     raise SystemExit(f"usage: torch_model.py [{'|'.join(PRESETS)}]")
 torch.manual_seed(0)
-model = PRESETS[preset]()
+device = torch.device(os.environ.get("DEVICE", "cpu"))
+model = PRESETS[preset]().to(device)
 n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
 print(f"torch {preset}: {n_params} trainable parameters, {torch.get_num_threads()} threads", flush=True)
 model.train()
-image = torch.randn(1, 1, 128, 128, 128)
-coords = torch.tensor([[[64.0, 64.0, 64.0]]])
-labels = torch.tensor([[1]])
+image = torch.randn(1, 1, 128, 128, 128, device=device)
+coords = torch.tensor([[[64.0, 64.0, 64.0]]], device=device)
+labels = torch.tensor([[1]], device=device)
+
+
+def sync():
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def step():
@@ -99,9 +108,12 @@ def step():
 
 
 step()
-n = 1
+sync()
+n = int(os.environ.get("STEPS", "1"))
 t = time.perf_counter()
 for _ in range(n):
     step()
+sync()
 rate = n / (time.perf_counter() - t)
-print(f"torch {preset}: {rate:.3f} samples/s ({1 / rate:.2f} s/sample), {torch.get_num_threads()} threads")
+where = f"{device}" if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+print(f"torch {preset}: {rate:.3f} samples/s ({1 / rate:.2f} s/sample), {where}")

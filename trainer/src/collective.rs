@@ -1,31 +1,81 @@
-//! Gradient all-reduce between ranks over TCP (DESIGN §8–9: gradients are averaged
-//! every optimiser step — the reference's DDP never synchronised, so its ranks
-//! drifted apart).
+//! Gradient all-reduce between ranks (DESIGN §8–9: gradients are averaged every
+//! optimiser step — the reference's DDP never synchronised, so its ranks drifted
+//! apart).
 //!
-//! A star: rank 0 listens on the rendezvous address (`--master`, or the
-//! `MASTER_ADDR`/`MASTER_PORT` variables launchers set — a port of its own: under
-//! torchrun that port already holds torchrun's store), every other rank connects,
-//! sends its buffer, and receives the sum. Simple and exact (the sum is taken in rank order, so every
-//! rank gets bit-identical values); the root moves world × size bytes per step,
-//! which is fine for CPU training and the demo. GPU runs want NCCL's ring instead.
+//! One small trait, [`Collective`], and two implementations picked by the device
+//! ([`join`]):
+//! - [`TcpCollective`] ([`tcp`]): a star through rank 0 over TCP, for CPU ranks and
+//!   the demo. It is also every implementation's rendezvous and control plane.
+//! - `NcclCollective` (`nccl`, with the `cuda` feature): NCCL through cudarc for CUDA
+//!   ranks. The flat buffer stays on the GPU; the 128-byte NCCL unique id travels
+//!   over the TCP rendezvous ([`nccl_id`]).
+//!
+//! Above the trait there is one code path ([`crate::step`]): the same flat layout of
+//! gradients, presence flags, metric totals and stop flags ([`flat`]).
 
-use std::io::{BufReader, BufWriter, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::error::{Result, TrainError};
+use burn::prelude::*;
 
-const MAGIC: u32 = 0x5333_4152; // "S3AR"
-const HELLO: usize = 20;
+use crate::error::Result;
+
+#[cfg(feature = "cuda")]
+mod cuda_buffer;
+pub mod flat;
+#[cfg(feature = "cuda")]
+mod nccl;
+#[cfg(feature = "cuda")]
+mod nccl_ffi;
+pub mod nccl_id;
+pub mod tcp;
+
+pub use tcp::TcpCollective;
+
+/// One rank's end of a group of ranks that reduce together. Every rank calls the same
+/// operations in the same order.
+pub trait Collective {
+    /// This rank.
+    fn rank(&self) -> usize;
+
+    /// Number of ranks.
+    fn world(&self) -> usize;
+
+    /// What carries the data (`tcp`, `nccl`), for the logs.
+    fn kind(&self) -> &'static str;
+
+    /// Replaces the host buffer `buf` on every rank with the element-wise sum over all
+    /// ranks.
+    fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<()>;
+
+    /// The element-wise sum over all ranks of one flat f32 tensor, on the tensor's
+    /// device. The default goes through host memory and [`Collective::all_reduce_sum`];
+    /// a device collective keeps it on the device.
+    fn all_reduce_sum_tensor(&mut self, flat: Tensor<1>) -> Result<Tensor<1>> {
+        let device = flat.device();
+        let n = flat.dims()[0];
+        let mut values: Vec<f32> = flat.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 after convert");
+        self.all_reduce_sum(&mut values)?;
+        Ok(Tensor::from_data(TensorData::new(values, [n]), &device))
+    }
+
+    /// Replaces `bytes` on every rank with rank 0's.
+    fn broadcast(&mut self, bytes: &mut Vec<u8>) -> Result<()>;
+
+    /// Returns once every rank has reached it.
+    fn barrier(&mut self) -> Result<()> {
+        self.all_reduce_sum(&mut [0.0])
+    }
+}
 
 /// How long a rank waits, and the job's shared secret.
 #[derive(Clone)]
 pub struct CollectiveOptions {
-    /// Ranks start in any order: how long to wait for all of them.
+    /// Ranks start in any order: how long to wait for all of them (and, on GPUs, for
+    /// the NCCL communicator to come up).
     pub rendezvous_timeout: Duration,
-    /// After the rendezvous, how long one send or receive may block: a dead or
-    /// stalled peer ends every rank with an error naming it within this time. It
-    /// must exceed one optimiser step's compute (the root waits for the slowest rank).
+    /// After the rendezvous, how long one reduction may take: a dead or stalled peer
+    /// ends every rank with an error naming it within this time. It must exceed one
+    /// optimiser step's compute (every rank waits for the slowest).
     pub io_timeout: Duration,
     /// The job's join token (`S3_JOB_TOKEN`): a process without it is turned away.
     pub token: Option<String>,
@@ -51,455 +101,24 @@ impl std::fmt::Debug for CollectiveOptions {
     }
 }
 
-/// What goes on the wire for the token: a keyed hash, so the token itself is never
-/// sent (0 when there is none).
-fn token_tag(token: Option<&str>) -> u64 {
-    token.map_or(0, |t| xxhash_rust::xxh3::xxh3_64_with_seed(t.as_bytes(), u64::from(MAGIC)) | 1)
-}
-
-fn err(m: impl Into<String>) -> TrainError {
-    TrainError::Collective(m.into())
-}
-
-/// One rank's end of the group.
-pub struct TcpCollective {
+/// Joins the group of `world` ranks at `addr` (`host:port`, rank 0 listens) with the
+/// collective `device` calls for: NCCL on a CUDA device (in builds with the `cuda`
+/// feature), the TCP star otherwise.
+pub fn join(
+    addr: &str,
     rank: usize,
     world: usize,
-    /// Rank 0: a stream to each rank 1..world, in rank order. Others: the stream to rank 0.
-    links: Vec<TcpStream>,
-    io_timeout: Duration,
-}
-
-impl std::fmt::Debug for TcpCollective {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TcpCollective(rank {} of {})", self.rank, self.world)
+    options: &CollectiveOptions,
+    device: &Device,
+) -> Result<Box<dyn Collective>> {
+    #[cfg(feature = "cuda")]
+    if let Some(ordinal) = cuda_buffer::cuda_ordinal(device) {
+        // Before the rendezvous: a rank without libnccl says so at once (the others
+        // learn it at the version exchange) instead of failing inside NCCL.
+        let nccl = nccl::NcclCollective::check_library();
+        let tcp = TcpCollective::connect_with(addr, rank, world, options)?;
+        return Ok(Box::new(nccl::NcclCollective::join(tcp, nccl, ordinal, options)?));
     }
-}
-
-fn hello(rank: usize, world: usize, tag: u64) -> [u8; HELLO] {
-    let mut b = [0u8; HELLO];
-    b[..4].copy_from_slice(&MAGIC.to_le_bytes());
-    b[4..8].copy_from_slice(&(rank as u32).to_le_bytes());
-    b[8..12].copy_from_slice(&(world as u32).to_le_bytes());
-    b[12..].copy_from_slice(&tag.to_le_bytes());
-    b
-}
-
-fn read_hello(s: &mut TcpStream) -> Result<(usize, usize, u64)> {
-    let mut b = [0u8; HELLO];
-    s.read_exact(&mut b).map_err(|e| match e.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => err("no handshake within 30 s"),
-        _ => err(format!("rendezvous handshake: {e}")),
-    })?;
-    let word = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
-    if word(0) != MAGIC {
-        return Err(err("rendezvous: a peer that is not an s3-train rank connected"));
-    }
-    let tag = u64::from_le_bytes(b[12..].try_into().expect("8 bytes"));
-    Ok((word(4) as usize, word(8) as usize, tag))
-}
-
-impl TcpCollective {
-    /// Joins the group of `world` ranks at `addr` (`host:port`) with default
-    /// timeouts, no token, and `timeout` for the rendezvous.
-    pub fn connect(addr: &str, rank: usize, world: usize, timeout: Duration) -> Result<TcpCollective> {
-        Self::connect_with(addr, rank, world, &CollectiveOptions { rendezvous_timeout: timeout, ..Default::default() })
-    }
-
-    /// Joins the group of `world` ranks at `addr` (`host:port`). Rank 0 binds it; the
-    /// others retry connecting until the rendezvous timeout (ranks start in any order).
-    pub fn connect_with(addr: &str, rank: usize, world: usize, options: &CollectiveOptions) -> Result<TcpCollective> {
-        let timeout = options.rendezvous_timeout;
-        let tag = token_tag(options.token.as_deref());
-        if rank >= world {
-            return Err(err(format!("rank {rank} is not below the world size {world}")));
-        }
-        let deadline = Instant::now() + timeout;
-        let links = if rank == 0 {
-            let listener = TcpListener::bind(addr).map_err(|e| err(format!("rank 0 cannot listen on {addr}: {e}")))?;
-            listener.set_nonblocking(true).map_err(|e| err(e.to_string()))?;
-            let mut slots: Vec<Option<TcpStream>> = (1..world).map(|_| None).collect();
-            while slots.iter().any(Option::is_none) {
-                match listener.accept() {
-                    Ok((mut s, peer)) => {
-                        // A stray connection (a port probe, a health check) is dropped
-                        // with a warning; only a real rank's handshake counts.
-                        let joined = s
-                            .set_nonblocking(false)
-                            .and_then(|()| s.set_read_timeout(Some(Duration::from_secs(30))))
-                            .map_err(|e| err(e.to_string()))
-                            .and_then(|()| read_hello(&mut s));
-                        let (r, w) = match joined {
-                            Ok((r, w, t)) if t == tag => (r, w),
-                            Ok((r, _, _)) => {
-                                // Not this job's process (another job on a reused port, a
-                                // stale rank of an old attempt): turned away, the wait goes on.
-                                tracing::warn!("rendezvous: {peer} claimed rank {r} without this job's token; refused");
-                                continue;
-                            }
-                            Err(e) => {
-                                tracing::warn!("rendezvous: ignoring a connection from {peer}: {e}");
-                                continue;
-                            }
-                        };
-                        if w != world {
-                            return Err(err(format!("rank {r} joined with world size {w}; this group has {world}")));
-                        }
-                        if r == 0 {
-                            return Err(err(format!("a second process at {peer} claims rank 0")));
-                        }
-                        if r >= world {
-                            return Err(err(format!("rank {r} joined a group of {world} ranks")));
-                        }
-                        if slots[r - 1].is_some() {
-                            return Err(err(format!("two processes claim rank {r}")));
-                        }
-                        s.write_all(&hello(0, world, tag)).map_err(|e| err(e.to_string()))?;
-                        s.set_read_timeout(None).map_err(|e| err(e.to_string()))?;
-                        slots[r - 1] = Some(s);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        if Instant::now() > deadline {
-                            let missing: Vec<String> = slots
-                                .iter()
-                                .enumerate()
-                                .filter(|(_, s)| s.is_none())
-                                .map(|(i, _)| (i + 1).to_string())
-                                .collect();
-                            return Err(err(format!(
-                                "rendezvous at {addr}: ranks {} did not join within {timeout:?}",
-                                missing.join(", ")
-                            )));
-                        }
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    Err(e) => return Err(err(format!("rendezvous at {addr}: {e}"))),
-                }
-            }
-            slots.into_iter().map(|s| s.expect("all joined")).collect()
-        } else {
-            let mut s = loop {
-                match TcpStream::connect(addr) {
-                    Ok(s) => break s,
-                    Err(e) if Instant::now() > deadline => {
-                        return Err(err(format!(
-                            "rank {rank}: rank 0 not reachable at {addr} within {timeout:?}: {e}"
-                        )));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
-                }
-            };
-            s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| err(e.to_string()))?;
-            s.write_all(&hello(rank, world, tag)).map_err(|e| err(e.to_string()))?;
-            let (r, w, _) = read_hello(&mut s).map_err(|e| {
-                err(format!("rank {rank}: rank 0 at {addr} did not accept this rank ({e}): is the job token the same?"))
-            })?;
-            if r != 0 || w != world {
-                return Err(err(format!("rank 0 answered with world size {w}, expected {world}")));
-            }
-            vec![s]
-        };
-        for l in &links {
-            l.set_nodelay(true).map_err(|e| err(e.to_string()))?;
-            // From here on no read or write may block forever: a peer that died
-            // without closing its socket (a lost node) or stalled ends the run.
-            l.set_read_timeout(Some(options.io_timeout)).map_err(|e| err(e.to_string()))?;
-            l.set_write_timeout(Some(options.io_timeout)).map_err(|e| err(e.to_string()))?;
-        }
-        tracing::info!(rank, world, addr, "joined the gradient all-reduce group");
-        Ok(TcpCollective { rank, world, links, io_timeout: options.io_timeout })
-    }
-
-    /// This rank.
-    pub fn rank(&self) -> usize {
-        self.rank
-    }
-
-    /// Number of ranks.
-    pub fn world(&self) -> usize {
-        self.world
-    }
-
-    /// Replaces `buf` on every rank with the element-wise sum over all ranks.
-    pub fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<()> {
-        let t = self.io_timeout;
-        let fail = |what: &str, peer: usize, e: std::io::Error| {
-            let why = match e.kind() {
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                    format!("no answer within {t:?} (the rank is stalled, or its node is gone)")
-                }
-                _ => e.to_string(),
-            };
-            err(format!("{what} rank {peer}: {why}"))
-        };
-        if self.rank == 0 {
-            let mut incoming = vec![0f32; buf.len()];
-            for (i, link) in self.links.iter_mut().enumerate() {
-                recv(link, &mut incoming).map_err(|e| fail("receiving from", i + 1, e))?;
-                buf.iter_mut().zip(&incoming).for_each(|(a, b)| *a += b);
-            }
-            for (i, link) in self.links.iter_mut().enumerate() {
-                send(link, buf).map_err(|e| fail("sending to", i + 1, e))?;
-            }
-        } else {
-            let link = &mut self.links[0];
-            send(link, buf).map_err(|e| fail("sending to", 0, e))?;
-            recv(link, buf).map_err(|e| fail("receiving from", 0, e))?;
-        }
-        Ok(())
-    }
-}
-
-fn send(link: &mut TcpStream, buf: &[f32]) -> std::io::Result<()> {
-    let mut w = BufWriter::with_capacity(1 << 20, link);
-    w.write_all(&(buf.len() as u64).to_le_bytes())?;
-    for chunk in buf.chunks(1 << 16) {
-        let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
-        w.write_all(&bytes)?;
-    }
-    w.flush()
-}
-
-fn recv(link: &mut TcpStream, buf: &mut [f32]) -> std::io::Result<()> {
-    let mut r = BufReader::with_capacity(1 << 20, link);
-    let mut n = [0u8; 8];
-    r.read_exact(&mut n).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            std::io::Error::new(e.kind(), "the peer closed the connection (did it fail or stop?)")
-        } else {
-            e
-        }
-    })?;
-    let n = u64::from_le_bytes(n) as usize;
-    if n != buf.len() {
-        return Err(std::io::Error::other(format!(
-            "peer sent {n} values, this rank has {} (different model or stage config?)",
-            buf.len()
-        )));
-    }
-    let mut bytes = vec![0u8; 4 << 16];
-    for chunk in buf.chunks_mut(1 << 16) {
-        let b = &mut bytes[..chunk.len() * 4];
-        r.read_exact(b)?;
-        for (v, c) in chunk.iter_mut().zip(b.chunks_exact(4)) {
-            *v = f32::from_le_bytes(c.try_into().expect("4 bytes"));
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn free_addr() -> String {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    }
-
-    #[test]
-    fn three_ranks_sum_identically() {
-        let addr = free_addr();
-        let handles: Vec<_> = (0..3)
-            .map(|rank| {
-                let addr = addr.clone();
-                std::thread::spawn(move || {
-                    let mut c = TcpCollective::connect(&addr, rank, 3, Duration::from_secs(10)).unwrap();
-                    let mut out = Vec::new();
-                    for round in 0..3 {
-                        // 200k values: several frames per message.
-                        let mut buf: Vec<f32> = (0..200_000).map(|i| (i % 7) as f32 * (rank + round) as f32).collect();
-                        c.all_reduce_sum(&mut buf).unwrap();
-                        out.push(buf);
-                    }
-                    out
-                })
-            })
-            .collect();
-        let results: Vec<Vec<Vec<f32>>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        for round in 0..3 {
-            let want: Vec<f32> = (0..200_000).map(|i| (i % 7) as f32 * (3 * round + 3) as f32).collect();
-            for r in &results {
-                assert_eq!(r[round], want);
-            }
-        }
-    }
-
-    #[test]
-    fn gradients_are_averaged_and_a_gradient_on_one_rank_only_is_halved() {
-        use burn::module::Module;
-        use burn::nn::{Linear, LinearConfig};
-        use burn::optim::GradientsParams;
-        use burn::prelude::*;
-
-        #[derive(Module, Debug)]
-        struct Two {
-            a: Linear,
-            b: Linear,
-        }
-        let device = Device::flex();
-        device.seed(3);
-        let model = Two { a: LinearConfig::new(3, 2).init(&device), b: LinearConfig::new(2, 2).init(&device) };
-        let addr = free_addr();
-        let grad = |rank: usize, n: usize| {
-            Tensor::<2>::from_data(TensorData::new(vec![(rank + 1) as f32; n], [n / 2, 2]), &device)
-        };
-        let results: Vec<GradientsParams> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..2)
-                .map(|rank| {
-                    let (model, addr, device) = (&model, addr.clone(), device.clone());
-                    s.spawn(move || {
-                        let mut c = TcpCollective::connect(&addr, rank, 2, Duration::from_secs(10)).unwrap();
-                        let mut g = GradientsParams::new();
-                        g.register(model.a.weight.id, grad(rank, 6));
-                        if rank == 0 {
-                            g.register(model.b.weight.id, grad(rank, 4)); // b.weight: rank 0 only
-                        }
-                        let (mut values, mut flags) = (Vec::new(), Vec::new());
-                        flat::gather(model, &mut g, &mut values, &mut flags);
-                        assert!(g.is_empty(), "gather takes the gradients out");
-                        let nv = values.len();
-                        values.extend(flags);
-                        c.all_reduce_sum(&mut values).unwrap();
-                        let (vals, flags) = values.split_at(nv);
-                        let (mut pos, mut k) = (0, 0);
-                        flat::scatter(model, &mut g, vals, flags, &mut pos, &mut k, 0.5, &device);
-                        assert_eq!(pos, nv);
-                        g
-                    })
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        for g in &results {
-            let a: Vec<f32> = g.get::<2>(model.a.weight.id).unwrap().into_data().try_to_vec().unwrap();
-            assert_eq!(a, vec![1.5; 6], "(1 + 2) / 2");
-            let b: Vec<f32> = g.get::<2>(model.b.weight.id).unwrap().into_data().try_to_vec().unwrap();
-            assert_eq!(b, vec![0.5; 4], "present on rank 0 only: (1 + 0) / 2");
-            assert!(g.get::<1>(model.a.bias.as_ref().unwrap().id).is_none(), "no rank had a bias gradient");
-        }
-    }
-
-    #[test]
-    fn a_stranger_without_the_token_is_turned_away_and_a_stalled_peer_times_out() {
-        let addr = free_addr();
-        let opts = |token: &str| CollectiveOptions {
-            rendezvous_timeout: Duration::from_secs(20),
-            io_timeout: Duration::from_millis(500),
-            token: Some(token.into()),
-        };
-        let a0 = addr.clone();
-        let root = std::thread::spawn(move || {
-            let mut root = TcpCollective::connect_with(&a0, 0, 2, &opts("job-7")).unwrap();
-            root.all_reduce_sum(&mut [1.0]).unwrap_err().to_string()
-        });
-        // A process of another job on the same address is refused; rank 0 waits on.
-        let e = TcpCollective::connect_with(&addr, 1, 2, &opts("other-job")).unwrap_err();
-        assert!(e.to_string().contains("token"), "{e}");
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let peer = std::thread::spawn(move || {
-            let c = TcpCollective::connect_with(&addr, 1, 2, &opts("job-7")).unwrap();
-            // Joins, then never takes part in a reduction (a hung rank), until told.
-            rx.recv().ok();
-            drop(c);
-        });
-        let e = root.join().unwrap();
-        assert!(e.contains("rank 1") && e.contains("no answer within"), "{e}");
-        tx.send(()).unwrap();
-        peer.join().unwrap();
-    }
-
-    #[test]
-    fn a_missing_rank_or_a_dead_peer_is_a_clear_error() {
-        let addr = free_addr();
-        let e = TcpCollective::connect(&addr, 0, 2, Duration::from_millis(200)).unwrap_err();
-        assert!(e.to_string().contains("ranks 1 did not join"), "{e}");
-
-        let addr = free_addr();
-        let a2 = addr.clone();
-        let peer = std::thread::spawn(move || {
-            let c = TcpCollective::connect(&a2, 1, 2, Duration::from_secs(10)).unwrap();
-            drop(c); // leaves without reducing
-        });
-        let mut root = TcpCollective::connect(&addr, 0, 2, Duration::from_secs(10)).unwrap();
-        peer.join().unwrap();
-        let e = root.all_reduce_sum(&mut [1.0, 2.0]).unwrap_err();
-        assert!(e.to_string().contains("rank 1"), "{e}");
-    }
-}
-
-/// Gradients of a module flattened in visiting order (every rank visits the same
-/// model in the same order), with one presence flag per parameter: a parameter
-/// without a gradient on this rank (a prompt path unused this step) contributes
-/// zeros, and gets a gradient back if any rank had one, as DDP does.
-pub mod flat {
-    use burn::module::{Module, ModuleVisitor, Param};
-    use burn::optim::GradientsParams;
-    use burn::prelude::*;
-
-    /// Appends `module`'s gradients from `grads` (removing them) to `values`, and a
-    /// flag per parameter to `flags`.
-    pub fn gather<M: Module>(module: &M, grads: &mut GradientsParams, values: &mut Vec<f32>, flags: &mut Vec<f32>) {
-        struct Gather<'a> {
-            grads: &'a mut GradientsParams,
-            values: &'a mut Vec<f32>,
-            flags: &'a mut Vec<f32>,
-        }
-        impl ModuleVisitor for Gather<'_> {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                match self.grads.remove::<D>(param.id) {
-                    Some(g) => {
-                        let v = g.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 after convert");
-                        self.values.extend(v);
-                        self.flags.push(1.0);
-                    }
-                    None => {
-                        let n = param.val().shape().num_elements();
-                        self.values.extend(std::iter::repeat_n(0.0, n));
-                        self.flags.push(0.0);
-                    }
-                }
-            }
-        }
-        module.visit(&mut Gather { grads, values, flags });
-    }
-
-    /// Registers `module`'s gradients from the reduced `values`/`flags`, starting at
-    /// `*pos` / `*k`, scaled by `scale` (1 / world: the mean over ranks).
-    #[allow(clippy::too_many_arguments)]
-    pub fn scatter<M: Module>(
-        module: &M,
-        grads: &mut GradientsParams,
-        values: &[f32],
-        flags: &[f32],
-        pos: &mut usize,
-        k: &mut usize,
-        scale: f32,
-        device: &Device,
-    ) {
-        struct Scatter<'a> {
-            grads: &'a mut GradientsParams,
-            values: &'a [f32],
-            flags: &'a [f32],
-            pos: &'a mut usize,
-            k: &'a mut usize,
-            scale: f32,
-            device: &'a Device,
-        }
-        impl ModuleVisitor for Scatter<'_> {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                let shape = param.val().shape();
-                let n = shape.num_elements();
-                let v = &self.values[*self.pos..*self.pos + n];
-                *self.pos += n;
-                let present = self.flags[*self.k] > 0.0;
-                *self.k += 1;
-                if present {
-                    let data = TensorData::new(v.iter().map(|x| x * self.scale).collect::<Vec<f32>>(), shape);
-                    self.grads.register::<D>(param.id, Tensor::from_data(data, self.device));
-                }
-            }
-        }
-        module.visit(&mut Scatter { grads, values, flags, pos, k, scale, device });
-    }
+    let _ = device;
+    Ok(Box::new(TcpCollective::connect_with(addr, rank, world, options)?))
 }

@@ -28,6 +28,15 @@ pub enum TrainError {
     /// The gradient all-reduce between ranks failed.
     #[error("collective: {0}")]
     Collective(String),
+    /// The device collective (NCCL, the CUDA driver under it) failed.
+    #[error("collective: {what}")]
+    CollectiveDevice {
+        /// What this rank was doing.
+        what: String,
+        /// The NCCL or driver error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A sample could not be read from the store, even after retries: the run stops
     /// (a resume continues exactly) rather than train without it.
     #[error("reading {sample_id}")]

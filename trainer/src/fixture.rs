@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 
-use crate::config::SamConfig;
+use crate::config::{Precision, SamConfig};
 use crate::error::{Result, TrainError};
 use crate::model::layers::trilinear;
 use crate::model::{Prompt, Sam};
@@ -45,12 +45,18 @@ fn compare<const D: usize>(name: &str, ours: Tensor<D>, reference: Tensor<D>) ->
 
 /// Runs the fixture's forward pass and compares every output.
 pub fn check_fixture(prefix: &Path, device: &Device) -> Result<Vec<Comparison>> {
+    check_fixture_with(prefix, device, Precision::F32)
+}
+
+/// [`check_fixture`] with the encoder in `precision` (bf16 is measured against the
+/// f32 reference, not held to [`TOLERANCE`]).
+pub fn check_fixture_with(prefix: &Path, device: &Device, precision: Precision) -> Result<Vec<Comparison>> {
     let with = |suffix: &str| PathBuf::from(format!("{}{suffix}", prefix.display()));
     let json_path = with(".json");
     let text = std::fs::read_to_string(&json_path)
         .map_err(|source| TrainError::Io { file: json_path.display().to_string(), error: source })?;
     let meta: serde_json::Value = serde_json::from_str(&text).map_err(|e| TrainError::Config(e.to_string()))?;
-    let cfg = SamConfig::from_fixture(&meta["config"]).map_err(TrainError::Config)?;
+    let cfg = SamConfig { precision, ..SamConfig::from_fixture(&meta["config"]).map_err(TrainError::Config)? };
     let mut model = Sam::new(&cfg, device);
     load_safetensors(&mut model, &with(".weights.safetensors"), Strictness::Strict)?;
     let io = with(".io.safetensors");

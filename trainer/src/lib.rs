@@ -11,6 +11,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod checkpoint;
 pub mod clicks;
 pub mod collective;

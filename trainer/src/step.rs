@@ -8,7 +8,7 @@ use s3_shards::synthetic::Rng;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::clicks::{Click, dice, next_click};
-use crate::collective::{TcpCollective, flat};
+use crate::collective::{Collective, flat};
 use crate::config::SamConfig;
 use crate::error::Result;
 use crate::loader::Item;
@@ -210,43 +210,52 @@ pub fn points_tensors(clicks: &[Vec<Click>], device: &Device) -> (Tensor<3>, Ten
 }
 
 /// One all-reduce for a whole optimiser step: the three parts' gradients (replaced
-/// by the mean over ranks), the metric totals (summed) and the stop flag (any rank).
+/// by the mean over ranks), the metric totals (summed) and the stop flags (any rank),
+/// in one flat buffer built on `device` ([`flat`]); the collective keeps it there
+/// (NCCL) or takes it through the host (TCP).
 pub(crate) fn all_reduce_step(
-    c: &mut TcpCollective,
+    c: &mut dyn Collective,
     model: &Sam,
     grads: &mut [GradientsParams; 3],
     totals: &mut [f64; 3],
     stops: [bool; 2],
     device: &Device,
 ) -> Result<[bool; 2]> {
-    let (mut values, mut flags) = (Vec::new(), Vec::new());
+    let (mut pieces, mut flags) = (Vec::new(), Vec::new());
     let [g0, g1, g2] = grads;
-    flat::gather(&model.image_encoder, g0, &mut values, &mut flags);
-    flat::gather(&model.prompt_encoder, g1, &mut values, &mut flags);
-    flat::gather(&model.mask_decoder, g2, &mut values, &mut flags);
-    let (nv, nf) = (values.len(), flags.len());
-    values.extend(flags);
-    values.extend(totals.iter().map(|&t| t as f32));
-    values.extend(stops.map(|s| f32::from(u8::from(s))));
-    c.all_reduce_sum(&mut values)?;
-    let (vals, rest) = values.split_at(nv);
-    let (flags, rest) = rest.split_at(nf);
-    let scale = 1.0 / c.world() as f32;
+    flat::gather(&model.image_encoder, g0, &mut pieces, &mut flags, device);
+    flat::gather(&model.prompt_encoder, g1, &mut pieces, &mut flags, device);
+    flat::gather(&model.mask_decoder, g2, &mut pieces, &mut flags, device);
+    let layout = flat::Layout {
+        values: pieces.iter().map(|p| p.dims()[0]).sum(),
+        flags: flags.len(),
+        extra: totals.len() + stops.len(),
+    };
+    let mut tail = flags;
+    tail.extend(totals.iter().map(|&t| t as f32));
+    tail.extend(stops.map(flat::flag));
+    pieces.push(Tensor::from_data(TensorData::new(tail, [layout.tail().len()]), device));
+    let summed = c.all_reduce_sum_tensor(Tensor::cat(pieces, 0))?; // [layout.len()]
+    let tail: Vec<f32> =
+        summed.clone().slice(layout.tail()).into_data().convert::<f32>().try_into_vec::<f32>().expect("f32");
+    let (flags, rest) = tail.split_at(layout.flags);
+    let values = summed.slice(layout.values()); // [layout.values]
+    let scale = flat::mean_scale(c.world());
     let (mut pos, mut k) = (0, 0);
-    flat::scatter(&model.image_encoder, g0, vals, flags, &mut pos, &mut k, scale, device);
-    flat::scatter(&model.prompt_encoder, g1, vals, flags, &mut pos, &mut k, scale, device);
-    flat::scatter(&model.mask_decoder, g2, vals, flags, &mut pos, &mut k, scale, device);
+    flat::scatter(&model.image_encoder, g0, &values, flags, &mut pos, &mut k, scale);
+    flat::scatter(&model.prompt_encoder, g1, &values, flags, &mut pos, &mut k, scale);
+    flat::scatter(&model.mask_decoder, g2, &values, flags, &mut pos, &mut k, scale);
     for (t, v) in totals.iter_mut().zip(&rest[..3]) {
         *t = f64::from(*v);
     }
-    Ok([rest[3] > 0.0, rest[4] > 0.0])
+    Ok([flat::any(rest[3]), flat::any(rest[4])])
 }
 
 /// Every rank's weights digest through the collective (exactly: 16-bit pieces in
 /// each rank's own slots of a zero buffer, summed); an error naming the ranks when
 /// they differ. A synchronised run can never drift apart silently, as the
 /// reference's DDP did.
-pub(crate) fn check_same_weights(c: &mut TcpCollective, digest: u64, step: u64) -> Result<()> {
+pub(crate) fn check_same_weights(c: &mut dyn Collective, digest: u64, step: u64) -> Result<()> {
     let (rank, world) = (c.rank(), c.world());
     let mut buf = vec![0f32; world * 4];
     for k in 0..4 {

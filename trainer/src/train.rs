@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::checkpoint::{self, CheckpointState, Latest};
-use crate::collective::{CollectiveOptions, TcpCollective};
+use crate::collective::{self, CollectiveOptions};
 use crate::config::{Precision, SamConfig};
 use crate::error::{Result, TrainError};
 use crate::loader::{Item, Loaded, Loader, LoaderConfig};
@@ -297,9 +297,10 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
     let mut outcome =
         TrainOutcome { state, steps_run: 0, last: None, stopped_early: false, preempted: false, weights_digest: 0 };
     // Every rank takes the same optimiser steps on the mean gradient of all ranks.
+    // The collective follows the device: NCCL on CUDA, the TCP star on the CPU.
     let mut collective = match (spec.world > 1, spec.master.as_deref()) {
         (false, _) => None,
-        (true, Some(addr)) => Some(TcpCollective::connect_with(addr, spec.rank, spec.world, &spec.collective)?),
+        (true, Some(addr)) => Some(collective::join(addr, spec.rank, spec.world, &spec.collective, device)?),
         (true, None) => {
             return Err(TrainError::Config(format!(
                 "world size {} needs a rendezvous address for the gradient all-reduce: --master HOST:PORT \
@@ -308,7 +309,7 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
             )));
         }
     };
-    if let Some(c) = collective.as_mut() {
+    if let Some(c) = collective.as_deref_mut() {
         // Every rank starts from the same place: a rank that read another checkpoint
         // pointer (a straggler of an old attempt moved it) or another init file would
         // otherwise train diverged weights until the first checkpoint.
@@ -382,7 +383,7 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
                     || stage.max_minutes.is_some_and(|mins| started.elapsed().as_secs_f64() >= mins * 60.0);
                 let mut preempted = spec.preempt.as_ref().is_some_and(|p| p.load(Ordering::SeqCst));
                 let mut totals = [loss_sum, dice_sum, n_samples as f64];
-                if let Some(c) = collective.as_mut() {
+                if let Some(c) = collective.as_deref_mut() {
                     // The stop decisions travel with the gradients: ranks whose clocks
                     // disagree about max_minutes, or only one of which got the SIGTERM,
                     // still stop at the same step.
@@ -419,7 +420,7 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
                 let stop = out_of_budget || preempted;
                 if state.step % stage.checkpoint_every.max(1) == 0 || last || stop {
                     // Every rank checks it holds the same weights before rank 0 saves them.
-                    if let Some(c) = collective.as_mut() {
+                    if let Some(c) = collective.as_deref_mut() {
                         check_same_weights(c, weights_digest(&model), state.step)?;
                     }
                     if spec.rank == 0 {

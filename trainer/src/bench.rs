@@ -1,0 +1,151 @@
+//! Measurements behind `s3-train bench` (the GPU check `tests/gpu/run.sh` runs them
+//! on CUDA): a training micro-step's samples/s, and the gradient all-reduce's
+//! bandwidth through whichever [`Collective`] the device calls for. They measure;
+//! they assert nothing beyond the all-reduce's sum.
+
+use std::time::Instant;
+
+use burn::prelude::*;
+use s3_shards::synthetic::Rng;
+
+use crate::collective::Collective;
+use crate::config::{AttentionMode, Precision};
+use crate::error::{Result, TrainError};
+use crate::loader::Item;
+use crate::stage::StageConfig;
+use crate::step::micro_step;
+use crate::train::{model_config, seeded_model};
+
+/// A sphere "organ" in noise, `side`³ (the shard crop size for the real presets).
+pub fn phantom_item(side: usize, seed: u64) -> Item {
+    let mut rng = Rng::new(seed);
+    let c = side as f64 / 2.0;
+    let r = side as f64 * 0.15;
+    let mut image = vec![0f32; side * side * side];
+    let mut mask = vec![0f32; side * side * side];
+    for n in 0..image.len() {
+        let (i, j, k) = ((n / (side * side)) as f64, (n / side % side) as f64, (n % side) as f64);
+        let inside = ((i - c).powi(2) + (j - c * 0.8).powi(2) + (k - c * 1.1).powi(2)).sqrt() < r;
+        mask[n] = f32::from(u8::from(inside));
+        image[n] = if inside { 1.5 } else { -0.2 } + (rng.unit() as f32 - 0.5) * 0.3;
+    }
+    Item { position: seed, sample_id: format!("bench/{seed}"), image, mask }
+}
+
+/// Writes a small synthetic store at `url` (one dataset of `cases` CT-like cases, one
+/// label each, as `s3-shards synth` does) for a training run to measure on.
+pub fn phantom_store(url: &str, cases: usize) -> Result<()> {
+    let loc = s3_shards::open_store(url, &s3_shards::StoreOptions::default())?;
+    let opts = s3_shards::WriterOptions { row_group_rows: 2, ..Default::default() };
+    crate::io_runtime::io_runtime()?.block_on(s3_shards::synthetic::populate(loc.store(), 1, cases, 1, opts))?;
+    Ok(())
+}
+
+/// What a model step is measured with.
+#[derive(Clone, Debug)]
+pub struct ModelBench {
+    /// Preset (`vit_b_ori`, `small`).
+    pub preset: String,
+    /// Attention of the windowed blocks.
+    pub attention: AttentionMode,
+    /// Arithmetic of the encoder.
+    pub precision: Precision,
+    /// Samples per micro-batch.
+    pub batch: usize,
+    /// Decoder passes per sample (the paper trains with 11).
+    pub clicks: usize,
+    /// Timed micro-steps (after one warm-up).
+    pub steps: usize,
+}
+
+/// Forward + backward of training micro-steps ([`micro_step`] and its backward, no
+/// optimiser step): samples per second on `device`.
+pub fn model_step(b: &ModelBench, device: &Device) -> Result<f64> {
+    let stage: StageConfig = toml::from_str(&format!(
+        "name = \"bench\"\npreset = \"{}\"\nepochs = 1\nclicks = {}\nbatch = {}\nattention = \"{}\"\nprecision = \"{}\"\n",
+        b.preset,
+        b.clicks,
+        b.batch,
+        serde_json::to_value(b.attention).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        serde_json::to_value(b.precision).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+    ))
+    .map_err(|e| TrainError::Config(format!("bench stage: {e}")))?;
+    let cfg = model_config(&stage)?;
+    if cfg.precision == Precision::Bf16 && !device.supports_dtype(burn::tensor::FloatDType::BF16) {
+        return Err(TrainError::Config("precision bf16: this device has no bf16".into()));
+    }
+    let ad = device.clone().autodiff();
+    let model = seeded_model(&cfg, &ad, 1);
+    let items: Vec<Item> = (0..b.batch as u64).map(|k| phantom_item(cfg.img_size, k + 1)).collect();
+    let sync = || ad.sync().map_err(|e| TrainError::Config(format!("device: {e:?}")));
+    let (loss, _) = micro_step(&model, &items, &stage, &cfg, 0, &ad);
+    drop(loss.backward()); // warm-up: kernels compiled, memory pools sized
+    sync()?;
+    let t = Instant::now();
+    for k in 0..b.steps {
+        let (loss, _) = micro_step(&model, &items, &stage, &cfg, k as u64 + 1, &ad);
+        drop(loss.backward());
+    }
+    sync()?;
+    Ok((b.steps * b.batch) as f64 / t.elapsed().as_secs_f64())
+}
+
+/// One all-reduce size's timing.
+#[derive(Clone, Copy, Debug)]
+pub struct AllReduceRate {
+    /// Mean seconds per all-reduce.
+    pub secs: f64,
+    /// Buffer bytes / time (nccl-tests' "algbw"), GB/s.
+    pub algbw: f64,
+    /// algbw × 2(world − 1)/world (nccl-tests' "busbw": what each link carried), GB/s.
+    pub busbw: f64,
+}
+
+/// Sums a flat f32 buffer of `bytes` on `device` through `c`, `iters` times after one
+/// warm-up (which also checks the sum).
+pub fn all_reduce(c: &mut dyn Collective, bytes: usize, iters: usize, device: &Device) -> Result<AllReduceRate> {
+    let n = bytes / 4;
+    let world = c.world() as f32;
+    let mut t = c.all_reduce_sum_tensor(Tensor::<1>::ones([n], device))?; // every element: world
+    let probe: Vec<f32> = t.clone().slice(0..1).into_data().convert::<f32>().try_into_vec::<f32>().expect("f32");
+    if probe[0] != world {
+        return Err(TrainError::Collective(format!("all-reduce of ones gave {} on {world} ranks", probe[0])));
+    }
+    let start = Instant::now();
+    for _ in 0..iters {
+        t = c.all_reduce_sum_tensor(t)?;
+    }
+    device.sync().map_err(|e| TrainError::Config(format!("device: {e:?}")))?;
+    let secs = start.elapsed().as_secs_f64() / iters.max(1) as f64;
+    let algbw = bytes as f64 / secs / 1e9;
+    let w = c.world() as f64;
+    Ok(AllReduceRate { secs, algbw, busbw: algbw * 2.0 * (w - 1.0) / w })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collective::{self, CollectiveOptions};
+
+    #[test]
+    fn the_all_reduce_bench_runs_through_the_collective_the_device_picks() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        drop(l);
+        let hs: Vec<_> = (0..2)
+            .map(|rank| {
+                let addr = addr.clone();
+                std::thread::spawn(move || {
+                    let device = Device::flex();
+                    let mut c = collective::join(&addr, rank, 2, &CollectiveOptions::default(), &device).unwrap();
+                    assert_eq!(c.kind(), "tcp");
+                    all_reduce(c.as_mut(), 1 << 20, 2, &device).unwrap()
+                })
+            })
+            .collect();
+        for h in hs {
+            let r = h.join().unwrap();
+            assert!(r.secs > 0.0 && r.busbw == r.algbw, "{r:?}");
+        }
+    }
+}

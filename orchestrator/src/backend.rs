@@ -7,6 +7,7 @@ use crate::error::{OrchError, Result};
 use crate::plan::Job;
 use crate::settings::Settings;
 
+pub mod k8s;
 pub mod local;
 pub mod slurm;
 
@@ -56,9 +57,7 @@ pub fn backend(name: &str, settings: &Settings) -> Result<Box<dyn Backend>> {
     match name {
         "local" => Ok(Box::new(local::Local::new(settings)?)),
         "slurm" => Ok(Box::new(slurm::Slurm::new(settings)?)),
-        "k8s" => Err(OrchError::Config(
-            "the k8s backend is not built yet (local and slurm work today; Kubernetes is the next issue)".into(),
-        )),
+        "k8s" => Ok(Box::new(k8s::K8s::new(settings)?)),
         other => Err(OrchError::Config(format!("unknown backend {other:?} (local, slurm, k8s)"))),
     }
 }

@@ -1,6 +1,6 @@
 //! Orchestration of the SAM-Med3D pipeline: a stage becomes a [`plan::Job`] (one
 //! `s3-train` process per rank with the launch-contract environment), a
-//! [`backend::Backend`] runs it (local processes today), [`launch`] gates and
+//! [`backend::Backend`] runs it (local processes, Slurm, Kubernetes), [`launch`] gates and
 //! records every attempt in the run [`ledger`]. [`demo`] is the README's
 //! end-to-end CPU run on a phantom corpus.
 //!

@@ -131,6 +131,12 @@ layer! {
     /// Folder for the logs when the run folder is not a local directory (Slurm:
     /// a shared filesystem path).
     log_dir: String,
+    /// Container image of the Kubernetes ingest and merge pods (default: `image`).
+    ingest_image: String,
+    /// Kubernetes `nodeSelector` of the pods: `key=value,...`.
+    node_selector: String,
+    /// Taints the Kubernetes pods tolerate: `key[=value][:effect],...` (`kubectl taint`'s notation).
+    tolerations: String,
 }
 
 /// The resolved settings, with the origin of every value that is not a default.

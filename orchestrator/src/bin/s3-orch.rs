@@ -298,6 +298,15 @@ struct SettingFlags {
     /// Log folder when the run folder is not a local directory [default: s3-orch-logs].
     #[arg(long)]
     log_dir: Option<String>,
+    /// Container image of the Kubernetes ingest and merge pods [default: --image].
+    #[arg(long)]
+    ingest_image: Option<String>,
+    /// Kubernetes node selector of the pods: KEY=VALUE,...
+    #[arg(long, value_name = "KEY=VALUE,...")]
+    node_selector: Option<String>,
+    /// Taints the Kubernetes pods tolerate: KEY[=VALUE][:EFFECT],...
+    #[arg(long, value_name = "KEY[=VALUE][:EFFECT],...")]
+    tolerations: Option<String>,
     /// Extra environment of every rank, KEY=VALUE (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
@@ -336,6 +345,9 @@ impl SettingFlags {
             orch_bin: self.orch_bin.clone(),
             k8s_kind: self.k8s_kind.clone(),
             log_dir: self.log_dir.clone(),
+            ingest_image: self.ingest_image.clone(),
+            node_selector: self.node_selector.clone(),
+            tolerations: self.tolerations.clone(),
             env: self.env.iter().cloned().collect(),
         }
     }

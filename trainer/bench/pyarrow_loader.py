@@ -20,7 +20,7 @@ n = 0
 for shard in sorted((root / "shards").rglob("*.parquet")):
     f = pq.ParquetFile(shard)
     for g in range(f.num_row_groups):
-        for row in f.read_row_group(g).to_pylist():
+        for row in f.read_row_group(g, use_threads=False).to_pylist():
             assert xxhash.xxh3_64(row["image"] + row["mask"]).intdigest() == row["checksum"]
             img = np.frombuffer(row["image"], "<i2").reshape(128, 128, 128).astype(np.float32) * row["image_scale"] + row["image_offset"]
             mask = np.unpackbits(np.frombuffer(row["mask"], np.uint8), bitorder="little").reshape(128, 128, 128).astype(np.float32)

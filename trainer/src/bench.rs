@@ -1,7 +1,8 @@
 //! Measurements behind `s3-train bench` (the GPU check `tests/gpu/run.sh` runs them
-//! on CUDA): a training micro-step's samples/s, and the gradient all-reduce's
-//! bandwidth through whichever [`Collective`] the device calls for. They measure;
-//! they assert nothing beyond the all-reduce's sum.
+//! on CUDA): a training micro-step's samples/s, the loader's samples/s on the user's
+//! own shards, and the gradient all-reduce's bandwidth through whichever
+//! [`Collective`] the device calls for. They measure; they assert nothing beyond the
+//! all-reduce's sum.
 
 use std::time::Instant;
 
@@ -148,4 +149,63 @@ mod tests {
             assert!(r.secs > 0.0 && r.busbw == r.algbw, "{r:?}");
         }
     }
+}
+
+/// What the loader bench read.
+#[derive(Clone, Debug)]
+pub struct LoaderRate {
+    /// Samples decoded, verified, flipped and normalised.
+    pub samples: usize,
+    /// Samples that could not be read (named in the loader's errors).
+    pub failed: usize,
+    /// Wall seconds.
+    pub seconds: f64,
+}
+
+impl LoaderRate {
+    /// Samples per second.
+    pub fn per_second(&self) -> f64 {
+        self.samples as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// The loader on a published store, as one rank of the trainer reads it (the
+/// sampler's order, shard window 4): `threads` loaders side by side, each over its
+/// contiguous share of the first `samples` positions (how many loader threads one
+/// GPU's step rate needs).
+pub fn loader(data: &s3_shards::StoreLocation, threads: usize, samples: usize) -> Result<LoaderRate> {
+    let rt = crate::io_runtime::io_runtime()?;
+    let rows = rt.block_on(s3_shards::samples_table::read(data.store().as_ref()))?;
+    if rows.is_empty() {
+        return Err(TrainError::Config(format!("{} has no samples", data.url())));
+    }
+    let sampler = crate::sampler::Sampler::from_rows(&rows, 1, 4);
+    let mut positions = sampler.rank_positions(crate::sampler::SamplerState::default(), 0, 1);
+    positions.truncate(samples.max(1));
+    let threads = threads.clamp(1, positions.len());
+    let per = positions.len().div_ceil(threads);
+    let shares: Vec<Vec<_>> = positions.chunks(per).map(<[_]>::to_vec).collect();
+    let start = Instant::now();
+    let counts: Vec<(usize, usize)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = shares
+            .into_iter()
+            .map(|share| {
+                let store = data.store().clone();
+                scope.spawn(move || {
+                    let loaded = crate::loader::Loader::start(store, share, crate::loader::LoaderConfig::default());
+                    loaded.fold((0, 0), |(ok, bad), l| match l {
+                        crate::loader::Loaded::Item(_) => (ok + 1, bad),
+                        _ => (ok, bad + 1),
+                    })
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or((0, 0))).collect()
+    });
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(LoaderRate {
+        samples: counts.iter().map(|c| c.0).sum(),
+        failed: counts.iter().map(|c| c.1).sum(),
+        seconds,
+    })
 }

@@ -16,6 +16,7 @@ use crate::error::{Result, TrainError};
 use crate::loader::{Loaded, Loader, LoaderConfig};
 use crate::model::Sam;
 use crate::sampler::SampleRef;
+use crate::stage::ClickMemory;
 use crate::step::ClickLoop;
 
 /// Dice of one sample after each click count.
@@ -122,7 +123,8 @@ pub fn evaluate(
         let image = Tensor::<5>::from_data(TensorData::new(item.image.clone(), [1, 1, s, s, s]), device);
         let emb = model.image_encoder.forward(image);
         // The inference protocol: every pass sees all clicks so far.
-        let mut loop_ = ClickLoop::new(&[item.sample_id.as_str()], seed, cfg, device);
+        // Evaluation clicks as the reference infers: every point so far.
+        let mut loop_ = ClickLoop::new(&[item.sample_id.as_str()], seed, cfg, ClickMemory::All, device);
         let mut dices = Vec::new();
         for c in 1..=max {
             let logits = loop_.pass(model, emb.clone(), &[item.mask.as_slice()], true, device);

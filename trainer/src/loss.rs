@@ -1,5 +1,7 @@
-//! The segmentation loss of one decoder pass (DESIGN §8): Dice with a
-//! squared-prediction denominator option plus BCE, and the low-resolution target.
+//! The segmentation loss of one decoder pass (DESIGN §8): MONAI's
+//! `DiceCELoss(sigmoid=True, squared_pred=True)` (Dice with Σp² + Σt² and smoothing
+//! 1e-5, plus BCE-with-logits), or its Dice alone (`legacy`), and the low-resolution
+//! target.
 
 use burn::prelude::*;
 use burn::tensor::activation;
@@ -19,19 +21,17 @@ pub fn area_fraction(mask: &[f32], side: usize, low: usize) -> Vec<f32> {
     out
 }
 
-/// Dice + BCE on logits `[B, 1, S, S, S]` (mean over the batch); `legacy` is the
-/// reference's effective loss: Dice with squared predictions only (its CE term was 0).
+/// Squared-prediction Dice + BCE-with-logits on logits `[B, 1, S, S, S]` (Dice per
+/// sample then the batch mean, BCE the mean over every voxel, as MONAI reduces them);
+/// `legacy` is the paper-era reference's effective loss, the Dice alone (its
+/// single-channel CE term was identically zero).
 pub fn seg_loss(logits: Tensor<5>, target: Tensor<5>, legacy: bool) -> Tensor<1> {
     let [b, _, _, _, _] = logits.dims();
     let x: Tensor<2> = logits.reshape([b as i32, -1]);
     let t: Tensor<2> = target.reshape([b as i32, -1]);
     let p = activation::sigmoid(x.clone());
     let inter = (p.clone() * t.clone()).sum_dim(1);
-    let denom = if legacy {
-        p.clone().square().sum_dim(1) + t.clone().square().sum_dim(1)
-    } else {
-        p.sum_dim(1) + t.clone().sum_dim(1)
-    };
+    let denom = p.square().sum_dim(1) + t.clone().square().sum_dim(1);
     let dice_loss = ((inter * 2.0 + 1e-5) / (denom + 1e-5)).neg() + 1.0; // [B, 1]
     let dice_loss: Tensor<1> = dice_loss.mean().reshape([1]);
     if legacy {
@@ -45,6 +45,24 @@ pub fn seg_loss(logits: Tensor<5>, target: Tensor<5>, legacy: bool) -> Tensor<1>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// MONAI's formula on fixed logits and targets, evaluated with numpy (float64):
+    /// `p = sigmoid(x)`; Dice = 1 − (2Σpt + 1e-5)/(Σp² + Σt² + 1e-5) per sample, then
+    /// the mean; BCE = mean(max(x,0) − xt + log1p(e^−|x|)).
+    #[test]
+    fn the_loss_is_monai_dice_ce_with_squared_predictions() {
+        let device = Device::flex();
+        let x = [[2.0, -1.0, 0.5, -3.0, 1.5, 0.0, -0.5, 4.0], [-2.0, -1.0, 3.0, 0.2, -0.7, 1.0, 2.5, -4.0]];
+        let t = [[1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0]];
+        let tensor = |v: [[f64; 8]; 2]| {
+            let flat: Vec<f32> = v.iter().flatten().map(|&a| a as f32).collect();
+            Tensor::<1>::from_floats(flat.as_slice(), &device).reshape([2, 1, 2, 2, 2])
+        };
+        let value = |legacy| seg_loss(tensor(x), tensor(t), legacy).into_scalar::<f64>();
+        let (dice, bce) = (0.08057529956417925, 0.26562779519288926);
+        assert!((value(true) - dice).abs() < 1e-6, "legacy (Dice alone): {}", value(true));
+        assert!((value(false) - (dice + bce)).abs() < 1e-6, "Dice + BCE: {}", value(false));
+    }
 
     #[test]
     fn area_fraction_averages_each_block() {

@@ -48,6 +48,18 @@ pub enum LossResolution {
     Low,
 }
 
+/// Which clicks each training pass shows the decoder (DESIGN §8).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClickMemory {
+    /// The newest point only, with the previous low-res logits: how the reference
+    /// trains (`--multi_click` off).
+    #[default]
+    New,
+    /// Every point so far (how the reference infers, and how both eval protocols click).
+    All,
+}
+
 /// A stage: the per-stage numbers of DESIGN §8.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,9 +114,13 @@ pub struct StageConfig {
     /// Weights to start from (a checkpoint's safetensors or an official `.pth`).
     #[serde(default)]
     pub init: Option<String>,
-    /// The reference's loss (squared-prediction Dice only) instead of Dice + BCE.
+    /// The paper-era reference's loss (squared-prediction Dice only) instead of
+    /// squared-prediction Dice + BCE (MONAI's `DiceCELoss`).
     #[serde(default)]
     pub legacy_loss: bool,
+    /// Which clicks each training pass sees: `new` (the reference) or `all`.
+    #[serde(default)]
+    pub click_memory: ClickMemory,
     /// Where the loss is computed: `full` (the reference: logits upsampled to the
     /// input size) or `low` (on the low-res logits against the mask's area fraction
     /// per low-res voxel; ~4× cheaper steps on CPU, not the paper's objective).

@@ -15,7 +15,7 @@ use crate::loader::Item;
 use crate::loss::{area_fraction, seg_loss};
 use crate::model::layers::{trilinear, trilinear_values};
 use crate::model::{ImageEncoder, MaskDecoder, Prompt, PromptEncoder, Sam};
-use crate::stage::{LossResolution, StageConfig};
+use crate::stage::{ClickMemory, LossResolution, StageConfig};
 
 /// Three optimisers: one per part, so the encoder and the rest get their own rates.
 pub(crate) struct Optimisers {
@@ -92,11 +92,13 @@ pub struct ClickLoop {
     preds: Vec<Vec<f32>>,
     clicks: Vec<Vec<Click>>,
     rngs: Vec<Rng>,
+    memory: ClickMemory,
 }
 
 impl ClickLoop {
-    /// A fresh loop for the samples `ids` (each sample's clicks seeded by `seed` and its id).
-    pub fn new(ids: &[&str], seed: u64, cfg: &SamConfig, device: &Device) -> ClickLoop {
+    /// A fresh loop for the samples `ids` (each sample's clicks seeded by `seed` and its
+    /// id); `memory` says which of the clicks so far each pass shows the decoder.
+    pub fn new(ids: &[&str], seed: u64, cfg: &SamConfig, memory: ClickMemory, device: &Device) -> ClickLoop {
         let (s, l, b) = (cfg.img_size, cfg.low_res(), ids.len());
         ClickLoop {
             side: s,
@@ -105,6 +107,7 @@ impl ClickLoop {
             preds: vec![vec![0.0; s * s * s]; b],
             clicks: vec![Vec::new(); b],
             rngs: ids.iter().map(|id| Rng::new(seed ^ xxh3_64(id.as_bytes()))).collect(),
+            memory,
         }
     }
 
@@ -122,7 +125,7 @@ impl ClickLoop {
         for (k, mask) in masks.iter().enumerate() {
             self.clicks[k].push(next_click(&self.preds[k], mask, self.side, &mut self.rngs[k]));
         }
-        let points = use_points.then(|| points_tensors(&self.clicks, device));
+        let points = use_points.then(|| points_tensors(&visible(&self.clicks, self.memory), device));
         let out = model.decode(emb, Prompt { points, mask: Some(self.low.clone()) });
         let (logits, _) = out.single(); // [B, 1, L, L, L]
         self.low = logits.clone();
@@ -178,7 +181,7 @@ pub fn micro_step(
     let no_point = 2 + (Rng::new(seed).next_u64() % 7) as usize;
     let ids: Vec<&str> = items.iter().map(|i| i.sample_id.as_str()).collect();
     let masks: Vec<&[f32]> = items.iter().map(|i| i.mask.as_slice()).collect();
-    let mut clicks = ClickLoop::new(&ids, seed, cfg, device);
+    let mut clicks = ClickLoop::new(&ids, seed, cfg, stage.click_memory, device);
     let mut total = Tensor::<1>::zeros([1], device);
     for pass in 0..stage.clicks {
         let use_points = pass != no_point && pass + 1 != stage.clicks;
@@ -196,6 +199,14 @@ pub fn micro_step(
     }
     let d = items.iter().enumerate().map(|(k, i)| clicks.dice(k, &i.mask)).sum::<f64>() / b as f64;
     (total, d)
+}
+
+/// The clicks a pass shows the decoder: each sample's newest (`New`) or all so far.
+fn visible(clicks: &[Vec<Click>], memory: ClickMemory) -> Vec<Vec<Click>> {
+    match memory {
+        ClickMemory::All => clicks.to_vec(),
+        ClickMemory::New => clicks.iter().map(|c| c.last().cloned().into_iter().collect()).collect(),
+    }
 }
 
 /// Clicks so far as `[B, N, 3]` coordinates and `[B, N]` labels.
@@ -273,4 +284,20 @@ pub(crate) fn check_same_weights(c: &mut dyn Collective, digest: u64, step: u64)
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pass_shows_the_newest_click_or_every_click_so_far() {
+        let c = |x: f32, label: f32| Click { at: [x, 0.0, 0.0], label };
+        let so_far = vec![vec![c(1.0, 1.0), c(2.0, 0.0), c(3.0, 1.0)], vec![c(7.0, 1.0), c(8.0, 1.0), c(9.0, 0.0)]];
+        let newest = visible(&so_far, ClickMemory::New);
+        assert_eq!(newest, vec![vec![c(3.0, 1.0)], vec![c(9.0, 0.0)]]);
+        assert_eq!(visible(&so_far, ClickMemory::All), so_far);
+        let first = vec![vec![c(1.0, 1.0)]];
+        assert_eq!(visible(&first, ClickMemory::New), first, "the first pass has one click either way");
+    }
 }

@@ -31,6 +31,7 @@ fn stage(epochs: u64) -> StageConfig {
         keep_last: 0,
         init: None,
         legacy_loss: false,
+        click_memory: Default::default(),
         loss_resolution: LossResolution::Full,
         shard_window: 2,
         max_steps: None,

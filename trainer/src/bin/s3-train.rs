@@ -152,7 +152,8 @@ enum Command {
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Forward + backward of training micro-steps (no optimiser step) on a phantom
-    /// sample: samples/s.
+    /// 128³ sample (`bench step` too): samples/s on the last line.
+    #[command(alias = "step")]
     Model {
         /// vit_b_ori or small.
         #[arg(long, default_value = "vit_b_ori")]
@@ -172,6 +173,20 @@ enum BenchCommand {
         /// Timed micro-steps, after one warm-up.
         #[arg(long, default_value_t = 3)]
         steps: usize,
+    },
+    /// The loader on your own shards, as one rank reads them (decode, checksum, flips,
+    /// z-normalisation): samples/s on the last line. Compare with the trainer's step
+    /// rate to see how many loader threads a GPU needs.
+    Loader {
+        /// The published store.
+        #[arg(long)]
+        data: String,
+        /// Loaders side by side, each over its share of the samples.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Samples to read (the first of the sampler's order).
+        #[arg(long, default_value_t = 64)]
+        samples: usize,
     },
     /// Writes a small synthetic store (CT-like 128³ samples) for a measured training run.
     PhantomStore {
@@ -223,11 +238,23 @@ fn bench(what: BenchCommand, cli_device: &str, device: burn::prelude::Device) ->
             };
             let rate = s3_trainer::bench::model_step(&b, &device)?;
             println!(
-                "bench model {} {precision} {attention} batch {batch} clicks {clicks} on {cli_device}: {rate:.3} \
-                 samples/s ({:.3} s/sample)",
+                "bench model {} {precision} {attention} batch {batch} clicks {clicks} on {cli_device}: {:.3} s/sample",
                 b.preset,
                 1.0 / rate
             );
+            println!("{rate:.3} samples/s");
+        }
+        BenchCommand::Loader { data, threads, samples } => {
+            let loc = s3_shards::open_store(&data, &s3_shards::StoreOptions::default())?;
+            let r = s3_trainer::bench::loader(&loc, threads, samples)?;
+            println!(
+                "bench loader {}: {} samples ({} unreadable) with {threads} loader thread(s) in {:.2} s",
+                loc.url(),
+                r.samples,
+                r.failed,
+                r.seconds
+            );
+            println!("{:.2} samples/s", r.per_second());
         }
         BenchCommand::PhantomStore { out, cases } => {
             s3_trainer::bench::phantom_store(&out, cases)?;

@@ -270,7 +270,7 @@ fn cached_sample<'a>(cache: &'a RowGroupCache<Result<Sample, String>>, r: &Sampl
 /// Decode, flip and normalise one sample.
 pub fn prepare(position: u64, sample_id: &str, s: &Sample, cfg: &LoaderConfig) -> Item {
     let mut image = s.image_f32();
-    let mut mask: Vec<f32> = s.mask_bools().into_iter().map(|m| if m { 1.0 } else { 0.0 }).collect();
+    let mut mask = mask_f32(&s.mask, image.len());
     if cfg.flip {
         let mut rng = Rng::new(cfg.seed ^ xxh3_64(&[cfg.epoch.to_le_bytes(), position.to_le_bytes()].concat()));
         let axes: [bool; 3] = std::array::from_fn(|_| rng.unit() < 0.5);
@@ -281,21 +281,38 @@ pub fn prepare(position: u64, sample_id: &str, s: &Sample, cfg: &LoaderConfig) -
     Item { position, sample_id: sample_id.to_string(), image, mask }
 }
 
-/// Flips a C-order 128³ volume along the chosen axes.
-pub fn flip(v: &mut [f32], axes: [bool; 3]) {
-    if !axes.iter().any(|&a| a) {
-        return;
+/// The packed mask (LSB first) as 0/1 floats, in one pass and one allocation.
+fn mask_f32(bits: &[u8], voxels: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(voxels);
+    for &byte in bits {
+        out.extend((0..8).map(|b| f32::from((byte >> b) & 1)));
     }
-    let src = v.to_vec();
+    out.truncate(voxels);
+    out.resize(voxels, 0.0);
+    out
+}
+
+/// Flips a C-order 128³ volume along the chosen axes, in place: rows reversed,
+/// rows swapped within each plane, planes swapped; no copy of the volume and no
+/// per-voxel index arithmetic.
+pub fn flip(v: &mut [f32], axes: [bool; 3]) {
     let n = SIDE;
-    for i in 0..n {
-        let si = if axes[0] { n - 1 - i } else { i };
-        for j in 0..n {
-            let sj = if axes[1] { n - 1 - j } else { j };
-            for k in 0..n {
-                let sk = if axes[2] { n - 1 - k } else { k };
-                v[(i * n + j) * n + k] = src[(si * n + sj) * n + sk];
+    let plane = n * n;
+    if axes[2] {
+        v.chunks_exact_mut(n).for_each(<[f32]>::reverse);
+    }
+    if axes[1] {
+        for p in v.chunks_exact_mut(plane) {
+            for j in 0..n / 2 {
+                let (front, back) = p.split_at_mut((n - 1 - j) * n);
+                front[j * n..(j + 1) * n].swap_with_slice(&mut back[..n]);
             }
+        }
+    }
+    if axes[0] {
+        for i in 0..n / 2 {
+            let (front, back) = v.split_at_mut((n - 1 - i) * plane);
+            front[i * plane..(i + 1) * plane].swap_with_slice(&mut back[..plane]);
         }
     }
 }
@@ -317,14 +334,53 @@ pub fn znormalize(v: &mut [f32]) {
     if std < 1e-8 {
         return;
     }
+    // The sums need f64; the per-voxel map does not (one f32 multiply-add).
+    let (m, inv) = (mean as f32, (1.0 / std) as f32);
     for x in v.iter_mut() {
-        *x = ((f64::from(*x) - mean) / std) as f32;
+        *x = (*x - m) * inv;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The flip as the index formula states it: out[i,j,k] = in[i', j', k'].
+    fn flip_by_index(src: &[f32], axes: [bool; 3]) -> Vec<f32> {
+        let n = SIDE;
+        let mut out = vec![0.0; src.len()];
+        for i in 0..n {
+            let si = if axes[0] { n - 1 - i } else { i };
+            for j in 0..n {
+                let sj = if axes[1] { n - 1 - j } else { j };
+                for k in 0..n {
+                    let sk = if axes[2] { n - 1 - k } else { k };
+                    out[(i * n + j) * n + k] = src[(si * n + sj) * n + sk];
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_in_place_flip_equals_the_index_formula_on_every_axis_combination() {
+        let orig: Vec<f32> = (0..SIDE * SIDE * SIDE).map(|i| i as f32).collect();
+        for a in 0..8u8 {
+            let axes = [a & 1 != 0, a & 2 != 0, a & 4 != 0];
+            let mut v = orig.clone();
+            flip(&mut v, axes);
+            assert!(v == flip_by_index(&orig, axes), "axes {axes:?}");
+        }
+    }
+
+    #[test]
+    fn the_mask_decodes_lsb_first() {
+        assert_eq!(mask_f32(&[0b0000_0101, 0b1000_0000], 16), [1., 0., 1., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 1.]);
+        let bits: Vec<u8> = (0..=255).collect();
+        let bools = s3_shards::mask::unpack(&bits, 2048);
+        let floats = mask_f32(&bits, 2048);
+        assert!(bools.iter().zip(&floats).all(|(&b, &f)| f == f32::from(u8::from(b))));
+    }
 
     #[test]
     fn flip_twice_is_identity_and_moves_voxels() {

@@ -354,8 +354,14 @@ pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, sa
         )
     });
     let stage_loc = open_store(&stage_run, &spec.store_options)?;
-    let outcome = rt.block_on(training_outcome(&stage_loc, &spec.stage_file, &end.exit_codes, blame, say))?;
+    let mut outcome = rt.block_on(training_outcome(&stage_loc, &spec.stage_file, &end.exit_codes, blame, say))?;
+    // `s3-orch cancel` (another process) wrote the ledger while this attempt ran:
+    // read it again, so its request is not overwritten and counts.
+    ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), &spec.run_id))?;
     let rec = ledger.stage_mut(&spec.stage);
+    if rec.cancel_requested {
+        outcome.cancelled();
+    }
     outcome.apply(rec, end.exit_codes.clone());
     let record = rec.clone();
     rt.block_on(ledger.save(run.store().as_ref()))?;
@@ -363,6 +369,7 @@ pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, sa
 }
 
 /// How a training attempt ended, from its exit codes and what it left in its run folder.
+#[derive(Debug)]
 pub(crate) struct Outcome {
     state: State,
     error: Option<String>,
@@ -373,6 +380,19 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
+    /// A stop `s3-orch cancel` asked for is a preemption, not a failure, even where
+    /// the scheduler's stop took the ranks' exit codes with it (Kubernetes deletes the
+    /// pods): the stage resumes from its last checkpoint on the next launch.
+    pub(crate) fn cancelled(&mut self) {
+        if self.state == State::Failed && self.last_step.is_some() {
+            self.state = State::Preempted;
+            self.error = Some(format!(
+                "cancelled by s3-orch cancel ({}); launch again to continue",
+                self.error.take().unwrap_or_default()
+            ));
+        }
+    }
+
     /// Closes the stage's newest attempt with it.
     pub(crate) fn apply(self, rec: &mut crate::ledger::StageRecord, exit_codes: Vec<Option<i32>>) {
         if let Some(a) = rec.attempts.last_mut() {
@@ -827,4 +847,36 @@ pub fn cancel(runs: &str, run_id: &str, options: &StoreOptions) -> Result<Vec<St
         crate::backend::by_name(backend)?.cancel(&crate::backend::Submission { ids: ids.clone() })?;
     }
     Ok(running.into_iter().map(|(name, ..)| name).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(state: State, last_step: Option<u64>) -> Outcome {
+        Outcome {
+            state,
+            error: Some("rank 1 exited with a signal".into()),
+            last_step,
+            config_digest: None,
+            final_checkpoint: None,
+            metrics: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_cancelled_attempt_with_a_checkpoint_is_a_preemption() {
+        let mut o = outcome(State::Failed, Some(4));
+        o.cancelled();
+        assert_eq!(o.state, State::Preempted);
+        assert!(o.error.as_deref().unwrap().contains("cancelled by s3-orch cancel"), "{o:?}");
+        // Without a checkpoint there is nothing to continue from: it stays failed.
+        let mut o = outcome(State::Failed, None);
+        o.cancelled();
+        assert_eq!(o.state, State::Failed);
+        // A success is not turned into anything else.
+        let mut o = outcome(State::Succeeded, Some(9));
+        o.cancelled();
+        assert_eq!(o.state, State::Succeeded);
+    }
 }

@@ -4,6 +4,9 @@
 //! Kubernetes would give it, trains a stage or ingests a corpus for real.
 //! Regenerate the golden files with `UPDATE_GOLDEN=1 cargo test --workspace --test k8s`.
 
+mod common;
+use common::{samples};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -381,19 +384,6 @@ fn two_pods_of_two_ranks_each_train_one_model_through_ranks_sh() {
     }
 }
 
-/// (sample id, split, foreground voxels) of every published sample, sorted.
-fn samples(store: &Path) -> Vec<(String, String, i64)> {
-    let loc = open_store(store.to_str().unwrap(), &StoreOptions::default()).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut v: Vec<_> = rt
-        .block_on(s3_shards::samples_table::read(loc.store().as_ref()))
-        .unwrap()
-        .into_iter()
-        .map(|r| (r.sample_id, format!("{:?}", r.split), r.fg_voxels))
-        .collect();
-    v.sort();
-    v
-}
 
 #[test]
 fn three_ingest_pods_and_the_merge_job_publish_what_one_process_does() {

@@ -2,11 +2,13 @@
 //! ledger, stage 2 gated on a verified stage-1 checkpoint, idempotent relaunch, a
 //! killed rank failing the attempt and the relaunch resuming it.
 
+mod common;
+use common::{small_store, digests, samples, text};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use s3_shards::{StoreOptions, WriterOptions, open_store, synthetic};
 
 fn stage_toml(name: &str, epochs: u64, seed: u64) -> String {
     format!(
@@ -39,10 +41,7 @@ struct Fixture {
 fn fixture(stage1_epochs: u64) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let loc = open_store(data.to_str().unwrap(), &StoreOptions::default()).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(synthetic::populate(loc.store(), 1, 6, 1, WriterOptions { row_group_rows: 2, ..Default::default() }))
-        .unwrap();
+    small_store(&data);
     let stages = tmp.path().join("stages");
     std::fs::create_dir_all(&stages).unwrap();
     std::fs::write(stages.join("stage1.toml"), stage_toml("stage1", stage1_epochs, 1)).unwrap();
@@ -70,9 +69,6 @@ fn run(f: &Fixture, args: &[&str]) -> Output {
     orch(f, args).output().unwrap()
 }
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 fn status(f: &Fixture, run_id: &str) -> serde_json::Value {
     let o = run(f, &["status", "--run", run_id, "--json"]);
@@ -84,15 +80,6 @@ fn stage<'a>(s: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     s["stages"].as_array().unwrap().iter().find(|x| x["name"] == name).unwrap_or_else(|| panic!("{name} in {s}"))
 }
 
-/// Every rank's printed weights digest.
-fn digests(log_dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for r in 0.. {
-        let Ok(t) = std::fs::read_to_string(log_dir.join(format!("rank-{r}.log"))) else { break };
-        out.push(t.split("weights xxh3 ").nth(1).map(|s| s.trim().to_string()).unwrap_or_default());
-    }
-    out
-}
 
 #[test]
 fn stage2_is_gated_on_a_verified_stage1_and_a_succeeded_stage_is_not_run_again() {
@@ -252,19 +239,6 @@ fn a_killed_rank_fails_the_attempt_and_the_relaunch_resumes_it() {
     assert_eq!(steps, (1..=total).collect::<Vec<_>>());
 }
 
-/// (sample id, split, foreground voxels) of every published sample, sorted.
-fn samples(store: &Path) -> Vec<(String, String, i64)> {
-    let loc = open_store(store.to_str().unwrap(), &StoreOptions::default()).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut v: Vec<_> = rt
-        .block_on(s3_shards::samples_table::read(loc.store().as_ref()))
-        .unwrap()
-        .into_iter()
-        .map(|r| (r.sample_id, format!("{:?}", r.split), r.fg_voxels))
-        .collect();
-    v.sort();
-    v
-}
 
 #[test]
 fn the_pipeline_ingests_with_three_workers_then_chains_both_stages() {

@@ -3,11 +3,13 @@
 //! by Slurm (ingest array + merge, stage 1, stage 2 after it, eval), and a
 //! preemption that requeues the job, which resumes from its checkpoint.
 
+mod common;
+use common::{small_store, bin, digests, samples, text};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use s3_shards::{StoreOptions, WriterOptions, open_store, synthetic};
 use s3_test_support::SlurmCluster;
 
 fn stage_toml(name: &str, epochs: u64, select: &str) -> String {
@@ -18,15 +20,7 @@ fn stage_toml(name: &str, epochs: u64, select: &str) -> String {
     )
 }
 
-fn bin(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_s3-orch")).with_file_name(name);
-    assert!(p.exists(), "{} missing: `cargo test --workspace` builds it", p.display());
-    p
-}
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 /// `s3-orch` aimed at the cluster, with the CPU test profile's settings.
 fn orch(cluster: &SlurmCluster, args: &[&str]) -> Command {
@@ -49,25 +43,7 @@ fn stage(s: &serde_json::Value, name: &str) -> serde_json::Value {
     s["stages"].as_array().unwrap().iter().find(|x| x["name"] == name).unwrap_or_else(|| panic!("{name} in {s}")).clone()
 }
 
-fn digests(log_dir: &Path) -> Vec<String> {
-    (0..)
-        .map_while(|r| std::fs::read_to_string(log_dir.join(format!("rank-{r}.log"))).ok())
-        .map(|t| t.split("weights xxh3 ").nth(1).map(|s| s.trim().to_string()).unwrap_or_default())
-        .collect()
-}
 
-fn samples(store: &Path) -> Vec<(String, String, i64)> {
-    let loc = open_store(store.to_str().unwrap(), &StoreOptions::default()).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut v: Vec<_> = rt
-        .block_on(s3_shards::samples_table::read(loc.store().as_ref()))
-        .unwrap()
-        .into_iter()
-        .map(|r| (r.sample_id, format!("{:?}", r.split), r.fg_voxels))
-        .collect();
-    v.sort();
-    v
-}
 
 fn sbatch_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
@@ -138,10 +114,7 @@ fn the_pipeline_runs_on_slurm_as_a_chain_of_jobs() {
 fn long_stage1() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let loc = open_store(data.to_str().unwrap(), &StoreOptions::default()).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(synthetic::populate(loc.store(), 1, 6, 1, WriterOptions { row_group_rows: 2, ..Default::default() }))
-        .unwrap();
+    small_store(&data);
     let stages = tmp.path().join("stages");
     std::fs::create_dir_all(&stages).unwrap();
     std::fs::write(stages.join("stage1.toml"), stage_toml("stage1", 8, "all")).unwrap();

@@ -10,7 +10,6 @@ use burn::prelude::*;
 use s3_shards::synthetic::Rng;
 use s3_trainer::clicks::next_click;
 use s3_trainer::config::SamConfig;
-use s3_trainer::loader::Item;
 use s3_trainer::loss::seg_loss;
 use s3_trainer::model::Prompt;
 use s3_trainer::model::layers::trilinear;
@@ -18,28 +17,13 @@ use s3_trainer::stage::StageConfig;
 use s3_trainer::step::{micro_step, points_tensors};
 use s3_trainer::train::seeded_model;
 
-fn phantom(side: usize, seed: u64) -> Item {
-    let mut rng = Rng::new(seed);
-    let c = side as f64 / 2.0;
-    let r = side as f64 * 0.15;
-    let mut image = vec![0f32; side * side * side];
-    let mut mask = vec![0f32; side * side * side];
-    for n in 0..image.len() {
-        let (i, j, k) = ((n / (side * side)) as f64, (n / side % side) as f64, (n % side) as f64);
-        let inside = ((i - c).powi(2) + (j - c * 0.8).powi(2) + (k - c * 1.1).powi(2)).sqrt() < r;
-        mask[n] = f32::from(u8::from(inside));
-        image[n] = if inside { 1.5 } else { -0.2 } + (rng.unit() as f32 - 0.5) * 0.3;
-    }
-    Item { position: seed, sample_id: format!("bench/{seed}"), image, mask }
-}
-
 fn main() {
     let preset = std::env::var("PRESET").unwrap_or_else(|_| "small".into());
     let clicks: usize = std::env::var("CLICKS").ok().and_then(|c| c.parse().ok()).unwrap_or(5);
     let cfg = SamConfig::preset(&preset).expect("preset");
     let device = Device::flex().autodiff();
     let model = seeded_model(&cfg, &device, 1);
-    let items = vec![phantom(cfg.img_size, 1)];
+    let items = vec![s3_trainer::bench::phantom_item(cfg.img_size, 1)];
     let s = cfg.img_size;
     println!(
         "{preset}, {clicks} passes, batch 1, {} threads",

@@ -208,7 +208,8 @@ pub fn run_demo(cfg: &DemoConfig, say: Say) -> Result<DemoReport> {
     say("5/5 evaluating stage 2");
     ran(launch_eval(&s2, &backend, false, say)?, "the eval")?;
     let ledger = status(&runs.display().to_string(), RUN_ID, &Default::default(), &|m| say(m))?;
-    let after_stage2 = ledger.stage("eval").and_then(|s| s.attempts.last()).map(|a| a.metrics.clone()).unwrap_or_default();
+    let after_stage2 =
+        ledger.stage("eval").and_then(|s| s.attempts.last()).map(|a| a.metrics.clone()).unwrap_or_default();
     Ok(DemoReport { after_stage1, after_stage2, ledger, run_dir: runs.join(RUN_ID), store })
 }
 

@@ -143,7 +143,9 @@ pub fn job_end(t: &HookTarget, end: &JobEnd) -> Result<bool> {
             rt.block_on(close_eval(&mut ledger, evaluated, &loc, failure, codes));
         }
         stage => {
-            let file = end.stage_file.ok_or_else(|| OrchError::Config("job end of a training stage needs --stage-file".into()))?;
+            let file = end
+                .stage_file
+                .ok_or_else(|| OrchError::Config("job end of a training stage needs --stage-file".into()))?;
             let loc = s3_shards::open_store(&join(&t.run_url(), stage), &t.options)?;
             let outcome = rt.block_on(training_outcome(&loc, file, &codes, failure, &|_| {}))?;
             outcome.apply(ledger.stage_mut(stage), codes);

@@ -502,7 +502,13 @@ pub fn launch_eval(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, say
             spec.run_id, spec.stage, spec.stage
         )));
     }
-    say(&format!("run {}: eval of {} on {}; log in {}", spec.run_id, spec.stage, backend.name(), job.log_dir.display()));
+    say(&format!(
+        "run {}: eval of {} on {}; log in {}",
+        spec.run_id,
+        spec.stage,
+        backend.name(),
+        job.log_dir.display()
+    ));
     let submission = backend.submit(&job)?;
     ledger.stage_mut("eval").state = State::Running;
     ledger.stage_mut("eval").attempts.push(Attempt::running(attempt, backend.name(), submission.ids.clone(), None));
@@ -542,7 +548,9 @@ pub(crate) async fn close_eval(
         Some(e) => (State::Failed, Some(e), Default::default()),
         None => match crate::stage_metrics::eval_dice(stage_loc.store().as_ref()).await {
             Ok(m) => (State::Succeeded, None, m),
-            Err(e) => (State::Failed, Some(format!("eval exited 0 but its report cannot be read: {e}")), Default::default()),
+            Err(e) => {
+                (State::Failed, Some(format!("eval exited 0 but its report cannot be read: {e}")), Default::default())
+            }
         },
     };
     let init = ledger.stage(evaluated).and_then(|s| s.final_checkpoint.as_ref()).map(|c| c.url.clone());
@@ -641,7 +649,13 @@ pub struct IngestLaunch {
     pub store_options: StoreOptions,
 }
 
-pub(crate) fn log_dir_for(run: &StoreLocation, log_root: &std::path::Path, run_id: &str, stage: &str, attempt: u32) -> PathBuf {
+pub(crate) fn log_dir_for(
+    run: &StoreLocation,
+    log_root: &std::path::Path,
+    run_id: &str,
+    stage: &str,
+    attempt: u32,
+) -> PathBuf {
     match run.url().strip_prefix("file://") {
         Some(dir) => PathBuf::from(dir).join("logs").join(stage).join(format!("attempt-{attempt}")),
         None => log_root.join(run_id).join(stage).join(format!("attempt-{attempt}")),
@@ -684,7 +698,8 @@ pub fn launch_ingest(
     let attempt = ledger.stage("ingest").map_or(0, |s| s.attempts.len() as u32) + 1;
     let log_dir = log_dir_for(&run, &spec.log_root, &spec.run_id, "ingest", attempt);
     let mut workers = ingest_job(&spec.plan, &spec.run_id, attempt, log_dir.clone());
-    let mut merge = (spec.plan.workers > 1).then(|| merge_job(&spec.plan, &spec.run_id, attempt, log_dir.join("merge")));
+    let mut merge =
+        (spec.plan.workers > 1).then(|| merge_job(&spec.plan, &spec.run_id, attempt, log_dir.join("merge")));
     let in_job = backend.records_in_job();
     if in_job {
         // The job that publishes records the end: the merge, or the one worker.

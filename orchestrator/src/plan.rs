@@ -136,7 +136,16 @@ pub fn train_job(
             .collect(),
         })
         .collect();
-    Job { run_id: run_id.into(), stage: stage.into(), attempt, ranks, nodes: plan.nodes.max(1), log_dir, after: Vec::new(), hooks: None }
+    Job {
+        run_id: run_id.into(),
+        stage: stage.into(),
+        attempt,
+        ranks,
+        nodes: plan.nodes.max(1),
+        log_dir,
+        after: Vec::new(),
+        hooks: None,
+    }
 }
 
 /// What an ingest needs.
@@ -190,7 +199,16 @@ pub fn ingest_job(plan: &IngestPlan, run_id: &str, attempt: u32, log_dir: PathBu
             RankCommand { rank: w, program: plan.ingest_bin.clone(), args, env: identity_env(plan, run_id, attempt) }
         })
         .collect();
-    Job { run_id: run_id.into(), stage: "ingest".into(), attempt, ranks, nodes: 1, log_dir, after: Vec::new(), hooks: None }
+    Job {
+        run_id: run_id.into(),
+        stage: "ingest".into(),
+        attempt,
+        ranks,
+        nodes: 1,
+        log_dir,
+        after: Vec::new(),
+        hooks: None,
+    }
 }
 
 /// `s3-ingest merge`: publishes what all workers committed.
@@ -201,7 +219,16 @@ pub fn merge_job(plan: &IngestPlan, run_id: &str, attempt: u32, log_dir: PathBuf
         args: vec!["merge".into(), "--out".into(), plan.out.clone()],
         env: identity_env(plan, run_id, attempt),
     };
-    Job { run_id: run_id.into(), stage: "ingest-merge".into(), attempt, ranks: vec![rank], nodes: 1, log_dir, after: Vec::new(), hooks: None }
+    Job {
+        run_id: run_id.into(),
+        stage: "ingest-merge".into(),
+        attempt,
+        ranks: vec![rank],
+        nodes: 1,
+        log_dir,
+        after: Vec::new(),
+        hooks: None,
+    }
 }
 
 /// `s3-train eval` of a training stage's run folder (its final weights, its own
@@ -225,5 +252,14 @@ pub fn eval_job(plan: &TrainPlan, run_id: &str, attempt: u32, log_dir: PathBuf) 
     .chain(plan.env.iter().map(|(k, v)| (k.clone(), v.clone())))
     .collect();
     let rank = RankCommand { rank: 0, program: plan.train_bin.clone(), args, env };
-    Job { run_id: run_id.into(), stage: "eval".into(), attempt, ranks: vec![rank], nodes: 1, log_dir, after: Vec::new(), hooks: None }
+    Job {
+        run_id: run_id.into(),
+        stage: "eval".into(),
+        attempt,
+        ranks: vec![rank],
+        nodes: 1,
+        log_dir,
+        after: Vec::new(),
+        hooks: None,
+    }
 }

@@ -227,10 +227,7 @@ pub fn stage_layer(path: &Path) -> Result<Layer> {
     let v: toml::Table = toml::from_str(&text).map_err(|e| OrchError::Config(format!("{}: {e}", path.display())))?;
     match v.get("launch") {
         None => Ok(Layer::default()),
-        Some(t) => t
-            .clone()
-            .try_into()
-            .map_err(|e| OrchError::Config(format!("{}: [launch]: {e}", path.display()))),
+        Some(t) => t.clone().try_into().map_err(|e| OrchError::Config(format!("{}: [launch]: {e}", path.display()))),
     }
 }
 
@@ -251,7 +248,8 @@ mod tests {
             "ranks = 2\npartition = \"gpu\"\naccount = \"lab\"\ntime_limit = \"1:00:00\"\n[env]\nNCCL_SOCKET_IFNAME = \"ib0\"\nA = \"profile\"\n",
         )
         .unwrap();
-        let stage: Layer = toml::from_str("time_limit = \"2-00:00:00\"\nnodes = 2\n[env]\nA = \"stage\"\nB = \"stage\"\n").unwrap();
+        let stage: Layer =
+            toml::from_str("time_limit = \"2-00:00:00\"\nnodes = 2\n[env]\nA = \"stage\"\nB = \"stage\"\n").unwrap();
         let s = Settings::resolve(vec![
             (Origin::Flag, flags),
             (Origin::Env, env),

@@ -5,7 +5,7 @@
 //! Regenerate the golden files with `UPDATE_GOLDEN=1 cargo test --workspace --test k8s`.
 
 mod common;
-use common::{samples};
+use common::samples;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -383,7 +383,6 @@ fn two_pods_of_two_ranks_each_train_one_model_through_ranks_sh() {
         assert!(!log.contains("s3-ranks:"), "no rank failed:\n{log}");
     }
 }
-
 
 #[test]
 fn three_ingest_pods_and_the_merge_job_publish_what_one_process_does() {

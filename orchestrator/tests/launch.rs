@@ -3,12 +3,11 @@
 //! killed rank failing the attempt and the relaunch resuming it.
 
 mod common;
-use common::{small_store, digests, samples, text};
+use common::{digests, samples, small_store, text};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
 
 fn stage_toml(name: &str, epochs: u64, seed: u64) -> String {
     format!(
@@ -69,7 +68,6 @@ fn run(f: &Fixture, args: &[&str]) -> Output {
     orch(f, args).output().unwrap()
 }
 
-
 fn status(f: &Fixture, run_id: &str) -> serde_json::Value {
     let o = run(f, &["status", "--run", run_id, "--json"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -79,7 +77,6 @@ fn status(f: &Fixture, run_id: &str) -> serde_json::Value {
 fn stage<'a>(s: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     s["stages"].as_array().unwrap().iter().find(|x| x["name"] == name).unwrap_or_else(|| panic!("{name} in {s}"))
 }
-
 
 #[test]
 fn stage2_is_gated_on_a_verified_stage1_and_a_succeeded_stage_is_not_run_again() {
@@ -238,7 +235,6 @@ fn a_killed_rank_fails_the_attempt_and_the_relaunch_resumes_it() {
     let total = s1["attempts"][1]["last_step"].as_u64().unwrap();
     assert_eq!(steps, (1..=total).collect::<Vec<_>>());
 }
-
 
 #[test]
 fn the_pipeline_ingests_with_three_workers_then_chains_both_stages() {

@@ -4,7 +4,7 @@
 //! preemption that requeues the job, which resumes from its checkpoint.
 
 mod common;
-use common::{small_store, bin, digests, samples, text};
+use common::{bin, digests, samples, small_store, text};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,8 +19,6 @@ fn stage_toml(name: &str, epochs: u64, select: &str) -> String {
          legacy_loss = true\n[schedule]\nkind = \"constant\"\n[datasets]\nselect = \"{select}\"\n"
     )
 }
-
-
 
 /// `s3-orch` aimed at the cluster, with the CPU test profile's settings.
 fn orch(cluster: &SlurmCluster, args: &[&str]) -> Command {
@@ -40,10 +38,14 @@ fn status(cluster: &SlurmCluster, runs: &Path, run: &str) -> serde_json::Value {
 }
 
 fn stage(s: &serde_json::Value, name: &str) -> serde_json::Value {
-    s["stages"].as_array().unwrap().iter().find(|x| x["name"] == name).unwrap_or_else(|| panic!("{name} in {s}")).clone()
+    s["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == name)
+        .unwrap_or_else(|| panic!("{name} in {s}"))
+        .clone()
 }
-
-
 
 fn sbatch_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
@@ -65,7 +67,8 @@ fn the_pipeline_runs_on_slurm_as_a_chain_of_jobs() {
     assert!(o.status.success(), "{}", text(&o));
     let manifest = raw.join("datasets.toml");
     let reference = tmp.path().join("reference");
-    let o = Command::new(bin("s3-ingest")).arg("--manifest").arg(&manifest).arg("--out").arg(&reference).output().unwrap();
+    let o =
+        Command::new(bin("s3-ingest")).arg("--manifest").arg(&manifest).arg("--out").arg(&reference).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let stages = tmp.path().join("stages");
     std::fs::create_dir_all(&stages).unwrap();
@@ -123,7 +126,13 @@ fn long_stage1() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
 }
 
 /// Submits stage 1 of run `run` and waits for its first checkpoint; its job id.
-fn submit_and_wait_for_a_checkpoint(cluster: &SlurmCluster, data: &Path, stages: &Path, runs: &Path, run: &str) -> String {
+fn submit_and_wait_for_a_checkpoint(
+    cluster: &SlurmCluster,
+    data: &Path,
+    stages: &Path,
+    runs: &Path,
+    run: &str,
+) -> String {
     let o = orch(cluster, &["launch", "stage1", "--run", run, "--ranks", "2"])
         .arg("--data")
         .arg(data)
@@ -157,7 +166,8 @@ fn cancel_stops_the_job_after_a_checkpoint_without_a_requeue() {
     assert_eq!(s1["state"], "preempted", "{s1}");
     assert_eq!(s1["attempts"].as_array().unwrap().len(), 1, "a cancel is not requeued: {s1}");
     assert!(s1["attempts"][0]["last_step"].as_u64().unwrap() >= 2, "it checkpointed where it stopped: {s1}");
-    let show = String::from_utf8(cluster.command("scontrol").args(["show", "job", &job]).output().unwrap().stdout).unwrap();
+    let show =
+        String::from_utf8(cluster.command("scontrol").args(["show", "job", &job]).output().unwrap().stdout).unwrap();
     assert!(show.contains("Restarts=0") && !show.contains("JobState=PENDING"), "{show}");
 
     // Launching again continues it as attempt 2, to the end.
@@ -189,13 +199,21 @@ fn a_preempted_job_requeues_itself_and_resumes_from_its_checkpoint() {
     // for two minutes (BeginTime); the test lets it start at once.
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let show = String::from_utf8(cluster.command("scontrol").args(["show", "job", &job]).output().unwrap().stdout).unwrap();
+        let show = String::from_utf8(cluster.command("scontrol").args(["show", "job", &job]).output().unwrap().stdout)
+            .unwrap();
         if show.contains("Restarts=1") && show.contains("JobState=PENDING") {
-            let o = cluster.command("scontrol").args(["update", &format!("JobId={job}"), "StartTime=now"]).output().unwrap();
+            let o = cluster
+                .command("scontrol")
+                .args(["update", &format!("JobId={job}"), "StartTime=now"])
+                .output()
+                .unwrap();
             assert!(o.status.success(), "{}", text(&o));
             break;
         }
-        assert!(!show.contains("JobState=COMPLETED") || show.contains("Restarts=1"), "finished without a requeue: {show}");
+        assert!(
+            !show.contains("JobState=COMPLETED") || show.contains("Restarts=1"),
+            "finished without a requeue: {show}"
+        );
         assert!(Instant::now() < deadline, "no requeue: {show}");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -209,7 +227,10 @@ fn a_preempted_job_requeues_itself_and_resumes_from_its_checkpoint() {
     assert_eq!(attempts.len(), 2, "a preemption, then the requeued run: {s}");
     assert_eq!(attempts[0]["state"], "preempted");
     assert_eq!(attempts[0]["exit_codes"], serde_json::json!([75]));
-    assert_eq!((attempts[1]["job_ids"][0].as_str(), attempts[1]["scheduler_restart"].as_u64()), (Some(job.as_str()), Some(1)));
+    assert_eq!(
+        (attempts[1]["job_ids"][0].as_str(), attempts[1]["scheduler_restart"].as_u64()),
+        (Some(job.as_str()), Some(1))
+    );
     let log0 = std::fs::read_to_string(runs.join("q/logs/stage1/attempt-2/rank-0.log")).unwrap();
     assert!(!log0.contains("starting at step 0 "), "attempt 2 resumed from a checkpoint:\n{log0}");
     // Every step once across the preemption: no sample repeated or skipped.
@@ -218,7 +239,14 @@ fn a_preempted_job_requeues_itself_and_resumes_from_its_checkpoint() {
     segs.sort();
     let steps: Vec<u64> = segs
         .iter()
-        .flat_map(|p| std::fs::read_to_string(p).unwrap().lines().skip(1).map(|l| l.split(',').next().unwrap().parse().unwrap()).collect::<Vec<_>>())
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .skip(1)
+                .map(|l| l.split(',').next().unwrap().parse().unwrap())
+                .collect::<Vec<_>>()
+        })
         .collect();
     let total = attempts[1]["last_step"].as_u64().unwrap();
     assert_eq!(steps, (1..=total).collect::<Vec<_>>());
@@ -244,17 +272,19 @@ fn the_dry_run_prints_the_scripts_for_a_gpu_cluster_and_runs_no_slurm_command() 
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    let shown = String::from_utf8(o.stdout).unwrap().replace(&tmp.path().display().to_string(), "<dir>").replace(
-        &profile.display().to_string(),
-        "tests/golden/slurm-2x8gpu.toml",
-    );
+    let shown = String::from_utf8(o.stdout)
+        .unwrap()
+        .replace(&tmp.path().display().to_string(), "<dir>")
+        .replace(&profile.display().to_string(), "tests/golden/slurm-2x8gpu.toml");
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/slurm-pipeline-dry-run.txt");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&golden, &shown).unwrap();
     }
     let want = std::fs::read_to_string(&golden).expect("golden file (UPDATE_GOLDEN=1 writes it)");
     assert_eq!(shown, want, "the dry run changed; if on purpose, regenerate with UPDATE_GOLDEN=1");
-    for needle in ["--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--signal=USR2@300", "--array=0-15%16", "--requeue"] {
+    for needle in
+        ["--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--signal=USR2@300", "--array=0-15%16", "--requeue"]
+    {
         assert!(shown.contains(needle), "{needle} in\n{shown}");
     }
 }

@@ -203,9 +203,5 @@ pub fn loader(data: &s3_shards::StoreLocation, threads: usize, samples: usize) -
         handles.into_iter().map(|h| h.join().unwrap_or((0, 0))).collect()
     });
     let seconds = start.elapsed().as_secs_f64();
-    Ok(LoaderRate {
-        samples: counts.iter().map(|c| c.0).sum(),
-        failed: counts.iter().map(|c| c.1).sum(),
-        seconds,
-    })
+    Ok(LoaderRate { samples: counts.iter().map(|c| c.0).sum(), failed: counts.iter().map(|c| c.1).sum(), seconds })
 }

@@ -375,7 +375,10 @@ mod tests {
 
     #[test]
     fn the_mask_decodes_lsb_first() {
-        assert_eq!(mask_f32(&[0b0000_0101, 0b1000_0000], 16), [1., 0., 1., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 1.]);
+        assert_eq!(
+            mask_f32(&[0b0000_0101, 0b1000_0000], 16),
+            [1., 0., 1., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 1.]
+        );
         let bits: Vec<u8> = (0..=255).collect();
         let bools = s3_shards::mask::unpack(&bits, 2048);
         let floats = mask_f32(&bits, 2048);

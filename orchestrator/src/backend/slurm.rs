@@ -17,7 +17,8 @@ use crate::settings::Settings;
 
 /// Variables the launcher sets per rank that Slurm provides instead (or the script
 /// makes: the token, the attempt).
-const PER_RANK: [&str; 7] = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "S3_JOB_TOKEN", "S3_ATTEMPT"];
+const PER_RANK: [&str; 7] =
+    ["RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "S3_JOB_TOKEN", "S3_ATTEMPT"];
 
 /// Batch jobs on a Slurm cluster (`sbatch`, `squeue`, `scontrol`, `scancel`).
 #[derive(Clone, Debug, Default)]
@@ -75,16 +76,19 @@ impl Slurm {
     }
 
     fn orch(&self) -> String {
-        self.settings.values.orch_bin.clone().unwrap_or_else(|| {
-            std::env::current_exe().map_or_else(|_| "s3-orch".into(), |p| p.display().to_string())
-        })
+        self.settings
+            .values
+            .orch_bin
+            .clone()
+            .unwrap_or_else(|| std::env::current_exe().map_or_else(|_| "s3-orch".into(), |p| p.display().to_string()))
     }
 
     /// `#SBATCH` lines common to every job.
     fn header(&self, job: &Job, name: &str, out: &str) -> String {
         let v = &self.settings.values;
         let mut h = format!("#!/bin/bash\n#SBATCH --job-name={}\n", shell_quote(name));
-        for (flag, value) in [("partition", &v.partition), ("account", &v.account), ("qos", &v.qos), ("time", &v.time_limit)]
+        for (flag, value) in
+            [("partition", &v.partition), ("account", &v.account), ("qos", &v.qos), ("time", &v.time_limit)]
         {
             if let Some(x) = value {
                 h.push_str(&format!("#SBATCH --{flag}={}\n", shell_quote(x)));
@@ -284,7 +288,11 @@ impl Slurm {
             }
             return Err(OrchError::Refused(format!("squeue failed: {}", err.trim())));
         }
-        Ok(String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect())
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect())
     }
 }
 
@@ -341,7 +349,11 @@ impl Backend for Slurm {
         let exit_codes: Vec<Option<i32>> = submission
             .ids
             .iter()
-            .map(|id| run(Command::new("scontrol").args(["show", "job", id]), "scontrol show job").ok().and_then(|o| exit_code(&o)))
+            .map(|id| {
+                run(Command::new("scontrol").args(["show", "job", id]), "scontrol show job")
+                    .ok()
+                    .and_then(|o| exit_code(&o))
+            })
             .collect();
         let failed_rank = exit_codes.iter().position(|c| !matches!(c, Some(0) | Some(75)));
         Ok(JobEnd { exit_codes, failed_rank })
@@ -394,7 +406,8 @@ mod tests {
             env: Default::default(),
         };
         let mut job = crate::plan::train_job(&plan, "r", "stage1", 1, 0, None, "/logs/stage1".into());
-        job.hooks = Some(Hooks { runs: "s3://b/runs".into(), stage_file: Some("stage1.toml".into()), ..Default::default() });
+        job.hooks =
+            Some(Hooks { runs: "s3://b/runs".into(), stage_file: Some("stage1.toml".into()), ..Default::default() });
         (Slurm::new(settings).unwrap(), job)
     }
 

@@ -367,10 +367,8 @@ fn profile_path(args: &LaunchArgs) -> Result<Option<PathBuf>> {
 
 /// Flags over environment over the cluster profile over the stage file.
 fn resolve(args: &LaunchArgs, stage_file: Option<&std::path::Path>) -> Result<Settings> {
-    let mut layers = vec![
-        (Origin::Flag, args.settings.layer()),
-        (Origin::Env, Layer::from_env(&|k| std::env::var(k).ok())?),
-    ];
+    let mut layers =
+        vec![(Origin::Flag, args.settings.layer()), (Origin::Env, Layer::from_env(&|k| std::env::var(k).ok())?)];
     if let Some(p) = profile_path(args)? {
         layers.push((Origin::Profile(p.clone()), settings::load_profile(&p)?));
     }
@@ -462,7 +460,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 // A preempted stage whose job Slurm requeued is still to come.
                 for s in &ledger.stages {
                     let poll = std::time::Duration::from_secs(2);
-                    s3_orch::launch::wait_stage(&runs, &run, &s.name, &Default::default(), poll, &|m| eprintln!("{m}"))?;
+                    s3_orch::launch::wait_stage(&runs, &run, &s.name, &Default::default(), poll, &|m| {
+                        eprintln!("{m}")
+                    })?;
                 }
             }
             let ledger = s3_orch::launch::status(&runs, &run, &Default::default(), &|m| eprintln!("{m}"))?;
@@ -477,10 +477,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 dir,
                 cases,
                 epochs: (stage1_epochs, stage2_epochs),
-                ..DemoConfig::new(
-                    tool(None, "S3_TRAIN_BIN", "s3-train"),
-                    tool(None, "S3_INGEST_BIN", "s3-ingest"),
-                )
+                ..DemoConfig::new(tool(None, "S3_TRAIN_BIN", "s3-train"), tool(None, "S3_INGEST_BIN", "s3-ingest"))
             };
             for (what, bin) in [("s3-train", &cfg.train_bin), ("s3-ingest", &cfg.ingest_bin)] {
                 if bin.components().count() > 1 && !bin.exists() {

@@ -19,8 +19,7 @@ fn free_port() -> u16 {
 }
 
 fn require(bin: &str) {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+    let found = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
         || Path::new("/usr/sbin").join(bin).is_file();
     assert!(
         found,
@@ -71,7 +70,9 @@ impl SlurmCluster {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mem_mib = std::fs::read_to_string("/proc/meminfo")
             .ok()
-            .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .and_then(|m| {
+                m.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
             .map_or(2048, |kib| kib / 1024 - 512);
         let ctld_port = free_port();
         let conf = format!(

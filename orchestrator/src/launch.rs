@@ -220,6 +220,30 @@ fn free_port() -> Result<u16> {
     l.local_addr().map(|a| a.port()).map_err(|source| OrchError::Process { what: "finding a free port".into(), source })
 }
 
+/// Records a submitted attempt as the stage's running one (a new attempt clears an
+/// old cancel request). A ledger that cannot be saved cancels the job: an attempt
+/// nobody recorded would run unseen.
+fn record_running(
+    rt: &tokio::runtime::Runtime,
+    ledger: &mut Ledger,
+    run: &StoreLocation,
+    stage: &str,
+    attempt: Attempt,
+    backend: &dyn Backend,
+    submission: &crate::backend::Submission,
+) -> Result<crate::ledger::StageRecord> {
+    let rec = ledger.stage_mut(stage);
+    rec.state = State::Running;
+    rec.cancel_requested = false;
+    rec.attempts.push(attempt);
+    let record = rec.clone();
+    if let Err(e) = rt.block_on(ledger.save(run.store().as_ref())) {
+        let _ = backend.cancel(submission);
+        return Err(e);
+    }
+    Ok(record)
+}
+
 /// The previous stage of the chain: the one a stage's scheduler job waits for.
 fn previous(stage: &str) -> Option<&'static str> {
     match stage {
@@ -331,19 +355,11 @@ pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, sa
         job.log_dir.display()
     ));
     let submission = backend.submit(&job)?;
-    {
-        let rec = ledger.stage_mut(&spec.stage);
-        rec.state = State::Running;
-        rec.cancel_requested = false;
-        rec.init = init.as_ref().map(|(url, _)| url.clone());
-        rec.attempts.push(Attempt::running(attempt, backend.name(), submission.ids.clone(), index_xxh3));
-    }
-    if let Err(e) = rt.block_on(ledger.save(run.store().as_ref())) {
-        let _ = backend.cancel(&submission);
-        return Err(e);
-    }
+    ledger.stage_mut(&spec.stage).init = init.as_ref().map(|(url, _)| url.clone());
+    let running = Attempt::running(attempt, backend.name(), submission.ids.clone(), index_xxh3);
+    let record = record_running(&rt, &mut ledger, &run, &spec.stage, running, backend, &submission)?;
     if in_job {
-        return Ok(Launched::Submitted(ledger.stage(&spec.stage).cloned().expect("recorded above")));
+        return Ok(Launched::Submitted(record));
     }
     let end = backend.wait(&job, &submission)?;
     let blame = end.failed_rank.map(|rank| {
@@ -510,14 +526,10 @@ pub fn launch_eval(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, say
         job.log_dir.display()
     ));
     let submission = backend.submit(&job)?;
-    ledger.stage_mut("eval").state = State::Running;
-    ledger.stage_mut("eval").attempts.push(Attempt::running(attempt, backend.name(), submission.ids.clone(), None));
-    if let Err(e) = rt.block_on(ledger.save(run.store().as_ref())) {
-        let _ = backend.cancel(&submission);
-        return Err(e);
-    }
+    let running = Attempt::running(attempt, backend.name(), submission.ids.clone(), None);
+    let record = record_running(&rt, &mut ledger, &run, "eval", running, backend, &submission)?;
     if in_job {
-        return Ok(Launched::Submitted(ledger.stage("eval").cloned().expect("recorded above")));
+        return Ok(Launched::Submitted(record));
     }
     let end = backend.wait(&job, &submission)?;
     let stage_loc = open_store(&stage_run, &spec.store_options)?;
@@ -739,17 +751,10 @@ pub fn launch_ingest(
             }
         }
     }
-    {
-        let rec = ledger.stage_mut("ingest");
-        rec.state = State::Running;
-        rec.attempts.push(Attempt::running(attempt, backend.name(), submission.ids.clone(), None));
-    }
-    if let Err(e) = rt.block_on(ledger.save(run.store().as_ref())) {
-        let _ = backend.cancel(&submission);
-        return Err(e);
-    }
+    let running = Attempt::running(attempt, backend.name(), submission.ids.clone(), None);
+    let record = record_running(&rt, &mut ledger, &run, "ingest", running, backend, &submission)?;
     if in_job {
-        return Ok(Launched::Submitted(ledger.stage("ingest").cloned().expect("recorded above")));
+        return Ok(Launched::Submitted(record));
     }
     let end = backend.wait(&workers, &submission)?;
     let mut exit_codes = end.exit_codes.clone();

@@ -40,6 +40,29 @@ pub fn apply(a: &Affine, p: [f64; 3]) -> [f64; 3] {
     std::array::from_fn(|r| a[r][0] * p[0] + a[r][1] * p[1] + a[r][2] * p[2] + a[r][3])
 }
 
+/// The inverse of an affine (world → voxel index); `None` when it is singular.
+pub fn inverse(a: &Affine) -> Option<Affine> {
+    let m: [[f64; 3]; 3] = std::array::from_fn(|i| std::array::from_fn(|j| a[i][j]));
+    if det3(a).abs() < 1e-12 {
+        return None;
+    }
+    let it = inverse_transpose(&m);
+    let mut out = [[0.0; 4]; 4];
+    for i in 0..3 {
+        for j in 0..3 {
+            out[i][j] = it[j][i];
+        }
+        out[i][3] = -(0..3).map(|j| it[j][i] * a[j][3]).sum::<f64>();
+    }
+    out[3][3] = 1.0;
+    Some(out)
+}
+
+/// `a · b`
+pub fn compose(a: &Affine, b: &Affine) -> Affine {
+    std::array::from_fn(|i| std::array::from_fn(|j| (0..4).map(|k| a[i][k] * b[k][j]).sum()))
+}
+
 /// Largest absolute difference between two affines.
 pub fn max_abs_diff(a: &Affine, b: &Affine) -> f64 {
     a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
@@ -365,6 +388,15 @@ mod tests {
             }
         }
         assert!(c.affine[0][0] > 0.0 && c.affine[1][1] > 0.0 && c.affine[2][2] > 0.0);
+    }
+
+    #[test]
+    fn inverse_undoes_an_oblique_affine() {
+        let a: Affine = [[0.0, 1.2, 0.3, 5.0], [-0.7, 0.0, 0.1, -3.0], [0.2, 0.1, 2.5, 9.0], [0.0, 0.0, 0.0, 1.0]];
+        let back = compose(&inverse(&a).unwrap(), &a);
+        let id: Affine = std::array::from_fn(|i| std::array::from_fn(|j| f64::from(u8::from(i == j))));
+        assert!(max_abs_diff(&back, &id) < 1e-12, "{back:?}");
+        assert!(inverse(&[[0.0; 4]; 4]).is_none());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! - [`catalog`]: the dataset catalogue (`manifests/datasets.toml`).
 //! - [`layout`], [`source`]: finding cases (nnU-Net/MSD, TotalSegmentator, pairs) in any store.
 //! - [`nifti_io`]: NIfTI-1 reading with header checks before allocation.
-//! - [`geometry`], [`preprocess`]: the preprocessing of DESIGN §4.
+//! - [`geometry`], [`preprocess`]: the preprocessing of DESIGN §4; [`paste_back`] its inverse for a prediction.
+//! - [`case_io`]: one case's image and label from its source.
 //! - [`run`], [`journal`]: resumable, partitionable runs and `merge`.
 //! - [`synth`]: the phantom corpus.
 //!
@@ -20,6 +21,7 @@
 //! `${VAR}` in catalogue sources; the `AWS_*` variables for `s3://` sources and outputs.
 #![deny(missing_docs)]
 
+pub mod case_io;
 pub mod catalog;
 mod error;
 pub mod geometry;
@@ -27,6 +29,7 @@ pub mod journal;
 pub mod layout;
 pub mod nifti_io;
 mod ordered;
+pub mod paste_back;
 pub mod preprocess;
 pub mod run;
 pub mod source;

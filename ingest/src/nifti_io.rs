@@ -174,6 +174,8 @@ pub struct Volume {
     pub inter: f64,
     /// Stored datatype name (`INT16`, ...).
     pub datatype: String,
+    /// The header as read: what an output on this grid (a predicted mask) copies.
+    pub header: Box<NiftiHeader>,
 }
 
 impl Volume {
@@ -199,6 +201,7 @@ impl Volume {
             slope: self.slope,
             inter: self.inter,
             datatype: self.datatype.clone(),
+            header: self.header.clone(),
         }
     }
     /// True for a volume without voxels (never produced by the reader).
@@ -332,7 +335,41 @@ pub fn read_nifti_from<R: BufRead>(mut reader: R, file: &str, opts: &ReadOptions
         // The gzip CRC is only checked at the end of the stream.
         io::copy(&mut stream, &mut io::sink()).map_err(|e| truncated("after the voxels", e))?;
     }
-    Ok(Volume { shape, affine, voxels, slope, inter, datatype: format!("{datatype:?}").to_uppercase() })
+    Ok(Volume {
+        shape,
+        affine,
+        voxels,
+        slope,
+        inter,
+        datatype: format!("{datatype:?}").to_uppercase(),
+        header: Box::new(header),
+    })
+}
+
+/// Writes a uint8 volume (`data` x fastest, on `like`'s grid) with `like`'s header:
+/// its sform, qform, pixdim and units, so that viewers overlay it on the source
+/// image. `.gz` paths are compressed.
+pub fn write_u8_like(path: &Path, like: &Volume, data: &[u8]) -> Result<()> {
+    use nifti::writer::WriterOptions;
+    let file = name(path);
+    let [nx, ny, nz] = like.shape;
+    let array = ndarray::Array3::from_shape_vec(ndarray::ShapeBuilder::f((nx, ny, nz)), data.to_vec())
+        .map_err(|e| IngestError::Mismatch(format!("{file}: {} voxels for shape {:?}: {e}", data.len(), like.shape)))?;
+    let mut h = (*like.header).clone();
+    // A mask is stored as is: the source's intensity scaling and display range do not apply.
+    h.scl_slope = 1.0;
+    h.scl_inter = 0.0;
+    h.cal_min = 0.0;
+    h.cal_max = 1.0;
+    h.intent_code = nifti::Intent::Label as i16;
+    h.set_description(b"s3-train predict".to_vec()).expect("under 80 bytes");
+    WriterOptions::new(path).reference_header(&h).write_nifti(&array).map_err(|e| IngestError::Io {
+        file,
+        error: match e {
+            nifti::NiftiError::Io(io) => io,
+            other => io::Error::other(other.to_string()),
+        },
+    })
 }
 
 /// Where the voxels start. Below 352 means "right after the header and the

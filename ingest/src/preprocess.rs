@@ -8,7 +8,7 @@ use s3_shards::{SIDE, Sample, SampleMeta, Split};
 
 use crate::catalog::{LabelInfo, Modality};
 use crate::error::{IngestError, Result};
-use crate::geometry::{self, Affine};
+use crate::geometry::{self, Affine, Canonical};
 use crate::nifti_io::{Volume, Voxel};
 use crate::with_voxels;
 
@@ -65,48 +65,16 @@ pub fn process_case(
     ctx: &CaseContext,
     opts: &PreprocessOptions,
 ) -> Result<CaseSamples> {
-    if image.shape != label.shape {
-        return Err(IngestError::Mismatch(format!("image shape {:?}, label shape {:?}", image.shape, label.shape)));
-    }
-    let diff = geometry::max_abs_diff(&image.affine, &label.affine);
-    if diff > opts.affine_tolerance_mm {
-        return Err(IngestError::Mismatch(format!(
-            "affines differ by up to {diff:.4} mm (tolerance {} mm)",
-            opts.affine_tolerance_mm
-        )));
-    }
-    let (non_finite, lo, hi) =
-        with_voxels!(&image.voxels, |d| d.iter().fold((0usize, f64::MAX, f64::MIN), |(n, lo, hi), v| {
-            let v = v.to_f64();
-            if v.is_finite() { (n, lo.min(v), hi.max(v)) } else { (n + 1, lo, hi) }
-        }));
-    if non_finite > 0 {
-        return Err(IngestError::BadValues { file: "image".into(), reason: format!("{non_finite} NaN/Inf voxels") });
-    }
-    // Intensities are resampled into f32: a scale factor that carries them past
-    // f32's range would turn them into ±Inf silently.
-    for raw in [lo, hi] {
-        let v = raw * image.slope + image.inter;
-        if !(v as f32).is_finite() {
-            return Err(IngestError::BadValues {
-                file: "image".into(),
-                reason: format!(
-                    "stored value {raw} scaled by scl_slope {} and scl_inter {} is {v:e}, beyond float32",
-                    image.slope, image.inter
-                ),
-            });
-        }
-    }
+    check_pair(image, label, opts)?;
+    check_image(image)?;
     let present = label_values(label)?;
     if present.is_empty() {
         return Err(IngestError::EmptyLabel(ctx.case_id.into()));
     }
 
     // Steps 1–2 once per case.
-    let img = geometry::to_canonical(&geometry::resample_image(image));
-    let lab = geometry::to_canonical(
-        &geometry::resample_label(label).map_err(|reason| IngestError::BadValues { file: "label".into(), reason })?,
-    );
+    let img = canonical_image(image);
+    let lab = canonical_label(label)?;
     let mut counts: BTreeMap<i32, u64> = BTreeMap::new();
     for &v in &lab.data {
         if v > 0 {
@@ -132,9 +100,7 @@ pub fn process_case(
                 .insert(c, format!("the 128³ crop keeps {fg} foreground voxels, below {}", opts.min_crop_voxels));
             continue;
         }
-        let clamp = ctx.modality == Modality::CT;
-        let crop_image =
-            geometry::crop(&img, begin, SIDE, 0.0f32, |v| if clamp { v.clamp(-1000.0, 1000.0) } else { v });
+        let crop_image = crop_image(&img, begin, ctx.modality);
         let info = ctx.labels.get(&c).cloned().unwrap_or_else(|| LabelInfo::unnamed(c));
         let meta = SampleMeta {
             dataset: ctx.dataset.into(),
@@ -152,6 +118,65 @@ pub fn process_case(
         out.samples.push(Sample::from_volumes(meta, &crop_image, &mask)?);
     }
     Ok(out)
+}
+
+/// The image and label must describe the same grid.
+pub fn check_pair(image: &Volume, label: &Volume, opts: &PreprocessOptions) -> Result<()> {
+    if image.shape != label.shape {
+        return Err(IngestError::Mismatch(format!("image shape {:?}, label shape {:?}", image.shape, label.shape)));
+    }
+    let diff = geometry::max_abs_diff(&image.affine, &label.affine);
+    if diff > opts.affine_tolerance_mm {
+        return Err(IngestError::Mismatch(format!(
+            "affines differ by up to {diff:.4} mm (tolerance {} mm)",
+            opts.affine_tolerance_mm
+        )));
+    }
+    Ok(())
+}
+
+/// The image's values must be finite, and stay finite in f32 once scaled.
+pub fn check_image(image: &Volume) -> Result<()> {
+    let (non_finite, lo, hi) =
+        with_voxels!(&image.voxels, |d| d.iter().fold((0usize, f64::MAX, f64::MIN), |(n, lo, hi), v| {
+            let v = v.to_f64();
+            if v.is_finite() { (n, lo.min(v), hi.max(v)) } else { (n + 1, lo, hi) }
+        }));
+    if non_finite > 0 {
+        return Err(IngestError::BadValues { file: "image".into(), reason: format!("{non_finite} NaN/Inf voxels") });
+    }
+    // Intensities are resampled into f32: a scale factor that carries them past
+    // f32's range would turn them into ±Inf silently.
+    for raw in [lo, hi] {
+        let v = raw * image.slope + image.inter;
+        if !(v as f32).is_finite() {
+            return Err(IngestError::BadValues {
+                file: "image".into(),
+                reason: format!(
+                    "stored value {raw} scaled by scl_slope {} and scl_inter {} is {v:e}, beyond float32",
+                    image.slope, image.inter
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Steps 1–2 for an image: 1.5 mm (trilinear), then RAS+.
+pub fn canonical_image(image: &Volume) -> Canonical<f32> {
+    geometry::to_canonical(&geometry::resample_image(image))
+}
+
+/// Steps 1–2 for a label map: 1.5 mm (nearest), then RAS+.
+pub fn canonical_label(label: &Volume) -> Result<Canonical<i32>> {
+    let grid = geometry::resample_label(label).map_err(|reason| IngestError::BadValues { file: "label".into(), reason })?;
+    Ok(geometry::to_canonical(&grid))
+}
+
+/// Steps 4–5 for the image: the 128³ crop-or-pad starting at `begin`, clamped for CT.
+pub fn crop_image(img: &Canonical<f32>, begin: [isize; 3], modality: Modality) -> Vec<f32> {
+    let clamp = modality == Modality::CT;
+    geometry::crop(img, begin, SIDE, 0.0f32, |v| if clamp { v.clamp(-1000.0, 1000.0) } else { v })
 }
 
 /// Row-major flattening.

@@ -14,8 +14,9 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::catalog::{Catalog, DatasetEntry, LabelInfo, TaskEntry, expand_env};
 use crate::error::{IngestError, MissingCase, Result};
 use crate::journal::{self, CaseRecord, JournalRecord, SampleNote, TaskInfo, WorkerListing};
-use crate::layout::{CaseRef, LabelSource, list_cases};
-use crate::nifti_io::{ReadOptions, Volume, Voxels, read_nifti};
+use crate::case_io::CaseReader;
+use crate::layout::{CaseRef, list_cases};
+use crate::nifti_io::ReadOptions;
 use crate::preprocess::{CaseContext, CaseSamples, PreprocessOptions, process_case};
 use crate::source::Source;
 
@@ -471,12 +472,14 @@ impl TaskCtx<'_> {
         let outcome = (|| {
             #[cfg(test)]
             tests::maybe_panic(&case.case_id);
-            let image = self.read(&case.image, &mut bytes)?;
-            let label = match &case.label {
-                LabelSource::File(key) => self.read(key, &mut bytes)?,
-                LabelSource::Structures(files) => self.merge_structures(files, &mut bytes)?,
-                LabelSource::Missing(reason) => return Err(IngestError::Mismatch(reason.clone())),
+            let reader = CaseReader {
+                source: self.source,
+                tmp_dir: &self.cfg.tmp_dir,
+                read: &self.cfg.read,
+                handle: &self.handle,
             };
+            let (image, label, read) = reader.read_case(case)?;
+            bytes = read;
             let ctx = CaseContext {
                 dataset: &self.d.name,
                 task: &self.t.name,
@@ -487,41 +490,6 @@ impl TaskCtx<'_> {
             process_case(&image, &label, &ctx, &self.cfg.preprocess)
         })();
         (bytes, outcome)
-    }
-
-    fn read(&self, key: &str, bytes: &mut u64) -> Result<Volume> {
-        let file = self.handle.block_on(self.source.fetch(key, &self.cfg.tmp_dir))?;
-        *bytes += std::fs::metadata(file.path()).map(|m| m.len()).unwrap_or(0);
-        read_nifti(file.path(), &self.cfg.read)
-    }
-
-    /// TotalSegmentator: one binary mask per structure → one label map (later
-    /// structures win where masks overlap).
-    fn merge_structures(&self, files: &[(i32, String)], bytes: &mut u64) -> Result<Volume> {
-        let mut merged: Option<(Volume, Vec<u16>)> = None;
-        for (value, key) in files {
-            let v = self.read(key, bytes)?;
-            let (first, data) = merged.get_or_insert_with(|| {
-                let n = v.len();
-                (Volume { voxels: Voxels::U8(Vec::new()), ..v.clone_header() }, vec![0u16; n])
-            });
-            if v.shape != first.shape {
-                return Err(IngestError::Mismatch(format!(
-                    "segmentation {key} has shape {:?}, expected {:?}",
-                    v.shape, first.shape
-                )));
-            }
-            for (n, d) in data.iter_mut().enumerate() {
-                if v.value(n) > 0.0 {
-                    *d = *value as u16;
-                }
-            }
-        }
-        let (mut vol, data) = merged.ok_or_else(|| IngestError::Mismatch("no segmentation files".into()))?;
-        vol.voxels = Voxels::U16(data);
-        vol.slope = 1.0;
-        vol.inter = 0.0;
-        Ok(vol)
     }
 }
 

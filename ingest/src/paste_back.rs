@@ -56,8 +56,7 @@ impl Footprint {
         let m = &self.to_crop;
         for z in self.lo[2]..self.hi[2] {
             for y in self.lo[1]..self.hi[1] {
-                let row: [f64; 3] =
-                    std::array::from_fn(|r| m[r][1] * y as f64 + m[r][2] * z as f64 + m[r][3]);
+                let row: [f64; 3] = std::array::from_fn(|r| m[r][1] * y as f64 + m[r][2] * z as f64 + m[r][3]);
                 for x in self.lo[0]..self.hi[0] {
                     let c: [f64; 3] = std::array::from_fn(|r| (m[r][0] * x as f64 + row[r] + 0.5).floor());
                     if c.iter().all(|&v| (0.0..n).contains(&v)) {

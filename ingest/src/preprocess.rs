@@ -169,7 +169,8 @@ pub fn canonical_image(image: &Volume) -> Canonical<f32> {
 
 /// Steps 1–2 for a label map: 1.5 mm (nearest), then RAS+.
 pub fn canonical_label(label: &Volume) -> Result<Canonical<i32>> {
-    let grid = geometry::resample_label(label).map_err(|reason| IngestError::BadValues { file: "label".into(), reason })?;
+    let grid =
+        geometry::resample_label(label).map_err(|reason| IngestError::BadValues { file: "label".into(), reason })?;
     Ok(geometry::to_canonical(&grid))
 }
 

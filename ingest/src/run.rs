@@ -11,10 +11,10 @@ use s3_shards::labels::CaseFate;
 use s3_shards::{ShardIndex, ShardMeta, ShardWriter, StoreLocation, StoreOptions, WriterOptions, json, open_store};
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::case_io::CaseReader;
 use crate::catalog::{Catalog, DatasetEntry, LabelInfo, TaskEntry, expand_env};
 use crate::error::{IngestError, MissingCase, Result};
 use crate::journal::{self, CaseRecord, JournalRecord, SampleNote, TaskInfo, WorkerListing};
-use crate::case_io::CaseReader;
 use crate::layout::{CaseRef, list_cases};
 use crate::nifti_io::ReadOptions;
 use crate::preprocess::{CaseContext, CaseSamples, PreprocessOptions, process_case};

@@ -68,7 +68,10 @@ fn check_case(case: &str, path: &std::path::Path, floor: f64) {
         let dice = 2.0 * inter as f64 / (ours + truth) as f64;
         eprintln!("{case} class {c}: Dice of the pasted crop against the source label {dice:.4} ({truth} voxels)");
         // Boundary voxels dominate a structure of a few dozen voxels.
-        assert!(truth < 1000 || dice >= floor, "{case} class {c}: pasted crop vs source label Dice {dice:.4} (floor {floor})");
+        assert!(
+            truth < 1000 || dice >= floor,
+            "{case} class {c}: pasted crop vs source label Dice {dice:.4} (floor {floor})"
+        );
 
         // Written with the source's header: same grid, same affine, same voxels.
         let out = tmp.path().join(format!("{case}.{c}.nii.gz"));
@@ -76,7 +79,10 @@ fn check_case(case: &str, path: &std::path::Path, floor: f64) {
         let back = read_nifti(&out, &opts).unwrap();
         assert_eq!(back.shape, label.shape);
         assert_eq!(geometry::max_abs_diff(&back.affine, &label.affine), 0.0, "{case}: the source affine");
-        assert_eq!((back.header.sform_code, back.header.qform_code), (label.header.sform_code, label.header.qform_code));
+        assert_eq!(
+            (back.header.sform_code, back.header.qform_code),
+            (label.header.sform_code, label.header.qform_code)
+        );
         assert!((0..pasted.len()).all(|n| back.value(n) == f64::from(pasted[n])), "{case}: voxels read back");
     }
 }

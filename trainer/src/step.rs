@@ -125,6 +125,17 @@ impl ClickLoop {
         for (k, mask) in masks.iter().enumerate() {
             self.clicks[k].push(next_click(&self.preds[k], mask, self.side, &mut self.rngs[k]));
         }
+        self.decode(model, emb, use_points, device)
+    }
+
+    /// Adds a click of one's own (inference) to sample `k`, for the next [`ClickLoop::decode`].
+    pub fn push(&mut self, k: usize, click: Click) {
+        self.clicks[k].push(click);
+    }
+
+    /// The decoder with the clicks so far (or none when `use_points` is false) and the
+    /// previous low-res logits; returns the new low-res logits `[B, 1, L, L, L]`.
+    pub fn decode(&mut self, model: &Sam, emb: Tensor<5>, use_points: bool, device: &Device) -> Tensor<5> {
         let points = use_points.then(|| points_tensors(&visible(&self.clicks, self.memory), device));
         let out = model.decode(emb, Prompt { points, mask: Some(self.low.clone()) });
         let (logits, _) = out.single(); // [B, 1, L, L, L]
@@ -145,6 +156,11 @@ impl ClickLoop {
         let vox = self.side.pow(3);
         let v: Vec<f32> = full.clone().detach().into_data().convert::<f32>().try_to_vec::<f32>().expect("f32");
         self.preds = v.chunks(vox).map(<[f32]>::to_vec).collect();
+    }
+
+    /// The current full-resolution logits of sample `k` (> 0: foreground).
+    pub fn prediction(&self, k: usize) -> &[f32] {
+        &self.preds[k]
     }
 
     /// Dice (sigmoid > 0.5) of the current prediction of sample `k` against `mask`.

@@ -13,6 +13,7 @@ use s3_trainer::config::SamConfig;
 use s3_trainer::model::Sam;
 use s3_trainer::{fixture, weights};
 
+mod predict;
 mod progress;
 
 /// Exit code of a preempted rank (DESIGN §10): checkpointed, requeue it.
@@ -117,15 +118,83 @@ enum Command {
     /// Dice at 1/3/5/10 clicks on the val split with the run's latest weights; writes
     /// eval/val.csv and eval/val.json to the run folder. The stage is the run's own
     /// (its config.json) unless --stage is given.
+    ///
+    /// `--protocol source` is the reference's protocol instead: every val case of the
+    /// stage's datasets read raw from the catalogue (--manifest), every class in its
+    /// label, the prediction pasted back onto the source grid and scored there; it
+    /// writes eval/source.csv (per case and class), eval/source-groups.csv (per
+    /// dataset, label and category) and eval/source.json.
     Eval {
         /// Stage file; default: the stage recorded in the run's config.json.
         #[arg(long)]
         stage: Option<PathBuf>,
-        #[command(flatten)]
-        target: Place,
+        /// Store with the published shards: the crop protocol's input; for the source
+        /// protocol, which cases are val.
+        #[arg(long, required_if_eq("protocol", "crop"))]
+        data: Option<String>,
+        /// Run folder: its latest weights; the reports are written under eval/.
+        #[arg(long)]
+        run: String,
         /// Click counts.
         #[arg(long, value_delimiter = ',', default_value = "1,3,5,10")]
         clicks: Vec<usize>,
+        /// crop: the shards' 128³ val crops (what training monitors); source: the raw
+        /// val cases in their own geometry, comparable with the reference.
+        #[arg(long, default_value = "crop", value_parser = ["crop", "source"])]
+        protocol: String,
+        /// The dataset catalogue (datasets.toml) whose sources the source protocol
+        /// reads; it also answers the stage's pretrain/finetune selection.
+        #[arg(long, required_if_eq("protocol", "source"))]
+        manifest: Option<PathBuf>,
+        /// The ingest's val_percent: which cases are val (xxh3(dataset/case) mod 100)
+        /// where --data does not say (a case the store holds keeps the store's split).
+        #[arg(long, default_value_t = 10)]
+        val_percent: u32,
+    },
+    /// Segment a volume from clicks: the ingest's preprocessing, the crop about the
+    /// first click, one pass per click with every click so far, and the mask pasted
+    /// back onto the image's own grid, written with its header (affine, pixdim).
+    ///
+    /// Clicks are voxel indices of the image file (what a viewer shows as i, j, k);
+    /// all must lie in the 128³ crop at 1.5 mm (±96 mm) about the first. With
+    /// --clicks-from-label the clicks are simulated from a label instead, as in
+    /// evaluation, and the Dice after each click is printed.
+    Predict {
+        /// Weights: .safetensors (the reference's key names) or a torch .pth; a path
+        /// or any store URL.
+        #[arg(long, required_unless_present = "run", conflicts_with = "run")]
+        weights: Option<String>,
+        /// Preset the --weights were trained with.
+        #[arg(long, default_value = "vit_b_ori")]
+        preset: String,
+        /// A run folder instead of --weights: its latest checkpoint and its stage's preset.
+        #[arg(long)]
+        run: Option<String>,
+        /// The image (.nii or .nii.gz; a path or any store URL).
+        #[arg(long)]
+        image: String,
+        /// CT, MR, US or PET: CT intensities are clamped to [-1000, 1000] as in training.
+        #[arg(long, default_value = "CT")]
+        modality: String,
+        /// A click: voxel indices i,j,k of the image, `:1` foreground (the default) or
+        /// `:0` background. Repeat for more clicks, in order.
+        #[arg(long = "click", value_name = "I,J,K[:0|1]", required_unless_present = "clicks_from_label")]
+        click: Vec<s3_trainer::predict::SourceClick>,
+        /// Simulate the clicks from this label map (on the image's grid) instead.
+        #[arg(long, conflicts_with = "click", requires = "label_value")]
+        clicks_from_label: Option<String>,
+        /// The label's class to segment.
+        #[arg(long)]
+        label_value: Option<i32>,
+        /// Simulated clicks.
+        #[arg(long, default_value_t = 5)]
+        clicks: usize,
+        /// Seed of the simulated clicks.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output mask (.nii.gz or .nii): uint8, 1 = foreground, on the image's grid.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Measurements for sizing a machine (what tests/gpu/run.sh prints): a training
     /// micro-step's samples/s, the gradient all-reduce's bandwidth.
@@ -439,23 +508,94 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(PREEMPTED));
             }
         }
-        Command::Eval { stage, target: Place { data, run }, clicks } => {
+        Command::Eval { stage, data, run, clicks, protocol, manifest, val_percent } => {
             let opts = s3_shards::StoreOptions::default();
-            let stage = match stage {
+            let mut stage = match stage {
                 Some(p) => s3_trainer::stage::StageConfig::load(&p)?,
                 None => s3_trainer::train::load_run_stage(&run, &opts)
                     .context("reading the run's stage (give --stage to evaluate with another)")?,
             };
             let cfg = s3_trainer::train::model_config(&stage)?;
             let (model, step) = s3_trainer::train::load_latest_weights(&run, &opts, &cfg, &device)?;
+            let run_loc = s3_shards::open_store(&run, &opts)?;
+            if protocol == "source" {
+                let manifest = manifest.expect("clap requires --manifest");
+                let catalog = s3_ingest::catalog::Catalog::load(&manifest)?;
+                stage.datasets.catalog = Some(manifest.display().to_string());
+                let named: std::collections::BTreeSet<String> =
+                    catalog.datasets.iter().map(|d| d.name.clone()).collect();
+                let datasets = stage.select_datasets(&named)?;
+                let tmp = tempfile::tempdir().context("a temporary directory for fetched cases")?;
+                // The published store says which cases the ingest put in val.
+                let mut known_splits = std::collections::BTreeMap::new();
+                if let Some(data) = &data {
+                    let data_loc = s3_shards::open_store(data, &opts)?;
+                    let rt = s3_trainer::io_runtime::io_runtime()?;
+                    let (rows, _) =
+                        rt.block_on(s3_trainer::run_identity::samples_from_index(data_loc.store().as_ref()))?;
+                    known_splits.extend(rows.into_iter().map(|r| ((r.dataset, r.case_id), r.split)));
+                }
+                let spec = s3_trainer::source_eval::SourceEval {
+                    catalog: &catalog,
+                    datasets: &datasets,
+                    known_splits,
+                    val_percent,
+                    clicks: &clicks,
+                    seed: stage.seed,
+                    store_options: opts.clone(),
+                    tmp_dir: tmp.path().to_path_buf(),
+                };
+                let report = s3_trainer::source_eval::evaluate_source(&model, &cfg, &spec, &device, &|m| {
+                    tracing::info!("{m}");
+                })?;
+                s3_trainer::source_eval::write_source_report(&run_loc, "source", &report)?;
+                for s in &report.skipped {
+                    eprintln!("skipped {s}");
+                }
+                println!(
+                    "step {step}, protocol source: {} classes of val cases in {} dataset(s), {} skipped",
+                    report.classes.len(),
+                    datasets.len(),
+                    report.skipped.len()
+                );
+                print!("{}", report.groups_csv());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let data = data.expect("clap requires --data");
             let data_loc = s3_shards::open_store(&data, &opts)?;
             let rt = s3_trainer::io_runtime::io_runtime()?;
             let (rows, _, _) = s3_trainer::train::select_rows(&data_loc, &stage, s3_shards::Split::Val, rt)?;
             let report = s3_trainer::eval::evaluate(&model, &cfg, &data_loc, &rows, &clicks, stage.seed, &device)?;
-            s3_trainer::eval::write_report(&s3_shards::open_store(&run, &opts)?, "val", &report)?;
+            s3_trainer::eval::write_report(&run_loc, "val", &report)?;
             println!("step {step}, {} val samples", report.samples.len());
             print!("{}", report.to_csv());
         }
+        Command::Predict {
+            weights,
+            preset: preset_name,
+            run,
+            image,
+            modality,
+            click,
+            clicks_from_label,
+            label_value,
+            clicks,
+            seed,
+            out,
+        } => predict::predict(predict::PredictArgs {
+            weights,
+            preset: preset_name,
+            run,
+            image,
+            modality,
+            click,
+            clicks_from_label,
+            label_value,
+            clicks,
+            seed,
+            out,
+            device,
+        })?,
         Command::Bench { what } => bench(what, &cli.device, device)?,
         Command::Convert { input, output, preset: name, allow_partial } => {
             let cfg = preset(&name)?;

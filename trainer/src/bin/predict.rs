@@ -1,0 +1,106 @@
+//! `s3-train predict`: the command line over [`s3_trainer::predict`].
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::Device;
+use s3_ingest::catalog::Modality;
+use s3_ingest::nifti_io::{ReadOptions, Volume, read_nifti, write_u8_like};
+use s3_trainer::model::Sam;
+use s3_trainer::predict::{PreparedImage, SourceClick, Structure, predict_clicks};
+
+/// The parsed command line.
+pub struct PredictArgs {
+    pub weights: Option<String>,
+    pub preset: String,
+    pub run: Option<String>,
+    pub image: String,
+    pub modality: String,
+    pub click: Vec<SourceClick>,
+    pub clicks_from_label: Option<String>,
+    pub label_value: Option<i32>,
+    pub clicks: usize,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub device: Device,
+}
+
+fn modality(s: &str) -> Result<Modality> {
+    Ok(match s.to_ascii_uppercase().as_str() {
+        "CT" => Modality::CT,
+        "MR" | "MRI" => Modality::MR,
+        "US" => Modality::US,
+        "PET" => Modality::PET,
+        _ => bail!("--modality {s:?}: CT, MR, US or PET"),
+    })
+}
+
+/// A NIfTI file from a path or any store URL.
+fn read_volume(url: &str, tmp: &std::path::Path) -> Result<Volume> {
+    let opts = s3_shards::StoreOptions::default();
+    let local = s3_trainer::checkpoint::local_copy(url, &opts, tmp).with_context(|| format!("fetching {url}"))?;
+    Ok(read_nifti(&local, &ReadOptions::default())?)
+}
+
+pub fn predict(a: PredictArgs) -> Result<()> {
+    let modality = modality(&a.modality)?;
+    let opts = s3_shards::StoreOptions::default();
+    let tmp = tempfile::tempdir().context("a temporary directory")?;
+    let (model, cfg) = match (&a.run, &a.weights) {
+        (Some(run), _) => {
+            let stage = s3_trainer::train::load_run_stage(run, &opts).context("reading the run's stage")?;
+            let cfg = s3_trainer::train::model_config(&stage)?;
+            let (model, step) = s3_trainer::train::load_latest_weights(run, &opts, &cfg, &a.device)?;
+            eprintln!("weights: {run} at step {step} (preset {})", stage.preset);
+            (model, cfg)
+        }
+        (None, Some(w)) => {
+            let cfg = s3_trainer::config::SamConfig::preset(&a.preset)
+                .with_context(|| format!("unknown preset {:?} (vit_b_ori, small)", a.preset))?;
+            let file = s3_trainer::checkpoint::local_copy(w, &opts, tmp.path())?;
+            let mut model = Sam::new(&cfg, &a.device);
+            s3_trainer::weights::load(&mut model, &file, s3_trainer::weights::Strictness::Strict)?;
+            (model, cfg)
+        }
+        (None, None) => bail!("--weights or --run is needed"),
+    };
+    if cfg.img_size != s3_shards::SIDE {
+        bail!("preset {:?} takes {}³ inputs; inference crops are {}³", a.preset, cfg.img_size, s3_shards::SIDE);
+    }
+    let image = read_volume(&a.image, tmp.path())?;
+    let prepared = PreparedImage::new(&image, modality)?;
+    let (mask, input_begin) = match &a.clicks_from_label {
+        None => {
+            let p = predict_clicks(&model, &cfg, &prepared, &a.click, &a.device)?;
+            for (c, seen) in a.click.iter().zip(&p.clicks) {
+                eprintln!("click {:?} (label {}) → crop voxel {:?}", c.at, u8::from(c.positive), seen.at);
+            }
+            (p.input.paste(&p.logits), p.input.begin)
+        }
+        Some(label_url) => {
+            let value = a.label_value.context("--label-value is needed with --clicks-from-label")?;
+            let label = read_volume(label_url, tmp.path())?;
+            s3_ingest::preprocess::check_pair(&image, &label, &Default::default())?;
+            let canonical = s3_ingest::preprocess::canonical_label(&label)?;
+            let Some(structure) = Structure::new(&prepared, &label, &canonical, value)? else {
+                bail!("class {value} is not in {label_url} (or has no voxel at 1.5 mm)");
+            };
+            let id = format!("predict/{value}");
+            let (dice, logits) = structure.run_clicks(&model, &cfg, &id, a.seed, a.clicks.max(1), &a.device);
+            for (n, d) in dice.iter().enumerate() {
+                println!("click {}: Dice {d:.4} against class {value} on the source grid", n + 1);
+            }
+            (structure.input.paste(&logits), structure.input.begin)
+        }
+    };
+    write_u8_like(&a.out, &image, &mask).with_context(|| format!("writing {}", a.out.display()))?;
+    let fg = mask.iter().filter(|&&m| m == 1).count();
+    let voxel_ml = s3_ingest::geometry::spacing(&image.affine).iter().product::<f64>() / 1000.0;
+    println!(
+        "wrote {}: {fg} foreground voxels ({:.1} mL) on the {:?} grid; crop at {input_begin:?} of the 1.5 mm RAS+ grid",
+        a.out.display(),
+        fg as f64 * voxel_ml,
+        image.shape
+    );
+    Ok(())
+}

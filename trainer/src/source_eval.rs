@@ -1,0 +1,290 @@
+//! Evaluation in the source geometry (DESIGN §8, protocol *source*), comparable with
+//! the reference's inference: every val case of the selected datasets read raw from
+//! the catalogue's source, every class present in its label (no size filter), the
+//! click protocol with all points so far, each prediction pasted back onto the
+//! source grid and scored against the source label on the whole volume.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use burn::prelude::*;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStoreExt, PutPayload};
+use s3_ingest::IngestError;
+use s3_ingest::case_io::CaseReader;
+use s3_ingest::catalog::{Catalog, expand_env};
+use s3_ingest::layout::list_cases;
+use s3_ingest::nifti_io::ReadOptions;
+use s3_ingest::preprocess::{self, PreprocessOptions};
+use s3_ingest::source::Source;
+use s3_shards::{Split, StoreLocation, StoreOptions, json};
+use serde::Serialize;
+
+use crate::config::SamConfig;
+use crate::error::{Result, TrainError};
+use crate::model::Sam;
+use crate::predict::{PreparedImage, Structure};
+
+/// What to evaluate.
+pub struct SourceEval<'a> {
+    /// The catalogue the cases are read from.
+    pub catalog: &'a Catalog,
+    /// Dataset names to evaluate.
+    pub datasets: &'a BTreeSet<String>,
+    /// The split of the cases the published store holds, by (dataset, case id): the
+    /// ingest's own decision, whatever `val_percent` it ran with.
+    pub known_splits: BTreeMap<(String, String), Split>,
+    /// Percent of cases in the val split (the ingest's `val_percent`), for cases the
+    /// store does not hold (every class dropped, quarantined, or no store given).
+    pub val_percent: u32,
+    /// Click counts reported; the passes run to the largest.
+    pub clicks: &'a [usize],
+    /// Seeds the simulated clicks (with each sample id).
+    pub seed: u64,
+    /// Credentials and endpoint for the sources' stores.
+    pub store_options: StoreOptions,
+    /// Where files from remote sources are fetched to.
+    pub tmp_dir: PathBuf,
+}
+
+impl SourceEval<'_> {
+    /// The split of a case: the store's, else the val_percent rule.
+    pub fn split_of(&self, dataset: &str, case_id: &str) -> Split {
+        self.known_splits
+            .get(&(dataset.to_string(), case_id.to_string()))
+            .copied()
+            .unwrap_or_else(|| Split::for_case(dataset, case_id, self.val_percent))
+    }
+}
+
+/// The Dice of one class of one case.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClassDice {
+    /// Dataset.
+    pub dataset: String,
+    /// Task.
+    pub task: String,
+    /// Case.
+    pub case_id: String,
+    /// Label value.
+    pub label_value: i32,
+    /// Label name.
+    pub label: String,
+    /// Table-2 category.
+    pub category: String,
+    /// Source voxels of the class.
+    pub voxels: usize,
+    /// Dice per click count (the order of [`SourceReport::clicks`]).
+    pub dice: Vec<f64>,
+    /// The best Dice over every pass up to the largest click count.
+    pub max: f64,
+}
+
+/// Mean Dice of a group of classes.
+#[derive(Clone, Debug, Serialize)]
+pub struct SourceGroup {
+    /// `dataset`, `dataset/label` or `category`.
+    pub by: String,
+    /// The dataset, `dataset/label` or the category.
+    pub key: String,
+    /// Classes in the group.
+    pub n: usize,
+    /// Mean Dice per click count.
+    pub dice: Vec<f64>,
+    /// Mean of the per-class maxima.
+    pub max: f64,
+}
+
+/// What the source protocol measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct SourceReport {
+    /// Protocol name (`source`).
+    pub protocol: String,
+    /// Click counts reported.
+    pub clicks: Vec<usize>,
+    /// One row per (case, class).
+    pub classes: Vec<ClassDice>,
+    /// Per dataset, per dataset and label, per category.
+    pub groups: Vec<SourceGroup>,
+    /// Val cases that could not be read or preprocessed, with the reason.
+    pub skipped: Vec<String>,
+}
+
+impl SourceReport {
+    /// Mean Dice over all classes at `clicks`.
+    pub fn mean_at(&self, clicks: usize) -> Option<f64> {
+        let i = self.clicks.iter().position(|&c| c == clicks)?;
+        (!self.classes.is_empty())
+            .then(|| self.classes.iter().map(|s| s.dice[i]).sum::<f64>() / self.classes.len() as f64)
+    }
+
+    /// CSV, one row per (case, class).
+    pub fn classes_csv(&self) -> String {
+        let mut s = format!(
+            "dataset,task,case,label_value,label,category,voxels,{},max\n",
+            self.clicks.iter().map(|c| format!("dice@{c}")).collect::<Vec<_>>().join(",")
+        );
+        for r in &self.classes {
+            s.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{:.4}\n",
+                r.dataset,
+                r.task,
+                r.case_id,
+                r.label_value,
+                r.label,
+                r.category,
+                r.voxels,
+                r.dice.iter().map(|d| format!("{d:.4}")).collect::<Vec<_>>().join(","),
+                r.max
+            ));
+        }
+        s
+    }
+
+    /// CSV, one row per group.
+    pub fn groups_csv(&self) -> String {
+        let mut s =
+            format!("by,key,n,{},max\n", self.clicks.iter().map(|c| format!("dice@{c}")).collect::<Vec<_>>().join(","));
+        for g in &self.groups {
+            s.push_str(&format!(
+                "{},{},{},{},{:.4}\n",
+                g.by,
+                g.key,
+                g.n,
+                g.dice.iter().map(|d| format!("{d:.4}")).collect::<Vec<_>>().join(","),
+                g.max
+            ));
+        }
+        s
+    }
+}
+
+/// Runs the source protocol. A source that cannot be reached ends it with an error
+/// (its numbers would be silently partial); a case that cannot be read or
+/// preprocessed is skipped with its reason.
+pub fn evaluate_source(
+    model: &Sam,
+    cfg: &SamConfig,
+    spec: &SourceEval,
+    device: &Device,
+    progress: &dyn Fn(&str),
+) -> Result<SourceReport> {
+    let rt = crate::io_runtime::io_runtime()?;
+    let max = spec.clicks.iter().copied().max().unwrap_or(1).max(1);
+    let read = ReadOptions::default();
+    let mut report = SourceReport {
+        protocol: "source".into(),
+        clicks: spec.clicks.to_vec(),
+        classes: Vec::new(),
+        groups: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let source_error = |what: String| TrainError::Config(format!("source evaluation: {what}"));
+    for d in spec.catalog.datasets.iter().filter(|d| spec.datasets.contains(&d.name)) {
+        for t in &d.tasks {
+            let Some(raw) = &t.source else {
+                report.skipped.push(format!("{}/{}: no source configured", d.name, t.name));
+                continue;
+            };
+            let url = expand_env(raw).map_err(|e| source_error(format!("{}/{}: {e}", d.name, t.name)))?;
+            let source = Source::open(&url, &spec.store_options)
+                .map_err(|e| source_error(format!("{}/{}: {e}", d.name, t.name)))?;
+            let listing = rt
+                .block_on(list_cases(&source, t))
+                .map_err(|e| source_error(format!("{}/{}: listing {url}: {e}", d.name, t.name)))?;
+            let labels = d.label_map(t, &listing.labels);
+            let reader = CaseReader { source: &source, tmp_dir: &spec.tmp_dir, read: &read, handle: rt.handle() };
+            let val: Vec<_> =
+                listing.cases.iter().filter(|c| spec.split_of(&d.name, &c.case_id) == Split::Val).collect();
+            for (n, case) in val.iter().enumerate() {
+                progress(&format!("{}/{} case {} ({}/{})", d.name, t.name, case.case_id, n + 1, val.len()));
+                let what = format!("{}/{}/{}", d.name, t.name, case.case_id);
+                let read_case = || -> std::result::Result<_, IngestError> {
+                    let (image, label, _) = reader.read_case(case)?;
+                    preprocess::check_pair(&image, &label, &PreprocessOptions::default())?;
+                    let values = preprocess::label_values(&label)?;
+                    let canonical = preprocess::canonical_label(&label)?;
+                    Ok((image, label, values, canonical))
+                };
+                let (image, label, values, canonical) = match read_case() {
+                    Ok(v) => v,
+                    Err(e @ IngestError::SourceUnavailable { .. }) => return Err(source_error(format!("{what}: {e}"))),
+                    Err(e) => {
+                        report.skipped.push(format!("{what}: {e}"));
+                        continue;
+                    }
+                };
+                let prepared = match PreparedImage::new(&image, d.modality) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        report.skipped.push(format!("{what}: {e}"));
+                        continue;
+                    }
+                };
+                for value in values {
+                    let info =
+                        labels.get(&value).cloned().unwrap_or_else(|| s3_ingest::catalog::LabelInfo::unnamed(value));
+                    let Some(structure) = Structure::new(&prepared, &label, &canonical, value)? else {
+                        report.skipped.push(format!("{what} class {value}: no voxel left at 1.5 mm"));
+                        continue;
+                    };
+                    let id = s3_shards::sample::sample_id(&d.name, &t.name, &case.case_id, value);
+                    let (per_pass, _) = structure.run_clicks(model, cfg, &id, spec.seed, max, device);
+                    report.classes.push(ClassDice {
+                        dataset: d.name.clone(),
+                        task: t.name.clone(),
+                        case_id: case.case_id.clone(),
+                        label_value: value,
+                        label: info.name,
+                        category: info.category,
+                        voxels: structure.voxels(),
+                        dice: spec.clicks.iter().map(|&c| per_pass[c.max(1) - 1]).collect(),
+                        max: per_pass.iter().copied().fold(0.0, f64::max),
+                    });
+                }
+            }
+        }
+    }
+    report.groups = groups(&report.classes, spec.clicks.len());
+    Ok(report)
+}
+
+fn groups(rows: &[ClassDice], clicks: usize) -> Vec<SourceGroup> {
+    let mut by: BTreeMap<(&str, String), Vec<&ClassDice>> = BTreeMap::new();
+    for r in rows {
+        by.entry(("dataset", r.dataset.clone())).or_default().push(r);
+        by.entry(("dataset/label", format!("{}/{}", r.dataset, r.label))).or_default().push(r);
+        by.entry(("category", r.category.clone())).or_default().push(r);
+    }
+    by.into_iter()
+        .map(|((kind, key), v)| {
+            let n = v.len() as f64;
+            SourceGroup {
+                by: kind.into(),
+                key,
+                n: v.len(),
+                dice: (0..clicks).map(|i| v.iter().map(|r| r.dice[i]).sum::<f64>() / n).collect(),
+                max: v.iter().map(|r| r.max).sum::<f64>() / n,
+            }
+        })
+        .collect()
+}
+
+/// Writes `eval/<name>.csv` (per case and class), `eval/<name>-groups.csv` and
+/// `eval/<name>.json` to the run folder.
+pub fn write_source_report(run: &StoreLocation, name: &str, report: &SourceReport) -> Result<()> {
+    let rt = crate::io_runtime::io_runtime()?;
+    let store = run.store().as_ref();
+    rt.block_on(async {
+        for (file, text) in [
+            (format!("eval/{name}.csv"), report.classes_csv()),
+            (format!("eval/{name}-groups.csv"), report.groups_csv()),
+        ] {
+            let key = ObjPath::from(file);
+            store.put(&key, PutPayload::from(text.into_bytes())).await.map_err(|e| {
+                TrainError::from(s3_shards::ShardError::Store { op: "put", path: key.clone(), source: e })
+            })?;
+        }
+        json::put_json(store, &ObjPath::from(format!("eval/{name}.json")), report).await.map_err(TrainError::from)
+    })
+}

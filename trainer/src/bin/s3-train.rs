@@ -146,6 +146,10 @@ enum Command {
         /// reads; it also answers the stage's pretrain/finetune selection.
         #[arg(long, required_if_eq("protocol", "source"))]
         manifest: Option<PathBuf>,
+        /// Source protocol: evaluate these datasets of the manifest instead of the
+        /// stage's selection (e.g. held-out benchmarks, with --val-percent 100).
+        #[arg(long, value_delimiter = ',')]
+        datasets: Vec<String>,
         /// The ingest's val_percent: which cases are val (xxh3(dataset/case) mod 100)
         /// where --data does not say (a case the store holds keeps the store's split).
         #[arg(long, default_value_t = 10)]
@@ -508,7 +512,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(PREEMPTED));
             }
         }
-        Command::Eval { stage, data, run, clicks, protocol, manifest, val_percent } => {
+        Command::Eval { stage, data, run, clicks, protocol, manifest, datasets, val_percent } => {
             let opts = s3_shards::StoreOptions::default();
             let mut stage = match stage {
                 Some(p) => s3_trainer::stage::StageConfig::load(&p)?,
@@ -524,7 +528,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 stage.datasets.catalog = Some(manifest.display().to_string());
                 let named: std::collections::BTreeSet<String> =
                     catalog.datasets.iter().map(|d| d.name.clone()).collect();
-                let datasets = stage.select_datasets(&named)?;
+                let datasets = if datasets.is_empty() {
+                    stage.select_datasets(&named)?
+                } else {
+                    if let Some(d) = datasets.iter().find(|d| !named.contains(*d)) {
+                        bail!("--datasets: {d:?} is not in {}", manifest.display());
+                    }
+                    datasets.into_iter().collect()
+                };
                 let tmp = tempfile::tempdir().context("a temporary directory for fetched cases")?;
                 // The published store says which cases the ingest put in val.
                 let mut known_splits = std::collections::BTreeMap::new();

@@ -163,43 +163,7 @@ enum Command {
     /// all must lie in the 128³ crop at 1.5 mm (±96 mm) about the first. With
     /// --clicks-from-label the clicks are simulated from a label instead, as in
     /// evaluation, and the Dice after each click is printed.
-    Predict {
-        /// Weights: .safetensors (the reference's key names) or a torch .pth; a path
-        /// or any store URL.
-        #[arg(long, required_unless_present = "run", conflicts_with = "run")]
-        weights: Option<String>,
-        /// Preset the --weights were trained with.
-        #[arg(long, default_value = "vit_b_ori")]
-        preset: String,
-        /// A run folder instead of --weights: its latest checkpoint and its stage's preset.
-        #[arg(long)]
-        run: Option<String>,
-        /// The image (.nii or .nii.gz; a path or any store URL).
-        #[arg(long)]
-        image: String,
-        /// CT, MR, US or PET: CT intensities are clamped to [-1000, 1000] as in training.
-        #[arg(long, default_value = "CT")]
-        modality: String,
-        /// A click: voxel indices i,j,k of the image, `:1` foreground (the default) or
-        /// `:0` background. Repeat for more clicks, in order.
-        #[arg(long = "click", value_name = "I,J,K[:0|1]", required_unless_present = "clicks_from_label")]
-        click: Vec<s3_trainer::predict::SourceClick>,
-        /// Simulate the clicks from this label map (on the image's grid) instead.
-        #[arg(long, conflicts_with = "click", requires = "label_value")]
-        clicks_from_label: Option<String>,
-        /// The label's class to segment.
-        #[arg(long)]
-        label_value: Option<i32>,
-        /// Simulated clicks.
-        #[arg(long, default_value_t = 5)]
-        clicks: usize,
-        /// Seed of the simulated clicks.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Output mask (.nii.gz or .nii): uint8, 1 = foreground, on the image's grid.
-        #[arg(long)]
-        out: PathBuf,
-    },
+    Predict(predict::PredictArgs),
     /// Measurements for sizing a machine (what tests/gpu/run.sh prints): a training
     /// micro-step's samples/s, the gradient all-reduce's bandwidth.
     Bench {
@@ -581,32 +545,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("step {step}, {} val samples", report.samples.len());
             print!("{}", report.to_csv());
         }
-        Command::Predict {
-            weights,
-            preset: preset_name,
-            run,
-            image,
-            modality,
-            click,
-            clicks_from_label,
-            label_value,
-            clicks,
-            seed,
-            out,
-        } => predict::predict(predict::PredictArgs {
-            weights,
-            preset: preset_name,
-            run,
-            image,
-            modality,
-            click,
-            clicks_from_label,
-            label_value,
-            clicks,
-            seed,
-            out,
-            device,
-        })?,
+        Command::Predict(args) => predict::predict(args, device)?,
         Command::Bench { what } => bench(what, &cli.device, device)?,
         Command::Convert { input, output, preset: name, allow_partial } => {
             let cfg = preset(&name)?;

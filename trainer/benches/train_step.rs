@@ -35,12 +35,12 @@ fn main() {
             "name = \"bench\"\npreset = \"{preset}\"\nepochs = 1\nclicks = {clicks}\nloss_resolution = \"{loss}\"\n"
         ))
         .expect("stage");
-        let (l, _) = micro_step(&model, &items, &stage, &cfg, 1, &device);
+        let l = micro_step(&model, &items, &stage, &cfg, 1, &device).loss;
         let _ = l.backward(); // warm-up
         let n = 3;
         let t = Instant::now();
         for k in 0..n {
-            let (l, _) = micro_step(&model, &items, &stage, &cfg, k, &device);
+            let l = micro_step(&model, &items, &stage, &cfg, k, &device).loss;
             let _ = l.backward();
         }
         let rate = n as f64 / t.elapsed().as_secs_f64();
@@ -78,7 +78,7 @@ fn main() {
             parts[1] += t.elapsed();
             let t = Instant::now();
             let full = trilinear(logits.clone(), s);
-            total = total + seg_loss(full.clone(), masks.clone(), false);
+            total = total + seg_loss(full.clone(), masks.clone(), false).surrogate;
             pred = full.detach().into_data().try_to_vec::<f32>().expect("f32");
             parts[2] += t.elapsed();
             low = logits;

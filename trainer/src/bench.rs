@@ -79,12 +79,12 @@ pub fn model_step(b: &ModelBench, device: &Device) -> Result<f64> {
     let model = seeded_model(&cfg, &ad, 1);
     let items: Vec<Item> = (0..b.batch as u64).map(|k| phantom_item(cfg.img_size, k + 1)).collect();
     let sync = || ad.sync().map_err(|e| TrainError::Config(format!("device: {e:?}")));
-    let (loss, _) = micro_step(&model, &items, &stage, &cfg, 0, &ad);
+    let loss = micro_step(&model, &items, &stage, &cfg, 0, &ad).loss;
     drop(loss.backward()); // warm-up: kernels compiled, memory pools sized
     sync()?;
     let t = Instant::now();
     for k in 0..b.steps {
-        let (loss, _) = micro_step(&model, &items, &stage, &cfg, k as u64 + 1, &ad);
+        let loss = micro_step(&model, &items, &stage, &cfg, k as u64 + 1, &ad).loss;
         drop(loss.backward());
     }
     sync()?;

@@ -171,7 +171,8 @@ impl ClickLoop {
 
 /// One micro-batch: the image embedding once, then `clicks` decoder passes through a
 /// [`ClickLoop`]; a random pass in 2..=8 and the last get no points. Returns the loss
-/// summed over passes (mean over the batch) and the last pass's mean Dice.
+/// summed over passes (mean over the batch), its gradient's tensor, and the last
+/// pass's mean Dice.
 pub fn micro_step(
     model: &Sam,
     items: &[Item],
@@ -179,7 +180,7 @@ pub fn micro_step(
     cfg: &SamConfig,
     seed: u64,
     device: &Device,
-) -> (Tensor<1>, f64) {
+) -> MicroStep {
     let (b, s) = (items.len(), cfg.img_size);
     let volume = |f: fn(&Item) -> &Vec<f32>| {
         let data: Vec<f32> = items.iter().flat_map(|i| f(i).iter().copied()).collect();
@@ -199,22 +200,35 @@ pub fn micro_step(
     let masks: Vec<&[f32]> = items.iter().map(|i| i.mask.as_slice()).collect();
     let mut clicks = ClickLoop::new(&ids, seed, cfg, stage.click_memory, device);
     let mut total = Tensor::<1>::zeros([1], device);
+    let mut value = Tensor::<1>::zeros([1], device);
     for pass in 0..stage.clicks {
         let use_points = pass != no_point && pass + 1 != stage.clicks;
         let logits = clicks.pass(model, emb.clone(), &masks, use_points, device);
         // Clicks always come from the full-resolution prediction, as in evaluation;
         // with the low-res loss the upsampling stays off the graph.
-        if low_loss {
-            total = total + seg_loss(logits.clone(), targets.clone(), stage.legacy_loss);
+        let loss = if low_loss {
             clicks.predict_from_low(&logits);
+            seg_loss(logits, targets.clone(), stage.legacy_loss)
         } else {
             let full = trilinear(logits, s); // [B, 1, S, S, S]
-            total = total + seg_loss(full.clone(), targets.clone(), stage.legacy_loss);
             clicks.predict_from_full(&full);
-        }
+            seg_loss(full, targets.clone(), stage.legacy_loss)
+        };
+        total = total + loss.surrogate;
+        value = value + loss.value;
     }
     let d = items.iter().enumerate().map(|(k, i)| clicks.dice(k, &i.mask)).sum::<f64>() / b as f64;
-    (total, d)
+    MicroStep { loss: total, value: value.into_scalar::<f64>(), dice: d }
+}
+
+/// What a micro-batch computed.
+pub struct MicroStep {
+    /// Backward through this for the loss's gradients (its value is not the loss).
+    pub loss: Tensor<1>,
+    /// The loss summed over passes (mean over the batch).
+    pub value: f64,
+    /// The last pass's mean Dice.
+    pub dice: f64,
 }
 
 /// The clicks a pass shows the decoder: each sample's newest (`New`) or all so far.

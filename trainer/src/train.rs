@@ -364,9 +364,9 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
             if slot_positions == 0 && !micro.is_empty() {
                 // Phase 3: one micro-batch — embedding, click passes, loss, gradients.
                 let step_seed = stage.seed ^ xxh3_64(&[epoch.to_le_bytes(), micro[0].position.to_le_bytes()].concat());
-                let (loss, d) = micro_step(&model, &micro, stage, &cfg, step_seed, &ad);
+                let crate::step::MicroStep { loss, value: loss_val, dice: d } =
+                    micro_step(&model, &micro, stage, &cfg, step_seed, &ad);
                 let n = micro.len();
-                let loss_val: f64 = loss.clone().into_scalar::<f64>();
                 acc.add(&model, loss / stage.accumulation as f64);
                 step_samples.extend(micro.drain(..).map(|i| i.sample_id));
                 loss_sum += loss_val * n as f64;

@@ -4,7 +4,8 @@ and `pip install torch numpy`; run by hand:
 
     PYTHONPATH=/path/to/SAM-Med3D python trainer/bench/torch_model.py [vit_b_ori|small]
 
-Forward+backward of one 128³ sample on CPU, batch 1, one point prompt, as the Rust bench.
+Forward+backward of one 128³ sample on CPU, batch 1, as `s3-train bench step` does it:
+CLICKS=N decoder passes (default 1), each with the 128³ upsampling and the Dice+BCE loss.
 Prints the trainable parameter count (compare with `s3-train info --preset PRESET`) and
 torch.get_num_threads() (set OMP_NUM_THREADS / torch.set_num_threads to match the Rust run).
 DEVICE=cuda runs it on the GPU (tests/gpu/run.sh does, beside `s3-train --device cuda bench
@@ -89,8 +90,17 @@ n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
 print(f"torch {preset}: {n_params} trainable parameters, {torch.get_num_threads()} threads", flush=True)
 model.train()
 image = torch.randn(1, 1, 128, 128, 128, device=device)
+# The Rust bench's phantom: a sphere "organ" (radius 0.15 of the side) as the target.
+grid = torch.stack(torch.meshgrid(*[torch.arange(128.0)] * 3, indexing="ij"))
+centre = torch.tensor([64.0, 64.0 * 0.8, 64.0 * 1.1]).view(3, 1, 1, 1)
+target = (((grid - centre) ** 2).sum(0).sqrt() < 128 * 0.15).float()[None, None].to(device)
 coords = torch.tensor([[[64.0, 64.0, 64.0]]], device=device)
 labels = torch.tensor([[1]], device=device)
+# Decoder passes per sample, as `s3-train bench step --clicks N`: the last pass gets no
+# point, each pass the previous low-res logits; the loss of every pass is MONAI's
+# DiceCELoss(sigmoid=True, squared_pred=True) on the logits upsampled to 128³
+# (trilinear, align_corners=False), written out so MONAI need not be installed.
+CLICKS = int(os.environ.get("CLICKS", "1"))
 
 
 def sync():
@@ -98,13 +108,26 @@ def sync():
         torch.cuda.synchronize()
 
 
+def dice_ce(logits, t):
+    p = torch.sigmoid(logits).flatten(1)
+    tf = t.flatten(1)
+    dice = 1 - (2 * (p * tf).sum(1) + 1e-5) / (p.square().sum(1) + tf.square().sum(1) + 1e-5)
+    return dice.mean() + torch.nn.functional.binary_cross_entropy_with_logits(logits, t)
+
+
 def step():
     emb = model.image_encoder(image)
-    sparse, dense = model.prompt_encoder(points=[coords, labels], boxes=None, masks=None)
-    low, _ = model.mask_decoder(image_embeddings=emb, image_pe=model.prompt_encoder.get_dense_pe(),
-                                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
-    loss = low.square().mean()
-    loss.backward()
+    low = torch.zeros(1, 1, 32, 32, 32, device=device)
+    total = 0
+    for k in range(CLICKS):
+        points = None if k + 1 == CLICKS else [coords, labels]
+        sparse, dense = model.prompt_encoder(points=points, boxes=None, masks=low)
+        low, _ = model.mask_decoder(image_embeddings=emb, image_pe=model.prompt_encoder.get_dense_pe(),
+                                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                    multimask_output=False)
+        full = torch.nn.functional.interpolate(low, size=(128, 128, 128), mode="trilinear", align_corners=False)
+        total = total + dice_ce(full, target)
+    total.backward()
 
 
 step()

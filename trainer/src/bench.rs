@@ -182,26 +182,13 @@ pub fn loader(data: &s3_shards::StoreLocation, threads: usize, samples: usize) -
     let sampler = crate::sampler::Sampler::from_rows(&rows, 1, 4);
     let mut positions = sampler.rank_positions(crate::sampler::SamplerState::default(), 0, 1);
     positions.truncate(samples.max(1));
-    let threads = threads.clamp(1, positions.len());
-    let per = positions.len().div_ceil(threads);
-    let shares: Vec<Vec<_>> = positions.chunks(per).map(<[_]>::to_vec).collect();
     let start = Instant::now();
-    let counts: Vec<(usize, usize)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = shares
-            .into_iter()
-            .map(|share| {
-                let store = data.store().clone();
-                scope.spawn(move || {
-                    let loaded = crate::loader::Loader::start(store, share, crate::loader::LoaderConfig::default());
-                    loaded.fold((0, 0), |(ok, bad), l| match l {
-                        crate::loader::Loaded::Item(_) => (ok + 1, bad),
-                        _ => (ok, bad + 1),
-                    })
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or((0, 0))).collect()
-    });
+    let cfg = crate::loader::LoaderConfig { threads: threads.max(1), ..crate::loader::LoaderConfig::default() };
+    let counts =
+        [crate::loader::Loader::start(data.store().clone(), positions, cfg).fold((0, 0), |(ok, bad), l| match l {
+            crate::loader::Loaded::Item(_) => (ok + 1, bad),
+            _ => (ok, bad + 1),
+        })];
     let seconds = start.elapsed().as_secs_f64();
     Ok(LoaderRate { samples: counts.iter().map(|c| c.0).sum(), failed: counts.iter().map(|c| c.1).sum(), seconds })
 }

@@ -38,6 +38,9 @@ pub struct LoaderConfig {
     pub read_retries: u32,
     /// First pause between those attempts; doubles each time.
     pub retry_backoff: std::time::Duration,
+    /// Decoding threads. Each takes whole row groups (so no two decode the same one)
+    /// with its share of `cache_bytes`; the items still come in position order.
+    pub threads: usize,
 }
 
 impl Default for LoaderConfig {
@@ -50,6 +53,7 @@ impl Default for LoaderConfig {
             epoch: 0,
             read_retries: 3,
             retry_backoff: std::time::Duration::from_millis(500),
+            threads: 1,
         }
     }
 }
@@ -122,21 +126,45 @@ fn is_store_failure(e: &s3_shards::ShardError) -> bool {
     false
 }
 
-/// A running loader; iterate it.
-pub struct Loader {
+/// Rows per row group the partition between threads assumes (the writer's default):
+/// when a store's groups differ, two threads may decode one group, which costs time,
+/// never correctness.
+const GROUP_ROWS: u64 = 16;
+
+/// One decoding thread and its queue.
+struct Part {
     rx: Receiver<Loaded>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// A running loader; iterate it.
+pub struct Loader {
+    parts: Vec<Part>,
+    /// Which part holds each position, in order.
+    order: Vec<u16>,
+    next: usize,
+    stopped: bool,
 }
 
 impl Iterator for Loader {
     type Item = Loaded;
     fn next(&mut self) -> Option<Loaded> {
-        match self.rx.recv() {
-            Ok(l) => Some(l),
+        if self.stopped || self.next >= self.order.len() {
+            return None;
+        }
+        let part = &mut self.parts[usize::from(self.order[self.next])];
+        self.next += 1;
+        match part.rx.recv() {
+            Ok(l) => {
+                // Nothing follows a failure, from any thread.
+                self.stopped = matches!(l, Loaded::Failed { .. });
+                Some(l)
+            }
             Err(_) => {
-                // The producer is gone: either done, or it panicked. A panic must not
-                // look like the end of the epoch (samples would be silently dropped).
-                if let Some(t) = self.thread.take()
+                // The producer is gone before its last position: it panicked. That must
+                // not look like the end of the epoch (samples would be silently dropped).
+                self.stopped = true;
+                if let Some(t) = part.thread.take()
                     && let Err(payload) = t.join()
                 {
                     std::panic::resume_unwind(payload);
@@ -149,11 +177,15 @@ impl Iterator for Loader {
 
 impl Drop for Loader {
     fn drop(&mut self) {
-        // Dropping the receiver makes the producer's next send fail; then join.
-        let (_tx, rx) = sync_channel(1);
-        drop(std::mem::replace(&mut self.rx, rx));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        // Dropping a receiver makes its producer's next send fail; then join.
+        for part in &mut self.parts {
+            let (_tx, rx) = sync_channel(1);
+            drop(std::mem::replace(&mut part.rx, rx));
+        }
+        for part in &mut self.parts {
+            if let Some(t) = part.thread.take() {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -161,58 +193,91 @@ impl Drop for Loader {
 impl Loader {
     /// Starts streaming `positions` (in order) from `store`.
     pub fn start(store: Arc<dyn ObjectStore>, positions: Vec<(u64, SampleRef)>, cfg: LoaderConfig) -> Loader {
-        let (tx, rx) = sync_channel(cfg.prefetch.max(1));
-        let thread = std::thread::Builder::new()
-            .name("loader".into())
-            .spawn(move || {
-                let rt = match crate::io_runtime::io_runtime() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let error = s3_shards::ShardError::StoreUrl { url: "loader".into(), reason: e.to_string() };
-                        let first = positions.first().map(|(p, r)| (*p, r.sample_id.clone())).unwrap_or_default();
-                        let _ = tx.send(Loaded::Failed { position: first.0, sample_id: first.1, error });
-                        return;
-                    }
-                };
-                let mut readers: HashMap<String, Arc<ShardReader>> = HashMap::new();
-                let mut cache: RowGroupCache<Result<Sample, String>> =
-                    RowGroupCache::new(positions.iter().map(|(_, r)| (r.shard.as_str(), r.row)), cfg.cache_bytes);
-                for (now, (position, r)) in positions.iter().enumerate() {
-                    let mut attempt = 0;
-                    let got = loop {
-                        // Prepared straight from the cached row: no copy of the decoded sample.
-                        let got = rt
-                            .block_on(ensure_cached(&store, &mut readers, &mut cache, now, r))
-                            .and_then(|()| cached_sample(&cache, r).map_err(Fault::Data))
-                            .map(|sample| prepare(*position, &r.sample_id, sample, &cfg));
-                        match got {
-                            Err(Fault::Store(e)) if attempt < cfg.read_retries => {
-                                let pause = cfg.retry_backoff * 2u32.saturating_pow(attempt);
-                                tracing::warn!("reading {}: {e}; retrying in {pause:?}", r.sample_id);
-                                std::thread::sleep(pause);
-                                readers.remove(&r.shard);
-                                attempt += 1;
-                            }
-                            other => break other,
-                        }
-                    };
-                    cache.release(now);
-                    let (out, stop) = match got {
-                        Ok(item) => (Loaded::Item(item), false),
-                        Err(Fault::Data(reason)) => {
-                            (Loaded::Skipped { position: *position, sample_id: r.sample_id.clone(), reason }, false)
-                        }
-                        Err(Fault::Store(error)) => {
-                            (Loaded::Failed { position: *position, sample_id: r.sample_id.clone(), error }, true)
-                        }
-                    };
-                    if tx.send(out).is_err() || stop {
-                        return;
-                    }
-                }
+        let threads = cfg.threads.clamp(1, 64);
+        // Row groups go to the threads in turn, in the order they are first needed.
+        let mut owner: HashMap<(&str, u64), u16> = HashMap::new();
+        let order: Vec<u16> = positions
+            .iter()
+            .map(|(_, r)| {
+                let n = owner.len();
+                *owner.entry((r.shard.as_str(), r.row / GROUP_ROWS)).or_insert((n % threads) as u16)
             })
-            .expect("spawn loader");
-        Loader { rx, thread: Some(thread) }
+            .collect();
+        drop(owner);
+        let mut shares: Vec<Vec<(u64, SampleRef)>> = vec![Vec::new(); threads];
+        for (p, &t) in positions.into_iter().zip(&order) {
+            shares[usize::from(t)].push(p);
+        }
+        let cfg = LoaderConfig { cache_bytes: cfg.cache_bytes / threads, ..cfg };
+        let parts = shares
+            .into_iter()
+            .enumerate()
+            .map(|(t, share)| {
+                let (tx, rx) = sync_channel(cfg.prefetch.max(1));
+                let (store, cfg) = (store.clone(), cfg.clone());
+                let thread = std::thread::Builder::new()
+                    .name(format!("loader-{t}"))
+                    .spawn(move || produce(store, share, cfg, tx))
+                    .expect("spawn loader");
+                Part { rx, thread: Some(thread) }
+            })
+            .collect();
+        Loader { parts, order, next: 0, stopped: false }
+    }
+}
+
+/// One thread's work: its positions in order, each sample read through the row-group
+/// cache, prepared and queued; stops after a store failure.
+fn produce(
+    store: Arc<dyn ObjectStore>,
+    positions: Vec<(u64, SampleRef)>,
+    cfg: LoaderConfig,
+    tx: std::sync::mpsc::SyncSender<Loaded>,
+) {
+    let rt = match crate::io_runtime::io_runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let error = s3_shards::ShardError::StoreUrl { url: "loader".into(), reason: e.to_string() };
+            let first = positions.first().map(|(p, r)| (*p, r.sample_id.clone())).unwrap_or_default();
+            let _ = tx.send(Loaded::Failed { position: first.0, sample_id: first.1, error });
+            return;
+        }
+    };
+    let mut readers: HashMap<String, Arc<ShardReader>> = HashMap::new();
+    let mut cache: RowGroupCache<Result<Sample, String>> =
+        RowGroupCache::new(positions.iter().map(|(_, r)| (r.shard.as_str(), r.row)), cfg.cache_bytes);
+    for (now, (position, r)) in positions.iter().enumerate() {
+        let mut attempt = 0;
+        let got = loop {
+            // Prepared straight from the cached row: no copy of the decoded sample.
+            let got = rt
+                .block_on(ensure_cached(&store, &mut readers, &mut cache, now, r))
+                .and_then(|()| cached_sample(&cache, r).map_err(Fault::Data))
+                .map(|sample| prepare(*position, &r.sample_id, sample, &cfg));
+            match got {
+                Err(Fault::Store(e)) if attempt < cfg.read_retries => {
+                    let pause = cfg.retry_backoff * 2u32.saturating_pow(attempt);
+                    tracing::warn!("reading {}: {e}; retrying in {pause:?}", r.sample_id);
+                    std::thread::sleep(pause);
+                    readers.remove(&r.shard);
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        };
+        cache.release(now);
+        let (out, stop) = match got {
+            Ok(item) => (Loaded::Item(item), false),
+            Err(Fault::Data(reason)) => {
+                (Loaded::Skipped { position: *position, sample_id: r.sample_id.clone(), reason }, false)
+            }
+            Err(Fault::Store(error)) => {
+                (Loaded::Failed { position: *position, sample_id: r.sample_id.clone(), error }, true)
+            }
+        };
+        if tx.send(out).is_err() || stop {
+            return;
+        }
     }
 }
 
@@ -460,6 +525,34 @@ mod tests {
             let worst = item.image.iter().zip(&image).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(worst <= 1e-5, "image, axes {axes:?}: {worst}");
         }
+    }
+
+    /// Three threads deliver what one does, item for item, in the same order.
+    #[test]
+    fn threads_take_whole_row_groups_and_keep_the_order() {
+        let rt = crate::io_runtime::io_runtime().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let opts = s3_shards::WriterOptions { row_group_rows: GROUP_ROWS as usize, ..Default::default() };
+        rt.block_on(s3_shards::synthetic::populate(&store, 2, 20, 1, opts)).unwrap();
+        let rows = rt.block_on(s3_shards::samples_table::read(store.as_ref())).unwrap();
+        let sampler = crate::sampler::Sampler::from_rows(&rows, 3, 2);
+        let positions = sampler.rank_positions(crate::sampler::SamplerState::default(), 0, 1);
+        let run = |threads| {
+            let cfg = LoaderConfig { threads, ..LoaderConfig::default() };
+            Loader::start(store.clone(), positions.clone(), cfg)
+                .map(|l| match l {
+                    Loaded::Item(i) => {
+                        let bytes: Vec<u8> = i.image.iter().chain(&i.mask).flat_map(|v| v.to_le_bytes()).collect();
+                        (i.position, i.sample_id, xxh3_64(&bytes))
+                    }
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        let one = run(1);
+        assert_eq!(one.len(), positions.len());
+        assert!(one.windows(2).all(|w| w[0].0 < w[1].0), "positions in order");
+        assert_eq!(run(3), one);
     }
 
     #[test]

@@ -62,6 +62,9 @@ pub struct RunSpec {
     /// the same step boundary (the flag travels through the all-reduce), rank 0
     /// checkpoints, and the outcome says `preempted` (the binary exits 75).
     pub preempt: Option<Arc<AtomicBool>>,
+    /// The loader's decoding threads (outside the run's identity: the samples and
+    /// their order are the same for any count).
+    pub loader_threads: usize,
 }
 
 impl RunSpec {
@@ -80,6 +83,7 @@ impl RunSpec {
             step_timeout: None,
             init_xxh3: None,
             preempt: None,
+            loader_threads: 1,
         }
     }
 }
@@ -332,7 +336,7 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
         let loader = Loader::start(
             data.store().clone(),
             positions,
-            LoaderConfig { seed: stage.seed, epoch, ..LoaderConfig::default() },
+            LoaderConfig { seed: stage.seed, epoch, threads: spec.loader_threads, ..LoaderConfig::default() },
         );
         let mut micro: Vec<Item> = Vec::new();
         let mut acc = Accumulators::new();

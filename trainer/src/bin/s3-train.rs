@@ -114,6 +114,12 @@ enum Command {
         /// Append each step's sample ids (one line per step) to this local file.
         #[arg(long, value_name = "FILE")]
         samples_log: Option<PathBuf>,
+        /// Loader threads decoding this rank's samples (each whole row groups): raise
+        /// it when `s3-train bench loader --data ... --threads N` shows one thread
+        /// feeds fewer samples/s than the step consumes. The samples and their order
+        /// do not change.
+        #[arg(long, default_value_t = 1, env = "S3_LOADER_THREADS")]
+        loader_threads: usize,
     },
     /// Dice at 1/3/5/10 clicks on the val split with the run's latest weights; writes
     /// eval/val.csv and eval/val.json to the run folder. The stage is the run's own
@@ -430,6 +436,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             collective_timeout,
             step_timeout,
             samples_log,
+            loader_threads,
         } => {
             let mut stage = s3_trainer::stage::StageConfig::load(&stage)?;
             if init.is_some() {
@@ -476,6 +483,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .map(|h| u64::from_str_radix(&h, 16).with_context(|| format!("--init-xxh3 {h:?} is not hex")))
                     .transpose()?,
                 preempt: Some(preempt),
+                loader_threads,
                 ..s3_trainer::train::RunSpec::new(data, run, stage)
             };
             let outcome = progress::train_with_progress(&spec, &device, samples_log.as_deref())?;

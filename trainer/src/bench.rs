@@ -160,6 +160,8 @@ pub struct LoaderRate {
     pub failed: usize,
     /// Wall seconds.
     pub seconds: f64,
+    /// What was read, in order: (shard key, row), for a reference to read the same.
+    pub order: Vec<(String, u64)>,
 }
 
 impl LoaderRate {
@@ -170,9 +172,8 @@ impl LoaderRate {
 }
 
 /// The loader on a published store, as one rank of the trainer reads it (the
-/// sampler's order, shard window 4): `threads` loaders side by side, each over its
-/// contiguous share of the first `samples` positions (how many loader threads one
-/// GPU's step rate needs).
+/// sampler's order, shard window 4) with `threads` decoding threads, over the first
+/// `samples` positions (how many loader threads one GPU's step rate needs).
 pub fn loader(data: &s3_shards::StoreLocation, threads: usize, samples: usize) -> Result<LoaderRate> {
     let rt = crate::io_runtime::io_runtime()?;
     let rows = rt.block_on(s3_shards::samples_table::read(data.store().as_ref()))?;
@@ -182,6 +183,7 @@ pub fn loader(data: &s3_shards::StoreLocation, threads: usize, samples: usize) -
     let sampler = crate::sampler::Sampler::from_rows(&rows, 1, 4);
     let mut positions = sampler.rank_positions(crate::sampler::SamplerState::default(), 0, 1);
     positions.truncate(samples.max(1));
+    let order = positions.iter().map(|(_, r)| (r.shard.clone(), r.row)).collect();
     let start = Instant::now();
     let cfg = crate::loader::LoaderConfig { threads: threads.max(1), ..crate::loader::LoaderConfig::default() };
     let counts =
@@ -190,5 +192,10 @@ pub fn loader(data: &s3_shards::StoreLocation, threads: usize, samples: usize) -
             _ => (ok, bad + 1),
         })];
     let seconds = start.elapsed().as_secs_f64();
-    Ok(LoaderRate { samples: counts.iter().map(|c| c.0).sum(), failed: counts.iter().map(|c| c.1).sum(), seconds })
+    Ok(LoaderRate {
+        samples: counts.iter().map(|c| c.0).sum(),
+        failed: counts.iter().map(|c| c.1).sum(),
+        seconds,
+        order,
+    })
 }

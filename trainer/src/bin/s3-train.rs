@@ -230,6 +230,10 @@ enum BenchCommand {
         /// Samples to read (the first of the sampler's order).
         #[arg(long, default_value_t = 64)]
         samples: usize,
+        /// Write the order read (`shard,row` per line) here, for a reference reader
+        /// (trainer/bench/pyarrow_loader.py --order FILE) to read the same.
+        #[arg(long, value_name = "FILE")]
+        order_out: Option<PathBuf>,
     },
     /// Writes a small synthetic store (CT-like 128³ samples) for a measured training run.
     PhantomStore {
@@ -287,9 +291,13 @@ fn bench(what: BenchCommand, cli_device: &str, device: burn::prelude::Device) ->
             );
             println!("{rate:.3} samples/s");
         }
-        BenchCommand::Loader { data, threads, samples } => {
+        BenchCommand::Loader { data, threads, samples, order_out } => {
             let loc = s3_shards::open_store(&data, &s3_shards::StoreOptions::default())?;
             let r = s3_trainer::bench::loader(&loc, threads, samples)?;
+            if let Some(file) = order_out {
+                let text: String = r.order.iter().map(|(shard, row)| format!("{shard},{row}\n")).collect();
+                std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+            }
             println!(
                 "bench loader {}: {} samples ({} unreadable) with {threads} loader thread(s) in {:.2} s",
                 loc.url(),

@@ -224,7 +224,8 @@ enum BenchCommand {
         /// The published store.
         #[arg(long)]
         data: String,
-        /// Loaders side by side, each over its share of the samples.
+        /// Decoding threads of the one loader (train --loader-threads): each takes whole
+        /// row groups, the samples still come in order.
         #[arg(long, default_value_t = 1)]
         threads: usize,
         /// Samples to read (the first of the sampler's order).

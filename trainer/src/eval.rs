@@ -68,21 +68,29 @@ impl EvalReport {
 
     /// CSV: one row per group.
     pub fn to_csv(&self) -> String {
-        let mut s = format!(
-            "dataset,label,n,{}\n",
-            self.clicks.iter().map(|c| format!("dice@{c}")).collect::<Vec<_>>().join(",")
-        );
-        for g in &self.groups {
-            s.push_str(&format!(
-                "{},{},{},{}\n",
-                g.dataset,
-                g.label,
-                g.n,
-                g.dice.iter().map(|d| format!("{d:.4}")).collect::<Vec<_>>().join(",")
-            ));
-        }
-        s
+        let rows = self.groups.iter().map(|g| {
+            let mut row = vec![g.dataset.clone(), g.label.clone(), g.n.to_string()];
+            row.extend(g.dice.iter().map(|d| format!("{d:.4}")));
+            row
+        });
+        csv_table(["dataset", "label", "n"].into_iter().map(String::from).chain(dice_columns(&self.clicks)), rows)
     }
+}
+
+/// `dice@N` for each click count.
+pub(crate) fn dice_columns(clicks: &[usize]) -> impl Iterator<Item = String> + '_ {
+    clicks.iter().map(|c| format!("dice@{c}"))
+}
+
+/// A header and rows as CSV, quoted where a field needs it (a label name with a comma).
+pub(crate) fn csv_table(header: impl IntoIterator<Item = String>, rows: impl Iterator<Item = Vec<String>>) -> String {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    // Writing to memory cannot fail, and every row has the header's length.
+    w.write_record(header).expect("in memory");
+    for row in rows {
+        w.write_record(row).expect("in memory");
+    }
+    String::from_utf8(w.into_inner().expect("in memory")).expect("UTF-8 fields")
 }
 
 /// Evaluates `model` on `rows` (usually the val split) of the store `data`.

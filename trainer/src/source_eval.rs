@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use crate::config::SamConfig;
 use crate::error::{Result, TrainError};
+use crate::eval::{csv_table, dice_columns};
 use crate::model::Sam;
 use crate::predict::{PreparedImage, Structure};
 
@@ -120,42 +121,32 @@ impl SourceReport {
 
     /// CSV, one row per (case, class).
     pub fn classes_csv(&self) -> String {
-        let mut s = format!(
-            "dataset,task,case,label_value,label,category,voxels,{},max\n",
-            self.clicks.iter().map(|c| format!("dice@{c}")).collect::<Vec<_>>().join(",")
-        );
-        for r in &self.classes {
-            s.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{:.4}\n",
-                r.dataset,
-                r.task,
-                r.case_id,
-                r.label_value,
-                r.label,
-                r.category,
-                r.voxels,
-                r.dice.iter().map(|d| format!("{d:.4}")).collect::<Vec<_>>().join(","),
-                r.max
-            ));
-        }
-        s
+        let header = ["dataset", "task", "case", "label_value", "label", "category", "voxels"].map(String::from);
+        let rows = self.classes.iter().map(|r| {
+            let mut row = vec![
+                r.dataset.clone(),
+                r.task.clone(),
+                r.case_id.clone(),
+                r.label_value.to_string(),
+                r.label.clone(),
+                r.category.clone(),
+                r.voxels.to_string(),
+            ];
+            row.extend(r.dice.iter().chain([&r.max]).map(|d| format!("{d:.4}")));
+            row
+        });
+        csv_table(header.into_iter().chain(dice_columns(&self.clicks)).chain(["max".into()]), rows)
     }
 
     /// CSV, one row per group.
     pub fn groups_csv(&self) -> String {
-        let mut s =
-            format!("by,key,n,{},max\n", self.clicks.iter().map(|c| format!("dice@{c}")).collect::<Vec<_>>().join(","));
-        for g in &self.groups {
-            s.push_str(&format!(
-                "{},{},{},{},{:.4}\n",
-                g.by,
-                g.key,
-                g.n,
-                g.dice.iter().map(|d| format!("{d:.4}")).collect::<Vec<_>>().join(","),
-                g.max
-            ));
-        }
-        s
+        let header = ["by", "key", "n"].map(String::from);
+        let rows = self.groups.iter().map(|g| {
+            let mut row = vec![g.by.clone(), g.key.clone(), g.n.to_string()];
+            row.extend(g.dice.iter().chain([&g.max]).map(|d| format!("{d:.4}")));
+            row
+        });
+        csv_table(header.into_iter().chain(dice_columns(&self.clicks)).chain(["max".into()]), rows)
     }
 }
 
@@ -287,4 +278,38 @@ pub fn write_source_report(run: &StoreLocation, name: &str, report: &SourceRepor
         }
         json::put_json(store, &ObjPath::from(format!("eval/{name}.json")), report).await.map_err(TrainError::from)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_label_name_with_a_comma_stays_one_field() {
+        let row = ClassDice {
+            dataset: "D".into(),
+            task: "t".into(),
+            case_id: "c1".into(),
+            label_value: 3,
+            label: "kidney, left".into(),
+            category: "abdomen&thorax".into(),
+            voxels: 10,
+            dice: vec![0.5, 0.75],
+            max: 0.8,
+        };
+        let report = SourceReport {
+            protocol: "source".into(),
+            clicks: vec![1, 5],
+            groups: groups(std::slice::from_ref(&row), 2),
+            classes: vec![row],
+            skipped: Vec::new(),
+        };
+        let csv = report.classes_csv();
+        let mut r = csv::Reader::from_reader(csv.as_bytes());
+        assert_eq!(r.headers().unwrap().iter().collect::<Vec<_>>()[7..], ["dice@1", "dice@5", "max"]);
+        let rec = r.records().next().unwrap().unwrap();
+        assert_eq!((&rec[4], &rec[7], &rec[9]), ("kidney, left", "0.5000", "0.8000"));
+        let groups = report.groups_csv();
+        assert!(groups.lines().any(|l| l == "dataset/label,\"D/kidney, left\",1,0.5000,0.7500,0.8000"), "{groups}");
+    }
 }

@@ -41,6 +41,30 @@ pub struct Job {
     pub hooks: Option<Hooks>,
 }
 
+impl Job {
+    /// A job of `ranks` over `nodes` nodes, with no scheduler dependency and no hooks
+    /// (the launcher adds those where a backend chains jobs).
+    pub fn new(
+        run_id: &str,
+        stage: &str,
+        attempt: u32,
+        ranks: Vec<RankCommand>,
+        nodes: usize,
+        log_dir: PathBuf,
+    ) -> Job {
+        Job {
+            run_id: run_id.into(),
+            stage: stage.into(),
+            attempt,
+            ranks,
+            nodes,
+            log_dir,
+            after: Vec::new(),
+            hooks: None,
+        }
+    }
+}
+
 /// What a job that records its own attempts tells `s3-orch job start|gate|end`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Hooks {
@@ -136,16 +160,7 @@ pub fn train_job(
             .collect(),
         })
         .collect();
-    Job {
-        run_id: run_id.into(),
-        stage: stage.into(),
-        attempt,
-        ranks,
-        nodes: plan.nodes.max(1),
-        log_dir,
-        after: Vec::new(),
-        hooks: None,
-    }
+    Job::new(run_id, stage, attempt, ranks, plan.nodes.max(1), log_dir)
 }
 
 /// What an ingest needs.
@@ -167,14 +182,16 @@ pub struct IngestPlan {
     pub env: BTreeMap<String, String>,
 }
 
-fn identity_env(plan: &IngestPlan, run_id: &str, attempt: u32) -> Vec<(String, String)> {
+/// The launch contract's identity variables of a one-process-per-rank job without a
+/// rendezvous, then the plan's own environment.
+fn identity_env(stage: &str, run_id: &str, attempt: u32, env: &BTreeMap<String, String>) -> Vec<(String, String)> {
     [
         ("S3_RUN_ID".to_string(), run_id.to_string()),
-        ("S3_STAGE".into(), "ingest".into()),
+        ("S3_STAGE".into(), stage.into()),
         ("S3_ATTEMPT".into(), attempt.to_string()),
     ]
     .into_iter()
-    .chain(plan.env.iter().map(|(k, v)| (k.clone(), v.clone())))
+    .chain(env.iter().map(|(k, v)| (k.clone(), v.clone())))
     .collect()
 }
 
@@ -196,19 +213,15 @@ pub fn ingest_job(plan: &IngestPlan, run_id: &str, attempt: u32, log_dir: PathBu
             if n > 1 {
                 args.extend(["--worker".into(), format!("{w}/{n}")]);
             }
-            RankCommand { rank: w, program: plan.ingest_bin.clone(), args, env: identity_env(plan, run_id, attempt) }
+            RankCommand {
+                rank: w,
+                program: plan.ingest_bin.clone(),
+                args,
+                env: identity_env("ingest", run_id, attempt, &plan.env),
+            }
         })
         .collect();
-    Job {
-        run_id: run_id.into(),
-        stage: "ingest".into(),
-        attempt,
-        ranks,
-        nodes: 1,
-        log_dir,
-        after: Vec::new(),
-        hooks: None,
-    }
+    Job::new(run_id, "ingest", attempt, ranks, 1, log_dir)
 }
 
 /// `s3-ingest merge`: publishes what all workers committed.
@@ -217,18 +230,9 @@ pub fn merge_job(plan: &IngestPlan, run_id: &str, attempt: u32, log_dir: PathBuf
         rank: 0,
         program: plan.ingest_bin.clone(),
         args: vec!["merge".into(), "--out".into(), plan.out.clone()],
-        env: identity_env(plan, run_id, attempt),
+        env: identity_env("ingest", run_id, attempt, &plan.env),
     };
-    Job {
-        run_id: run_id.into(),
-        stage: "ingest-merge".into(),
-        attempt,
-        ranks: vec![rank],
-        nodes: 1,
-        log_dir,
-        after: Vec::new(),
-        hooks: None,
-    }
+    Job::new(run_id, "ingest-merge", attempt, vec![rank], 1, log_dir)
 }
 
 /// `s3-train eval` of a training stage's run folder (its final weights, its own
@@ -243,23 +247,7 @@ pub fn eval_job(plan: &TrainPlan, run_id: &str, attempt: u32, log_dir: PathBuf) 
         "--run".into(),
         plan.run_dir.clone(),
     ];
-    let env = [
-        ("S3_RUN_ID".to_string(), run_id.to_string()),
-        ("S3_STAGE".into(), "eval".into()),
-        ("S3_ATTEMPT".into(), attempt.to_string()),
-    ]
-    .into_iter()
-    .chain(plan.env.iter().map(|(k, v)| (k.clone(), v.clone())))
-    .collect();
+    let env = identity_env("eval", run_id, attempt, &plan.env);
     let rank = RankCommand { rank: 0, program: plan.train_bin.clone(), args, env };
-    Job {
-        run_id: run_id.into(),
-        stage: "eval".into(),
-        attempt,
-        ranks: vec![rank],
-        nodes: 1,
-        log_dir,
-        after: Vec::new(),
-        hooks: None,
-    }
+    Job::new(run_id, "eval", attempt, vec![rank], 1, log_dir)
 }

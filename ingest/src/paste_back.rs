@@ -42,11 +42,6 @@ impl Footprint {
         Some(Footprint { to_crop, side, shape, lo, hi })
     }
 
-    /// The source grid's shape.
-    pub fn shape(&self) -> [usize; 3] {
-        self.shape
-    }
-
     /// Calls `f(source, crop)` for every source voxel whose nearest crop voxel is
     /// inside the crop: `source` indexes the source array (x fastest, as NIfTI stores
     /// it), `crop` the crop (C order, k fastest, as shards store it).
@@ -73,13 +68,6 @@ impl Footprint {
         let mut out = vec![0u8; self.shape.iter().product()];
         self.for_each(|s, c| out[s] = u8::from(inside(c)));
         out
-    }
-
-    /// Source voxels that take their value from the crop.
-    pub fn voxels(&self) -> usize {
-        let mut n = 0;
-        self.for_each(|_, _| n += 1);
-        n
     }
 }
 

@@ -186,16 +186,11 @@ pub fn loader(data: &s3_shards::StoreLocation, threads: usize, samples: usize) -
     let order = positions.iter().map(|(_, r)| (r.shard.clone(), r.row)).collect();
     let start = Instant::now();
     let cfg = crate::loader::LoaderConfig { threads: threads.max(1), ..crate::loader::LoaderConfig::default() };
-    let counts =
-        [crate::loader::Loader::start(data.store().clone(), positions, cfg).fold((0, 0), |(ok, bad), l| match l {
+    let (samples, failed) =
+        crate::loader::Loader::start(data.store().clone(), positions, cfg).fold((0, 0), |(ok, bad), l| match l {
             crate::loader::Loaded::Item(_) => (ok + 1, bad),
             _ => (ok, bad + 1),
-        })];
+        });
     let seconds = start.elapsed().as_secs_f64();
-    Ok(LoaderRate {
-        samples: counts.iter().map(|c| c.0).sum(),
-        failed: counts.iter().map(|c| c.1).sum(),
-        seconds,
-        order,
-    })
+    Ok(LoaderRate { samples, failed, seconds, order })
 }

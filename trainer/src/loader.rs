@@ -129,7 +129,9 @@ fn is_store_failure(e: &s3_shards::ShardError) -> bool {
 /// Rows per row group the partition between threads assumes (the writer's default):
 /// when a store's groups differ, two threads may decode one group, which costs time,
 /// never correctness.
-const GROUP_ROWS: u64 = 16;
+fn group_rows() -> u64 {
+    s3_shards::WriterOptions::default().row_group_rows.max(1) as u64
+}
 
 /// One decoding thread and its queue.
 struct Part {
@@ -195,12 +197,13 @@ impl Loader {
     pub fn start(store: Arc<dyn ObjectStore>, positions: Vec<(u64, SampleRef)>, cfg: LoaderConfig) -> Loader {
         let threads = cfg.threads.clamp(1, 64);
         // Row groups go to the threads in turn, in the order they are first needed.
+        let group = group_rows();
         let mut owner: HashMap<(&str, u64), u16> = HashMap::new();
         let order: Vec<u16> = positions
             .iter()
             .map(|(_, r)| {
                 let n = owner.len();
-                *owner.entry((r.shard.as_str(), r.row / GROUP_ROWS)).or_insert((n % threads) as u16)
+                *owner.entry((r.shard.as_str(), r.row / group)).or_insert((n % threads) as u16)
             })
             .collect();
         drop(owner);
@@ -532,7 +535,7 @@ mod tests {
     fn threads_take_whole_row_groups_and_keep_the_order() {
         let rt = crate::io_runtime::io_runtime().unwrap();
         let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-        let opts = s3_shards::WriterOptions { row_group_rows: GROUP_ROWS as usize, ..Default::default() };
+        let opts = s3_shards::WriterOptions { row_group_rows: group_rows() as usize, ..Default::default() };
         rt.block_on(s3_shards::synthetic::populate(&store, 2, 20, 1, opts)).unwrap();
         let rows = rt.block_on(s3_shards::samples_table::read(store.as_ref())).unwrap();
         let sampler = crate::sampler::Sampler::from_rows(&rows, 3, 2);

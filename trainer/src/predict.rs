@@ -188,6 +188,19 @@ pub fn predict_clicks(
     Ok(Predicted { logits: loop_.prediction(0).to_vec(), input, clicks: seen })
 }
 
+/// Source voxels per label value, in one pass over the label (a case's classes share it).
+pub fn class_voxels(label: &Volume) -> std::collections::BTreeMap<i32, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for n in 0..label.len() {
+        let v = label.value(n);
+        // Non-integer values cannot match a class; `label_values` has rejected them.
+        if v.fract() == 0.0 && v.abs() <= f64::from(i32::MAX) {
+            *counts.entry(v as i32).or_default() += 1;
+        }
+    }
+    counts
+}
+
 /// One structure of a labelled case, for the click protocol: the label's class
 /// `value`, its crop as the ingest makes it, the crop's mask and the source truth.
 pub struct Structure<'a> {
@@ -202,19 +215,19 @@ pub struct Structure<'a> {
 
 impl<'a> Structure<'a> {
     /// Class `value` of `label` (on the image's grid; `canonical` is its 1.5 mm RAS+
-    /// form). `None` when the class vanishes at 1.5 mm (smaller than a voxel there).
+    /// form, `voxels` its source voxels of the class, from [`class_voxels`]). `None`
+    /// when the class vanishes at 1.5 mm (smaller than a voxel there).
     pub fn new(
         image: &PreparedImage,
         label: &'a Volume,
         canonical: &Canonical<i32>,
         value: i32,
+        voxels: usize,
     ) -> Result<Option<Structure<'a>>> {
         let Some((lo, hi)) = geometry::bbox(canonical, |v| v == value) else { return Ok(None) };
         let input = image.crop_about(lo, hi)?;
         let mask = geometry::crop(canonical, input.begin, s3_shards::SIDE, 0.0f32, |v| f32::from(u8::from(v == value)));
-        let v = f64::from(value);
-        let truth_total = (0..label.len()).filter(|&n| label.value(n) == v).count();
-        Ok(Some(Structure { input, mask, label, value: v, truth_total }))
+        Ok(Some(Structure { input, mask, label, value: f64::from(value), truth_total: voxels }))
     }
 
     /// Dice on the whole source volume of a crop prediction against this class.

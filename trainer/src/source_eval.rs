@@ -212,10 +212,12 @@ pub fn evaluate_source(
                         continue;
                     }
                 };
+                let counts = crate::predict::class_voxels(&label);
                 for value in values {
+                    let voxels = counts.get(&value).copied().unwrap_or(0);
                     let info =
                         labels.get(&value).cloned().unwrap_or_else(|| s3_ingest::catalog::LabelInfo::unnamed(value));
-                    let Some(structure) = Structure::new(&prepared, &label, &canonical, value)? else {
+                    let Some(structure) = Structure::new(&prepared, &label, &canonical, value, voxels)? else {
                         report.skipped.push(format!("{what} class {value}: no voxel left at 1.5 mm"));
                         continue;
                     };

@@ -49,16 +49,6 @@ pub struct PredictArgs {
     pub out: PathBuf,
 }
 
-fn modality(s: &str) -> Result<Modality> {
-    Ok(match s.to_ascii_uppercase().as_str() {
-        "CT" => Modality::CT,
-        "MR" | "MRI" => Modality::MR,
-        "US" => Modality::US,
-        "PET" => Modality::PET,
-        _ => bail!("--modality {s:?}: CT, MR, US or PET"),
-    })
-}
-
 /// A NIfTI file from a path or any store URL.
 fn read_volume(url: &str, tmp: &std::path::Path) -> Result<Volume> {
     let opts = s3_shards::StoreOptions::default();
@@ -67,7 +57,7 @@ fn read_volume(url: &str, tmp: &std::path::Path) -> Result<Volume> {
 }
 
 pub fn predict(a: PredictArgs, device: Device) -> Result<()> {
-    let modality = modality(&a.modality)?;
+    let modality: Modality = crate::parse_enum("modality", &a.modality.to_ascii_uppercase())?;
     let opts = s3_shards::StoreOptions::default();
     let tmp = tempfile::tempdir().context("a temporary directory")?;
     let (model, cfg) = match (&a.run, &a.weights) {
@@ -106,7 +96,8 @@ pub fn predict(a: PredictArgs, device: Device) -> Result<()> {
             let label = read_volume(label_url, tmp.path())?;
             s3_ingest::preprocess::check_pair(&image, &label, &Default::default())?;
             let canonical = s3_ingest::preprocess::canonical_label(&label)?;
-            let Some(structure) = Structure::new(&prepared, &label, &canonical, value)? else {
+            let voxels = s3_trainer::predict::class_voxels(&label).get(&value).copied().unwrap_or(0);
+            let Some(structure) = Structure::new(&prepared, &label, &canonical, value, voxels)? else {
                 bail!("class {value} is not in {label_url} (or has no voxel at 1.5 mm)");
             };
             let id = format!("predict/{value}");

@@ -98,7 +98,7 @@ mod tests {
             let leaf = || Tensor::<5>::from_data(TensorData::new(xs.clone(), [2, 1, 4, 4, 4]), &device).require_grad();
             let x = leaf();
             let mut g = seg_loss(x.clone(), t.clone(), legacy).surrogate.backward();
-            let ours: Vec<f32> = x.grad_remove(&mut g).unwrap().into_data().to_vec().unwrap();
+            let ours: Vec<f32> = x.grad_remove(&mut g).unwrap().into_data().try_to_vec::<f32>().unwrap();
             // The loss as autodiff sees it, op by op.
             let x = leaf();
             let xf: Tensor<2> = x.clone().reshape([2, -1]);
@@ -112,7 +112,7 @@ mod tests {
                 loss = loss + bce.mean();
             }
             let mut g = loss.backward();
-            let want: Vec<f32> = x.grad_remove(&mut g).unwrap().into_data().to_vec().unwrap();
+            let want: Vec<f32> = x.grad_remove(&mut g).unwrap().into_data().try_to_vec::<f32>().unwrap();
             let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
             let worst = ours.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(scale > 0.0 && worst <= 1e-5 * scale, "legacy {legacy}: worst {worst:e} of {scale:e}");

@@ -94,10 +94,11 @@ fn the_demo_runs_the_pipeline_and_learns() {
 }
 
 /// Dice of `mask == 1` against `label == value`, both on the source grid.
-fn dice(mask: &Volume, label: &Volume, value: f64) -> f64 {
+/// Dice of `mask == fg` against `label == value`.
+fn dice(mask: &Volume, fg: f64, label: &Volume, value: f64) -> f64 {
     let (mut inter, mut a, mut b) = (0usize, 0usize, 0usize);
     for n in 0..label.len() {
-        let (p, t) = (mask.value(n) == 1.0, label.value(n) == value);
+        let (p, t) = (mask.value(n) == fg, label.value(n) == value);
         inter += usize::from(p && t);
         a += usize::from(p);
         b += usize::from(t);
@@ -135,17 +136,19 @@ fn source_geometry(dir: &Path, crop_eval: &serde_json::Value) {
         let mask = read_nifti(out, &ReadOptions::default()).unwrap();
         assert_eq!(mask.shape, label.shape, "the mask is on the source grid");
         assert_eq!(geometry::max_abs_diff(&mask.affine, &label.affine), 0.0, "the source's affine");
-        (dice(&mask, &label, value), text)
+        (mask, text)
     };
 
     // Clicks simulated from the label, as evaluation makes them.
     let tmp = tempfile::tempdir().unwrap();
     let label_arg = label_path.display().to_string();
-    let (d, text) = predict(
+    let (single, text) = predict(
         &["--clicks-from-label", &label_arg, "--label-value", parts[3], "--clicks", "5"],
         &tmp.path().join("from-label.nii.gz"),
     );
     eprintln!("{text}");
+    // With a label the mask holds the class's value, as the reference writes it.
+    let d = dice(&single, value, &label, value);
     // One structure's Dice swings with each click; the mean over the val split is what
     // FLOOR holds. Here: a floor for the mask written, and FLOOR for the best pass.
     assert!(d >= CLICK_FLOOR, "predict from the label: Dice {d:.3} against {first} (floor {CLICK_FLOOR})");
@@ -170,7 +173,8 @@ fn source_geometry(dir: &Path, crop_eval: &serde_json::Value) {
         })
         .unwrap();
     let click = format!("{},{},{}", near[0], near[1], near[2]);
-    let (d, text) = predict(&["--click", &click], &tmp.path().join("one-click.nii.gz"));
+    let (mask, text) = predict(&["--click", &click], &tmp.path().join("one-click.nii.gz"));
+    let d = dice(&mask, 1.0, &label, value);
     assert!(d >= CLICK_FLOOR, "predict from one click at {click}: Dice {d:.3} (floor {CLICK_FLOOR})\n{text}");
     let o = Command::new(bin("s3-train"))
         .args(["predict", "--run"])
@@ -183,6 +187,38 @@ fn source_geometry(dir: &Path, crop_eval: &serde_json::Value) {
         .unwrap();
     assert!(!o.status.success(), "a click outside the crop is refused");
     assert!(String::from_utf8_lossy(&o.stderr).contains("outside the 128³ crop"));
+
+    // Every class of the label in one map, as the reference's script writes it: each
+    // class prompted on its own (the same clicks as alone), a higher class winning.
+    let (merged, text) = predict(&["--clicks-from-label", &label_arg], &tmp.path().join("all.nii.gz"));
+    let mut classes: Vec<f64> = (0..label.len()).map(|n| label.value(n)).filter(|&c| c != 0.0).collect();
+    classes.sort_by(f64::total_cmp);
+    classes.dedup();
+    assert!(classes.len() >= 2, "the phantom has several classes: {classes:?}");
+    for c in &classes {
+        assert!(text.contains(&format!("against class {c} ")), "class {c} was predicted:\n{text}");
+    }
+    let mut written: Vec<f64> = (0..merged.len()).map(|n| merged.value(n)).filter(|&m| m != 0.0).collect();
+    written.sort_by(f64::total_cmp);
+    written.dedup();
+    assert!(written.len() >= 2, "the map holds the class values, not one foreground value: {written:?}");
+    let top = *classes.last().unwrap();
+    let (alone, _) = predict(
+        &["--clicks-from-label", &label_arg, "--label-value", &top.to_string()],
+        &tmp.path().join("top.nii.gz"),
+    );
+    for n in 0..label.len() {
+        let m = merged.value(n);
+        assert!(m == 0.0 || classes.contains(&m), "voxel {n}: {m} is not a class");
+        // The highest class is never overwritten; a lower one only by a higher one.
+        assert_eq!(m == top, alone.value(n) == top, "voxel {n}: class {top} merged {m}, alone {}", alone.value(n));
+        if single.value(n) == value {
+            assert!(m >= value, "voxel {n}: class {value} predicted alone, merged {m}");
+        }
+        if m == value {
+            assert_eq!(single.value(n), value, "voxel {n}: class {value} merged where it was not predicted alone");
+        }
+    }
 
     // The source protocol on the val cases of the stage's selection.
     let o = Command::new(bin("s3-train"))

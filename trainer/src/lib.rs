@@ -13,6 +13,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod class_map;
 pub mod clicks;
 pub mod collective;
 pub mod config;

@@ -84,6 +84,11 @@ impl<'a> PreparedImage<'a> {
         geometry::apply(&inv, world)
     }
 
+    /// The image as read, on its own grid.
+    pub fn source(&self) -> &'a Volume {
+        self.source
+    }
+
     /// The 1.5 mm RAS+ grid's shape.
     pub fn canonical_shape(&self) -> [usize; 3] {
         self.canonical.shape

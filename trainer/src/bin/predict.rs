@@ -33,18 +33,28 @@ pub struct PredictArgs {
     #[arg(long = "click", value_name = "I,J,K[:0|1]", required_unless_present = "clicks_from_label")]
     pub click: Vec<SourceClick>,
     /// Simulate the clicks from this label map (on the image's grid) instead.
-    #[arg(long, conflicts_with = "click", requires = "label_value")]
+    #[arg(long, conflicts_with = "click")]
     pub clicks_from_label: Option<String>,
-    /// The label's class to segment.
-    #[arg(long)]
-    pub label_value: Option<i32>,
+    /// The label's classes to segment, e.g. `3` or `2,5`; every class of the label
+    /// when left out. Each is prompted on its own; the output holds each class's
+    /// value, a later (higher) class winning where two overlap, as the reference's
+    /// `validate_paired_img_gt` merges them.
+    #[arg(
+        long,
+        value_name = "C[,C...]",
+        value_delimiter = ',',
+        requires = "clicks_from_label",
+        conflicts_with = "click"
+    )]
+    pub label_value: Vec<i32>,
     /// Simulated clicks.
     #[arg(long, default_value_t = 5)]
     pub clicks: usize,
     /// Seed of the simulated clicks.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Output mask (.nii.gz or .nii): uint8, 1 = foreground, on the image's grid.
+    /// Output mask (.nii.gz or .nii), uint8 on the image's grid: 1 = foreground with
+    /// --click; the class values with --clicks-from-label.
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -83,39 +93,68 @@ pub fn predict(a: PredictArgs, device: Device) -> Result<()> {
     }
     let image = read_volume(&a.image, tmp.path())?;
     let prepared = PreparedImage::new(&image, modality)?;
-    let (mask, input_begin) = match &a.clicks_from_label {
+    let mask = match &a.clicks_from_label {
         None => {
             let p = predict_clicks(&model, &cfg, &prepared, &a.click, &device)?;
             for (c, seen) in a.click.iter().zip(&p.clicks) {
                 eprintln!("click {:?} (label {}) → crop voxel {:?}", c.at, u8::from(c.positive), seen.at);
             }
-            (p.input.paste(&p.logits), p.input.begin)
+            eprintln!("crop at {:?} of the 1.5 mm RAS+ grid", p.input.begin);
+            p.input.paste(&p.logits)
         }
         Some(label_url) => {
-            let value = a.label_value.context("--label-value is needed with --clicks-from-label")?;
             let label = read_volume(label_url, tmp.path())?;
-            s3_ingest::preprocess::check_pair(&image, &label, &Default::default())?;
-            let canonical = s3_ingest::preprocess::canonical_label(&label)?;
-            let voxels = s3_trainer::predict::class_voxels(&label).get(&value).copied().unwrap_or(0);
-            let Some(structure) = Structure::new(&prepared, &label, &canonical, value, voxels)? else {
-                bail!("class {value} is not in {label_url} (or has no voxel at 1.5 mm)");
-            };
-            let id = format!("predict/{value}");
-            let (dice, logits) = structure.run_clicks(&model, &cfg, &id, a.seed, a.clicks.max(1), &device);
-            for (n, d) in dice.iter().enumerate() {
-                println!("click {}: Dice {d:.4} against class {value} on the source grid", n + 1);
-            }
-            (structure.input.paste(&logits), structure.input.begin)
+            let ctx = Classes { model: &model, cfg: &cfg, image: &prepared, device: &device };
+            ctx.predict(&label, label_url, &a.label_value, a.seed, a.clicks.max(1))?
         }
     };
     write_u8_like(&a.out, &image, &mask).with_context(|| format!("writing {}", a.out.display()))?;
-    let fg = mask.iter().filter(|&&m| m == 1).count();
+    let fg = mask.iter().filter(|&&m| m != 0).count();
     let voxel_ml = s3_ingest::geometry::spacing(&image.affine).iter().product::<f64>() / 1000.0;
     println!(
-        "wrote {}: {fg} foreground voxels ({:.1} mL) on the {:?} grid; crop at {input_begin:?} of the 1.5 mm RAS+ grid",
+        "wrote {}: {fg} foreground voxels ({:.1} mL) on the {:?} grid",
         a.out.display(),
         fg as f64 * voxel_ml,
         image.shape
     );
     Ok(())
+}
+
+/// What every class of `--clicks-from-label` is predicted with.
+struct Classes<'a> {
+    model: &'a Sam,
+    cfg: &'a s3_trainer::config::SamConfig,
+    image: &'a PreparedImage<'a>,
+    device: &'a Device,
+}
+
+impl Classes<'_> {
+    /// The label's classes `wanted` (every class but 0 when empty), each with its own
+    /// crop and simulated clicks, merged in ascending order into one map of class values.
+    fn predict(&self, label: &Volume, label_url: &str, wanted: &[i32], seed: u64, clicks: usize) -> Result<Vec<u8>> {
+        s3_ingest::preprocess::check_pair(self.image.source(), label, &Default::default())?;
+        let canonical = s3_ingest::preprocess::canonical_label(label)?;
+        let counts = s3_trainer::predict::class_voxels(label);
+        let values = s3_trainer::class_map::classes(&counts, wanted).with_context(|| label_url.to_string())?;
+        let mut merged = vec![0u8; label.len()];
+        for &value in &values {
+            let voxels = counts.get(&value).copied().unwrap_or(0);
+            let Some(structure) = Structure::new(self.image, label, &canonical, value, voxels)? else {
+                if !wanted.is_empty() {
+                    bail!("class {value} is not in {label_url} (or has no voxel at 1.5 mm)");
+                }
+                eprintln!("class {value}: {voxels} source voxels, none left at 1.5 mm; not predicted");
+                continue;
+            };
+            let id = format!("predict/{value}");
+            let (dice, logits) = structure.run_clicks(self.model, self.cfg, &id, seed, clicks, self.device);
+            for (n, d) in dice.iter().enumerate() {
+                println!("click {}: Dice {d:.4} against class {value} on the source grid", n + 1);
+            }
+            eprintln!("class {value}: crop at {:?} of the 1.5 mm RAS+ grid", structure.input.begin);
+            // `classes` has kept them to 1–255.
+            s3_trainer::class_map::overlay(&mut merged, &structure.input.paste(&logits), value as u8);
+        }
+        Ok(merged)
+    }
 }

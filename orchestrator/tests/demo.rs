@@ -93,8 +93,7 @@ fn the_demo_runs_the_pipeline_and_learns() {
     assert!(other.join("precious.txt").exists());
 }
 
-/// Dice of `mask == 1` against `label == value`, both on the source grid.
-/// Dice of `mask == fg` against `label == value`.
+/// Dice of `mask == fg` against `label == value`, both on the source grid.
 fn dice(mask: &Volume, fg: f64, label: &Volume, value: f64) -> f64 {
     let (mut inter, mut a, mut b) = (0usize, 0usize, 0usize);
     for n in 0..label.len() {
@@ -202,6 +201,19 @@ fn source_geometry(dir: &Path, crop_eval: &serde_json::Value) {
     written.sort_by(f64::total_cmp);
     written.dedup();
     assert!(written.len() >= 2, "the map holds the class values, not one foreground value: {written:?}");
+    let o = Command::new(bin("s3-train"))
+        .args(["predict", "--run"])
+        .arg(&run)
+        .arg("--image")
+        .arg(&image)
+        .args(["--clicks-from-label", &label_arg, "--label-value", "1,99", "--out"])
+        .arg(tmp.path().join("absent.nii.gz"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("class 99 is not in the label"), "{err}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!out.contains("Dice"), "refused before any class ran: {out}");
     let top = *classes.last().unwrap();
     let (alone, _) = predict(
         &["--clicks-from-label", &label_arg, "--label-value", &top.to_string()],

@@ -7,22 +7,54 @@ use std::collections::BTreeMap;
 
 use crate::error::{Result, TrainError};
 
-/// The classes to predict, in the order they are merged: `wanted`, or every class
-/// of the label but 0 (`counts` from [`crate::predict::class_voxels`]) when
-/// `wanted` is empty. Refused: no class at all, and a class outside 1–255, which a
-/// uint8 map cannot hold (0 is the background).
-pub fn classes(counts: &BTreeMap<i32, usize>, wanted: &[i32]) -> Result<Vec<i32>> {
-    let mut values: Vec<i32> =
-        if wanted.is_empty() { counts.keys().copied().filter(|&v| v != 0).collect() } else { wanted.to_vec() };
+/// The classes to predict, in the order they are merged.
+#[derive(Debug, PartialEq)]
+pub struct Classes {
+    /// Ascending, each in 1–255 and present in the label.
+    pub values: Vec<i32>,
+    /// Label values a uint8 map cannot hold (below 0, above 255), left out when
+    /// every class was asked for.
+    pub unrepresentable: Vec<i32>,
+}
+
+/// `wanted`, or every class of the label but 0 (`counts` from
+/// [`crate::predict::class_voxels`]) when `wanted` is empty. Asked for by name, 0
+/// (the background), a value outside 1–255 or one the label lacks is refused
+/// before anything runs; a label with nothing to predict is refused too.
+pub fn classes(counts: &BTreeMap<i32, usize>, wanted: &[i32]) -> Result<Classes> {
+    let representable = |v: i32| (1..=255).contains(&v);
+    let (mut values, mut unrepresentable): (Vec<i32>, Vec<i32>) = if wanted.is_empty() {
+        counts.keys().copied().filter(|&v| v != 0).partition(|&v| representable(v))
+    } else {
+        for &v in wanted {
+            if v == 0 {
+                return Err(TrainError::Config("class 0 is the background, not a class to predict".into()));
+            }
+            if !representable(v) {
+                return Err(TrainError::Config(format!("class {v}: the output is uint8, so classes are 1 to 255")));
+            }
+            if !counts.get(&v).is_some_and(|&n| n > 0) {
+                let present: Vec<String> = counts.keys().filter(|&&c| c != 0).map(i32::to_string).collect();
+                return Err(TrainError::Config(format!(
+                    "class {v} is not in the label (it has {})",
+                    if present.is_empty() { "background only".into() } else { present.join(", ") }
+                )));
+            }
+        }
+        (wanted.to_vec(), Vec::new())
+    };
     values.sort_unstable();
     values.dedup();
+    unrepresentable.sort_unstable();
     if values.is_empty() {
-        return Err(TrainError::Config("the label has no class but 0 (the background)".into()));
+        let why = if unrepresentable.is_empty() {
+            "the label has no class but 0 (the background)".to_string()
+        } else {
+            format!("the label's classes {unrepresentable:?} do not fit a uint8 map (1 to 255)")
+        };
+        return Err(TrainError::Config(why));
     }
-    if let Some(v) = values.iter().find(|&&v| !(1..=255).contains(&v)) {
-        return Err(TrainError::Config(format!("class {v}: the output is uint8, so classes are 1 to 255")));
-    }
-    Ok(values)
+    Ok(Classes { values, unrepresentable })
 }
 
 /// Writes `class` wherever `mask` (0/1, the map's grid) is 1, over what is there.
@@ -38,22 +70,41 @@ pub fn overlay(map: &mut [u8], mask: &[u8], class: u8) {
 mod tests {
     use super::*;
 
+    fn err(counts: &BTreeMap<i32, usize>, wanted: &[i32]) -> String {
+        classes(counts, wanted).unwrap_err().to_string()
+    }
+
     #[test]
     fn every_class_of_the_label_or_the_wanted_ones_ascending() {
         let counts = BTreeMap::from([(0, 900), (7, 5), (2, 40), (3, 12)]);
-        assert_eq!(classes(&counts, &[]).unwrap(), [2, 3, 7]);
-        assert_eq!(classes(&counts, &[7, 2, 7]).unwrap(), [2, 7]);
-        assert!(classes(&BTreeMap::from([(0, 10)]), &[]).is_err(), "only background");
-        for bad in [0, 256, -1] {
-            assert!(classes(&counts, &[3, bad]).is_err(), "{bad}");
+        assert_eq!(classes(&counts, &[]).unwrap().values, [2, 3, 7]);
+        assert_eq!(classes(&counts, &[7, 2, 7]).unwrap().values, [2, 7]);
+    }
+
+    #[test]
+    fn a_class_asked_for_is_checked_before_anything_runs() {
+        let counts = BTreeMap::from([(0, 900), (2, 40), (3, 12)]);
+        assert!(err(&counts, &[2, 5]).contains("class 5 is not in the label (it has 2, 3)"));
+        assert!(err(&counts, &[0]).contains("background"));
+        for bad in [256, -1] {
+            assert!(err(&counts, &[2, bad]).contains("1 to 255"), "{bad}");
         }
+        assert!(err(&BTreeMap::from([(0, 10)]), &[]).contains("no class but 0"));
+    }
+
+    #[test]
+    fn values_a_uint8_map_cannot_hold_are_left_out_of_every_class() {
+        let counts = BTreeMap::from([(-1, 3), (0, 900), (4, 40), (300, 12)]);
+        assert_eq!(classes(&counts, &[]).unwrap(), Classes { values: vec![4], unrepresentable: vec![-1, 300] });
+        assert!(err(&BTreeMap::from([(0, 9), (300, 1)]), &[]).contains("[300] do not fit"));
     }
 
     #[test]
     fn a_higher_class_wins_where_two_overlap() {
+        let counts = BTreeMap::from([(2, 1), (5, 1)]);
         let (a, b) = ([1, 1, 0, 0], [0, 1, 1, 0]);
         let mut map = vec![0u8; 4];
-        for c in classes(&BTreeMap::new(), &[5, 2]).unwrap() {
+        for c in classes(&counts, &[5, 2]).unwrap().values {
             overlay(&mut map, if c == 2 { &a } else { &b }, c as u8);
         }
         assert_eq!(map, [2, 5, 5, 0]);

@@ -135,17 +135,25 @@ impl Classes<'_> {
         s3_ingest::preprocess::check_pair(self.image.source(), label, &Default::default())?;
         let canonical = s3_ingest::preprocess::canonical_label(label)?;
         let counts = s3_trainer::predict::class_voxels(label);
-        let values = s3_trainer::class_map::classes(&counts, wanted).with_context(|| label_url.to_string())?;
+        let classes = s3_trainer::class_map::classes(&counts, wanted).with_context(|| label_url.to_string())?;
+        if !classes.unrepresentable.is_empty() {
+            eprintln!(
+                "label values {:?} do not fit the uint8 output (1 to 255): not predicted",
+                classes.unrepresentable
+            );
+        }
         let mut merged = vec![0u8; label.len()];
-        for &value in &values {
+        let mut predicted = 0;
+        for &value in &classes.values {
             let voxels = counts.get(&value).copied().unwrap_or(0);
             let Some(structure) = Structure::new(self.image, label, &canonical, value, voxels)? else {
                 if !wanted.is_empty() {
-                    bail!("class {value} is not in {label_url} (or has no voxel at 1.5 mm)");
+                    bail!("class {value} of {label_url}: its {voxels} source voxels leave none at 1.5 mm");
                 }
                 eprintln!("class {value}: {voxels} source voxels, none left at 1.5 mm; not predicted");
                 continue;
             };
+            predicted += 1;
             let id = format!("predict/{value}");
             let (dice, logits) = structure.run_clicks(self.model, self.cfg, &id, seed, clicks, self.device);
             for (n, d) in dice.iter().enumerate() {
@@ -154,6 +162,9 @@ impl Classes<'_> {
             eprintln!("class {value}: crop at {:?} of the 1.5 mm RAS+ grid", structure.input.begin);
             // `classes` has kept them to 1–255.
             s3_trainer::class_map::overlay(&mut merged, &structure.input.paste(&logits), value as u8);
+        }
+        if predicted == 0 {
+            bail!("no class of {label_url} has a voxel left at 1.5 mm: nothing to predict");
         }
         Ok(merged)
     }

@@ -168,7 +168,9 @@ enum Command {
     /// Clicks are voxel indices of the image file (what a viewer shows as i, j, k);
     /// all must lie in the 128³ crop at 1.5 mm (±96 mm) about the first. With
     /// --clicks-from-label the clicks are simulated from a label instead, as in
-    /// evaluation, and the Dice after each click is printed.
+    /// evaluation, for every class of the label (or --label-value): each class is
+    /// cropped about its own bounding box, the Dice after each click is printed, and
+    /// the output is one map of class values, a higher class winning where two overlap.
     Predict(predict::PredictArgs),
     /// Measurements for sizing a machine (what tests/gpu/run.sh prints): a training
     /// micro-step's samples/s, the gradient all-reduce's bandwidth.

@@ -118,8 +118,8 @@ fn source_geometry(dir: &Path, crop_eval: &serde_json::Value) {
     let image = raw.join(format!("imagesTr/{case}_0000.nii.gz"));
     let label_path = raw.join(format!("labelsTr/{case}.nii.gz"));
     let label = read_nifti(&label_path, &ReadOptions::default()).unwrap();
-    let predict = |extra: &[&str], out: &Path| {
-        let o = Command::new(bin("s3-train"))
+    let run_predict = |extra: &[&str], out: &Path| {
+        Command::new(bin("s3-train"))
             .arg("predict")
             .arg("--run")
             .arg(&run)
@@ -129,7 +129,10 @@ fn source_geometry(dir: &Path, crop_eval: &serde_json::Value) {
             .arg("--out")
             .arg(out)
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    let predict = |extra: &[&str], out: &Path| {
+        let o = run_predict(extra, out);
         let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
         assert!(o.status.success(), "{text}");
         let mask = read_nifti(out, &ReadOptions::default()).unwrap();
@@ -175,15 +178,7 @@ fn source_geometry(dir: &Path, crop_eval: &serde_json::Value) {
     let (mask, text) = predict(&["--click", &click], &tmp.path().join("one-click.nii.gz"));
     let d = dice(&mask, 1.0, &label, value);
     assert!(d >= CLICK_FLOOR, "predict from one click at {click}: Dice {d:.3} (floor {CLICK_FLOOR})\n{text}");
-    let o = Command::new(bin("s3-train"))
-        .args(["predict", "--run"])
-        .arg(&run)
-        .arg("--image")
-        .arg(&image)
-        .args(["--click", &click, "--click", "100000,0,0", "--out"])
-        .arg(tmp.path().join("far.nii.gz"))
-        .output()
-        .unwrap();
+    let o = run_predict(&["--click", &click, "--click", "100000,0,0"], &tmp.path().join("far.nii.gz"));
     assert!(!o.status.success(), "a click outside the crop is refused");
     assert!(String::from_utf8_lossy(&o.stderr).contains("outside the 128³ crop"));
 
@@ -201,15 +196,8 @@ fn source_geometry(dir: &Path, crop_eval: &serde_json::Value) {
     written.sort_by(f64::total_cmp);
     written.dedup();
     assert!(written.len() >= 2, "the map holds the class values, not one foreground value: {written:?}");
-    let o = Command::new(bin("s3-train"))
-        .args(["predict", "--run"])
-        .arg(&run)
-        .arg("--image")
-        .arg(&image)
-        .args(["--clicks-from-label", &label_arg, "--label-value", "1,99", "--out"])
-        .arg(tmp.path().join("absent.nii.gz"))
-        .output()
-        .unwrap();
+    let o =
+        run_predict(&["--clicks-from-label", &label_arg, "--label-value", "1,99"], &tmp.path().join("absent.nii.gz"));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("class 99 is not in the label"), "{err}");
     let out = String::from_utf8_lossy(&o.stdout);

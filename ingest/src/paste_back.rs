@@ -66,8 +66,19 @@ impl Footprint {
     /// The crop's mask (`inside(crop index)`) on the whole source grid: 1 inside, 0 elsewhere.
     pub fn paste(&self, inside: impl Fn(usize) -> bool) -> Vec<u8> {
         let mut out = vec![0u8; self.shape.iter().product()];
-        self.for_each(|s, c| out[s] = u8::from(inside(c)));
+        self.paste_over(&mut out, 1, inside);
         out
+    }
+
+    /// Writes `value` into `map` (the source grid) wherever the crop's mask is set,
+    /// leaving every other voxel as it was: one class of a label map over the classes
+    /// pasted before it, touching only the crop's footprint.
+    pub fn paste_over(&self, map: &mut [u8], value: u8, inside: impl Fn(usize) -> bool) {
+        self.for_each(|s, c| {
+            if inside(c) {
+                map[s] = value;
+            }
+        });
     }
 }
 
@@ -96,6 +107,29 @@ mod tests {
         for n in 0..data.len() {
             let want = if reached[n] { data[n] as u8 } else { 0 };
             assert_eq!(pasted[n], want, "voxel {n}");
+        }
+    }
+
+    /// Two classes pasted in turn: the later wins where both are set, the earlier
+    /// stays where only it is, and what neither sets keeps its value.
+    #[test]
+    fn a_later_paste_wins_where_two_overlap_and_leaves_the_rest() {
+        let shape = [40, 36, 30];
+        let a: Affine = [[1.5, 0.0, 0.0, 0.0], [0.0, 1.5, 0.0, 0.0], [0.0, 0.0, 1.5, 0.0], [0.0, 0.0, 0.0, 1.0]];
+        let f = Footprint::new(&crop_affine(&a, [5, 3, 2]), 16, shape, &a).unwrap();
+        let mut map = vec![7u8; shape.iter().product()];
+        f.paste_over(&mut map, 2, |c| c % 2 == 0);
+        f.paste_over(&mut map, 5, |c| c % 3 == 0);
+        let mut crop_of = vec![None; map.len()];
+        f.for_each(|s, c| crop_of[s] = Some(c));
+        assert_eq!(crop_of.iter().flatten().count(), 16 * 16 * 16, "the crop lies inside the source");
+        for (s, c) in crop_of.iter().enumerate() {
+            let want = match c {
+                Some(c) if c % 3 == 0 => 5,
+                Some(c) if c % 2 == 0 => 2,
+                _ => 7,
+            };
+            assert_eq!(map[s], want, "voxel {s} (crop {c:?})");
         }
     }
 }

@@ -1,6 +1,7 @@
-//! One label map from per-class predictions, as the reference's
-//! `validate_paired_img_gt` writes it: the classes in ascending order, each
-//! class's foreground written with its value, so a higher class wins where two
+//! Which classes go into one label map of per-class predictions, as the
+//! reference's `validate_paired_img_gt` writes it: ascending, each class's
+//! foreground pasted with its value over the ones before it
+//! ([`crate::predict::CropInput::paste_over`]), so a higher class wins where two
 //! predictions overlap.
 
 use std::collections::BTreeMap;
@@ -33,7 +34,7 @@ pub fn classes(counts: &BTreeMap<i32, usize>, wanted: &[i32]) -> Result<Classes>
             if !representable(v) {
                 return Err(TrainError::Config(format!("class {v}: the output is uint8, so classes are 1 to 255")));
             }
-            if !counts.get(&v).is_some_and(|&n| n > 0) {
+            if !counts.contains_key(&v) {
                 let present: Vec<String> = counts.keys().filter(|&&c| c != 0).map(i32::to_string).collect();
                 return Err(TrainError::Config(format!(
                     "class {v} is not in the label (it has {})",
@@ -55,15 +56,6 @@ pub fn classes(counts: &BTreeMap<i32, usize>, wanted: &[i32]) -> Result<Classes>
         return Err(TrainError::Config(why));
     }
     Ok(Classes { values, unrepresentable })
-}
-
-/// Writes `class` wherever `mask` (0/1, the map's grid) is 1, over what is there.
-pub fn overlay(map: &mut [u8], mask: &[u8], class: u8) {
-    for (m, &p) in map.iter_mut().zip(mask) {
-        if p == 1 {
-            *m = class;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -97,16 +89,5 @@ mod tests {
         let counts = BTreeMap::from([(-1, 3), (0, 900), (4, 40), (300, 12)]);
         assert_eq!(classes(&counts, &[]).unwrap(), Classes { values: vec![4], unrepresentable: vec![-1, 300] });
         assert!(err(&BTreeMap::from([(0, 9), (300, 1)]), &[]).contains("[300] do not fit"));
-    }
-
-    #[test]
-    fn a_higher_class_wins_where_two_overlap() {
-        let counts = BTreeMap::from([(2, 1), (5, 1)]);
-        let (a, b) = ([1, 1, 0, 0], [0, 1, 1, 0]);
-        let mut map = vec![0u8; 4];
-        for c in classes(&counts, &[5, 2]).unwrap().values {
-            overlay(&mut map, if c == 2 { &a } else { &b }, c as u8);
-        }
-        assert_eq!(map, [2, 5, 5, 0]);
     }
 }

@@ -125,6 +125,12 @@ impl CropInput {
         self.footprint.paste(|k| logits[k] > 0.0)
     }
 
+    /// A crop prediction written as `value` into a label map on the source grid, over
+    /// what is there (see [`Footprint::paste_over`]).
+    pub fn paste_over(&self, logits: &[f32], map: &mut [u8], value: u8) {
+        self.footprint.paste_over(map, value, |k| logits[k] > 0.0)
+    }
+
     /// Dice on the whole source volume of a crop prediction against a source label:
     /// `truth(n)` for source voxel `n`, `truth_total` its count over the whole volume.
     pub fn source_dice(&self, logits: &[f32], truth: impl Fn(usize) -> bool, truth_total: usize) -> f64 {

@@ -104,7 +104,7 @@ pub fn predict(a: PredictArgs, device: Device) -> Result<()> {
         }
         Some(label_url) => {
             let label = read_volume(label_url, tmp.path())?;
-            let ctx = Classes { model: &model, cfg: &cfg, image: &prepared, device: &device };
+            let ctx = ClassPredictor { model: &model, cfg: &cfg, image: &prepared, device: &device };
             ctx.predict(&label, label_url, &a.label_value, a.seed, a.clicks.max(1))?
         }
     };
@@ -121,14 +121,14 @@ pub fn predict(a: PredictArgs, device: Device) -> Result<()> {
 }
 
 /// What every class of `--clicks-from-label` is predicted with.
-struct Classes<'a> {
+struct ClassPredictor<'a> {
     model: &'a Sam,
     cfg: &'a s3_trainer::config::SamConfig,
     image: &'a PreparedImage<'a>,
     device: &'a Device,
 }
 
-impl Classes<'_> {
+impl ClassPredictor<'_> {
     /// The label's classes `wanted` (every class but 0 when empty), each with its own
     /// crop and simulated clicks, merged in ascending order into one map of class values.
     fn predict(&self, label: &Volume, label_url: &str, wanted: &[i32], seed: u64, clicks: usize) -> Result<Vec<u8>> {
@@ -161,7 +161,7 @@ impl Classes<'_> {
             }
             eprintln!("class {value}: crop at {:?} of the 1.5 mm RAS+ grid", structure.input.begin);
             // `classes` has kept them to 1–255.
-            s3_trainer::class_map::overlay(&mut merged, &structure.input.paste(&logits), value as u8);
+            structure.input.paste_over(&logits, &mut merged, value as u8);
         }
         if predicted == 0 {
             bail!("no class of {label_url} has a voxel left at 1.5 mm: nothing to predict");

@@ -92,6 +92,46 @@ pub struct TaskEntry {
     /// segmentation files of the first case, sorted.
     #[serde(default)]
     pub structures: Vec<String>,
+    /// Image channels to keep, by name (default: every channel).
+    #[serde(default)]
+    pub channels: Vec<String>,
+    /// Names of a 4-D image's volumes, or of nnU-Net's `_0000`, `_0001`, ... files, in
+    /// order; default: `dataset.json`'s `channel_names` (or MSD's `modality`), else
+    /// `0`, `1`, ...
+    #[serde(default)]
+    pub channel_names: Vec<String>,
+    /// `pairs`: one image file per channel, channel name → path template with `{case}`
+    /// (BraTS's `{case}/{case}_t1.nii.gz`, ...). `image_glob` then only finds the cases.
+    #[serde(default)]
+    pub channel_files: BTreeMap<String, String>,
+    /// `pairs`: the label is a folder of PNG slices on the image's grid (CHAOS `Ground/`).
+    #[serde(default)]
+    pub label_png: Option<PngLabels>,
+}
+
+/// How a folder of PNG label slices maps onto its image.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PngLabels {
+    /// Grey value → label value (`"63" = 1`); other grey values are background. Empty:
+    /// the grey values are the labels.
+    #[serde(default)]
+    pub values: BTreeMap<String, i32>,
+    /// The files, sorted by name, run from the image's last slice to its first.
+    #[serde(default)]
+    pub reversed: bool,
+}
+
+impl PngLabels {
+    /// The reader's form; an error names a grey value that is not one.
+    pub fn stack(&self) -> std::result::Result<crate::formats::png_stack::PngStack, String> {
+        let mut values = BTreeMap::new();
+        for (k, v) in &self.values {
+            let grey: u16 = k.trim().parse().map_err(|_| format!("label_png.values key {k:?} is not a grey value 0-65535"))?;
+            values.insert(grey, *v);
+        }
+        Ok(crate::formats::png_stack::PngStack { values, reversed: self.reversed })
+    }
 }
 
 /// One dataset.
@@ -284,6 +324,10 @@ impl Catalog {
                     label_template: None,
                     image_suffix: None,
                     structures: Vec::new(),
+                    channels: Vec::new(),
+                    channel_names: Vec::new(),
+                    channel_files: BTreeMap::new(),
+                    label_png: None,
                 });
             }
             let mut tasks = BTreeSet::new();
@@ -296,6 +340,15 @@ impl Catalog {
                         "dataset {}/{}: layout \"pairs\" needs image_glob and label_template",
                         d.name, t.name
                     )));
+                }
+                if (!t.channel_files.is_empty() || t.label_png.is_some()) && t.layout != Layout::Pairs {
+                    return Err(bad(format!(
+                        "dataset {}/{}: channel_files and label_png belong to layout \"pairs\"",
+                        d.name, t.name
+                    )));
+                }
+                if let Some(p) = &t.label_png {
+                    p.stack().map_err(|e| bad(format!("dataset {}/{}: {e}", d.name, t.name)))?;
                 }
                 for k in d.labels.keys().chain(t.labels.keys()) {
                     if k.trim().parse::<i32>().is_err() {

@@ -9,15 +9,23 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum IngestError {
-    /// The file is not NIfTI-1 (wrong header size or magic).
-    #[error("{file}: not a NIfTI-1 file: {reason}")]
+    /// The file is not NIfTI (wrong header size or magic).
+    #[error("{file}: not a NIfTI file: {reason}")]
     NotNifti {
         /// File name.
         file: String,
         /// What was found.
         reason: String,
     },
-    /// NIfTI-2 and other valid-but-unsupported inputs.
+    /// Not an image of any supported format (no MetaImage/NRRD header, no DICOM file).
+    #[error("{file}: not a readable image: {reason}")]
+    NotImage {
+        /// File name.
+        file: String,
+        /// What was found.
+        reason: String,
+    },
+    /// Valid-but-unsupported inputs (Analyze pairs, compressed DICOM, ...).
     #[error("{file}: unsupported: {reason}")]
     Unsupported {
         /// File name.

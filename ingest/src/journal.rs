@@ -41,6 +41,9 @@ pub struct SampleNote {
     /// Checksum (to compare runs).
     #[serde(with = "s3_shards::index::hex_u64")]
     pub checksum: u64,
+    /// The image channel (empty for a single-channel image).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub channel: String,
 }
 
 /// A finished case.

@@ -3,17 +3,31 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::catalog::{Layout, TaskEntry};
+use crate::formats::png_stack::PngStack;
 use crate::source::Source;
 
 /// Where a case's label comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LabelSource {
-    /// One label-map file.
+    /// One label-map file, in any supported format.
     File(String),
     /// TotalSegmentator: one binary file per structure, merged as (value, key).
     Structures(Vec<(i32, String)>),
+    /// A folder of PNG slices (its key ends in `/`) on the image's grid.
+    PngStack(String, PngStack),
     /// No label could be found; the case is quarantined with this reason.
     Missing(String),
+}
+
+/// How a case's image channels are stored and which are kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Channels {
+    /// One file per channel, (name, key); empty: the case's `image` holds every channel.
+    pub files: Vec<(String, String)>,
+    /// Names of the volumes of a 4-D `image`, in order (missing names are numbers).
+    pub names: Vec<String>,
+    /// The channels to keep, by name (empty: all).
+    pub keep: Vec<String>,
 }
 
 /// One case of a task.
@@ -21,8 +35,11 @@ pub enum LabelSource {
 pub struct CaseRef {
     /// Case id, unique within the task.
     pub case_id: String,
-    /// Image key relative to the source.
+    /// Image key relative to the source (the first channel's file when channels are
+    /// separate files); a key ending in `/` is a folder (a DICOM series).
     pub image: String,
+    /// Its channels.
+    pub channels: Channels,
     /// Label.
     pub label: LabelSource,
 }
@@ -36,8 +53,9 @@ pub struct Listing {
     pub labels: BTreeMap<i32, String>,
 }
 
-fn nifti_stem(name: &str) -> Option<&str> {
-    name.strip_suffix(".nii.gz").or_else(|| name.strip_suffix(".nii"))
+/// A file name without its image format's extension (`.nii.gz`, `.mha`, ...).
+fn image_stem(name: &str) -> Option<&str> {
+    crate::formats::split_extension(name).map(|(stem, _)| stem)
 }
 
 fn file_name(key: &str) -> &str {
@@ -47,52 +65,86 @@ fn file_name(key: &str) -> &str {
 /// Lists the cases of `task` in `source`.
 pub async fn list_cases(source: &Source, task: &TaskEntry) -> Result<Listing, String> {
     match task.layout {
-        Layout::Nnunet => nnunet(source).await,
+        Layout::Nnunet => nnunet(source, task).await,
         Layout::Totalseg => totalseg(source, task).await,
         Layout::Pairs => pairs(source, task).await,
     }
 }
 
-async fn nnunet(source: &Source) -> Result<Listing, String> {
+async fn nnunet(source: &Source, task: &TaskEntry) -> Result<Listing, String> {
     let images = source.list("imagesTr").await?;
     if images.is_empty() {
         return Err(format!("{}: no imagesTr/ (layout \"nnunet\")", source.url()));
     }
     let labels: BTreeSet<String> = source.list("labelsTr").await?.into_iter().collect();
-    let mut cases = Vec::new();
+    let json = source.read_text("dataset.json").await?;
+    let (names, json_channels) = match &json {
+        Some(text) => (
+            dataset_json_labels(text).map_err(|e| format!("{}/dataset.json: {e}", source.url()))?,
+            dataset_json_channels(text),
+        ),
+        None => (BTreeMap::new(), Vec::new()),
+    };
+    let channel_names = if task.channel_names.is_empty() { json_channels } else { task.channel_names.clone() };
+    // case → channel index → key
+    let mut by_case: BTreeMap<String, BTreeMap<u32, String>> = BTreeMap::new();
     for key in images {
         let name = file_name(&key);
         // macOS resource forks ship inside the MSD tarballs.
         if name.starts_with('.') {
             continue;
         }
-        let Some(stem) = nifti_stem(name) else { continue };
-        let case_id = match stem.rsplit_once('_') {
+        let Some(stem) = image_stem(name) else { continue };
+        let (case_id, index) = match stem.rsplit_once('_') {
             Some((case, ch)) if ch.len() == 4 && ch.chars().all(|c| c.is_ascii_digit()) => {
-                if ch != "0000" {
-                    continue; // further channels of a multi-channel case
-                }
-                case
+                (case, ch.parse().expect("digits"))
             }
-            _ => stem,
+            _ => (stem, 0),
         };
-        let label = ["nii.gz", "nii"]
-            .iter()
-            .map(|ext| format!("labelsTr/{case_id}.{ext}"))
-            .find(|k| labels.contains(k))
-            .map_or_else(
-                || LabelSource::Missing(format!("no label file labelsTr/{case_id}.nii.gz")),
-                LabelSource::File,
-            );
-        cases.push(CaseRef { case_id: case_id.to_string(), image: key.clone(), label });
+        by_case.entry(case_id.to_string()).or_default().entry(index).or_insert(key.clone());
     }
-    cases.sort_by(|a, b| a.case_id.cmp(&b.case_id));
-    cases.dedup_by(|a, b| a.case_id == b.case_id);
-    let labels = match source.read_text("dataset.json").await? {
-        Some(text) => dataset_json_labels(&text).map_err(|e| format!("{}/dataset.json: {e}", source.url()))?,
-        None => BTreeMap::new(),
+    let cases = by_case
+        .into_iter()
+        .map(|(case_id, files)| {
+            let image = files.values().next().expect("one file").clone();
+            let files = if files.len() > 1 {
+                files.into_iter().map(|(i, key)| (channel_name(&channel_names, i as usize), key)).collect()
+            } else {
+                Vec::new()
+            };
+            let label = crate::formats::EXTENSIONS
+                .iter()
+                .map(|(ext, _)| format!("labelsTr/{case_id}{ext}"))
+                .find(|k| labels.contains(k))
+                .map_or_else(
+                    || LabelSource::Missing(format!("no label file labelsTr/{case_id}.nii.gz (or .nii, .mha, .mhd, .nrrd, .nhdr)")),
+                    LabelSource::File,
+                );
+            let channels = Channels { files, names: channel_names.clone(), keep: task.channels.clone() };
+            CaseRef { case_id, image, channels, label }
+        })
+        .collect();
+    Ok(Listing { cases, labels: names })
+}
+
+/// The name of channel `i`: from the list, else its number.
+pub fn channel_name(names: &[String], i: usize) -> String {
+    names.get(i).cloned().unwrap_or_else(|| i.to_string())
+}
+
+/// Channel names from an nnU-Net `dataset.json`: v2 `channel_names` or v1/MSD
+/// `modality`, both `{"0": "FLAIR", "1": "T1w"}`, in index order.
+pub fn dataset_json_channels(text: &str) -> Vec<String> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else { return Vec::new() };
+    let Some(obj) = v.get("channel_names").or_else(|| v.get("modality")).and_then(|m| m.as_object()) else {
+        return Vec::new();
     };
-    Ok(Listing { cases, labels })
+    let indexed: BTreeMap<usize, String> = obj
+        .iter()
+        .filter_map(|(k, v)| Some((k.trim().parse().ok()?, v.as_str()?.to_string())))
+        .collect();
+    // Only a gap-free 0..n list names channels by position.
+    if indexed.keys().copied().eq(0..indexed.len()) { indexed.into_values().collect() } else { Vec::new() }
 }
 
 /// Label names from an nnU-Net `dataset.json`: v1 `{"1": "liver"}` or v2 `{"liver": 1}`
@@ -127,7 +179,7 @@ async fn totalseg(source: &Source, task: &TaskEntry) -> Result<Listing, String> 
     let structures: Vec<String> = if task.structures.is_empty() {
         let prefix = format!("{}/segmentations/", case_ids[0]);
         let mut s: Vec<String> =
-            keys.iter().filter_map(|k| k.strip_prefix(&prefix).and_then(nifti_stem).map(str::to_string)).collect();
+            keys.iter().filter_map(|k| k.strip_prefix(&prefix).and_then(image_stem).map(str::to_string)).collect();
         s.sort();
         s
     } else {
@@ -151,14 +203,15 @@ async fn totalseg(source: &Source, task: &TaskEntry) -> Result<Listing, String> 
             } else {
                 LabelSource::Missing(format!("missing segmentations: {}", missing.join(", ")))
             };
-            CaseRef { image: format!("{case_id}/ct.nii.gz"), case_id, label }
+            CaseRef { image: format!("{case_id}/ct.nii.gz"), case_id, channels: Channels::default(), label }
         })
         .collect();
     let labels = structures.into_iter().enumerate().map(|(i, s)| (i as i32 + 1, s)).collect();
     Ok(Listing { cases, labels })
 }
 
-/// A filename pattern (`*`, `?`, `[abc]`, `{a,b}`; globset syntax) matching whole names.
+/// A path pattern (`*`, `?`, `[abc]`, `{a,b}`; globset syntax, none crossing a `/`)
+/// matching whole names or relative paths.
 pub fn name_matcher(pattern: &str) -> Result<globset::GlobMatcher, String> {
     globset::GlobBuilder::new(pattern)
         .literal_separator(true)
@@ -167,38 +220,133 @@ pub fn name_matcher(pattern: &str) -> Result<globset::GlobMatcher, String> {
         .map_err(|e| format!("image_glob {pattern:?}: {e}"))
 }
 
+/// The folder part of a path pattern before its first component with a wildcard or
+/// `{case}`: what to list.
+fn literal_prefix(pattern: &str) -> String {
+    let comps: Vec<&str> = pattern.split('/').collect();
+    let n = comps[..comps.len() - 1].iter().take_while(|c| !c.contains(['*', '?', '[', '{'])).count();
+    comps[..n].join("/")
+}
+
+/// The `{case}` part of `path` under `pattern` (their components aligned; each
+/// `{case}` stands for part of one component and must capture the same text).
+fn capture_case(pattern: &str, path: &str) -> Option<String> {
+    let (pc, kc): (Vec<&str>, Vec<&str>) = (pattern.split('/').collect(), path.split('/').collect());
+    if pc.len() != kc.len() {
+        return None;
+    }
+    let mut case: Option<&str> = None;
+    for (p, k) in pc.iter().zip(&kc) {
+        let Some((pre, post)) = p.split_once("{case}") else { continue };
+        let got = k.strip_prefix(pre)?.strip_suffix(post)?;
+        if got.is_empty() || case.is_some_and(|c| c != got) {
+            return None;
+        }
+        case = Some(got);
+    }
+    case.map(str::to_string)
+}
+
+/// Keys under the literal prefixes of templates, listed once each.
+struct KeySets<'a> {
+    source: &'a Source,
+    listed: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl KeySets<'_> {
+    async fn load(&mut self, template: &str) -> Result<&BTreeSet<String>, String> {
+        let prefix = literal_prefix(template);
+        if !self.listed.contains_key(&prefix) {
+            let keys = self.source.list(&prefix).await?.into_iter().collect();
+            self.listed.insert(prefix.clone(), keys);
+        }
+        Ok(&self.listed[&prefix])
+    }
+    /// Whether `key` is a file of the source (a folder when it ends in `/`).
+    async fn exists(&mut self, template: &str, key: &str) -> Result<bool, String> {
+        let keys = self.load(template).await?;
+        Ok(match key.strip_suffix('/') {
+            Some(dir) => keys.range(format!("{dir}/")..).next().is_some_and(|k| k.starts_with(&format!("{dir}/"))),
+            None => keys.contains(key),
+        })
+    }
+}
+
 async fn pairs(source: &Source, task: &TaskEntry) -> Result<Listing, String> {
     let glob = task.image_glob.as_deref().unwrap_or_default();
     let template = task.label_template.as_deref().unwrap_or_default();
-    let (dir, pattern) = glob.rsplit_once('/').unwrap_or(("", glob));
-    let matcher = name_matcher(pattern)?;
-    let keys = source.list(dir).await?;
-    let labels_dir = template.rsplit_once('/').map_or("", |(d, _)| d);
-    let label_keys: BTreeSet<String> = source.list(labels_dir).await?.into_iter().collect();
-    let mut cases = Vec::new();
+    // A glob ending in `/` names folders (DICOM series); otherwise files.
+    let folders = glob.ends_with('/');
+    let pattern = glob.trim_end_matches('/');
+    let matcher = name_matcher(&pattern.replace("{case}", "*"))?;
+    let dir = literal_prefix(pattern);
+    let keys = source.list(&dir).await?;
+    let mut candidates: BTreeSet<String> = BTreeSet::new();
     for key in &keys {
-        let rel = if dir.is_empty() {
-            key.as_str()
+        if folders {
+            let mut at = key.as_str();
+            while let Some((parent, _)) = at.rsplit_once('/') {
+                candidates.insert(parent.to_string());
+                at = parent;
+            }
         } else {
-            key.strip_prefix(dir).and_then(|k| k.strip_prefix('/')).unwrap_or(key)
-        };
-        if rel.contains('/') || !matcher.is_match(rel) {
-            continue;
+            candidates.insert(key.clone());
         }
-        let stem = nifti_stem(rel).unwrap_or(rel);
-        let case_id = task.image_suffix.as_deref().and_then(|s| stem.strip_suffix(s)).unwrap_or(stem).to_string();
+    }
+    let mut sets = KeySets { source, listed: BTreeMap::new() };
+    let stack = task.label_png.as_ref().map(|p| p.stack()).transpose()?;
+    let mut cases = Vec::new();
+    for path in candidates.iter().filter(|p| matcher.is_match(p.as_str())) {
+        let case_id = if pattern.contains("{case}") {
+            let Some(id) = capture_case(pattern, path) else { continue };
+            id
+        } else {
+            let name = file_name(path);
+            let stem = image_stem(name).unwrap_or(name);
+            task.image_suffix.as_deref().and_then(|s| stem.strip_suffix(s)).unwrap_or(stem).to_string()
+        };
+        let image = if folders { format!("{path}/") } else { path.clone() };
+        let mut missing = Vec::new();
+        let mut files = Vec::new();
+        for (name, t) in &task.channel_files {
+            let key = t.replace("{case}", &case_id);
+            if sets.exists(t, &key).await? {
+                files.push((name.clone(), key));
+            } else {
+                missing.push(format!("no {name} channel file {key}"));
+            }
+        }
         let label_key = template.replace("{case}", &case_id);
-        let label = if label_keys.contains(&label_key) {
+        let label = if !missing.is_empty() {
+            LabelSource::Missing(missing.join("; "))
+        } else if let Some(stack) = &stack {
+            let folder = format!("{}/", label_key.trim_end_matches('/'));
+            if sets.exists(template, &folder).await? {
+                LabelSource::PngStack(folder, stack.clone())
+            } else {
+                LabelSource::Missing(format!("no label folder {folder}"))
+            }
+        } else if sets.exists(template, &label_key).await? {
             LabelSource::File(label_key)
         } else {
             LabelSource::Missing(format!("no label file {label_key}"))
         };
-        cases.push(CaseRef { case_id, image: key.clone(), label });
+        let channels = Channels { files, names: task.channel_names.clone(), keep: task.channels.clone() };
+        cases.push(CaseRef { case_id, image, channels, label });
     }
     if cases.is_empty() {
         return Err(format!("{}: nothing matches image_glob {glob:?}", source.url()));
     }
     cases.sort_by(|a, b| a.case_id.cmp(&b.case_id));
+    if let Some(w) = cases.windows(2).find(|w| w[0].case_id == w[1].case_id) {
+        return Err(format!(
+            "{}: image_glob {glob:?} gives case id {:?} twice ({} and {}); make the pattern or image_suffix tell them apart",
+            source.url(),
+            w[0].case_id,
+            w[0].image,
+            w[1].image
+        ));
+    }
     Ok(Listing { cases, labels: BTreeMap::new() })
 }
 
@@ -213,6 +361,27 @@ mod tests {
         let want = BTreeMap::from([(1, "liver".to_string()), (2, "tumour".to_string())]);
         assert_eq!(dataset_json_labels(v1).unwrap(), want);
         assert_eq!(dataset_json_labels(v2).unwrap(), want);
+    }
+
+    #[test]
+    fn case_captures_and_literal_prefixes() {
+        assert_eq!(capture_case("{case}/{case}_flair.nii.gz", "B_001/B_001_flair.nii.gz").as_deref(), Some("B_001"));
+        assert_eq!(capture_case("{case}/{case}_flair.nii.gz", "B_001/B_002_flair.nii.gz"), None);
+        assert_eq!(capture_case("Train_Sets/CT/{case}/DICOM_anon", "Train_Sets/CT/21/DICOM_anon").as_deref(), Some("21"));
+        assert_eq!(literal_prefix("Train_Sets/CT/{case}/DICOM_anon"), "Train_Sets/CT");
+        assert_eq!(literal_prefix("images/*_img.nii.gz"), "images");
+        assert_eq!(literal_prefix("*.mhd"), "");
+        assert!(name_matcher("Train_Sets/CT/*/DICOM_anon").unwrap().is_match("Train_Sets/CT/21/DICOM_anon"));
+        assert!(!name_matcher("images/*").unwrap().is_match("images/a/b.nii"));
+    }
+
+    #[test]
+    fn channel_names_from_either_dataset_json() {
+        let msd = r#"{"modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}}"#;
+        assert_eq!(dataset_json_channels(msd), ["FLAIR", "T1w", "t1gd", "T2w"]);
+        let v2 = r#"{"channel_names": {"0": "T2", "1": "ADC"}}"#;
+        assert_eq!(dataset_json_channels(v2), ["T2", "ADC"]);
+        assert!(dataset_json_channels(r#"{"modality": {"1": "CT"}}"#).is_empty());
     }
 
     #[test]

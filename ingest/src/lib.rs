@@ -3,7 +3,8 @@
 //!
 //! - [`catalog`]: the dataset catalogue (`manifests/datasets.toml`).
 //! - [`layout`], [`source`]: finding cases (nnU-Net/MSD, TotalSegmentator, pairs) in any store.
-//! - [`nifti_io`]: NIfTI-1 reading with header checks before allocation.
+//! - [`nifti_io`]: NIfTI-1/2 reading with header checks before allocation; [`formats`]:
+//!   MetaImage, NRRD, DICOM series and PNG label stacks into the same [`nifti_io::Volume`].
 //! - [`geometry`], [`preprocess`]: the preprocessing of DESIGN §4; [`paste_back`] its inverse for a prediction.
 //! - [`case_io`]: one case's image and label from its source.
 //! - [`run`], [`journal`]: resumable, partitionable runs and `merge`.
@@ -24,10 +25,12 @@
 pub mod case_io;
 pub mod catalog;
 mod error;
+pub mod formats;
 pub mod geometry;
 pub mod journal;
 pub mod layout;
 pub mod nifti_io;
+mod nifti2;
 mod ordered;
 pub mod paste_back;
 pub mod preprocess;

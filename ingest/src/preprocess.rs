@@ -49,31 +49,79 @@ pub struct CaseContext<'a> {
 /// The samples of a case and the labels dropped by the filters (value → reason).
 #[derive(Debug, Default)]
 pub struct CaseSamples {
-    /// One per kept label.
+    /// One per kept label (and channel).
     pub samples: Vec<Sample>,
     /// Labels present in the source but not kept.
     pub dropped: BTreeMap<i32, String>,
+    /// Image channels left out (name → reason).
+    pub dropped_channels: BTreeMap<String, String>,
 }
 
 /// Volume of one voxel at 1.5 mm.
 const VOXEL_MM3: f64 = geometry::TARGET_SPACING * geometry::TARGET_SPACING * geometry::TARGET_SPACING;
 
-/// Runs the whole of DESIGN §4 on one case. An `Err` is a quarantine reason.
+/// One image channel of a case: its name (empty for a single-channel image) and volume.
+#[derive(Clone, Copy, Debug)]
+pub struct Channel<'a> {
+    /// `FLAIR`, `t1ce`, ...; empty when the source image has one channel.
+    pub name: &'a str,
+    /// The channel's volume.
+    pub image: &'a Volume,
+}
+
+/// Runs the whole of DESIGN §4 on a single-channel case. An `Err` is a quarantine reason.
 pub fn process_case(
     image: &Volume,
     label: &Volume,
     ctx: &CaseContext,
     opts: &PreprocessOptions,
 ) -> Result<CaseSamples> {
-    check_pair(image, label, opts)?;
-    check_image(image)?;
+    process_channels(&[Channel { name: "", image }], label, ctx, opts)
+}
+
+/// DESIGN §4 on a case with one or more image channels: one sample per channel and
+/// kept label. The label's steps (resampling, reorientation, masks, size filters) run
+/// once and are shared by every channel. A channel whose grid differs from the
+/// label's is left out with its reason; when none is left, the first reason
+/// quarantines the case.
+pub fn process_channels(
+    channels: &[Channel],
+    label: &Volume,
+    ctx: &CaseContext,
+    opts: &PreprocessOptions,
+) -> Result<CaseSamples> {
+    let mut out = CaseSamples::default();
+    let mut usable = Vec::new();
+    let mut first_error = None;
+    for ch in channels {
+        match check_pair(ch.image, label, opts) {
+            Ok(()) => usable.push(*ch),
+            Err(e) if channels.len() > 1 => {
+                out.dropped_channels.insert(ch.name.to_string(), format!("left out: {e}"));
+                first_error.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if usable.is_empty() {
+        return Err(first_error.unwrap_or_else(|| IngestError::Mismatch("no image channel".into())));
+    }
+    for ch in &usable {
+        check_image(ch.image).map_err(|e| match e {
+            IngestError::BadValues { reason, .. } if !ch.name.is_empty() => {
+                IngestError::BadValues { file: format!("image channel {}", ch.name), reason }
+            }
+            e => e,
+        })?;
+    }
     let present = label_values(label)?;
     if present.is_empty() {
         return Err(IngestError::EmptyLabel(ctx.case_id.into()));
     }
 
-    // Steps 1–2 once per case.
-    let img = canonical_image(image);
+    // Steps 1–2 once per case (and per channel for the images).
+    let images: Vec<(&str, &Volume, Canonical<f32>)> =
+        usable.iter().map(|ch| (ch.name, ch.image, canonical_image(ch.image))).collect();
     let lab = canonical_label(label)?;
     let mut counts: BTreeMap<i32, u64> = BTreeMap::new();
     for &v in &lab.data {
@@ -82,7 +130,6 @@ pub fn process_case(
         }
     }
 
-    let mut out = CaseSamples::default();
     let split = Split::for_case(ctx.dataset, ctx.case_id, opts.val_percent);
     for c in present {
         let n = counts.get(&c).copied().unwrap_or(0);
@@ -100,22 +147,25 @@ pub fn process_case(
                 .insert(c, format!("the 128³ crop keeps {fg} foreground voxels, below {}", opts.min_crop_voxels));
             continue;
         }
-        let crop_image = crop_image(&img, begin, ctx.modality);
         let info = ctx.labels.get(&c).cloned().unwrap_or_else(|| LabelInfo::unnamed(c));
-        let meta = SampleMeta {
-            dataset: ctx.dataset.into(),
-            task: ctx.task.into(),
-            case_id: ctx.case_id.into(),
-            label_value: c,
-            label_name: info.name,
-            category: info.category,
-            modality: ctx.modality.as_str().into(),
-            split,
-            affine: flatten(&geometry::crop_affine(&img.affine, begin)),
-            source_shape: image.shape.map(|n| n as i32),
-            source_affine: flatten(&image.affine),
-        };
-        out.samples.push(Sample::from_volumes(meta, &crop_image, &mask)?);
+        for (name, source, img) in &images {
+            let crop_image = crop_image(img, begin, ctx.modality);
+            let meta = SampleMeta {
+                dataset: ctx.dataset.into(),
+                task: ctx.task.into(),
+                case_id: ctx.case_id.into(),
+                label_value: c,
+                label_name: info.name.clone(),
+                category: info.category.clone(),
+                modality: ctx.modality.as_str().into(),
+                channel: name.to_string(),
+                split,
+                affine: flatten(&geometry::crop_affine(&img.affine, begin)),
+                source_shape: source.shape.map(|n| n as i32),
+                source_affine: flatten(&source.affine),
+            };
+            out.samples.push(Sample::from_volumes(meta, &crop_image, &mask)?);
+        }
     }
     Ok(out)
 }

@@ -17,7 +17,7 @@ use crate::error::{IngestError, MissingCase, Result};
 use crate::journal::{self, CaseRecord, JournalRecord, SampleNote, TaskInfo, WorkerListing};
 use crate::layout::{CaseRef, list_cases};
 use crate::nifti_io::ReadOptions;
-use crate::preprocess::{CaseContext, CaseSamples, PreprocessOptions, process_case};
+use crate::preprocess::{CaseContext, CaseSamples, Channel, PreprocessOptions, process_channels};
 use crate::source::Source;
 
 /// Everything a run needs besides the catalogue.
@@ -341,10 +341,19 @@ fn case_record(outcome: Result<CaseSamples>) -> (CaseRecord, Vec<s3_shards::Samp
             let notes = cs
                 .samples
                 .iter()
-                .map(|s| SampleNote { label: s.meta.label_value, fg_voxels: s.fg_voxels, checksum: s.checksum })
+                .map(|s| SampleNote {
+                    label: s.meta.label_value,
+                    fg_voxels: s.fg_voxels,
+                    checksum: s.checksum,
+                    channel: s.meta.channel.clone(),
+                })
                 .collect();
             let dropped_labels = cs.dropped.iter().map(|(v, r)| (v.to_string(), r.clone())).collect();
-            let fate = CaseFate::Ingested { samples: cs.samples.len() as u64, dropped_labels };
+            let fate = CaseFate::Ingested {
+                samples: cs.samples.len() as u64,
+                dropped_labels,
+                dropped_channels: cs.dropped_channels.clone(),
+            };
             (CaseRecord { fate, samples: notes }, cs.samples, None)
         }
         Ok(cs) => {
@@ -478,8 +487,8 @@ impl TaskCtx<'_> {
                 read: &self.cfg.read,
                 handle: &self.handle,
             };
-            let (image, label, read) = reader.read_case(case)?;
-            bytes = read;
+            let case_volumes = reader.read_case_channels(case)?;
+            bytes = case_volumes.bytes;
             let ctx = CaseContext {
                 dataset: &self.d.name,
                 task: &self.t.name,
@@ -487,7 +496,9 @@ impl TaskCtx<'_> {
                 modality: self.d.modality,
                 labels: self.labels,
             };
-            process_case(&image, &label, &ctx, &self.cfg.preprocess)
+            let channels: Vec<Channel> =
+                case_volumes.channels.iter().map(|(name, image)| Channel { name, image }).collect();
+            process_channels(&channels, &case_volumes.label, &ctx, &self.cfg.preprocess)
         })();
         (bytes, outcome)
     }
@@ -541,15 +552,16 @@ pub async fn merge(out: &StoreLocation) -> Result<ShardIndex> {
             }
         }
         let mut cases: BTreeMap<String, BTreeMap<String, CaseFate>> = BTreeMap::new();
+        let mut per_channel: BTreeMap<i32, BTreeMap<String, u64>> = BTreeMap::new();
         let mut quarantine = Vec::new();
         for r in recs {
             for (case, rec) in &r.cases {
                 for n in &rec.samples {
-                    classes
-                        .entry(n.label)
-                        .or_insert_with(|| (LabelInfo::unnamed(n.label), Vec::new()))
-                        .1
-                        .push(n.fg_voxels);
+                    let class = classes.entry(n.label).or_insert_with(|| (LabelInfo::unnamed(n.label), Vec::new()));
+                    class.1.push(n.fg_voxels);
+                    if !n.channel.is_empty() {
+                        *per_channel.entry(n.label).or_default().entry(n.channel.clone()).or_default() += 1;
+                    }
                 }
                 if let CaseFate::Quarantined { reason } = &rec.fate {
                     quarantine.push(Quarantined {
@@ -574,6 +586,7 @@ pub async fn merge(out: &StoreLocation) -> Result<ShardIndex> {
                     modality: modality.clone(),
                     samples: fg.len() as u64,
                     fg_voxels: FgStats::of(&fg),
+                    channels: per_channel.remove(&value).unwrap_or_default(),
                 })
                 .collect(),
             quarantine,

@@ -100,15 +100,53 @@ impl Source {
         taken.map(|(key, source)| IngestError::SourceUnavailable { key, source: Box::new(source) })
     }
 
-    /// Makes `key` readable as a local file (fetching it under `tmp` for remote sources).
+    /// Makes `key` readable as a local file (fetching it under `tmp` for remote
+    /// sources). A key ending in `/` is a folder: every file directly inside it comes
+    /// along. A header that names data files beside it (`.mhd`, `.nhdr`) brings them.
     pub async fn fetch(&self, key: &str, tmp: &Path) -> Result<LocalFile> {
         if let Some(root) = &self.local_root {
-            return Ok(LocalFile { path: root.join(key), _temp: None });
+            return Ok(LocalFile { path: root.join(key.trim_end_matches('/')), _temp: None });
         }
         let io = |e: std::io::Error| IngestError::Io { file: key.into(), error: e };
         let dir = tempfile::Builder::new().prefix("fetch-").tempdir_in(tmp).map_err(io)?;
+        if let Some(folder) = key.strip_suffix('/') {
+            let inside = self.list(folder).await.map_err(|_| self.take_outage().unwrap_or_else(|| IngestError::Io {
+                file: key.into(),
+                error: std::io::Error::new(std::io::ErrorKind::NotFound, "listing the folder failed"),
+            }))?;
+            let path = dir.path().join(folder.rsplit('/').next().unwrap_or("folder"));
+            std::fs::create_dir(&path).map_err(io)?;
+            for k in inside.iter().filter(|k| !k[folder.len() + 1..].contains('/')) {
+                self.fetch_into(k, &path).await?;
+            }
+            return Ok(LocalFile { path, _temp: Some(dir) });
+        }
+        let path = self.fetch_into(key, dir.path()).await?;
+        let parent = key.rsplit_once('/').map_or("", |(p, _)| p);
+        for name in crate::formats::companions(&path)? {
+            if name.contains("..") {
+                continue; // refused by the reader with its reason
+            }
+            let companion = if parent.is_empty() { name.clone() } else { format!("{parent}/{name}") };
+            let target = dir.path().join(&name);
+            if let Some(sub) = target.parent() {
+                std::fs::create_dir_all(sub).map_err(io)?;
+            }
+            match self.fetch_into(&companion, target.parent().unwrap_or(dir.path())).await {
+                Ok(_) => {}
+                // A missing data file is the reader's quarantine reason, not an outage.
+                Err(IngestError::SourceUnavailable { source, .. }) if matches!(*source, object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(LocalFile { path, _temp: Some(dir) })
+    }
+
+    /// Copies `key` into `dir` under its file name.
+    async fn fetch_into(&self, key: &str, dir: &Path) -> Result<PathBuf> {
+        let io = |e: std::io::Error| IngestError::Io { file: key.into(), error: e };
         let name = key.rsplit('/').next().unwrap_or("file");
-        let path = dir.path().join(name);
+        let path = dir.join(name);
         let obj = ObjPath::from(key);
         let unavailable =
             |source| IngestError::SourceUnavailable { key: format!("{}/{key}", self.url()), source: Box::new(source) };
@@ -118,6 +156,6 @@ impl Source {
         while let Some(chunk) = stream.try_next().await.map_err(unavailable)? {
             std::io::Write::write_all(&mut file, &chunk).map_err(io)?;
         }
-        Ok(LocalFile { path, _temp: Some(dir) })
+        Ok(path)
     }
 }

@@ -41,9 +41,14 @@ fn every_broken_case_is_quarantined_with_its_reason() {
     put_i16(&mut b, 46, 96); // dim[3]: 48 → 96 slices promised
     case("bad_dims_exceed_data", &b, Some(&good_lab));
     let mut b = good_img.clone();
+    put_i16(&mut b, 40, 5);
+    put_i16(&mut b, 48, 1);
+    put_i16(&mut b, 50, 3); // 5-D: one time point of three vector components
+    case("bad_5d", &b, Some(&good_lab));
+    let mut b = good_img.clone();
     put_i16(&mut b, 40, 4);
-    put_i16(&mut b, 48, 3); // three volumes
-    case("bad_4d", &b, Some(&good_lab));
+    put_i16(&mut b, 48, 3); // three channels promised, one present
+    case("bad_4d_short", &b, Some(&good_lab));
     let mut b = good_img.clone();
     put_i16(&mut b, 70, 128); // RGB24
     put_i16(&mut b, 72, 24);
@@ -95,11 +100,12 @@ fn every_broken_case_is_quarantined_with_its_reason() {
         .collect();
     let expect = [
         ("bad_truncated_gzip", "truncated or corrupt data"),
-        ("bad_magic", "not a NIfTI-1 file: magic"),
+        ("bad_magic", "not a NIfTI file: magic"),
         ("bad_dims_exceed_data", "the header promises"),
-        ("bad_4d", "4-D image"),
+        ("bad_5d", "5-D image"),
+        ("bad_4d_short", "holds 1204224 bytes of voxel data, the header promises 3612672"),
         ("bad_datatype", "unsupported: datatype Rgb24"),
-        ("bad_nifti2", "NIfTI-2"),
+        ("bad_nifti2", "expected \"n+2\""),
         ("bad_no_label", "no label file labelsTr/bad_no_label.nii.gz"),
         ("bad_shape_mismatch", "image shape [112, 112, 48], label shape"),
         ("bad_affine_mismatch", "affines differ by up to 5.0000 mm"),
@@ -121,10 +127,10 @@ fn every_broken_case_is_quarantined_with_its_reason() {
     assert!(q["reason"].as_str().unwrap().contains("50 NaN/Inf voxels"), "{q}");
 
     // The summary counts them and the bad cases never reach a shard.
-    assert!(text.contains("quarantined PhantomCT/bad_4d"), "{text}");
+    assert!(text.contains("quarantined PhantomCT/bad_5d"), "{text}");
     let total = text.lines().find(|l| l.starts_with("TOTAL")).unwrap();
     let cols: Vec<&str> = total.split_whitespace().collect();
-    assert_eq!(cols[1..5], ["17", "6", "0", "11"], "{total}");
+    assert_eq!(cols[1..5], ["18", "6", "0", "12"], "{total}");
 
     let o = run(&["--strict"], &tmp.path().join("strict"));
     assert_eq!(o.status.code(), Some(1), "--strict fails on quarantines");

@@ -54,6 +54,9 @@ pub struct ClassEntry {
     pub samples: u64,
     /// Foreground statistics over those samples.
     pub fg_voxels: FgStats,
+    /// Samples per image channel (multi-channel datasets only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub channels: BTreeMap<String, u64>,
 }
 
 /// What happened to one source case.
@@ -68,6 +71,9 @@ pub enum CaseFate {
         /// this enum is internally tagged, which cannot read integer map keys back.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         dropped_labels: BTreeMap<String, String>,
+        /// Image channels left out (channel → reason), e.g. one on another grid.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        dropped_channels: BTreeMap<String, String>,
     },
     /// Deliberately not ingested (e.g. no label survived the filters).
     Skipped {

@@ -73,10 +73,13 @@ impl ShardReader {
             .await
             .map_err(|e| ShardError::parquet(path, e))?;
         let version = meta.schema().metadata().get(FORMAT_VERSION_KEY).cloned().unwrap_or_default();
-        if version.parse::<u32>().ok() != Some(FORMAT_VERSION) {
+        if !version.parse::<u32>().is_ok_and(|v| (schema::OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&v)) {
             return Err(ShardError::Schema {
                 path: path.clone(),
-                reason: format!("{FORMAT_VERSION_KEY} is {version:?}, this build reads {FORMAT_VERSION}"),
+                reason: format!(
+                    "{FORMAT_VERSION_KEY} is {version:?}, this build reads {} to {FORMAT_VERSION}",
+                    schema::OLDEST_FORMAT_VERSION
+                ),
             });
         }
         Ok(ShardReader { file, meta })

@@ -70,6 +70,10 @@ pub struct SampleMeta {
     pub category: String,
     /// CT, MR, US or PET.
     pub modality: String,
+    /// The image channel this sample was cut from (`FLAIR`, `t1ce`, ...); empty when
+    /// the source image has one channel.
+    #[serde(default)]
+    pub channel: String,
     /// Train or val.
     pub split: Split,
     /// Row-major 4×4 affine of the crop (RAS+, 1.5 mm).
@@ -81,9 +85,19 @@ pub struct SampleMeta {
 }
 
 impl SampleMeta {
-    /// `dataset/task/case/label`
+    /// `dataset/task/case/label`, or `dataset/task/case/channel/label` for a sample of
+    /// one channel of a multi-channel image.
     pub fn sample_id(&self) -> String {
-        sample_id(&self.dataset, &self.task, &self.case_id, self.label_value)
+        channel_sample_id(&self.dataset, &self.task, &self.case_id, &self.channel, self.label_value)
+    }
+}
+
+/// The id of a sample cut from `channel` (empty: a single-channel image).
+pub fn channel_sample_id(dataset: &str, task: &str, case_id: &str, channel: &str, label_value: i32) -> String {
+    if channel.is_empty() {
+        sample_id(dataset, task, case_id, label_value)
+    } else {
+        format!("{dataset}/{task}/{case_id}/{channel}/{label_value}")
     }
 }
 

@@ -15,7 +15,10 @@ use crate::error::{Result, ShardError};
 use crate::sample::{IMAGE_BYTES, MASK_BYTES, Sample, SampleMeta, Split, image_from_le_bytes, image_le_bytes};
 
 /// Version of the shard layout, stored in every file's metadata under [`FORMAT_VERSION_KEY`].
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 added the `channel` column; version-1 shards still read (channel "").
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest layout this build reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// Parquet/Arrow metadata key holding [`FORMAT_VERSION`].
 pub const FORMAT_VERSION_KEY: &str = "sam3d.format_version";
 
@@ -30,6 +33,7 @@ pub mod col {
     pub const LABEL_NAME: &str = "label_name";
     pub const CATEGORY: &str = "category";
     pub const MODALITY: &str = "modality";
+    pub const CHANNEL: &str = "channel";
     pub const SPLIT: &str = "split";
     pub const IMAGE: &str = "image";
     pub const IMAGE_SCALE: &str = "image_scale";
@@ -62,6 +66,7 @@ pub fn shard_schema() -> SchemaRef {
                 f(col::LABEL_NAME, Utf8),
                 f(col::CATEGORY, Utf8),
                 f(col::MODALITY, Utf8),
+                f(col::CHANNEL, Utf8),
                 f(col::SPLIT, Utf8),
                 f(col::IMAGE, Binary),
                 f(col::IMAGE_SCALE, Float32),
@@ -98,6 +103,7 @@ pub fn to_record_batch(samples: &[Sample]) -> Result<RecordBatch> {
         strs(|s| &s.meta.label_name),
         strs(|s| &s.meta.category),
         strs(|s| &s.meta.modality),
+        strs(|s| &s.meta.channel),
         strs(|s| s.meta.split.as_str()),
         Arc::new(BinaryArray::from_iter_values(images.iter())),
         Arc::new(Float32Array::from_iter_values(samples.iter().map(|s| s.image_scale))),
@@ -179,6 +185,9 @@ pub fn headers_from_batch(batch: &RecordBatch, path: &Path) -> Result<Vec<Sample
     let label_name: &StringArray = c.get(col::LABEL_NAME)?;
     let category: &StringArray = c.get(col::CATEGORY)?;
     let modality: &StringArray = c.get(col::MODALITY)?;
+    // Version-1 shards have no channel column: every sample there has one channel.
+    let channel: Option<&StringArray> =
+        if batch.column_by_name(col::CHANNEL).is_some() { Some(c.get(col::CHANNEL)?) } else { None };
     let split: &StringArray = c.get(col::SPLIT)?;
     let scale: &Float32Array = c.get(col::IMAGE_SCALE)?;
     let offset: &Float32Array = c.get(col::IMAGE_OFFSET)?;
@@ -204,6 +213,7 @@ pub fn headers_from_batch(batch: &RecordBatch, path: &Path) -> Result<Vec<Sample
                     label_name: label_name.value(r).to_string(),
                     category: category.value(r).to_string(),
                     modality: modality.value(r).to_string(),
+                    channel: channel.map_or_else(String::new, |c| c.value(r).to_string()),
                     split,
                     affine: arr16(affine),
                     source_shape: std::array::from_fn(|i| source_shape.value(r * 3 + i)),

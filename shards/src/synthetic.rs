@@ -76,6 +76,7 @@ pub fn ct_like(dataset: &str, task: &str, case_id: &str, label_value: i32, seed:
         label_name: format!("organ{label_value}"),
         category: "abdomen&thorax".into(),
         modality: "CT".into(),
+        channel: String::new(),
         split: Split::for_case(dataset, case_id, 10),
         affine,
         source_shape: [512, 512, 300],
@@ -111,7 +112,11 @@ pub async fn populate(
                 fg.entry(l).or_default().push(s.fg_voxels);
                 shards.extend(writer.push(s).await?);
             }
-            fates.insert(case_id, CaseFate::Ingested { samples: labels as u64, dropped_labels: BTreeMap::new() });
+            fates.insert(case_id, CaseFate::Ingested {
+                    samples: labels as u64,
+                    dropped_labels: BTreeMap::new(),
+                    dropped_channels: BTreeMap::new(),
+                });
         }
         shards.extend(writer.finish().await?);
         let manifest = LabelManifest {
@@ -126,6 +131,7 @@ pub async fn populate(
                     modality: "CT".into(),
                     samples: v.len() as u64,
                     fg_voxels: FgStats::of(v),
+                    channels: BTreeMap::new(),
                 })
                 .collect(),
             quarantine: Vec::new(),

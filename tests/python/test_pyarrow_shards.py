@@ -32,7 +32,7 @@ def test_schema_is_the_contract(store):
     schema = pq.read_schema(shard)
     expected = {
         "sample_id": pa.string(), "dataset": pa.string(), "task": pa.string(), "case_id": pa.string(),
-        "label_value": pa.int32(), "label_name": pa.string(), "category": pa.string(), "modality": pa.string(),
+        "label_value": pa.int32(), "label_name": pa.string(), "category": pa.string(), "modality": pa.string(), "channel": pa.string(),
         "split": pa.string(), "image": pa.binary(), "image_scale": pa.float32(), "image_offset": pa.float32(),
         "mask": pa.binary(), "affine": pa.list_(pa.field("item", pa.float64(), nullable=False), 16),
         "source_shape": pa.list_(pa.field("item", pa.int32(), nullable=False), 3),
@@ -42,7 +42,7 @@ def test_schema_is_the_contract(store):
     assert schema.names == list(expected)
     for name, typ in expected.items():
         assert schema.field(name).type == typ, name
-    assert schema.metadata[b"sam3d.format_version"] == b"1"
+    assert schema.metadata[b"sam3d.format_version"] == b"2"
     meta = pq.ParquetFile(shard).metadata
     assert meta.row_group(0).column(schema.names.index("image")).compression == "ZSTD"
     assert all(meta.row_group(i).num_rows <= 4 for i in range(meta.num_row_groups))

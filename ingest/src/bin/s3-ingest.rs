@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use s3_ingest::catalog::Catalog;
-use s3_ingest::nifti_io::{ReadOptions, read_nifti};
+use s3_ingest::nifti_io::ReadOptions;
 use s3_ingest::preprocess::PreprocessOptions;
 use s3_ingest::run::{self, Event, IngestConfig, Summary};
 use s3_shards::{Retry, StoreOptions, WriterOptions, open_store};
@@ -130,11 +130,14 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         cases: usize,
     },
-    /// Print a NIfTI file's geometry as read (shape, datatype, scaling, affine).
+    /// Print an image's geometry as the ingest reads it: format, shape, channels,
+    /// datatype, scaling and the voxel → RAS (mm) affine. Reads NIfTI-1/2 (.nii,
+    /// .nii.gz), MetaImage (.mha, .mhd), NRRD (.nrrd, .nhdr) and DICOM series (a folder).
     Inspect {
-        /// The file.
+        /// The file, or a folder of DICOM slices.
         file: PathBuf,
-        /// Also write the scaled voxel values as little-endian f64, x fastest.
+        /// Also write the scaled voxel values as little-endian f64, x fastest, one
+        /// channel after another.
         #[arg(long)]
         dump_f64: Option<PathBuf>,
     },
@@ -196,13 +199,17 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
             return Ok(code);
         }
         Some(Command::Inspect { file, dump_f64 }) => {
-            let v = read_nifti(&file, &ReadOptions::default())?;
+            let format = s3_ingest::formats::detect(&file)?;
+            let volumes = s3_ingest::formats::read_channels(&file, &ReadOptions::default())?;
+            let v = &volumes[0];
             let info = serde_json::json!({
-                "shape": v.shape, "datatype": v.datatype, "slope": v.slope, "inter": v.inter, "affine": v.affine,
+                "format": format!("{format:?}"), "shape": v.shape, "channels": volumes.len(), "datatype": v.datatype,
+                "slope": v.slope, "inter": v.inter, "affine": v.affine,
             });
             println!("{}", serde_json::to_string_pretty(&info)?);
             if let Some(path) = dump_f64 {
-                let bytes: Vec<u8> = (0..v.len()).flat_map(|n| v.value(n).to_le_bytes()).collect();
+                let bytes: Vec<u8> =
+                    volumes.iter().flat_map(|v| (0..v.len()).flat_map(|n| v.value(n).to_le_bytes())).collect();
                 std::fs::write(&path, bytes)?;
             }
         }

@@ -277,12 +277,21 @@ pub enum Outcome {
     Panicked,
 }
 
-/// One input end to end; also returns the largest allocation it asked for.
+/// One NIfTI input end to end; also returns the largest allocation it asked for.
 pub fn run_one(bytes: &[u8]) -> (Outcome, usize) {
+    run_reader(bytes, |b, opts| read_nifti_bytes(b, "fuzz.nii", opts).map(|v| vec![v]))
+}
+
+/// Reads a fuzzed input into volumes (one per channel).
+pub type Reader = fn(&[u8], &ReadOptions) -> s3_ingest::Result<Vec<Volume>>;
+
+/// One input end to end through `read` (the first channel is preprocessed); also
+/// returns the largest allocation it asked for.
+pub fn run_reader(bytes: &[u8], read: Reader) -> (Outcome, usize) {
     PEAK.with(|p| p.set(0));
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let opts = ReadOptions { max_bytes: VOLUME_CAP };
-        let Ok(image) = read_nifti_bytes(bytes, "fuzz.nii", &opts) else {
+        let Some(image) = read(bytes, &opts).ok().and_then(|v| v.into_iter().next()) else {
             return Outcome::Rejected;
         };
         // A label on the same grid (voxels above the mid-range), so that a header

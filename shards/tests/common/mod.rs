@@ -57,6 +57,7 @@ pub fn float_sample(dataset: &str, case: &str, label: i32) -> Sample {
         label_name: "tumour".into(),
         category: "lesion".into(),
         modality: "MR".into(),
+        channel: String::new(),
         split: s3_shards::Split::for_case(dataset, case, 10),
         affine: std::array::from_fn(|i| i as f64 * 0.5),
         source_shape: [240, 240, 155],

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use burn::prelude::Device;
 use s3_ingest::catalog::Modality;
-use s3_ingest::nifti_io::{ReadOptions, Volume, read_nifti, write_u8_like};
+use s3_ingest::nifti_io::{ReadOptions, Volume, write_u8_like};
 use s3_trainer::model::Sam;
 use s3_trainer::predict::{PreparedImage, SourceClick, Structure, predict_clicks};
 
@@ -59,11 +59,11 @@ pub struct PredictArgs {
     pub out: PathBuf,
 }
 
-/// A NIfTI file from a path or any store URL.
+/// An image (NIfTI, MetaImage, NRRD) from a path or any store URL, or a local DICOM folder.
 fn read_volume(url: &str, tmp: &std::path::Path) -> Result<Volume> {
     let opts = s3_shards::StoreOptions::default();
     let local = s3_trainer::checkpoint::local_copy(url, &opts, tmp).with_context(|| format!("fetching {url}"))?;
-    Ok(read_nifti(&local, &ReadOptions::default())?)
+    Ok(s3_ingest::formats::read_volume(&local, &ReadOptions::default())?)
 }
 
 pub fn predict(a: PredictArgs, device: Device) -> Result<()> {

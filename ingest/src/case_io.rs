@@ -4,9 +4,9 @@
 use std::path::Path;
 
 use crate::error::{IngestError, Result};
-use crate::layout::{CaseRef, LabelSource};
 use crate::formats::{self, png_stack};
 use crate::layout::channel_name;
+use crate::layout::{CaseRef, LabelSource};
 use crate::nifti_io::{ReadOptions, Volume, Voxels};
 use crate::source::Source;
 

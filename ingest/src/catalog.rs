@@ -127,7 +127,8 @@ impl PngLabels {
     pub fn stack(&self) -> std::result::Result<crate::formats::png_stack::PngStack, String> {
         let mut values = BTreeMap::new();
         for (k, v) in &self.values {
-            let grey: u16 = k.trim().parse().map_err(|_| format!("label_png.values key {k:?} is not a grey value 0-65535"))?;
+            let grey: u16 =
+                k.trim().parse().map_err(|_| format!("label_png.values key {k:?} is not a grey value 0-65535"))?;
             values.insert(grey, *v);
         }
         Ok(crate::formats::png_stack::PngStack { values, reversed: self.reversed })

@@ -117,7 +117,11 @@ async fn nnunet(source: &Source, task: &TaskEntry) -> Result<Listing, String> {
                 .map(|(ext, _)| format!("labelsTr/{case_id}{ext}"))
                 .find(|k| labels.contains(k))
                 .map_or_else(
-                    || LabelSource::Missing(format!("no label file labelsTr/{case_id}.nii.gz (or .nii, .mha, .mhd, .nrrd, .nhdr)")),
+                    || {
+                        LabelSource::Missing(format!(
+                            "no label file labelsTr/{case_id}.nii.gz (or .nii, .mha, .mhd, .nrrd, .nhdr)"
+                        ))
+                    },
                     LabelSource::File,
                 );
             let channels = Channels { files, names: channel_names.clone(), keep: task.channels.clone() };
@@ -139,10 +143,8 @@ pub fn dataset_json_channels(text: &str) -> Vec<String> {
     let Some(obj) = v.get("channel_names").or_else(|| v.get("modality")).and_then(|m| m.as_object()) else {
         return Vec::new();
     };
-    let indexed: BTreeMap<usize, String> = obj
-        .iter()
-        .filter_map(|(k, v)| Some((k.trim().parse().ok()?, v.as_str()?.to_string())))
-        .collect();
+    let indexed: BTreeMap<usize, String> =
+        obj.iter().filter_map(|(k, v)| Some((k.trim().parse().ok()?, v.as_str()?.to_string()))).collect();
     // Only a gap-free 0..n list names channels by position.
     if indexed.keys().copied().eq(0..indexed.len()) { indexed.into_values().collect() } else { Vec::new() }
 }
@@ -367,7 +369,10 @@ mod tests {
     fn case_captures_and_literal_prefixes() {
         assert_eq!(capture_case("{case}/{case}_flair.nii.gz", "B_001/B_001_flair.nii.gz").as_deref(), Some("B_001"));
         assert_eq!(capture_case("{case}/{case}_flair.nii.gz", "B_001/B_002_flair.nii.gz"), None);
-        assert_eq!(capture_case("Train_Sets/CT/{case}/DICOM_anon", "Train_Sets/CT/21/DICOM_anon").as_deref(), Some("21"));
+        assert_eq!(
+            capture_case("Train_Sets/CT/{case}/DICOM_anon", "Train_Sets/CT/21/DICOM_anon").as_deref(),
+            Some("21")
+        );
         assert_eq!(literal_prefix("Train_Sets/CT/{case}/DICOM_anon"), "Train_Sets/CT");
         assert_eq!(literal_prefix("images/*_img.nii.gz"), "images");
         assert_eq!(literal_prefix("*.mhd"), "");

@@ -273,7 +273,12 @@ pub(crate) fn check_grid(shape: [usize; 3], affine: &Affine, opts: &ReadOptions)
 }
 
 /// The bytes of `channels` volumes of `shape` voxels of `size` bytes, if under the limit.
-pub(crate) fn checked_bytes(shape: [usize; 3], channels: usize, size: usize, opts: &ReadOptions) -> Result<u64, String> {
+pub(crate) fn checked_bytes(
+    shape: [usize; 3],
+    channels: usize,
+    size: usize,
+    opts: &ReadOptions,
+) -> Result<u64, String> {
     shape
         .iter()
         .chain(&[channels])

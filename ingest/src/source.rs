@@ -110,10 +110,12 @@ impl Source {
         let io = |e: std::io::Error| IngestError::Io { file: key.into(), error: e };
         let dir = tempfile::Builder::new().prefix("fetch-").tempdir_in(tmp).map_err(io)?;
         if let Some(folder) = key.strip_suffix('/') {
-            let inside = self.list(folder).await.map_err(|_| self.take_outage().unwrap_or_else(|| IngestError::Io {
-                file: key.into(),
-                error: std::io::Error::new(std::io::ErrorKind::NotFound, "listing the folder failed"),
-            }))?;
+            let inside = self.list(folder).await.map_err(|_| {
+                self.take_outage().unwrap_or_else(|| IngestError::Io {
+                    file: key.into(),
+                    error: std::io::Error::new(std::io::ErrorKind::NotFound, "listing the folder failed"),
+                })
+            })?;
             let path = dir.path().join(folder.rsplit('/').next().unwrap_or("folder"));
             std::fs::create_dir(&path).map_err(io)?;
             for k in inside.iter().filter(|k| !k[folder.len() + 1..].contains('/')) {
@@ -135,7 +137,8 @@ impl Source {
             match self.fetch_into(&companion, target.parent().unwrap_or(dir.path())).await {
                 Ok(_) => {}
                 // A missing data file is the reader's quarantine reason, not an outage.
-                Err(IngestError::SourceUnavailable { source, .. }) if matches!(*source, object_store::Error::NotFound { .. }) => {}
+                Err(IngestError::SourceUnavailable { source, .. })
+                    if matches!(*source, object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }

@@ -87,8 +87,28 @@ space directions: {dirs}\nkinds: {kinds}\nendian: little\nencoding: {encoding}\n
 }
 
 const NUMBERS: &[&str] = &[
-    "0", "-1", "1", "2", "3", "4", "5", "-0", "1e308", "-1e308", "nan", "inf", "1e-300", "65535", "65536",
-    "2147483647", "2147483648", "4294967296", "18446744073709551616", "99999999", "0.0001", "",
+    "0",
+    "-1",
+    "1",
+    "2",
+    "3",
+    "4",
+    "5",
+    "-0",
+    "1e308",
+    "-1e308",
+    "nan",
+    "inf",
+    "1e-300",
+    "65535",
+    "65536",
+    "2147483647",
+    "2147483648",
+    "4294967296",
+    "18446744073709551616",
+    "99999999",
+    "0.0001",
+    "",
 ];
 
 fn below(rng: &mut Rng, n: usize) -> usize {
@@ -97,7 +117,8 @@ fn below(rng: &mut Rng, n: usize) -> usize {
 
 /// Mutates the header text (numbers, lines) or the data after it.
 fn mutate(rng: &mut Rng, seed: &[u8], header_end: usize) -> Vec<u8> {
-    let (mut header, mut data) = (String::from_utf8_lossy(&seed[..header_end]).into_owned(), seed[header_end..].to_vec());
+    let (mut header, mut data) =
+        (String::from_utf8_lossy(&seed[..header_end]).into_owned(), seed[header_end..].to_vec());
     for _ in 0..1 + below(rng, 3) {
         let mut lines: Vec<String> = header.lines().map(String::from).collect();
         while lines.last().is_some_and(|l| l.is_empty()) {

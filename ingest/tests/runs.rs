@@ -234,3 +234,117 @@ fn dry_run_writes_nothing_and_catalogue_counts() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("unknown datasets [\"NoSuchSet\"]"), "{}", text(&o));
 }
+
+/// `v` as a detached MetaImage (`<stem>.mhd` + `<stem>.raw`): the RAS affine back to
+/// ITK's LPS direction cosines, spacings and offset.
+fn write_mhd(v: &s3_ingest::nifti_io::Volume, dir: &Path, stem: &str) {
+    use s3_ingest::nifti_io::Voxels;
+    assert!(v.integer_unscaled(), "the phantom CT stores its integers unscaled");
+    let s = s3_ingest::geometry::spacing(&v.affine);
+    let lps = |r: usize, c: usize| if r < 2 { -v.affine[r][c] } else { v.affine[r][c] };
+    let matrix: Vec<String> = (0..3)
+        .flat_map(|axis| (0..3).map(move |r| (axis, r)))
+        .map(|(a, r)| format!("{:?}", lps(r, a) / s[a]))
+        .collect();
+    let (kind, bytes): (&str, Vec<u8>) = match &v.voxels {
+        Voxels::I16(d) => ("MET_SHORT", d.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Voxels::U8(d) => ("MET_UCHAR", d.clone()),
+        other => panic!("unexpected phantom type {}", other.len()),
+    };
+    let header = format!(
+        "ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\nTransformMatrix = {}\n\
+Offset = {:?} {:?} {:?}\nElementSpacing = {:?} {:?} {:?}\nDimSize = {} {} {}\nElementType = {kind}\nElementDataFile = {stem}.raw\n",
+        matrix.join(" "),
+        lps(0, 3),
+        lps(1, 3),
+        lps(2, 3),
+        s[0],
+        s[1],
+        s[2],
+        v.shape[0],
+        v.shape[1],
+        v.shape[2]
+    );
+    std::fs::write(dir.join(format!("{stem}.mhd")), header).unwrap();
+    std::fs::write(dir.join(format!("{stem}.raw")), bytes).unwrap();
+}
+
+/// A label map as one greyscale PNG per slice (value × 50), named so that name order
+/// runs against the slices.
+fn write_png_stack(v: &s3_ingest::nifti_io::Volume, dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let [nx, ny, nz] = v.shape;
+    for z in 0..nz {
+        let grey: Vec<u8> = (0..nx * ny).map(|i| (v.value(z * nx * ny + i) as u8) * 50).collect();
+        let file = std::fs::File::create(dir.join(format!("slice{}.png", nz - 1 - z))).unwrap();
+        let mut e = png::Encoder::new(std::io::BufWriter::new(file), nx as u32, ny as u32);
+        e.set_color(png::ColorType::Grayscale);
+        e.set_depth(png::BitDepth::Eight);
+        e.write_header().unwrap().write_image_data(&grey).unwrap();
+    }
+}
+
+/// A detached MetaImage image and a PNG-stack label, read from S3: the header's data
+/// file and the folder's slices are fetched beside it, and the samples are those of
+/// the same cases as NIfTI (bit for bit: the geometry is the same numbers).
+#[test]
+fn metaimage_and_png_stacks_from_an_s3_source_equal_their_nifti_twins() {
+    let server = S3Server::start();
+    let opts =
+        StoreOptions::endpoint_with_keys(&server.endpoint(), s3_test_support::ACCESS_KEY, s3_test_support::SECRET_KEY);
+    let tmp = tempfile::tempdir().unwrap();
+    let nifti = corpus(&tmp.path().join("raw"), 3);
+    let ct = tmp.path().join("raw/PhantomCT");
+    let converted = tmp.path().join("converted");
+    std::fs::create_dir_all(converted.join("images")).unwrap();
+    let mut labels = Vec::new();
+    for c in 0..3 {
+        let case = format!("case{c:03}");
+        let read = |p: &Path| s3_ingest::nifti_io::read_nifti(p, &Default::default()).unwrap();
+        write_mhd(&read(&ct.join(format!("imagesTr/{case}_0000.nii.gz"))), &converted.join("images"), &case);
+        let label = read(&ct.join(format!("labelsTr/{case}.nii.gz")));
+        write_png_stack(&label, &converted.join("labels").join(&case));
+        labels.extend(s3_ingest::preprocess::label_values(&label).unwrap());
+    }
+    labels.sort();
+    labels.dedup();
+    let values: Vec<String> = labels.iter().map(|v| format!("\"{}\" = {v}", v * 50)).collect();
+    let entry = |source: &str| {
+        format!(
+            "[[datasets]]\nname = \"PhantomCT\"\nmodality = \"CT\"\npretrain = true\nfinetune = false\n\
+[[datasets.tasks]]\nname = \"default\"\nlayout = \"pairs\"\nsource = \"{source}\"\nimage_glob = \"images/*.mhd\"\n\
+label_template = \"labels/{{case}}\"\nlabel_png = {{ values = {{ {} }}, reversed = true }}\n",
+            values.join(", ")
+        )
+    };
+    let raw = open_store(&server.url("converted"), &opts).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for entry in walkdir(&converted) {
+        let key = entry.strip_prefix(&converted).unwrap().to_str().unwrap().to_string();
+        let bytes = std::fs::read(&entry).unwrap();
+        rt.block_on(object_store::ObjectStoreExt::put(raw.store().as_ref(), &key.as_str().into(), bytes.into()))
+            .unwrap();
+    }
+
+    let mut only_ct = nifti.clone();
+    only_ct.datasets.retain(|d| d.name == "PhantomCT");
+    let reference = tmp.path().join("nifti-out");
+    run::run(&only_ct, &IngestConfig::new(reference.to_str().unwrap()), &|_| {}).unwrap();
+    let remote = Catalog::parse(&entry(&server.url("converted")), "remote").unwrap();
+    let cfg = IngestConfig {
+        store_options: opts.clone(),
+        tmp_dir: tmp.path().to_path_buf(),
+        ..IngestConfig::new(tmp.path().join("remote-out").to_str().unwrap())
+    };
+    let summary = run::run(&remote, &cfg, &|_| {}).unwrap();
+    assert_eq!(summary.quarantined(), 0, "{summary:?}");
+    let want = published(reference.to_str().unwrap(), &StoreOptions::default());
+    assert!(want.len() >= 3, "{want:?}");
+    assert_eq!(published(tmp.path().join("remote-out").to_str().unwrap(), &StoreOptions::default()), want);
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with("fetch-"))
+        .collect();
+    assert!(leftovers.is_empty(), "fetched inputs are removed: {leftovers:?}");
+}

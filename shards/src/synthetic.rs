@@ -112,11 +112,14 @@ pub async fn populate(
                 fg.entry(l).or_default().push(s.fg_voxels);
                 shards.extend(writer.push(s).await?);
             }
-            fates.insert(case_id, CaseFate::Ingested {
+            fates.insert(
+                case_id,
+                CaseFate::Ingested {
                     samples: labels as u64,
                     dropped_labels: BTreeMap::new(),
                     dropped_channels: BTreeMap::new(),
-                });
+                },
+            );
         }
         shards.extend(writer.finish().await?);
         let manifest = LabelManifest {

@@ -395,3 +395,36 @@ def test_channels_give_one_sample_per_channel_and_class(tmp_path):
     fate = json.loads((out / "labels" / "BraTS.json").read_text())["cases"]["default"]["BraTS_001"]
     assert fate["fate"] == "ingested" and "t1gd" in fate["dropped_channels"], fate
     assert "affines differ" in fate["dropped_channels"]["t1gd"], fate
+
+
+def test_a_dicom_series_simpleitk_writes_from_a_real_mr_volume(tmp_path):
+    """nibabel's example4d (a real MR run, oblique) → its first volume as a DICOM series
+    by SimpleITK → read back like SimpleITK reads it, on the NIfTI's own grid."""
+    import zipfile
+
+    wheels = pathlib.Path(os.environ.get("S3_TEST_WHEELS", ROOT / ".venv" / "wheels"))
+    wheel = next(wheels.glob("nibabel-*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        path = pathlib.Path(z.extract("nibabel/tests/data/example4d.nii.gz", tmp_path))
+    four_d = sitk.ReadImage(str(path))
+    size = list(four_d.GetSize())
+    volume = sitk.Extract(four_d, size[:3] + [0], [0, 0, 0, 0])
+    folder = tmp_path / "series"
+    write_dicom_series(volume, folder, "1.2.826.0.1.3680043.2.1125.4242", shuffle_seed=11)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    ref = reader.Execute()
+    info = assert_reads_like_simpleitk(folder, ref, tmp_path)
+    # The series covers the NIfTI's first volume voxel for voxel. This NIfTI is
+    # left-handed (qfac −1); a DICOM stack always runs along row × column, so the
+    # series is the same grid with its slices in the opposite order.
+    nifti_info, nifti_values = inspect(path, tmp_path)
+    assert nifti_info["channels"] == size[3]
+    nifti_affine = np.array(nifti_info["affine"])
+    assert np.linalg.det(nifti_affine[:3, :3]) < 0
+    flip = np.eye(4)
+    flip[2, 2], flip[2, 3] = -1, size[2] - 1
+    np.testing.assert_allclose(np.array(info["affine"]), nifti_affine @ flip, atol=1e-3)
+    n = int(np.prod(size[:3]))
+    first = nifti_values[:n].reshape(size[:3], order="F")[:, :, ::-1].reshape(-1, order="F")
+    assert np.array_equal(inspect(folder, tmp_path)[1], first)

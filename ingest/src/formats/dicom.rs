@@ -63,7 +63,10 @@ pub fn read_series(dir: &Path, opts: &ReadOptions) -> Result<Volume> {
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(IngestError::NotImage { file: folder, reason: "a folder with no DICOM file (no DICM marker)".into() });
+        return Err(IngestError::NotImage {
+            file: folder,
+            reason: "a folder with no DICOM file (no DICM marker)".into(),
+        });
     }
     let mut series: BTreeMap<String, Vec<Slice>> = BTreeMap::new();
     for path in &files {
@@ -77,7 +80,8 @@ pub fn read_series(dir: &Path, opts: &ReadOptions) -> Result<Volume> {
         .map(|(k, v)| (k.clone(), v.clone()))
         .expect("non-empty");
     if series.len() > 1 {
-        let others: Vec<String> = series.iter().filter(|(k, _)| **k != uid).map(|(k, v)| format!("{k} ({} files)", v.len())).collect();
+        let others: Vec<String> =
+            series.iter().filter(|(k, _)| **k != uid).map(|(k, v)| format!("{k} ({} files)", v.len())).collect();
         tracing::warn!(folder = %folder, "{} series in one folder: reading {uid} ({} files), leaving {}", series.len(), slices.len(), others.join(", "));
     }
     let geometry = order(&mut slices, &folder)?;
@@ -95,14 +99,21 @@ fn read_slice_header(path: &Path) -> Result<Slice> {
     if ts != IMPLICIT_LE && ts != EXPLICIT_LE {
         return Err(IngestError::Unsupported {
             file,
-            reason: format!("transfer syntax {ts}; uncompressed little-endian DICOM (1.2.840.10008.1.2, .1.2.1) is read"),
+            reason: format!(
+                "transfer syntax {ts}; uncompressed little-endian DICOM (1.2.840.10008.1.2, .1.2.1) is read"
+            ),
         });
     }
     let text = |tag, what: &str| -> Result<String> {
-        obj.element(tag).ok().and_then(|e| e.to_str().ok()).map(|s| s.trim().to_string()).ok_or_else(|| bad(format!("no {what}")))
+        obj.element(tag)
+            .ok()
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim().to_string())
+            .ok_or_else(|| bad(format!("no {what}")))
     };
     let floats = |tag, what: &str, n: usize| -> Result<Vec<f64>> {
-        let v = obj.element(tag).ok().and_then(|e| e.to_multi_float64().ok()).ok_or_else(|| bad(format!("no {what}")))?;
+        let v =
+            obj.element(tag).ok().and_then(|e| e.to_multi_float64().ok()).ok_or_else(|| bad(format!("no {what}")))?;
         if v.len() != n || v.iter().any(|x| !x.is_finite()) {
             return Err(bad(format!("{what} = {v:?}; {n} finite numbers expected")));
         }
@@ -114,11 +125,17 @@ fn read_slice_header(path: &Path) -> Result<Slice> {
     let optional = |tag| obj.element(tag).ok().and_then(|e| e.to_float64().ok());
     let frames = obj.element(tags::NUMBER_OF_FRAMES).ok().and_then(|e| e.to_int::<i64>().ok()).unwrap_or(1);
     if frames > 1 {
-        return Err(IngestError::Unsupported { file, reason: format!("a multi-frame object ({frames} frames); single-frame slices are read") });
+        return Err(IngestError::Unsupported {
+            file,
+            reason: format!("a multi-frame object ({frames} frames); single-frame slices are read"),
+        });
     }
     let samples = int(tags::SAMPLES_PER_PIXEL, "SamplesPerPixel").unwrap_or(1);
     if samples != 1 {
-        return Err(IngestError::Unsupported { file, reason: format!("SamplesPerPixel = {samples}; greyscale is needed") });
+        return Err(IngestError::Unsupported {
+            file,
+            reason: format!("SamplesPerPixel = {samples}; greyscale is needed"),
+        });
     }
     let o = floats(tags::IMAGE_ORIENTATION_PATIENT, "ImageOrientationPatient", 6)?;
     let p = floats(tags::IMAGE_POSITION_PATIENT, "ImagePositionPatient", 3)?;
@@ -165,13 +182,23 @@ fn order(slices: &mut [Slice], folder: &str) -> Result<Affine> {
         if (s.rows, s.columns, s.bits, s.signed) != (first.rows, first.columns, first.bits, first.signed) {
             return Err(bad(format!(
                 "slice {} is {}×{} of {} bits, slice {} is {}×{} of {} bits: one series must share one size",
-                super::name(&s.path), s.columns, s.rows, s.bits, super::name(&first.path), first.columns, first.rows, first.bits
+                super::name(&s.path),
+                s.columns,
+                s.rows,
+                s.bits,
+                super::name(&first.path),
+                first.columns,
+                first.rows,
+                first.bits
             )));
         }
         if s.orientation.iter().zip(first.orientation).any(|(a, b)| (a - b).abs() > 1e-4)
             || s.pixel_spacing.iter().zip(first.pixel_spacing).any(|(a, b)| (a - b).abs() > 1e-4 * b.abs().max(1.0))
         {
-            return Err(bad(format!("slice {} has another orientation or pixel spacing than the series", super::name(&s.path))));
+            return Err(bad(format!(
+                "slice {} has another orientation or pixel spacing than the series",
+                super::name(&s.path)
+            )));
         }
     }
     let row = [first.orientation[0], first.orientation[1], first.orientation[2]];
@@ -227,7 +254,10 @@ fn assemble(slices: &[Slice], affine: Affine, folder: &str, opts: &ReadOptions) 
     let mut floats: Vec<f32> = Vec::new();
     let n = shape.iter().product::<usize>();
     let reserved = if integral { ints.try_reserve_exact(n) } else { floats.try_reserve_exact(n) };
-    reserved.map_err(|e| IngestError::Io { file: folder.into(), error: std::io::Error::new(std::io::ErrorKind::OutOfMemory, e.to_string()) })?;
+    reserved.map_err(|e| IngestError::Io {
+        file: folder.into(),
+        error: std::io::Error::new(std::io::ErrorKind::OutOfMemory, e.to_string()),
+    })?;
     for s in slices {
         let file = super::name(&s.path);
         let obj: DefaultDicomObject = dicom_object::open_file(&s.path)
@@ -235,14 +265,21 @@ fn assemble(slices: &[Slice], affine: Affine, folder: &str, opts: &ReadOptions) 
         let pixels = obj
             .element(tags::PIXEL_DATA)
             .map_err(|e| IngestError::Truncated { file: file.clone(), reason: format!("no pixel data: {e}") })?;
-        let bytes = pixels
-            .to_bytes()
-            .map_err(|e| IngestError::Unsupported { file: file.clone(), reason: format!("encapsulated pixel data: {e}") })?;
+        let bytes = pixels.to_bytes().map_err(|e| IngestError::Unsupported {
+            file: file.clone(),
+            reason: format!("encapsulated pixel data: {e}"),
+        })?;
         let width = usize::from(s.bits / 8);
         if bytes.len() < per_slice * width {
             return Err(IngestError::Truncated {
                 file,
-                reason: format!("{} bytes of pixel data for {}×{} pixels of {} bits", bytes.len(), s.columns, s.rows, s.bits),
+                reason: format!(
+                    "{} bytes of pixel data for {}×{} pixels of {} bits",
+                    bytes.len(),
+                    s.columns,
+                    s.rows,
+                    s.bits
+                ),
             });
         }
         let raw = |i: usize| -> f64 {

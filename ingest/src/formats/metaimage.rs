@@ -49,7 +49,10 @@ pub fn read_bytes(bytes: &[u8], file: &str, opts: &ReadOptions) -> Result<Vec<Vo
     let mut r = bytes;
     let header = Header::parse(&mut r, file)?;
     if header.data_file.first().map(String::as_str) != Some("LOCAL") {
-        return Err(IngestError::Unsupported { file: file.into(), reason: "a detached data file read from memory".into() });
+        return Err(IngestError::Unsupported {
+            file: file.into(),
+            reason: "a detached data file read from memory".into(),
+        });
     }
     let (layout, affine) = header.layout(file)?;
     let total = raw::check(&layout, &affine, file, opts)?;
@@ -83,7 +86,10 @@ impl Header {
                 } else if read >= MAX_HEADER {
                     bad(format!("no ElementDataFile line in the first {MAX_HEADER} bytes"))
                 } else {
-                    IngestError::Truncated { file: file.into(), reason: "the header ends before ElementDataFile".into() }
+                    IngestError::Truncated {
+                        file: file.into(),
+                        reason: "the header ends before ElementDataFile".into(),
+                    }
                 });
             }
             let text = String::from_utf8_lossy(&line);
@@ -93,7 +99,10 @@ impl Header {
             }
             let Some((key, value)) = text.split_once('=') else {
                 return Err(if fields.is_empty() {
-                    IngestError::NotImage { file: file.into(), reason: "not a MetaImage header (no 'Key = Value' line)".into() }
+                    IngestError::NotImage {
+                        file: file.into(),
+                        reason: "not a MetaImage header (no 'Key = Value' line)".into(),
+                    }
                 } else {
                     bad(format!("line {text:?} is not 'Key = Value'"))
                 });
@@ -162,7 +171,9 @@ impl Header {
         });
         let channels_per_voxel: usize = match self.get(&["ElementNumberOfChannels"]) {
             None => 1,
-            Some(v) => v.parse().ok().filter(|&c| c >= 1).ok_or_else(|| bad(format!("ElementNumberOfChannels = {v}")))?,
+            Some(v) => {
+                v.parse().ok().filter(|&c| c >= 1).ok_or_else(|| bad(format!("ElementNumberOfChannels = {v}")))?
+            }
         };
         let volumes = if ndims == 4 { dims[3] } else { 1 };
         if channels_per_voxel > 1 && volumes > 1 {
@@ -176,9 +187,14 @@ impl Header {
             file: file.into(),
             reason: format!("ElementType = {elem}; numeric scalar types only"),
         })?;
-        let msb = self.get(&["BinaryDataByteOrderMSB", "ElementByteOrderMSB"]).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let msb = self
+            .get(&["BinaryDataByteOrderMSB", "ElementByteOrderMSB"])
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
         if self.get(&["BinaryData"]).is_some_and(|v| v.eq_ignore_ascii_case("false")) {
-            return Err(IngestError::Unsupported { file: file.into(), reason: "ASCII voxel data (BinaryData = False)".into() });
+            return Err(IngestError::Unsupported {
+                file: file.into(),
+                reason: "ASCII voxel data (BinaryData = False)".into(),
+            });
         }
         let layout = RawLayout {
             elem,
@@ -187,8 +203,7 @@ impl Header {
             channels: volumes * channels_per_voxel,
             interleaved: channels_per_voxel > 1,
         };
-        let affine =
-            raw::lps_affine(columns, [spacing[0], spacing[1], spacing[2]], [origin[0], origin[1], origin[2]]);
+        let affine = raw::lps_affine(columns, [spacing[0], spacing[1], spacing[2]], [origin[0], origin[1], origin[2]]);
         Ok((layout, affine))
     }
 
@@ -199,7 +214,8 @@ impl Header {
     /// The voxel stream: what follows the header (`LOCAL`), one data file, or several
     /// one after the other; inflated when `CompressedData = True`.
     fn data<'a>(&self, local: Box<dyn BufRead + 'a>, dir: &Path, file: &str, total: u64) -> Result<Box<dyn Read + 'a>> {
-        let io_err = |name: &str, error: io::Error| IngestError::Io { file: format!("{file}: data file {name}"), error };
+        let io_err =
+            |name: &str, error: io::Error| IngestError::Io { file: format!("{file}: data file {name}"), error };
         let compressed = self.compressed();
         let open = |r: Box<dyn BufRead + 'a>, name: &str| -> Result<Box<dyn Read + 'a>> {
             if compressed { raw::inflate(r).map_err(|e| io_err(name, e)) } else { Ok(Box::new(r)) }
@@ -211,7 +227,9 @@ impl Header {
         };
         let skip = match self.get(&["HeaderSize"]) {
             None => 0i64,
-            Some(v) => v.parse().map_err(|_| IngestError::BadHeader { file: file.into(), reason: format!("HeaderSize = {v}") })?,
+            Some(v) => v
+                .parse()
+                .map_err(|_| IngestError::BadHeader { file: file.into(), reason: format!("HeaderSize = {v}") })?,
         };
         let mut chain: Box<dyn Read + 'a> = Box::new(io::empty());
         let per_file = total / names.len() as u64;
@@ -242,7 +260,10 @@ fn list_files(r: &mut dyn BufRead, file: &str, budget: u64) -> Result<Vec<String
     r.take(budget).read_to_string(&mut text).map_err(|error| IngestError::Io { file: file.into(), error })?;
     names.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
     if names.is_empty() {
-        return Err(IngestError::BadHeader { file: file.into(), reason: "ElementDataFile = LIST names no files".into() });
+        return Err(IngestError::BadHeader {
+            file: file.into(),
+            reason: "ElementDataFile = LIST names no files".into(),
+        });
     }
     Ok(names)
 }

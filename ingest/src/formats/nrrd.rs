@@ -37,7 +37,11 @@ pub fn data_files(path: &Path) -> Result<Vec<String>> {
         Some(v) if v.split_whitespace().next() == Some("LIST") => header.list.clone(),
         Some(v) => {
             let parts: Vec<&str> = v.split_whitespace().collect();
-            if parts.len() >= 3 && parts[0].contains('%') { expand_pattern(&parts).ok_or_else(|| bad(v))? } else { vec![v.to_string()] }
+            if parts.len() >= 3 && parts[0].contains('%') {
+                expand_pattern(&parts).ok_or_else(|| bad(v))?
+            } else {
+                vec![v.to_string()]
+            }
         }
     })
 }
@@ -47,7 +51,10 @@ pub fn read_bytes(bytes: &[u8], file: &str, opts: &ReadOptions) -> Result<Vec<Vo
     let mut r = bytes;
     let header = Header::parse(&mut r, file)?;
     if header.get("data file").is_some() {
-        return Err(IngestError::Unsupported { file: file.into(), reason: "a detached data file read from memory".into() });
+        return Err(IngestError::Unsupported {
+            file: file.into(),
+            reason: "a detached data file read from memory".into(),
+        });
     }
     header.volumes(Box::new(r), Path::new("."), file, opts)
 }
@@ -86,7 +93,10 @@ impl Header {
                 continue; // comments and key/value pairs
             }
             let Some((key, value)) = text.split_once(':') else {
-                return Err(IngestError::BadHeader { file: file.into(), reason: format!("line {text:?} is not 'field: value'") });
+                return Err(IngestError::BadHeader {
+                    file: file.into(),
+                    reason: format!("line {text:?} is not 'field: value'"),
+                });
             };
             let key = key.trim().to_lowercase();
             let value = value.trim().to_string();
@@ -108,7 +118,13 @@ impl Header {
         self.fields.get(key).or_else(|| self.fields.get(&key.replace(' ', ""))).map(String::as_str)
     }
 
-    fn volumes(&self, attached: Box<dyn BufRead + '_>, dir: &Path, file: &str, opts: &ReadOptions) -> Result<Vec<Volume>> {
+    fn volumes(
+        &self,
+        attached: Box<dyn BufRead + '_>,
+        dir: &Path,
+        file: &str,
+        opts: &ReadOptions,
+    ) -> Result<Vec<Volume>> {
         let bad = |reason: String| IngestError::BadHeader { file: file.into(), reason };
         let unsupported = |reason: String| IngestError::Unsupported { file: file.into(), reason };
         let dimension: usize = self
@@ -125,9 +141,12 @@ impl Header {
             .map(|s| s.parse::<usize>().ok().filter(|&n| n >= 1 && n <= i32::MAX as usize))
             .collect::<Option<_>>()
             .filter(|v: &Vec<usize>| v.len() == dimension)
-            .ok_or_else(|| bad(format!("sizes: {:?}; {dimension} whole numbers from 1 are needed", self.get("sizes"))))?;
+            .ok_or_else(|| {
+                bad(format!("sizes: {:?}; {dimension} whole numbers from 1 are needed", self.get("sizes")))
+            })?;
         let elem = self.get("type").ok_or_else(|| bad("no type".into()))?;
-        let elem = element_type(elem).ok_or_else(|| unsupported(format!("type {elem:?}; numeric scalar types only")))?;
+        let elem =
+            element_type(elem).ok_or_else(|| unsupported(format!("type {elem:?}; numeric scalar types only")))?;
         let endian = match self.get("endian") {
             Some("big") => Endianness::Big,
             Some("little") | None => Endianness::Little,
@@ -142,8 +161,10 @@ impl Header {
 
         // Which axes are spatial: `space directions` says "none" for the others;
         // without it, `kinds` does.
-        let directions = self.get("space directions").map(|d| parse_directions(d, dimension)).transpose().map_err(bad)?;
-        let kinds: Vec<String> = self.get("kinds").map_or(vec![], |k| k.split_whitespace().map(str::to_lowercase).collect());
+        let directions =
+            self.get("space directions").map(|d| parse_directions(d, dimension)).transpose().map_err(bad)?;
+        let kinds: Vec<String> =
+            self.get("kinds").map_or(vec![], |k| k.split_whitespace().map(str::to_lowercase).collect());
         let spatial: Vec<bool> = (0..dimension)
             .map(|a| match &directions {
                 Some(d) => d[a].is_some(),
@@ -174,9 +195,9 @@ impl Header {
         let columns: [[f64; 3]; 3] = match &directions {
             Some(d) => std::array::from_fn(|i| d[axes[i]].expect("spatial")),
             None => {
-                let spacings: Vec<f64> = self
-                    .get("spacings")
-                    .map_or(vec![1.0; dimension], |s| s.split_whitespace().map(|x| x.parse().unwrap_or(f64::NAN)).collect());
+                let spacings: Vec<f64> = self.get("spacings").map_or(vec![1.0; dimension], |s| {
+                    s.split_whitespace().map(|x| x.parse().unwrap_or(f64::NAN)).collect()
+                });
                 let s = |i: usize| spacings.get(axes[i]).copied().filter(|v| v.is_finite()).unwrap_or(1.0);
                 std::array::from_fn(|i| std::array::from_fn(|r| if r == i { s(i) } else { 0.0 }))
             }
@@ -209,10 +230,13 @@ impl Header {
         gzip: bool,
         total: u64,
     ) -> Result<Box<dyn Read + 'a>> {
-        let io_err = |name: &str, error: io::Error| IngestError::Io { file: format!("{file}: data file {name}"), error };
+        let io_err =
+            |name: &str, error: io::Error| IngestError::Io { file: format!("{file}: data file {name}"), error };
         let bad = |reason: String| IngestError::BadHeader { file: file.into(), reason };
-        let byte_skip: i64 = self.get("byte skip").map_or(Ok(0), |v| v.parse().map_err(|_| bad(format!("byte skip: {v}"))))?;
-        let line_skip: u64 = self.get("line skip").map_or(Ok(0), |v| v.parse().map_err(|_| bad(format!("line skip: {v}"))))?;
+        let byte_skip: i64 =
+            self.get("byte skip").map_or(Ok(0), |v| v.parse().map_err(|_| bad(format!("byte skip: {v}"))))?;
+        let line_skip: u64 =
+            self.get("line skip").map_or(Ok(0), |v| v.parse().map_err(|_| bad(format!("line skip: {v}"))))?;
         let names: Vec<String> = match self.get("data file") {
             None => {
                 let mut r = attached;
@@ -320,7 +344,12 @@ fn element_type(name: &str) -> Option<NiftiType> {
         "ushort" | "unsigned short" | "unsigned short int" | "uint16" | "uint16_t" => Uint16,
         "int" | "signed int" | "int32" | "int32_t" => Int32,
         "uint" | "unsigned int" | "uint32" | "uint32_t" => Uint32,
-        "longlong" | "long long" | "long long int" | "signed long long" | "signed long long int" | "int64"
+        "longlong"
+        | "long long"
+        | "long long int"
+        | "signed long long"
+        | "signed long long int"
+        | "int64"
         | "int64_t" => Int64,
         "ulonglong" | "unsigned long long" | "unsigned long long int" | "uint64" | "uint64_t" => Uint64,
         "float" => Float32,
@@ -343,9 +372,14 @@ mod tests {
     fn ras_and_lps_spaces_give_the_same_ras_affine() {
         let data: Vec<u8> = (0u8..8).collect();
         let common = "type: uchar\ndimension: 3\nsizes: 2 2 2\nencoding: raw\n";
-        let ras = nrrd(&format!("{common}space: RAS\nspace directions: (2,0,0) (0,3,0) (0,0,4)\nspace origin: (1,2,3)\n"), &data);
+        let ras = nrrd(
+            &format!("{common}space: RAS\nspace directions: (2,0,0) (0,3,0) (0,0,4)\nspace origin: (1,2,3)\n"),
+            &data,
+        );
         let lps = nrrd(
-            &format!("{common}space: left-posterior-superior\nspace directions: (-2,0,0) (0,-3,0) (0,0,4)\nspace origin: (-1,-2,3)\n"),
+            &format!(
+                "{common}space: left-posterior-superior\nspace directions: (-2,0,0) (0,-3,0) (0,0,4)\nspace origin: (-1,-2,3)\n"
+            ),
             &data,
         );
         let a = read_bytes(&ras, "a.nrrd", &ReadOptions::default()).unwrap().remove(0);

@@ -66,25 +66,15 @@ pub fn read(dir: &Path, image: &Volume, stack: &PngStack, opts: &ReadOptions) ->
     }
     let [nx, ny, nz] = image.shape;
     if files.len() != nz {
-        return Err(IngestError::Mismatch(format!(
-            "{folder} holds {} PNG slices, the image has {nz}",
-            files.len()
-        )));
+        return Err(IngestError::Mismatch(format!("{folder} holds {} PNG slices, the image has {nz}", files.len())));
     }
     checked_bytes(image.shape, 1, 2, opts).map_err(|reason| IngestError::BadHeader { file: folder.clone(), reason })?;
     let mut data = vec![0u16; nx * ny * nz];
     for (z, path) in files.iter().enumerate() {
         let file = super::name(path);
-        let (w, h, grey) = decode(path, &file)?;
-        if (w, h) != (nx, ny) {
-            return Err(IngestError::Mismatch(format!("{file} is {w}×{h} pixels, the image slices are {nx}×{ny}")));
-        }
+        let (w, h, grey) = decode(path, &file, (nx, ny))?;
         for (i, &g) in grey.iter().enumerate() {
-            let label = if stack.values.is_empty() {
-                i32::from(g)
-            } else {
-                stack.values.get(&g).copied().unwrap_or(0)
-            };
+            let label = if stack.values.is_empty() { i32::from(g) } else { stack.values.get(&g).copied().unwrap_or(0) };
             // PNG rows run down the slice like DICOM rows: pixel (row r, column c) is voxel (c, r).
             data[z * nx * ny + i] = label.clamp(0, i32::from(u16::MAX)) as u16;
         }
@@ -100,24 +90,33 @@ pub fn read(dir: &Path, image: &Volume, stack: &PngStack, opts: &ReadOptions) ->
     })
 }
 
-/// A greyscale PNG as (width, height, values); 16-bit values kept whole.
-fn decode(path: &Path, file: &str) -> Result<(usize, usize, Vec<u16>)> {
+/// A greyscale PNG of `want` (width, height) pixels as (width, height, values);
+/// 16-bit values kept whole. The size is checked before the pixels are allocated.
+fn decode(path: &Path, file: &str, want: (usize, usize)) -> Result<(usize, usize, Vec<u16>)> {
     let bad = |e: png::DecodingError| IngestError::Truncated { file: file.into(), reason: format!("PNG: {e}") };
     let f = File::open(path).map_err(|error| IngestError::Io { file: file.into(), error })?;
     let mut decoder = png::Decoder::new(BufReader::new(f));
     decoder.set_transformations(png::Transformations::EXPAND);
     let mut reader = decoder.read_info().map_err(bad)?;
-    let size = reader.output_buffer_size().ok_or_else(|| IngestError::BadHeader {
-        file: file.into(),
-        reason: "PNG dimensions overflow".into(),
-    })?;
+    let (w, h) = (reader.info().width as usize, reader.info().height as usize);
+    if (w, h) != want {
+        return Err(IngestError::Mismatch(format!(
+            "{file} is {w}×{h} pixels, the image slices are {}×{}",
+            want.0, want.1
+        )));
+    }
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| IngestError::BadHeader { file: file.into(), reason: "PNG dimensions overflow".into() })?;
     let mut buf = vec![0u8; size];
     let info = reader.next_frame(&mut buf).map_err(bad)?;
-    let (w, h) = (info.width as usize, info.height as usize);
     let channels = info.color_type.samples();
     let wide = info.bit_depth == png::BitDepth::Sixteen;
     if !matches!(info.color_type, png::ColorType::Grayscale | png::ColorType::GrayscaleAlpha) {
-        return Err(IngestError::Unsupported { file: file.into(), reason: format!("PNG colour type {:?}; a greyscale label slice is needed", info.color_type) });
+        return Err(IngestError::Unsupported {
+            file: file.into(),
+            reason: format!("PNG colour type {:?}; a greyscale label slice is needed", info.color_type),
+        });
     }
     let step = channels * if wide { 2 } else { 1 };
     let grey = (0..w * h)

@@ -33,7 +33,10 @@ pub(crate) fn check(layout: &RawLayout, affine: &Affine, file: &str, opts: &Read
         reason: format!("element type {:?}", layout.elem),
     })?;
     if layout.shape.contains(&0) || layout.channels == 0 {
-        return Err(bad(format!("sizes {:?} × {} channels; every size must be at least 1", layout.shape, layout.channels)));
+        return Err(bad(format!(
+            "sizes {:?} × {} channels; every size must be at least 1",
+            layout.shape, layout.channels
+        )));
     }
     let total = checked_bytes(layout.shape, layout.channels, size, opts).map_err(bad)?;
     check_grid(layout.shape, affine, opts).map_err(bad)?;

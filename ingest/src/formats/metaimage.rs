@@ -39,7 +39,7 @@ pub fn data_files(path: &Path) -> Result<Vec<String>> {
     let header = Header::parse(&mut r, &file)?;
     Ok(match header.data_file.as_slice() {
         [one] if one == "LOCAL" => Vec::new(),
-        [one] => pattern_files(one, &file)?,
+        [one] => raw::data_file_names(one, &file)?,
         many => many.to_vec(),
     })
 }
@@ -222,7 +222,7 @@ impl Header {
         };
         let names = match self.data_file.as_slice() {
             [one] if one == "LOCAL" => return open(local, "LOCAL"),
-            [one] => pattern_files(one, file)?,
+            [one] => raw::data_file_names(one, file)?,
             many => many.to_vec(),
         };
         let skip = match self.get(&["HeaderSize"]) {
@@ -268,34 +268,6 @@ fn list_files(r: &mut dyn BufRead, file: &str, budget: u64) -> Result<Vec<String
     Ok(names)
 }
 
-/// `ElementDataFile = slice%03d.raw 1 40 1`: a printf pattern with first, last and
-/// step; anything else is one file name.
-fn pattern_files(value: &str, file: &str) -> Result<Vec<String>> {
-    let parts: Vec<&str> = value.split_whitespace().collect();
-    if parts.len() < 3 || !parts[0].contains('%') {
-        return Ok(vec![value.to_string()]);
-    }
-    let bad = || IngestError::BadHeader { file: file.into(), reason: format!("ElementDataFile = {value:?}") };
-    let num = |s: &str| s.parse::<i64>().map_err(|_| bad());
-    let (first, last) = (num(parts[1])?, num(parts[2])?);
-    let step = parts.get(3).map_or(Ok(1), |s| num(s))?;
-    if step == 0 || (last - first) / step > 100_000 || (last - first).signum() * step.signum() < 0 {
-        return Err(bad());
-    }
-    let (pre, rest) = parts[0].split_once('%').ok_or_else(bad)?;
-    let conv = rest.find('d').ok_or_else(bad)?;
-    let width: usize = rest[..conv].trim_start_matches('0').parse().unwrap_or(0);
-    let zero = rest.starts_with('0');
-    let post = &rest[conv + 1..];
-    let mut names = Vec::new();
-    let mut i = first;
-    while (step > 0 && i <= last) || (step < 0 && i >= last) {
-        names.push(if zero { format!("{pre}{i:0width$}{post}") } else { format!("{pre}{i:width$}{post}") });
-        i += step;
-    }
-    Ok(names)
-}
-
 /// MetaIO's element types (MET_LONG is 4 bytes, MET_LONG_LONG 8).
 fn element_type(name: &str) -> Option<NiftiType> {
     use NiftiType::*;
@@ -317,14 +289,6 @@ fn element_type(name: &str) -> Option<NiftiType> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn slice_patterns_expand_like_printf() {
-        assert_eq!(pattern_files("s%03d.raw 1 3 1", "f").unwrap(), ["s001.raw", "s002.raw", "s003.raw"]);
-        assert_eq!(pattern_files("s%d.raw 4 0 -2", "f").unwrap(), ["s4.raw", "s2.raw", "s0.raw"]);
-        assert_eq!(pattern_files("plain name.raw", "f").unwrap(), ["plain name.raw"]);
-        assert!(pattern_files("s%d.raw 1 5 -1", "f").is_err(), "a step away from the end never ends");
-    }
 
     #[test]
     fn an_oblique_lps_header_becomes_a_ras_affine() {

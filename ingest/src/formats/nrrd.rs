@@ -31,18 +31,10 @@ pub fn data_files(path: &Path) -> Result<Vec<String>> {
     let file = super::name(path);
     let mut r = BufReader::new(File::open(path).map_err(|error| IngestError::Io { file: file.clone(), error })?);
     let header = Header::parse(&mut r, &file)?;
-    let bad = |v: &str| IngestError::BadHeader { file: file.clone(), reason: format!("data file: {v}") };
     Ok(match header.get("data file") {
         None => Vec::new(),
         Some(v) if v.split_whitespace().next() == Some("LIST") => header.list.clone(),
-        Some(v) => {
-            let parts: Vec<&str> = v.split_whitespace().collect();
-            if parts.len() >= 3 && parts[0].contains('%') {
-                expand_pattern(&parts).ok_or_else(|| bad(v))?
-            } else {
-                vec![v.to_string()]
-            }
-        }
+        Some(v) => raw::data_file_names(v, &file)?,
     })
 }
 
@@ -244,14 +236,7 @@ impl Header {
                 return Ok(if gzip { Box::new(flate2::read::MultiGzDecoder::new(r)) } else { r });
             }
             Some(v) if v.split_whitespace().next() == Some("LIST") => self.list.clone(),
-            Some(v) => {
-                let parts: Vec<&str> = v.split_whitespace().collect();
-                if parts.len() >= 3 && parts[0].contains('%') {
-                    expand_pattern(&parts).ok_or_else(|| bad(format!("data file: {v}")))?
-                } else {
-                    vec![v.to_string()]
-                }
-            }
+            Some(v) => raw::data_file_names(v, file)?,
         };
         if names.is_empty() {
             return Err(bad("data file names no files".into()));
@@ -286,26 +271,6 @@ fn skip(r: &mut Box<dyn BufRead + '_>, lines: u64, bytes: u64) -> io::Result<()>
     }
     io::copy(&mut r.take(bytes), &mut io::sink())?;
     Ok(())
-}
-
-fn expand_pattern(parts: &[&str]) -> Option<Vec<String>> {
-    let (first, last): (i64, i64) = (parts[1].parse().ok()?, parts[2].parse().ok()?);
-    let step: i64 = parts.get(3).map_or(Some(1), |s| s.parse().ok())?;
-    if step == 0 || (last - first).signum() * step.signum() < 0 || (last - first) / step > 100_000 {
-        return None;
-    }
-    let (pre, rest) = parts[0].split_once('%')?;
-    let conv = rest.find('d')?;
-    let zero = rest.starts_with('0');
-    let width: usize = rest[..conv].trim_start_matches('0').parse().unwrap_or(0);
-    let post = &rest[conv + 1..];
-    let mut out = Vec::new();
-    let mut i = first;
-    while (step > 0 && i <= last) || (step < 0 && i >= last) {
-        out.push(if zero { format!("{pre}{i:0width$}{post}") } else { format!("{pre}{i:width$}{post}") });
-        i += step;
-    }
-    Some(out)
 }
 
 /// `(1,0,0)` → [1, 0, 0].

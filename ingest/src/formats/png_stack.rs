@@ -72,7 +72,7 @@ pub fn read(dir: &Path, image: &Volume, stack: &PngStack, opts: &ReadOptions) ->
     let mut data = vec![0u16; nx * ny * nz];
     for (z, path) in files.iter().enumerate() {
         let file = super::name(path);
-        let (w, h, grey) = decode(path, &file, (nx, ny))?;
+        let grey = decode(path, &file, (nx, ny))?;
         for (i, &g) in grey.iter().enumerate() {
             let label = if stack.values.is_empty() { i32::from(g) } else { stack.values.get(&g).copied().unwrap_or(0) };
             // PNG rows run down the slice like DICOM rows: pixel (row r, column c) is voxel (c, r).
@@ -90,9 +90,9 @@ pub fn read(dir: &Path, image: &Volume, stack: &PngStack, opts: &ReadOptions) ->
     })
 }
 
-/// A greyscale PNG of `want` (width, height) pixels as (width, height, values);
+/// The values of a greyscale PNG of `want` (width, height) pixels, row by row;
 /// 16-bit values kept whole. The size is checked before the pixels are allocated.
-fn decode(path: &Path, file: &str, want: (usize, usize)) -> Result<(usize, usize, Vec<u16>)> {
+fn decode(path: &Path, file: &str, want: (usize, usize)) -> Result<Vec<u16>> {
     let bad = |e: png::DecodingError| IngestError::Truncated { file: file.into(), reason: format!("PNG: {e}") };
     let f = File::open(path).map_err(|error| IngestError::Io { file: file.into(), error })?;
     let mut decoder = png::Decoder::new(BufReader::new(f));
@@ -125,7 +125,7 @@ fn decode(path: &Path, file: &str, want: (usize, usize)) -> Result<(usize, usize
             if wide { u16::from_be_bytes([p[0], p[1]]) } else { u16::from(p[0]) }
         })
         .collect();
-    Ok((w, h, grey))
+    Ok(grey)
 }
 
 #[cfg(test)]

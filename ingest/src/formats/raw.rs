@@ -120,3 +120,56 @@ pub(crate) fn lps_affine(direction_columns: [[f64; 3]; 3], spacing: [f64; 3], or
     a[3][3] = 1.0;
     a
 }
+
+/// The files a data-file field names: a slice pattern's, or the one name.
+pub(crate) fn data_file_names(value: &str, file: &str) -> Result<Vec<String>> {
+    match slice_pattern(value) {
+        Ok(names) => Ok(names.unwrap_or_else(|| vec![value.to_string()])),
+        Err(reason) => Err(IngestError::BadHeader { file: file.into(), reason }),
+    }
+}
+
+/// A printf slice pattern with first, last and step (`slice%03d.raw 1 40 1`, as
+/// MetaImage's `ElementDataFile` and NRRD's `data file` write it) → the file names;
+/// `Ok(None)` when `value` is no pattern (one file name), `Err` when it is a broken one.
+pub(crate) fn slice_pattern(value: &str) -> std::result::Result<Option<Vec<String>>, String> {
+    let parts: Vec<&str> = value.split_whitespace().collect();
+    if parts.len() < 3 || !parts[0].contains('%') {
+        return Ok(None);
+    }
+    let bad = || format!("slice pattern {value:?}; `name%0Nd.raw first last [step]` is read");
+    let num = |s: &str| s.parse::<i64>().map_err(|_| bad());
+    let (first, last) = (num(parts[1])?, num(parts[2])?);
+    let step = parts.get(3).map_or(Ok(1), |s| num(s))?;
+    let count = last.checked_sub(first).and_then(|d| d.checked_div(step)).ok_or_else(bad)?;
+    if !(0..=100_000).contains(&count) {
+        return Err(bad());
+    }
+    let (pre, rest) = parts[0].split_once('%').ok_or_else(bad)?;
+    let conv = rest.find('d').ok_or_else(bad)?;
+    let width: usize = rest[..conv].trim_start_matches('0').parse().unwrap_or(0).min(32);
+    let zero = rest.starts_with('0');
+    let post = &rest[conv + 1..];
+    Ok(Some(
+        (0..=count)
+            .map(|k| first + k * step)
+            .map(|i| if zero { format!("{pre}{i:0width$}{post}") } else { format!("{pre}{i:width$}{post}") })
+            .collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slice_patterns_expand_like_printf() {
+        let names = |v| slice_pattern(v).unwrap().unwrap();
+        assert_eq!(names("s%03d.raw 1 3 1"), ["s001.raw", "s002.raw", "s003.raw"]);
+        assert_eq!(names("s%d.raw 4 0 -2"), ["s4.raw", "s2.raw", "s0.raw"]);
+        assert_eq!(slice_pattern("plain name.raw").unwrap(), None);
+        assert!(slice_pattern("s%d.raw 1 5 -1").is_err(), "a step away from the end never ends");
+        assert!(slice_pattern("s%d.raw 1 5 0").is_err());
+        assert!(slice_pattern("s%d.raw -9223372036854775808 9223372036854775807 1").is_err(), "no overflow");
+    }
+}

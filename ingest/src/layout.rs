@@ -86,22 +86,29 @@ async fn nnunet(source: &Source, task: &TaskEntry) -> Result<Listing, String> {
         None => (BTreeMap::new(), Vec::new()),
     };
     let channel_names = if task.channel_names.is_empty() { json_channels } else { task.channel_names.clone() };
+    let label_stems: BTreeSet<&str> = labels.iter().filter_map(|k| image_stem(file_name(k))).collect();
+    // macOS resource forks ship inside the MSD tarballs.
+    let stems: Vec<(&str, &str)> = images
+        .iter()
+        .filter(|k| !file_name(k).starts_with('.'))
+        .filter_map(|k| Some((k.as_str(), image_stem(file_name(k))?)))
+        .collect();
+    let all_stems: BTreeSet<&str> = stems.iter().map(|(_, s)| *s).collect();
     // case → channel index → key
     let mut by_case: BTreeMap<String, BTreeMap<u32, String>> = BTreeMap::new();
-    for key in images {
-        let name = file_name(&key);
-        // macOS resource forks ship inside the MSD tarballs.
-        if name.starts_with('.') {
-            continue;
-        }
-        let Some(stem) = image_stem(name) else { continue };
-        let (case_id, index) = match stem.rsplit_once('_') {
-            Some((case, ch)) if ch.len() == 4 && ch.chars().all(|c| c.is_ascii_digit()) => {
-                (case, ch.parse().expect("digits"))
+    for (key, stem) in stems {
+        let (case_id, index) = match channel_suffix(stem) {
+            // `_0001` is a channel only where the name without it is the case: AMOS's
+            // and WORD's own ids end in four digits (`amos_0001`, labelled as such).
+            Some((case, index))
+                if !label_stems.contains(stem)
+                    && (label_stems.contains(case) || all_stems.contains(format!("{case}_0000").as_str())) =>
+            {
+                (case, index)
             }
             _ => (stem, 0),
         };
-        by_case.entry(case_id.to_string()).or_default().entry(index).or_insert(key.clone());
+        by_case.entry(case_id.to_string()).or_default().entry(index).or_insert(key.to_string());
     }
     let cases = by_case
         .into_iter()
@@ -129,6 +136,13 @@ async fn nnunet(source: &Source, task: &TaskEntry) -> Result<Listing, String> {
         })
         .collect();
     Ok(Listing { cases, labels: names })
+}
+
+/// `case_0001` → (`case`, 1): nnU-Net's channel suffix, if the name has one.
+fn channel_suffix(stem: &str) -> Option<(&str, u32)> {
+    let (case, ch) = stem.rsplit_once('_')?;
+    (ch.len() == 4 && ch.chars().all(|c| c.is_ascii_digit()) && !case.is_empty())
+        .then(|| (case, ch.parse().expect("digits")))
 }
 
 /// The name of channel `i`: from the list, else its number.

@@ -103,3 +103,55 @@ fn totalseg_and_pairs_layouts() {
     let names: Vec<&str> = m["classes"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["liver", "spleen", "kidney_left"]);
 }
+
+/// AMOS22 and WORD name cases `amos_0001.nii.gz` in imagesTr and labelsTr alike: four
+/// trailing digits are the case's own, not a channel suffix (they were dropped, every
+/// case of both datasets lost). nnU-Net's `_0000`/`_0001` channel files still group.
+#[test]
+fn four_digit_case_ids_are_cases_and_channel_suffixes_still_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("raw");
+    s3_ingest::synth::write_corpus(&raw, 3, 5).unwrap();
+    let ct = raw.join("PhantomCT");
+    let amos = tmp.path().join("amos22");
+    let multi = tmp.path().join("multi");
+    for d in [&amos, &multi] {
+        std::fs::create_dir_all(d.join("imagesTr")).unwrap();
+        std::fs::create_dir_all(d.join("labelsTr")).unwrap();
+    }
+    for c in 0..3 {
+        let (img, lab) =
+            (ct.join(format!("imagesTr/case{c:03}_0000.nii.gz")), ct.join(format!("labelsTr/case{c:03}.nii.gz")));
+        let id = format!("amos_{:04}", c + 1);
+        std::fs::copy(&img, amos.join(format!("imagesTr/{id}.nii.gz"))).unwrap();
+        std::fs::copy(&lab, amos.join(format!("labelsTr/{id}.nii.gz"))).unwrap();
+        let id = format!("mr_{:04}", c + 1);
+        for ch in ["0000", "0001"] {
+            std::fs::copy(&img, multi.join(format!("imagesTr/{id}_{ch}.nii.gz"))).unwrap();
+        }
+        std::fs::copy(&lab, multi.join(format!("labelsTr/{id}.nii.gz"))).unwrap();
+    }
+    let entry = |name: &str, source: &Path| {
+        format!(
+            "[[datasets]]\nname = \"{name}\"\nmodality = \"CT\"\npretrain = true\nfinetune = false\n[[datasets.tasks]]\nname = \"default\"\nlayout = \"nnunet\"\nsource = \"{}\"\n",
+            source.display()
+        )
+    };
+    let c = Catalog::parse(&(entry("AMOS22", &amos) + &entry("Multi", &multi)), "t").unwrap();
+    let out = tmp.path().join("out");
+    run(&c, &IngestConfig::new(out.to_str().unwrap()), &|_| {}).unwrap();
+    let fates = |ds: &str| -> BTreeMap<String, serde_json::Value> {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join(format!("labels/{ds}.json"))).unwrap()).unwrap();
+        v["cases"]["default"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    };
+    let amos_fates = fates("AMOS22");
+    assert_eq!(amos_fates.keys().collect::<Vec<_>>(), ["amos_0001", "amos_0002", "amos_0003"]);
+    assert!(amos_fates.values().all(|f| f["fate"] == "ingested"), "{amos_fates:?}");
+    let multi_fates = fates("Multi");
+    assert_eq!(multi_fates.keys().collect::<Vec<_>>(), ["mr_0001", "mr_0002", "mr_0003"]);
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("labels/Multi.json")).unwrap()).unwrap();
+    let channels = &m["classes"][0]["channels"];
+    assert_eq!(channels.as_object().unwrap().keys().collect::<Vec<_>>(), ["0", "1"], "{m}");
+}

@@ -37,6 +37,24 @@ fn status(cluster: &SlurmCluster, runs: &Path, run: &str) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
+/// Every log file under `dir`, named, for a failure message.
+fn logs(dir: &Path) -> String {
+    let mut out = String::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return format!("(no {})", dir.display()) };
+    let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for p in paths {
+        if p.is_dir() {
+            out.push_str(&logs(&p));
+        } else {
+            let body = std::fs::read_to_string(&p).unwrap_or_default();
+            let tail: String = body.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
+            out.push_str(&format!("--- {}\n{tail}\n", p.display()));
+        }
+    }
+    out
+}
+
 fn stage(s: &serde_json::Value, name: &str) -> serde_json::Value {
     s["stages"]
         .as_array()
@@ -202,6 +220,16 @@ fn a_preempted_job_requeues_itself_and_resumes_from_its_checkpoint() {
         let show = String::from_utf8(cluster.command("scontrol").args(["show", "job", &job]).output().unwrap().stdout)
             .unwrap();
         if show.contains("Restarts=1") && show.contains("JobState=PENDING") {
+            // The job requeued itself from its own batch script: until that run's
+            // slurmstepd is gone the node is still cleaning it up, and a relaunch at
+            // that moment fails at once (exit 1, no output). Slurm's two-minute hold
+            // covers this in real use; the test shortens it, so it waits for the node.
+            let stepd = format!("slurmstepd: \\[{job}\\.");
+            let gone = Instant::now() + Duration::from_secs(60);
+            while Command::new("pgrep").args(["-f", &stepd]).status().is_ok_and(|s| s.success()) {
+                assert!(Instant::now() < gone, "the first run's slurmstepd is still there after 60 s");
+                std::thread::sleep(Duration::from_millis(200));
+            }
             let o = cluster
                 .command("scontrol")
                 .args(["update", &format!("JobId={job}"), "StartTime=now"])
@@ -222,7 +250,19 @@ fn a_preempted_job_requeues_itself_and_resumes_from_its_checkpoint() {
 
     let s = status(&cluster, &runs, "q");
     let s1 = stage(&s, "stage1");
-    assert_eq!(s1["state"], "succeeded", "{s}");
+    // On a failure, everything the jobs wrote: the scheduler's output and the hooks'.
+    let show = || {
+        let job_state = cluster.command("scontrol").args(["show", "job", &job]).output().map(|o| text(&o));
+        format!(
+            "{s}
+status --wait said: {}
+scontrol: {job_state:?}
+{}",
+            text(&o),
+            logs(&runs.join("q/logs"))
+        )
+    };
+    assert_eq!(s1["state"], "succeeded", "{}", show());
     let attempts = s1["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "a preemption, then the requeued run: {s}");
     assert_eq!(attempts[0]["state"], "preempted");

@@ -22,7 +22,8 @@ ENV = {**os.environ, "CONTAINERS_CONF": str(ROOT / "docker" / "containers.conf")
 
 
 def podman(*args, **kw):
-    return subprocess.run(["podman", *args], env=ENV, capture_output=True, text=True, **kw)
+    # UTF-8 whatever the locale: a C or POSIX locale would decode it as ASCII and fail.
+    return subprocess.run(["podman", *args], env=ENV, capture_output=True, encoding="utf-8", errors="replace", **kw)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def test_the_ingest_image_ingests_into_a_mounted_folder(images, tmp_path):
     ingest = run(images["ingest"], "--manifest", "/work/raw/datasets.toml", "--out", "/work/store", "--jobs", "2",
                  mounts=[(work, "/work", "rw")])
     assert ingest.returncode == 0, ingest.stderr
-    verify = subprocess.run([SHARDS, "verify", str(work / "store")], capture_output=True, text=True)
+    verify = subprocess.run([SHARDS, "verify", str(work / "store")], capture_output=True, encoding="utf-8")
     assert verify.returncode == 0, verify.stdout + verify.stderr
     m = re.search(r"(\d+) samples ok, .* 0 problem", verify.stdout)
     assert m and int(m.group(1)) > 0, verify.stdout

@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::error::{IngestError, Result};
 use crate::formats::{self, png_stack};
 use crate::layout::channel_name;
-use crate::layout::{CaseRef, LabelSource};
+use crate::layout::{CaseRef, LabelSource, ValueMap};
 use crate::nifti_io::{ReadOptions, Volume, Voxels};
 use crate::source::Source;
 
@@ -85,6 +85,7 @@ impl CaseReader<'_> {
             }
             LabelSource::Missing(reason) => return Err(IngestError::Mismatch(reason.clone())),
         };
+        let label = if case.values.is_identity() { label } else { remap(&label, &case.values) };
         Ok(CaseVolumes { channels, label, bytes })
     }
 
@@ -127,6 +128,13 @@ impl CaseReader<'_> {
         vol.inter = 0.0;
         Ok(vol)
     }
+}
+
+/// The label map with the catalogue's `label_values` applied (ASC18's 255 → 1,
+/// MMWHS's 205-850 → 1-7, RibFrac's instance ids → 1).
+fn remap(label: &Volume, values: &ValueMap) -> Volume {
+    let data: Vec<i32> = (0..label.len()).map(|n| values.apply(label.value(n).round() as i32)).collect();
+    Volume { voxels: Voxels::I32(data), slope: 1.0, inter: 0.0, ..label.clone_header() }
 }
 
 /// Bytes of a file, or of the files directly inside a folder.

@@ -30,15 +30,67 @@ impl Modality {
 }
 
 /// How a task's files are laid out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Layout {
-    /// `imagesTr/<case>_0000.nii.gz` (or MSD's `<case>.nii.gz`) + `labelsTr/<case>.nii.gz` + `dataset.json`.
+    /// `imagesTr/<case>_0000.nii.gz` (or MSD's `<case>.nii.gz`) + `labelsTr/<case>.nii.gz` +
+    /// `dataset.json`, found at the source root or up to two folders below it.
+    #[default]
     Nnunet,
-    /// `<case>/ct.nii.gz` + `<case>/segmentations/<structure>.nii.gz`.
+    /// Short for `image = "{id}/ct.nii.gz"`, `masks = "{id}/segmentations/{structure}.nii.gz"`.
     Totalseg,
-    /// `image_glob` + `label_template`.
+    /// The general description: `image` path patterns with captures, `label` (or
+    /// `masks`) paths built from them. `files` is the same layout.
+    #[serde(alias = "files")]
     Pairs,
+}
+
+/// A list that the catalogue may write as one string.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// Cases kept out of training: the paper's evaluation sets (supplementary §A.2).
+/// They are listed, and recorded as skipped with `reason`, never read.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeldOut {
+    /// Why, as the manifest records it (names the evaluation set).
+    pub reason: String,
+    /// Image path patterns whose cases are held out (`imagesVa/*`).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub images: Vec<String>,
+    /// A table in the source naming each case's split (TotalSegmentator's `meta.csv`).
+    #[serde(default)]
+    pub csv: Option<SplitTable>,
+    /// Hold out this fraction of the cases (rounded down): those with the smallest
+    /// xxh3 of `dataset/case`, a fixed choice for a given download, where the paper's
+    /// own draw is not published (BraTS21: 0.072 of 1251 cases = the paper's 90).
+    #[serde(default)]
+    pub fraction: Option<f64>,
+}
+
+/// A split column in a CSV file of the source.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitTable {
+    /// Path in the source (`meta.csv`); `,` or `;` separated, with a header row.
+    pub file: String,
+    /// The column holding the case id.
+    pub id: String,
+    /// The column holding the split.
+    pub column: String,
+    /// Split values held out (`["test"]`).
+    pub values: Vec<String>,
 }
 
 /// The Table-2 categories.
@@ -62,7 +114,7 @@ impl LabelInfo {
 }
 
 /// One sub-source of a dataset.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskEntry {
     /// Task name (`default` for single-task datasets).
@@ -78,20 +130,65 @@ pub struct TaskEntry {
     /// Overrides the dataset's fine-tune flag for this task.
     #[serde(default)]
     pub finetune: Option<bool>,
-    /// `pairs`: glob of image files relative to the source (`*` and `?` in the file name).
-    #[serde(default)]
-    pub image_glob: Option<String>,
-    /// `pairs`: label path relative to the source; `{case}` is the image name without
-    /// `.nii[.gz]` and without `image_suffix`.
-    #[serde(default)]
-    pub label_template: Option<String>,
-    /// `pairs`: suffix removed from image names to get the case id (e.g. `_img`).
+    /// `pairs`: image path patterns relative to the source (`image` in short), tried in
+    /// order (a file goes to the first that matches). `{name}` captures part of a
+    /// folder or file name, `*`, `?` and `{a,b}` match as in globs; `{channel}`
+    /// groups files into one case's channels. A pattern ending in `/` names folders
+    /// (DICOM series).
+    #[serde(default, alias = "image", deserialize_with = "one_or_many")]
+    pub image_glob: Vec<String>,
+    /// `pairs`: label path templates (`label` in short) over the image's captures
+    /// (`{case}` is the case id); the first that exists is the label. Wildcards left
+    /// must match exactly one file.
+    #[serde(default, alias = "label", deserialize_with = "one_or_many")]
+    pub label_template: Vec<String>,
+    /// `pairs`: suffix removed from image names to get the case id (e.g. `_img`),
+    /// where the pattern captures no `{id}`.
     #[serde(default)]
     pub image_suffix: Option<String>,
-    /// `totalseg`: structure names in label-value order (1, 2, ...); default: the
-    /// segmentation files of the first case, sorted.
+    /// The case id as a template over the captures (`"{modality}_{id}"`); default:
+    /// `{case}` or `{id}`, else every capture but `{channel}` joined by `_`.
+    #[serde(default)]
+    pub case_id: Option<String>,
+    /// One binary mask file per structure, merged into one label map in
+    /// `structures` order (value 1, 2, ...; later ones win where they overlap): a
+    /// template over the image's captures with `{structure}`.
+    #[serde(default)]
+    pub masks: Option<String>,
+    /// `masks`/`totalseg`: structure names in label-value order (1, 2, ...); default:
+    /// the mask files of the first case, sorted.
     #[serde(default)]
     pub structures: Vec<String>,
+    /// Label values as stored → label values (`"255" = 1`; `"*" = 1` maps every
+    /// non-zero value not listed, e.g. instance ids to one class).
+    #[serde(default)]
+    pub label_values: BTreeMap<String, i32>,
+    /// Case ids left out, with the reason the dataset's authors give (`ATM_164`).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Image files under the task's folders not used on purpose (unlabelled test
+    /// images, an unlabelled modality): path patterns. Others that no case uses are
+    /// reported as a layout mismatch.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub ignore: Vec<String>,
+    /// Cases held out of training.
+    #[serde(default)]
+    pub held_out: Option<HeldOut>,
+    /// The download cannot be read as it is: why, and what to do. The task is
+    /// reported, never listed.
+    #[serde(default)]
+    pub unreadable: Option<String>,
+    /// A case whose label is not in the download is skipped (the dataset ships
+    /// unlabelled cases beside labelled ones), not quarantined.
+    #[serde(default)]
+    pub label_optional: bool,
+    /// The task's modality where it differs from the dataset's (MMWHS's MR half).
+    #[serde(default)]
+    pub modality: Option<Modality>,
+    /// The entry of the paper's fine-tune list this task belongs to (default: its
+    /// own name): a dataset split into tasks by modality or sub-collection counts once.
+    #[serde(default)]
+    pub counts_as: Option<String>,
     /// Image channels to keep, by name (default: every channel).
     #[serde(default)]
     pub channels: Vec<String>,
@@ -107,6 +204,64 @@ pub struct TaskEntry {
     /// `pairs`: the label is a folder of PNG slices on the image's grid (CHAOS `Ground/`).
     #[serde(default)]
     pub label_png: Option<PngLabels>,
+}
+
+impl TaskEntry {
+    /// Checks the layout description before any source is listed.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        use crate::pattern::Pattern;
+        if self.unreadable.is_some() {
+            return Ok(());
+        }
+        let pairs_only = !self.channel_files.is_empty()
+            || self.label_png.is_some()
+            || !self.image_glob.is_empty()
+            || !self.label_template.is_empty()
+            || self.masks.is_some();
+        if self.layout != Layout::Pairs && pairs_only {
+            return Err("image, label, masks, channel_files and label_png belong to layout \"pairs\"".into());
+        }
+        if self.layout == Layout::Pairs {
+            if self.image_glob.is_empty() {
+                return Err("layout \"pairs\" needs `image` (image_glob)".into());
+            }
+            if self.label_template.is_empty() && self.masks.is_none() {
+                return Err("layout \"pairs\" needs `label` (label_template) or `masks`".into());
+            }
+            let images: Vec<Pattern> = self.image_glob.iter().map(|p| Pattern::parse(p)).collect::<Result<_, _>>()?;
+            // A template may use what an image pattern captures, and the case id (a
+            // label template whose captures a case lacks is not tried for it).
+            let mut known: Vec<String> = images.iter().flat_map(|p| p.captures()).collect();
+            known.push("case".into());
+            let templates = self.label_template.iter().chain(self.channel_files.values()).chain(self.case_id.iter());
+            for t in templates.chain(self.masks.iter()) {
+                let p = Pattern::parse(t)?;
+                for c in p.captures() {
+                    let structure = c == "structure" && Some(t) == self.masks.as_ref();
+                    if !known.contains(&c) && !structure {
+                        return Err(format!("{t:?} uses {{{c}}}, which no image pattern captures"));
+                    }
+                }
+            }
+            if let Some(m) = &self.masks
+                && !m.contains("{structure}")
+            {
+                return Err(format!("masks {m:?} must contain {{structure}}"));
+            }
+        }
+        for p in self.ignore.iter().chain(self.held_out.iter().flat_map(|h| &h.images)) {
+            Pattern::parse(p)?;
+        }
+        for k in self.label_values.keys() {
+            if k.trim() != "*" && k.trim().parse::<i32>().is_err() {
+                return Err(format!("label_values key {k:?} is neither an integer nor \"*\""));
+            }
+        }
+        if let Some(p) = &self.label_png {
+            p.stack()?;
+        }
+        Ok(())
+    }
 }
 
 /// How a folder of PNG label slices maps onto its image.
@@ -270,8 +425,19 @@ pub fn category_by_keyword(name: &str) -> &'static str {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Catalog {
+    /// Where an ingest without `--out` writes.
+    #[serde(default)]
+    pub output: Option<OutputEntry>,
     /// Every dataset.
     pub datasets: Vec<DatasetEntry>,
+}
+
+/// The catalogue's `[output]` table.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputEntry {
+    /// Store URL or path; `${VAR:-default}` expanded.
+    pub location: String,
 }
 
 /// Counts printed by `s3-ingest catalog`.
@@ -315,42 +481,14 @@ impl Catalog {
                 if !d.private {
                     return Err(bad(format!("dataset {} has no [[datasets.tasks]]", d.name)));
                 }
-                d.tasks.push(TaskEntry {
-                    name: "default".into(),
-                    layout: Layout::Nnunet,
-                    source: None,
-                    labels: BTreeMap::new(),
-                    finetune: None,
-                    image_glob: None,
-                    label_template: None,
-                    image_suffix: None,
-                    structures: Vec::new(),
-                    channels: Vec::new(),
-                    channel_names: Vec::new(),
-                    channel_files: BTreeMap::new(),
-                    label_png: None,
-                });
+                d.tasks.push(TaskEntry { name: "default".into(), ..Default::default() });
             }
             let mut tasks = BTreeSet::new();
             for t in &d.tasks {
                 if !tasks.insert(t.name.clone()) {
                     return Err(bad(format!("dataset {}: task {} is listed twice", d.name, t.name)));
                 }
-                if t.layout == Layout::Pairs && (t.image_glob.is_none() || t.label_template.is_none()) {
-                    return Err(bad(format!(
-                        "dataset {}/{}: layout \"pairs\" needs image_glob and label_template",
-                        d.name, t.name
-                    )));
-                }
-                if (!t.channel_files.is_empty() || t.label_png.is_some()) && t.layout != Layout::Pairs {
-                    return Err(bad(format!(
-                        "dataset {}/{}: channel_files and label_png belong to layout \"pairs\"",
-                        d.name, t.name
-                    )));
-                }
-                if let Some(p) = &t.label_png {
-                    p.stack().map_err(|e| bad(format!("dataset {}/{}: {e}", d.name, t.name)))?;
-                }
+                t.validate().map_err(|e| bad(format!("dataset {}/{}: {e}", d.name, t.name)))?;
                 for k in d.labels.keys().chain(t.labels.keys()) {
                     if k.trim().parse::<i32>().is_err() {
                         return Err(bad(format!("dataset {}: label key {k:?} is not an integer value", d.name)));
@@ -376,7 +514,13 @@ impl Catalog {
             }
             c.public += 1;
             c.public_pretrain += usize::from(d.pretrain);
-            let ft_tasks = d.tasks.iter().filter(|t| d.task_finetune(t)).count();
+            let ft_tasks: BTreeSet<&str> = d
+                .tasks
+                .iter()
+                .filter(|t| d.task_finetune(t))
+                .map(|t| t.counts_as.as_deref().unwrap_or(&t.name))
+                .collect();
+            let ft_tasks = ft_tasks.len();
             c.finetune_datasets += usize::from(ft_tasks > 0);
             c.finetune_tasks += ft_tasks;
         }
@@ -392,6 +536,12 @@ impl Catalog {
 
 /// Expands `${VAR}` and `${VAR:-default}` in a source string.
 pub fn expand_env(s: &str) -> std::result::Result<String, String> {
+    expand_env_with(s, &BTreeMap::new())
+}
+
+/// [`expand_env`] where `overrides` take precedence over the environment
+/// (`s3-ingest catalog --check RAW` sets `SAM3D_RAW`).
+pub fn expand_env_with(s: &str, overrides: &BTreeMap<String, String>) -> std::result::Result<String, String> {
     let mut out = String::new();
     let mut rest = s;
     while let Some(start) = rest.find("${") {
@@ -403,7 +553,8 @@ pub fn expand_env(s: &str) -> std::result::Result<String, String> {
             Some((v, d)) => (v, Some(d)),
             None => (expr, None),
         };
-        match (std::env::var(var), default) {
+        let value = overrides.get(var).cloned().ok_or(()).or_else(|()| std::env::var(var).map_err(|_| ()));
+        match (value, default) {
             (Ok(v), _) if !v.is_empty() => out.push_str(&v),
             (_, Some(d)) => out.push_str(d),
             _ => return Err(format!("environment variable {var} is not set (used in {s:?})")),

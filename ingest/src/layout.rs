@@ -1,17 +1,24 @@
-//! Finding the cases of a task in its source, per layout.
+//! Finding the cases of a task in its source, as the catalogue describes the layout
+//! of the dataset's official download.
+
+mod files;
+mod nnunet;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::catalog::{Layout, TaskEntry};
 use crate::formats::png_stack::PngStack;
+use crate::pattern::{Captures, Pattern};
 use crate::source::Source;
+
+pub use nnunet::{channel_name, dataset_json_channels, dataset_json_labels};
 
 /// Where a case's label comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LabelSource {
     /// One label-map file, in any supported format.
     File(String),
-    /// TotalSegmentator: one binary file per structure, merged as (value, key).
+    /// One binary file per structure, merged as (value, key).
     Structures(Vec<(i32, String)>),
     /// A folder of PNG slices (its key ends in `/`) on the image's grid.
     PngStack(String, PngStack),
@@ -30,6 +37,45 @@ pub struct Channels {
     pub keep: Vec<String>,
 }
 
+/// Stored label values → label values (the catalogue's `label_values`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ValueMap {
+    /// Value by value.
+    pub map: BTreeMap<i32, i32>,
+    /// Every other non-zero value (None: kept as it is).
+    pub rest: Option<i32>,
+}
+
+impl ValueMap {
+    /// From the catalogue's table (keys validated there).
+    pub fn from_catalogue(table: &BTreeMap<String, i32>) -> ValueMap {
+        let mut m = ValueMap::default();
+        for (k, v) in table {
+            match k.trim() {
+                "*" => m.rest = Some(*v),
+                k => {
+                    if let Ok(k) = k.parse() {
+                        m.map.insert(k, *v);
+                    }
+                }
+            }
+        }
+        m
+    }
+    /// Whether it changes nothing.
+    pub fn is_identity(&self) -> bool {
+        self.rest.is_none() && self.map.iter().all(|(k, v)| k == v)
+    }
+    /// The label value of stored value `v`.
+    pub fn apply(&self, v: i32) -> i32 {
+        match self.map.get(&v) {
+            Some(m) => *m,
+            None if v != 0 => self.rest.unwrap_or(v),
+            None => 0,
+        }
+    }
+}
+
 /// One case of a task.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CaseRef {
@@ -42,6 +88,13 @@ pub struct CaseRef {
     pub channels: Channels,
     /// Label.
     pub label: LabelSource,
+    /// Label values as stored → label values.
+    pub values: ValueMap,
+    /// Its modality where the task's differs from the dataset's.
+    pub modality: Option<crate::catalog::Modality>,
+    /// Why the case is not to be read at all (held out for evaluation, excluded by
+    /// the dataset's authors); recorded as skipped.
+    pub skip: Option<String>,
 }
 
 /// The cases of a task and what the layout says about labels.
@@ -51,6 +104,39 @@ pub struct Listing {
     pub cases: Vec<CaseRef>,
     /// Label names found in the source (dataset.json, structure list).
     pub labels: BTreeMap<i32, String>,
+    /// The folder the layout was found in, relative to the source ("" at its root):
+    /// a wrapper folder the archive unpacked into, or none.
+    pub root: String,
+    /// Image files under the task's folders that no case uses and the catalogue does
+    /// not `ignore`: a layout that matches fewer cases than the download has.
+    pub unused: Vec<String>,
+    /// Every file the cases use (tasks sharing a folder account for each other's).
+    pub used: BTreeSet<String>,
+}
+
+/// The image files that no task of a dataset uses, from its tasks' listings.
+pub fn unused_by_all<'a>(listings: impl IntoIterator<Item = &'a Listing> + Clone) -> Vec<String> {
+    let used: BTreeSet<&String> = listings.clone().into_iter().flat_map(|l| &l.used).collect();
+    let unused: BTreeSet<&String> =
+        listings.into_iter().flat_map(|l| &l.unused).filter(|k| !used.contains(k)).collect();
+    unused.into_iter().cloned().collect()
+}
+
+/// Why a task has no listing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ListError {
+    /// The source is absent or empty: the user does not have this dataset.
+    #[error("not present: {0}")]
+    NotPresent(String),
+    /// The source has files, but the layout finds no case in them.
+    #[error("{0}")]
+    Mismatch(String),
+    /// The catalogue says the download cannot be read as it is.
+    #[error("cannot be read as downloaded: {0}")]
+    Unreadable(String),
+    /// The source could not be listed.
+    #[error("{0}")]
+    Source(String),
 }
 
 /// A file name without its image format's extension (`.nii.gz`, `.mha`, ...).
@@ -59,311 +145,124 @@ fn image_stem(name: &str) -> Option<&str> {
 }
 
 fn file_name(key: &str) -> &str {
-    key.rsplit('/').next().unwrap_or(key)
+    key.trim_end_matches('/').rsplit('/').next().unwrap_or(key)
 }
 
-/// Lists the cases of `task` in `source`.
-pub async fn list_cases(source: &Source, task: &TaskEntry) -> Result<Listing, String> {
-    match task.layout {
-        Layout::Nnunet => nnunet(source, task).await,
-        Layout::Totalseg => totalseg(source, task).await,
-        Layout::Pairs => pairs(source, task).await,
-    }
+/// Hidden files (macOS `._` resource forks ship inside several archives, `.DS_Store`).
+fn hidden(key: &str) -> bool {
+    key.split('/').any(|c| c.starts_with('.'))
 }
 
-async fn nnunet(source: &Source, task: &TaskEntry) -> Result<Listing, String> {
-    let images = source.list("imagesTr").await?;
-    if images.is_empty() {
-        return Err(format!("{}: no imagesTr/ (layout \"nnunet\")", source.url()));
+/// Lists the cases of task `task` of dataset `dataset` in `source`.
+pub async fn list_cases(source: &Source, dataset: &str, task: &TaskEntry) -> Result<Listing, ListError> {
+    if let Some(why) = &task.unreadable {
+        return Err(ListError::Unreadable(why.clone()));
     }
-    let labels: BTreeSet<String> = source.list("labelsTr").await?.into_iter().collect();
-    let json = source.read_text("dataset.json").await?;
-    let (names, json_channels) = match &json {
-        Some(text) => (
-            dataset_json_labels(text).map_err(|e| format!("{}/dataset.json: {e}", source.url()))?,
-            dataset_json_channels(text),
-        ),
-        None => (BTreeMap::new(), Vec::new()),
-    };
-    let channel_names = if task.channel_names.is_empty() { json_channels } else { task.channel_names.clone() };
-    let label_stems: BTreeSet<&str> = labels.iter().filter_map(|k| image_stem(file_name(k))).collect();
-    // macOS resource forks ship inside the MSD tarballs.
-    let stems: Vec<(&str, &str)> = images
-        .iter()
-        .filter(|k| !file_name(k).starts_with('.'))
-        .filter_map(|k| Some((k.as_str(), image_stem(file_name(k))?)))
-        .collect();
-    let all_stems: BTreeSet<&str> = stems.iter().map(|(_, s)| *s).collect();
-    // case → channel index → key
-    let mut by_case: BTreeMap<String, BTreeMap<u32, String>> = BTreeMap::new();
-    for (key, stem) in stems {
-        let (case_id, index) = match channel_suffix(stem) {
-            // `_0001` is a channel only where the name without it is the case: AMOS's
-            // and WORD's own ids end in four digits (`amos_0001`, labelled as such).
-            Some((case, index))
-                if !label_stems.contains(stem)
-                    && (label_stems.contains(case) || all_stems.contains(format!("{case}_0000").as_str())) =>
-            {
-                (case, index)
-            }
-            _ => (stem, 0),
-        };
-        by_case.entry(case_id.to_string()).or_default().entry(index).or_insert(key.to_string());
+    let keys: Vec<String> = source.list("").await.map_err(ListError::Source)?;
+    let keys: BTreeSet<String> = keys.into_iter().filter(|k| !hidden(k)).collect();
+    if keys.is_empty() {
+        return Err(ListError::NotPresent(format!("{} holds no files", source.url())));
     }
-    let cases = by_case
-        .into_iter()
-        .map(|(case_id, files)| {
-            let image = files.values().next().expect("one file").clone();
-            let files = if files.len() > 1 {
-                files.into_iter().map(|(i, key)| (channel_name(&channel_names, i as usize), key)).collect()
-            } else {
-                Vec::new()
+    let mut listing = match task.layout {
+        Layout::Nnunet => nnunet::list(source, &keys, task).await?,
+        Layout::Totalseg => {
+            let t = TaskEntry {
+                layout: Layout::Pairs,
+                image_glob: vec!["{id}/ct.nii.gz".into()],
+                masks: Some("{id}/segmentations/{structure}.nii.gz".into()),
+                ..task.clone()
             };
-            let label = crate::formats::EXTENSIONS
-                .iter()
-                .map(|(ext, _)| format!("labelsTr/{case_id}{ext}"))
-                .find(|k| labels.contains(k))
-                .map_or_else(
-                    || {
-                        LabelSource::Missing(format!(
-                            "no label file labelsTr/{case_id}.nii.gz (or .nii, .mha, .mhd, .nrrd, .nhdr)"
-                        ))
-                    },
-                    LabelSource::File,
-                );
-            let channels = Channels { files, names: channel_names.clone(), keep: task.channels.clone() };
-            CaseRef { case_id, image, channels, label }
-        })
-        .collect();
-    Ok(Listing { cases, labels: names })
-}
-
-/// `case_0001` → (`case`, 1): nnU-Net's channel suffix, if the name has one.
-fn channel_suffix(stem: &str) -> Option<(&str, u32)> {
-    let (case, ch) = stem.rsplit_once('_')?;
-    (ch.len() == 4 && ch.chars().all(|c| c.is_ascii_digit()) && !case.is_empty())
-        .then(|| (case, ch.parse().expect("digits")))
-}
-
-/// The name of channel `i`: from the list, else its number.
-pub fn channel_name(names: &[String], i: usize) -> String {
-    names.get(i).cloned().unwrap_or_else(|| i.to_string())
-}
-
-/// Channel names from an nnU-Net `dataset.json`: v2 `channel_names` or v1/MSD
-/// `modality`, both `{"0": "FLAIR", "1": "T1w"}`, in index order.
-pub fn dataset_json_channels(text: &str) -> Vec<String> {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else { return Vec::new() };
-    let Some(obj) = v.get("channel_names").or_else(|| v.get("modality")).and_then(|m| m.as_object()) else {
-        return Vec::new();
+            files::list(source, &keys, &t).await?
+        }
+        Layout::Pairs => files::list(source, &keys, task).await?,
     };
-    let indexed: BTreeMap<usize, String> =
-        obj.iter().filter_map(|(k, v)| Some((k.trim().parse().ok()?, v.as_str()?.to_string()))).collect();
-    // Only a gap-free 0..n list names channels by position.
-    if indexed.keys().copied().eq(0..indexed.len()) { indexed.into_values().collect() } else { Vec::new() }
-}
-
-/// Label names from an nnU-Net `dataset.json`: v1 `{"1": "liver"}` or v2 `{"liver": 1}`
-/// (v2 region entries, whose values are lists, are not label values and are skipped).
-pub fn dataset_json_labels(text: &str) -> Result<BTreeMap<i32, String>, String> {
-    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    let Some(obj) = v.get("labels").and_then(|l| l.as_object()) else { return Ok(BTreeMap::new()) };
-    let mut out = BTreeMap::new();
-    for (k, val) in obj {
-        if let Ok(value) = k.trim().parse::<i32>() {
-            if let Some(name) = val.as_str() {
-                out.insert(value, name.to_string());
-            }
-        } else if let Some(value) = val.as_i64() {
-            out.insert(value as i32, k.clone());
+    hold_out(source, &keys, dataset, task, &mut listing).await?;
+    for c in &mut listing.cases {
+        c.modality = task.modality;
+        if task.label_optional
+            && c.skip.is_none()
+            && let LabelSource::Missing(why) = &c.label
+        {
+            c.skip = Some(format!("unlabelled in the download ({why})"));
         }
     }
-    out.remove(&0);
+    Ok(listing)
+}
+
+/// Marks the cases the catalogue excludes or holds out for evaluation.
+async fn hold_out(
+    source: &Source,
+    keys: &BTreeSet<String>,
+    dataset: &str,
+    task: &TaskEntry,
+    listing: &mut Listing,
+) -> Result<(), ListError> {
+    let exclude: BTreeSet<&str> = task.exclude.iter().map(String::as_str).collect();
+    for c in &mut listing.cases {
+        if exclude.contains(c.case_id.as_str()) {
+            c.skip = Some("excluded by the catalogue (`exclude`: the dataset's authors leave it out)".into());
+        }
+    }
+    let Some(h) = &task.held_out else { return Ok(()) };
+    let reason = format!("held out: {}", h.reason);
+    let mut held: BTreeSet<String> = BTreeSet::new();
+    let patterns: Vec<Pattern> = h
+        .images
+        .iter()
+        .map(|p| Pattern::parse(&format!("{}{p}", listing.root)))
+        .collect::<Result<_, _>>()
+        .map_err(ListError::Mismatch)?;
+    for c in &listing.cases {
+        if patterns.iter().any(|p| p.matches(&c.image, &Captures::new()).is_some()) {
+            held.insert(c.case_id.clone());
+        }
+    }
+    if let Some(t) = &h.csv {
+        let key = format!("{}{}", listing.root, t.file);
+        if !keys.contains(&key) {
+            return Err(ListError::Mismatch(format!("held_out.csv: no {key} in {}", source.url())));
+        }
+        let text = source.read_text(&key).await.map_err(ListError::Source)?.unwrap_or_default();
+        let ids = split_table(&text, t).map_err(|e| ListError::Mismatch(format!("{key}: {e}")))?;
+        held.extend(ids);
+    }
+    if let Some(f) = h.fraction {
+        let n = (listing.cases.len() as f64 * f.clamp(0.0, 1.0)).floor() as usize;
+        let mut by_hash: Vec<(u64, &str)> = listing
+            .cases
+            .iter()
+            .map(|c| (xxhash_rust::xxh3::xxh3_64(format!("{dataset}/{}", c.case_id).as_bytes()), c.case_id.as_str()))
+            .collect();
+        by_hash.sort();
+        held.extend(by_hash.into_iter().take(n).map(|(_, c)| c.to_string()));
+    }
+    for c in &mut listing.cases {
+        if c.skip.is_none() && held.contains(&c.case_id) {
+            c.skip = Some(reason.clone());
+        }
+    }
+    Ok(())
+}
+
+/// The case ids whose split column holds one of the held-out values.
+fn split_table(text: &str, t: &crate::catalog::SplitTable) -> Result<Vec<String>, String> {
+    let sep = if text.lines().next().is_some_and(|l| l.contains(';')) { b';' } else { b',' };
+    let mut r = csv::ReaderBuilder::new().delimiter(sep).flexible(true).from_reader(text.as_bytes());
+    let headers = r.headers().map_err(|e| e.to_string())?.clone();
+    let col = |name: &str| {
+        headers.iter().position(|h| h.trim() == name).ok_or_else(|| format!("no column {name:?} (has {headers:?})"))
+    };
+    let (id, split) = (col(&t.id)?, col(&t.column)?);
+    let mut out = Vec::new();
+    for row in r.records() {
+        let row = row.map_err(|e| e.to_string())?;
+        if let (Some(i), Some(s)) = (row.get(id), row.get(split))
+            && t.values.iter().any(|v| v == s.trim())
+        {
+            out.push(i.trim().to_string());
+        }
+    }
     Ok(out)
-}
-
-async fn totalseg(source: &Source, task: &TaskEntry) -> Result<Listing, String> {
-    let keys = source.list("").await?;
-    let set: BTreeSet<&str> = keys.iter().map(String::as_str).collect();
-    let case_ids: Vec<String> = keys
-        .iter()
-        .filter_map(|k| k.strip_suffix("/ct.nii.gz").filter(|c| !c.contains('/')).map(str::to_string))
-        .collect();
-    if case_ids.is_empty() {
-        return Err(format!("{}: no <case>/ct.nii.gz (layout \"totalseg\")", source.url()));
-    }
-    let structures: Vec<String> = if task.structures.is_empty() {
-        let prefix = format!("{}/segmentations/", case_ids[0]);
-        let mut s: Vec<String> =
-            keys.iter().filter_map(|k| k.strip_prefix(&prefix).and_then(image_stem).map(str::to_string)).collect();
-        s.sort();
-        s
-    } else {
-        task.structures.clone()
-    };
-    let cases = case_ids
-        .into_iter()
-        .map(|case_id| {
-            let mut files = Vec::new();
-            let mut missing = Vec::new();
-            for (i, s) in structures.iter().enumerate() {
-                let key = format!("{case_id}/segmentations/{s}.nii.gz");
-                if set.contains(key.as_str()) {
-                    files.push((i as i32 + 1, key));
-                } else {
-                    missing.push(s.as_str());
-                }
-            }
-            let label = if missing.is_empty() {
-                LabelSource::Structures(files)
-            } else {
-                LabelSource::Missing(format!("missing segmentations: {}", missing.join(", ")))
-            };
-            CaseRef { image: format!("{case_id}/ct.nii.gz"), case_id, channels: Channels::default(), label }
-        })
-        .collect();
-    let labels = structures.into_iter().enumerate().map(|(i, s)| (i as i32 + 1, s)).collect();
-    Ok(Listing { cases, labels })
-}
-
-/// A path pattern (`*`, `?`, `[abc]`, `{a,b}`; globset syntax, none crossing a `/`)
-/// matching whole names or relative paths.
-pub fn name_matcher(pattern: &str) -> Result<globset::GlobMatcher, String> {
-    globset::GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .build()
-        .map(|g| g.compile_matcher())
-        .map_err(|e| format!("image_glob {pattern:?}: {e}"))
-}
-
-/// The folder part of a path pattern before its first component with a wildcard or
-/// `{case}`: what to list.
-fn literal_prefix(pattern: &str) -> String {
-    let comps: Vec<&str> = pattern.split('/').collect();
-    let n = comps[..comps.len() - 1].iter().take_while(|c| !c.contains(['*', '?', '[', '{'])).count();
-    comps[..n].join("/")
-}
-
-/// The `{case}` part of `path` under `pattern` (their components aligned; each
-/// `{case}` stands for part of one component and must capture the same text).
-fn capture_case(pattern: &str, path: &str) -> Option<String> {
-    let (pc, kc): (Vec<&str>, Vec<&str>) = (pattern.split('/').collect(), path.split('/').collect());
-    if pc.len() != kc.len() {
-        return None;
-    }
-    let mut case: Option<&str> = None;
-    for (p, k) in pc.iter().zip(&kc) {
-        let Some((pre, post)) = p.split_once("{case}") else { continue };
-        let got = k.strip_prefix(pre)?.strip_suffix(post)?;
-        if got.is_empty() || case.is_some_and(|c| c != got) {
-            return None;
-        }
-        case = Some(got);
-    }
-    case.map(str::to_string)
-}
-
-/// Keys under the literal prefixes of templates, listed once each.
-struct KeySets<'a> {
-    source: &'a Source,
-    listed: BTreeMap<String, BTreeSet<String>>,
-}
-
-impl KeySets<'_> {
-    async fn load(&mut self, template: &str) -> Result<&BTreeSet<String>, String> {
-        let prefix = literal_prefix(template);
-        if !self.listed.contains_key(&prefix) {
-            let keys = self.source.list(&prefix).await?.into_iter().collect();
-            self.listed.insert(prefix.clone(), keys);
-        }
-        Ok(&self.listed[&prefix])
-    }
-    /// Whether `key` is a file of the source (a folder when it ends in `/`).
-    async fn exists(&mut self, template: &str, key: &str) -> Result<bool, String> {
-        let keys = self.load(template).await?;
-        Ok(match key.strip_suffix('/') {
-            Some(dir) => keys.range(format!("{dir}/")..).next().is_some_and(|k| k.starts_with(&format!("{dir}/"))),
-            None => keys.contains(key),
-        })
-    }
-}
-
-async fn pairs(source: &Source, task: &TaskEntry) -> Result<Listing, String> {
-    let glob = task.image_glob.as_deref().unwrap_or_default();
-    let template = task.label_template.as_deref().unwrap_or_default();
-    // A glob ending in `/` names folders (DICOM series); otherwise files.
-    let folders = glob.ends_with('/');
-    let pattern = glob.trim_end_matches('/');
-    let matcher = name_matcher(&pattern.replace("{case}", "*"))?;
-    let dir = literal_prefix(pattern);
-    let keys = source.list(&dir).await?;
-    let mut candidates: BTreeSet<String> = BTreeSet::new();
-    for key in &keys {
-        if folders {
-            let mut at = key.as_str();
-            while let Some((parent, _)) = at.rsplit_once('/') {
-                candidates.insert(parent.to_string());
-                at = parent;
-            }
-        } else {
-            candidates.insert(key.clone());
-        }
-    }
-    let mut sets = KeySets { source, listed: BTreeMap::new() };
-    let stack = task.label_png.as_ref().map(|p| p.stack()).transpose()?;
-    let mut cases = Vec::new();
-    for path in candidates.iter().filter(|p| matcher.is_match(p.as_str())) {
-        let case_id = if pattern.contains("{case}") {
-            let Some(id) = capture_case(pattern, path) else { continue };
-            id
-        } else {
-            let name = file_name(path);
-            let stem = image_stem(name).unwrap_or(name);
-            task.image_suffix.as_deref().and_then(|s| stem.strip_suffix(s)).unwrap_or(stem).to_string()
-        };
-        let image = if folders { format!("{path}/") } else { path.clone() };
-        let mut missing = Vec::new();
-        let mut files = Vec::new();
-        for (name, t) in &task.channel_files {
-            let key = t.replace("{case}", &case_id);
-            if sets.exists(t, &key).await? {
-                files.push((name.clone(), key));
-            } else {
-                missing.push(format!("no {name} channel file {key}"));
-            }
-        }
-        let label_key = template.replace("{case}", &case_id);
-        let label = if !missing.is_empty() {
-            LabelSource::Missing(missing.join("; "))
-        } else if let Some(stack) = &stack {
-            let folder = format!("{}/", label_key.trim_end_matches('/'));
-            if sets.exists(template, &folder).await? {
-                LabelSource::PngStack(folder, stack.clone())
-            } else {
-                LabelSource::Missing(format!("no label folder {folder}"))
-            }
-        } else if sets.exists(template, &label_key).await? {
-            LabelSource::File(label_key)
-        } else {
-            LabelSource::Missing(format!("no label file {label_key}"))
-        };
-        let channels = Channels { files, names: task.channel_names.clone(), keep: task.channels.clone() };
-        cases.push(CaseRef { case_id, image, channels, label });
-    }
-    if cases.is_empty() {
-        return Err(format!("{}: nothing matches image_glob {glob:?}", source.url()));
-    }
-    cases.sort_by(|a, b| a.case_id.cmp(&b.case_id));
-    if let Some(w) = cases.windows(2).find(|w| w[0].case_id == w[1].case_id) {
-        return Err(format!(
-            "{}: image_glob {glob:?} gives case id {:?} twice ({} and {}); make the pattern or image_suffix tell them apart",
-            source.url(),
-            w[0].case_id,
-            w[0].image,
-            w[1].image
-        ));
-    }
-    Ok(Listing { cases, labels: BTreeMap::new() })
 }
 
 #[cfg(test)]
@@ -380,37 +279,11 @@ mod tests {
     }
 
     #[test]
-    fn case_captures_and_literal_prefixes() {
-        assert_eq!(capture_case("{case}/{case}_flair.nii.gz", "B_001/B_001_flair.nii.gz").as_deref(), Some("B_001"));
-        assert_eq!(capture_case("{case}/{case}_flair.nii.gz", "B_001/B_002_flair.nii.gz"), None);
-        assert_eq!(
-            capture_case("Train_Sets/CT/{case}/DICOM_anon", "Train_Sets/CT/21/DICOM_anon").as_deref(),
-            Some("21")
-        );
-        assert_eq!(literal_prefix("Train_Sets/CT/{case}/DICOM_anon"), "Train_Sets/CT");
-        assert_eq!(literal_prefix("images/*_img.nii.gz"), "images");
-        assert_eq!(literal_prefix("*.mhd"), "");
-        assert!(name_matcher("Train_Sets/CT/*/DICOM_anon").unwrap().is_match("Train_Sets/CT/21/DICOM_anon"));
-        assert!(!name_matcher("images/*").unwrap().is_match("images/a/b.nii"));
-    }
-
-    #[test]
     fn channel_names_from_either_dataset_json() {
         let msd = r#"{"modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}}"#;
         assert_eq!(dataset_json_channels(msd), ["FLAIR", "T1w", "t1gd", "T2w"]);
         let v2 = r#"{"channel_names": {"0": "T2", "1": "ADC"}}"#;
         assert_eq!(dataset_json_channels(v2), ["T2", "ADC"]);
         assert!(dataset_json_channels(r#"{"modality": {"1": "CT"}}"#).is_empty());
-    }
-
-    #[test]
-    fn wildcards() {
-        let m = |p: &str, n: &str| name_matcher(p).unwrap().is_match(n);
-        assert!(m("*_img.nii.gz", "case01_img.nii.gz"));
-        assert!(!m("*_img.nii.gz", "case01_seg.nii.gz"));
-        assert!(m("c??e*", "case7"));
-        assert!(m("*", ""));
-        assert!(m("case{01,02}.nii.gz", "case02.nii.gz"));
-        assert!(name_matcher("case[").is_err(), "a broken pattern is an error, not a silent non-match");
     }
 }

@@ -24,6 +24,7 @@
 
 pub mod case_io;
 pub mod catalog;
+pub mod check;
 mod error;
 pub mod formats;
 pub mod geometry;
@@ -33,6 +34,7 @@ mod nifti2;
 pub mod nifti_io;
 mod ordered;
 pub mod paste_back;
+pub mod pattern;
 pub mod preprocess;
 pub mod run;
 pub mod source;

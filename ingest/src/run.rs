@@ -15,7 +15,7 @@ use crate::case_io::CaseReader;
 use crate::catalog::{Catalog, DatasetEntry, LabelInfo, TaskEntry, expand_env};
 use crate::error::{IngestError, MissingCase, Result};
 use crate::journal::{self, CaseRecord, JournalRecord, SampleNote, TaskInfo, WorkerListing};
-use crate::layout::{CaseRef, list_cases};
+use crate::layout::{CaseRef, ListError, Listing, list_cases};
 use crate::nifti_io::ReadOptions;
 use crate::preprocess::{CaseContext, CaseSamples, Channel, PreprocessOptions, process_channels};
 use crate::source::Source;
@@ -125,8 +125,15 @@ pub struct DatasetSummary {
     pub samples: u64,
     /// Shard bytes.
     pub bytes: u64,
-    /// Why the dataset (or a task) was skipped whole.
+    /// Why the dataset (or a task) was skipped whole, and other remarks.
     pub notes: Vec<String>,
+    /// Layout mismatches: a source that exists but whose layout finds no case, or
+    /// far fewer cases than it holds images. Loud, and fatal under `--strict`.
+    pub problems: Vec<String>,
+    /// Tasks whose source is absent (the user does not have the dataset).
+    pub absent: usize,
+    /// Tasks the catalogue says cannot be read as downloaded.
+    pub unreadable: usize,
 }
 
 /// Outcome of a run.
@@ -142,6 +149,10 @@ impl Summary {
     /// Quarantined cases over all datasets.
     pub fn quarantined(&self) -> usize {
         self.datasets.iter().map(|d| d.quarantined).sum()
+    }
+    /// Layout mismatches over all datasets.
+    pub fn problems(&self) -> usize {
+        self.datasets.iter().map(|d| d.problems.len()).sum()
     }
 }
 
@@ -183,12 +194,36 @@ pub fn run(catalog: &Catalog, cfg: &IngestConfig, progress: &(dyn Fn(Event) + Sy
             continue;
         }
         let mut ds = DatasetSummary { dataset: d.name.clone(), ..Default::default() };
+        let (mut audits, mut listed) = (Vec::new(), 0usize);
         for t in &d.tasks {
-            if let TaskEnd::Skipped(reason) = run_task(&rt, &pool, &out, d, t, cfg, progress, &mut ds)? {
-                progress(Event::Skipped { dataset: d.name.clone(), task: t.name.clone(), reason: reason.clone() });
-                ds.notes.push(format!("{}: {reason}", t.name));
+            let (a, l) = (&mut audits, &mut listed);
+            let reason = match run_task(&rt, &pool, &out, d, t, cfg, progress, &mut ds, a, l)? {
+                TaskEnd::Done => continue,
+                TaskEnd::Absent(reason) => {
+                    ds.absent += 1;
+                    ds.notes.push(format!("{}: {reason}", t.name));
+                    reason
+                }
+                TaskEnd::Skipped(reason) => {
+                    ds.notes.push(format!("{}: {reason}", t.name));
+                    reason
+                }
+                TaskEnd::Unreadable(reason) => {
+                    ds.unreadable += 1;
+                    ds.notes.push(format!("{}: cannot be read as downloaded: {reason}", t.name));
+                    reason
+                }
+                TaskEnd::Mismatch(reason) => {
+                    ds.problems.push(format!("{}: {reason}", t.name));
+                    reason
+                }
+            };
+            // Only a mismatch is news while the run goes on; the rest is in the summary.
+            if ds.problems.last().is_some_and(|p| p.ends_with(&reason)) {
+                progress(Event::Skipped { dataset: d.name.clone(), task: t.name.clone(), reason });
             }
         }
+        audit_dataset(&mut ds, &audits, listed);
         summary.datasets.push(ds);
     }
     if !cfg.dry_run && cfg.workers <= 1 {
@@ -201,8 +236,14 @@ pub fn run(catalog: &Catalog, cfg: &IngestConfig, progress: &(dyn Fn(Event) + Sy
 /// How a task ended, when the run goes on.
 enum TaskEnd {
     Done,
-    /// The source could not be used; the reason goes into the summary.
+    /// No source configured.
     Skipped(String),
+    /// The source is absent: the user does not have this dataset.
+    Absent(String),
+    /// The catalogue says the download cannot be read as it is.
+    Unreadable(String),
+    /// The source exists but its layout does not match the catalogue's description.
+    Mismatch(String),
 }
 
 /// Processes one task. Source problems skip it; output-store problems are `Err`.
@@ -216,21 +257,38 @@ fn run_task(
     cfg: &IngestConfig,
     progress: &(dyn Fn(Event) + Sync),
     ds: &mut DatasetSummary,
+    audits: &mut Vec<Listing>,
+    listed: &mut usize,
 ) -> Result<TaskEnd> {
     let Some(raw) = &t.source else { return Ok(TaskEnd::Skipped("no source configured".into())) };
-    let listing = match expand_env(raw).and_then(|url| Source::open(&url, &cfg.store_options)) {
-        Ok(source) => match rt.block_on(list_cases(&source, t)) {
+    if let Some(why) = &t.unreadable {
+        return Ok(TaskEnd::Unreadable(why.clone()));
+    }
+    let url = match expand_env(raw) {
+        Ok(url) => url,
+        Err(reason) => return Ok(TaskEnd::Mismatch(reason)),
+    };
+    let listing = match Source::open(&url, &cfg.store_options) {
+        Ok(source) => match rt.block_on(list_cases(&source, &d.name, t)) {
             Ok(listing) => (source, listing),
             // A store that failed while listing is an outage, not a reason to publish
             // without the dataset.
-            Err(reason) => match source.take_outage() {
+            Err(e) => match source.take_outage() {
                 Some(outage) => return Err(outage),
-                None => return Ok(TaskEnd::Skipped(reason)),
+                None => {
+                    return Ok(match e {
+                        ListError::NotPresent(r) => TaskEnd::Absent(r),
+                        ListError::Unreadable(r) => TaskEnd::Unreadable(r),
+                        ListError::Mismatch(r) | ListError::Source(r) => TaskEnd::Mismatch(r),
+                    });
+                }
             },
         },
-        Err(reason) => return Ok(TaskEnd::Skipped(reason)),
+        Err(reason) => return Ok(TaskEnd::Absent(reason)),
     };
     let (source, listing) = listing;
+    audits.push(Listing { cases: Vec::new(), labels: BTreeMap::new(), ..listing.clone() });
+    *listed += listing.cases.len();
     let cases_listed = listing.cases.len();
     let labels = d.label_map(t, &listing.labels);
     let store = out.store().clone();
@@ -257,7 +315,7 @@ fn run_task(
         let info = TaskInfo {
             dataset: d.name.clone(),
             task: t.name.clone(),
-            modality: d.modality,
+            modality: t.modality.unwrap_or(d.modality),
             labels: labels.clone(),
             cases_listed,
         };
@@ -306,7 +364,12 @@ fn run_task(
                 Err(e @ IngestError::SourceUnavailable { .. }) => return Err(e),
                 o => o,
             };
-            let (record, samples, quarantined) = case_record(outcome);
+            let (record, samples, quarantined) = match &case.skip {
+                Some(reason) => {
+                    (CaseRecord { fate: CaseFate::Skipped { reason: reason.clone() }, samples: vec![] }, vec![], None)
+                }
+                None => case_record(outcome),
+            };
             let n = samples.len();
             commit.pending.insert(case.case_id.clone(), record);
             if let Some(shard) = rt.block_on(writer.push_case(samples)).map_err(fatal)? {
@@ -332,6 +395,29 @@ fn run_task(
     }
     tally(ds, &finished, shard_bytes);
     Ok(TaskEnd::Done)
+}
+
+/// A layout that matched far fewer cases than the folders hold images: more image
+/// files that no task uses (and none `ignore`s) than cases found.
+pub fn unused_problem(cases: usize, unused: &[String]) -> Option<String> {
+    let n = unused.len();
+    (n > cases).then(|| {
+        format!(
+            "the layout matches {cases} case(s), but {n} image files under its folders are used by none (first: {}); \
+             fix the catalogue entry or `ignore` them",
+            unused[0]
+        )
+    })
+}
+
+/// The dataset-level verdict on files no task used: a problem, a note, or nothing.
+fn audit_dataset(ds: &mut DatasetSummary, audits: &[Listing], listed: usize) {
+    let unused = crate::layout::unused_by_all(audits);
+    if let Some(problem) = unused_problem(listed, &unused) {
+        ds.problems.push(problem);
+    } else if let Some(first) = unused.first() {
+        ds.notes.push(format!("{} image file(s) no case uses (first: {first})", unused.len()));
+    }
 }
 
 /// The journal entry of a processed case, its samples, and the quarantine reason if any.
@@ -463,6 +549,9 @@ impl TaskCtx<'_> {
     /// [`TaskCtx::process`] on the pool, with a panic turned into the case's
     /// quarantine reason: a bug met on one input must not take the other cases down.
     fn process_guarded(&self, pool: &rayon::ThreadPool, case: &CaseRef) -> (u64, Result<CaseSamples>) {
+        if case.skip.is_some() {
+            return (0, Ok(CaseSamples::default()));
+        }
         let work = || pool.install(|| self.process(case));
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|payload| {
             let message = payload
@@ -493,7 +582,7 @@ impl TaskCtx<'_> {
                 dataset: &self.d.name,
                 task: &self.t.name,
                 case_id: &case.case_id,
-                modality: self.d.modality,
+                modality: case.modality.unwrap_or(self.d.modality),
                 labels: self.labels,
             };
             let channels: Vec<Channel> =

@@ -229,7 +229,7 @@ fn dry_run_writes_nothing_and_catalogue_counts() {
     };
     let o = only("Private01,Private02");
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("skipped Private01/default: no source configured"), "{}", text(&o));
+    assert!(text(&o).contains("no source configured (2): Private01, Private02"), "{}", text(&o));
     let o = only("NoSuchSet");
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("unknown datasets [\"NoSuchSet\"]"), "{}", text(&o));

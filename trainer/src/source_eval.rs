@@ -181,12 +181,15 @@ pub fn evaluate_source(
             let source = Source::open(&url, &spec.store_options)
                 .map_err(|e| source_error(format!("{}/{}: {e}", d.name, t.name)))?;
             let listing = rt
-                .block_on(list_cases(&source, t))
+                .block_on(list_cases(&source, &d.name, t))
                 .map_err(|e| source_error(format!("{}/{}: listing {url}: {e}", d.name, t.name)))?;
             let labels = d.label_map(t, &listing.labels);
             let reader = CaseReader { source: &source, tmp_dir: &spec.tmp_dir, read: &read, handle: rt.handle() };
-            let val: Vec<_> =
-                listing.cases.iter().filter(|c| spec.split_of(&d.name, &c.case_id) == Split::Val).collect();
+            let val: Vec<_> = listing
+                .cases
+                .iter()
+                .filter(|c| c.skip.is_none() && spec.split_of(&d.name, &c.case_id) == Split::Val)
+                .collect();
             for (n, case) in val.iter().enumerate() {
                 progress(&format!("{}/{} case {} ({}/{})", d.name, t.name, case.case_id, n + 1, val.len()));
                 let what = format!("{}/{}/{}", d.name, t.name, case.case_id);

@@ -40,6 +40,8 @@ struct IngestArgs {
     #[arg(long, default_value = "manifests/datasets.toml")]
     manifest: PathBuf,
     /// Output store: path, file:///abs, s3://bucket/prefix (AWS_* variables apply).
+    /// Default: the catalogue's `[output] location` (`${SAM3D_OUT:-./shards}` in the
+    /// shipped one).
     #[arg(long)]
     out: Option<String>,
     /// Cases processed in parallel (each needs up to ~2 GiB for a large CT).
@@ -55,7 +57,8 @@ struct IngestArgs {
     /// List what would be done, write nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Exit 1 if any case was quarantined.
+    /// Exit 1 if any case was quarantined or a dataset's files do not match its
+    /// catalogue layout.
     #[arg(long)]
     strict: bool,
     /// zstd level of the shards.
@@ -96,11 +99,28 @@ fn parse_worker(s: &str) -> Result<(u32, u32), String> {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate a catalogue and print its counts.
+    /// Validate a catalogue and print its counts; with --check, walk the raw data
+    /// (listings only, no voxel read) and print per dataset: present or not, cases
+    /// matched, labels found, held out, first problem.
     Catalog {
         /// The catalogue.
         #[arg(long, default_value = "manifests/datasets.toml")]
         manifest: PathBuf,
+        /// Check the catalogue against the raw data.
+        #[arg(long)]
+        check: bool,
+        /// The raw root (sets `SAM3D_RAW` for the sources); default: the environment's.
+        #[arg(requires = "check")]
+        raw: Option<String>,
+        /// Only these datasets (comma-separated names).
+        #[arg(long, value_delimiter = ',')]
+        datasets: Option<Vec<String>>,
+        /// Print the check as JSON lines, one per task.
+        #[arg(long, requires = "check")]
+        json: bool,
+        /// Exit 1 if a present dataset's files do not match its layout.
+        #[arg(long, requires = "check")]
+        strict: bool,
     },
     /// Publish index.json, samples.parquet and label manifests from all workers' output.
     Merge {
@@ -150,7 +170,16 @@ fn main() -> ExitCode {
 
 fn run_cli(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Some(Command::Catalog { manifest }) => {
+        Some(Command::Catalog { manifest, check: true, raw, datasets, json, strict }) => {
+            let c = Catalog::load(&manifest)?;
+            let vars = raw.into_iter().map(|r| ("SAM3D_RAW".to_string(), r)).collect();
+            let rows = s3_ingest::check::check(&c, &vars, datasets.as_deref(), &store_options());
+            print_check(&rows, json)?;
+            if strict && rows.iter().any(|r| r.failed()) {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Some(Command::Catalog { manifest, .. }) => {
             let c = Catalog::load(&manifest)?;
             let n = c.counts();
             println!("{}: valid", manifest.display());
@@ -222,11 +251,49 @@ fn store_options() -> StoreOptions {
     StoreOptions { retry: Retry::default(), ..Default::default() }
 }
 
+fn print_check(rows: &[s3_ingest::check::TaskCheck], json: bool) -> Result<()> {
+    if json {
+        for r in rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+        return Ok(());
+    }
+    println!("{:<32} {:<10} {:>6} {:>8} {:>8}  FIRST PROBLEM", "DATASET/TASK", "STATUS", "CASES", "LABELS", "HELD");
+    for r in rows.iter().filter(|r| r.status != "no source") {
+        let name = if r.task == "default" { r.dataset.clone() } else { format!("{}/{}", r.dataset, r.task) };
+        let problem = r.problem.as_deref().unwrap_or("");
+        let problem: String = problem.chars().take(160).collect();
+        println!("{name:<32} {:<10} {:>6} {:>8} {:>8}  {problem}", r.status, r.cases, r.labelled, r.held_out);
+    }
+    let count = |s: &str| rows.iter().filter(|r| r.status == s).count();
+    println!(
+        "{} tasks: {} ok, {} absent, {} unreadable as downloaded, {} mismatched, {} without a source",
+        rows.len(),
+        count("ok"),
+        count("absent"),
+        count("unreadable"),
+        count("mismatch"),
+        count("no source")
+    );
+    Ok(())
+}
+
 fn ingest(a: IngestArgs) -> Result<ExitCode> {
-    let Some(out) = a.out.clone() else {
-        bail!("--out is required (a path, file:///abs or s3://bucket/prefix); see --help")
-    };
     let catalog = Catalog::load(&a.manifest)?;
+    let out = match (&a.out, &catalog.output) {
+        (Some(out), _) => out.clone(),
+        (None, Some(o)) => {
+            let out = s3_ingest::catalog::expand_env(&o.location)
+                .map_err(|e| anyhow::anyhow!("{}: [output] location: {e}", a.manifest.display()))?;
+            eprintln!("writing to {out} (the catalogue's [output] location; --out overrides)");
+            out
+        }
+        (None, None) => {
+            bail!(
+                "--out is required: the catalogue has no [output] location (a path, file:///abs or s3://bucket/prefix)"
+            )
+        }
+    };
     let (worker, workers) = a.worker.unwrap_or((0, 1));
     let cfg = IngestConfig {
         out,
@@ -279,11 +346,20 @@ fn ingest(a: IngestArgs) -> Result<ExitCode> {
     })?;
     bar.finish_and_clear();
     print_summary(&summary, &cfg);
-    if a.strict && summary.quarantined() > 0 {
-        eprintln!("--strict: {} case(s) quarantined", summary.quarantined());
+    if a.strict && (summary.quarantined() > 0 || summary.problems() > 0) {
+        eprintln!(
+            "--strict: {} case(s) quarantined, {} layout mismatch(es)",
+            summary.quarantined(),
+            summary.problems()
+        );
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tasks of a dataset skipped for want of a source.
+fn count_unsourced(d: &run::DatasetSummary) -> usize {
+    d.notes.iter().filter(|n| n.ends_with(": no source configured")).count()
 }
 
 fn print_summary(s: &Summary, cfg: &IngestConfig) {
@@ -299,7 +375,12 @@ fn print_summary(s: &Summary, cfg: &IngestConfig) {
         "SAMPLES",
         "MIB"
     );
-    for d in &s.datasets {
+    // Datasets the user does not have, or private ones without a source, are one line
+    // each at the end rather than a row of zeros.
+    let quiet = |d: &run::DatasetSummary| {
+        d.cases == 0 && d.problems.is_empty() && d.unreadable == 0 && d.absent + count_unsourced(d) > 0
+    };
+    for d in s.datasets.iter().filter(|d| !quiet(d)) {
         let todo = if dry { d.todo.to_string() } else { String::new() };
         println!(
             "{:<24} {:>6} {:>6} {:>9} {:>8} {:>11} {:>8} {:>10.1}",
@@ -312,9 +393,22 @@ fn print_summary(s: &Summary, cfg: &IngestConfig) {
             d.samples,
             d.bytes as f64 / 1048576.0
         );
+        for p in &d.problems {
+            println!("  ERROR: {p}");
+        }
         for n in &d.notes {
             println!("  note: {n}");
         }
+    }
+    let absent: Vec<&str> =
+        s.datasets.iter().filter(|d| quiet(d) && d.absent > 0).map(|d| d.dataset.as_str()).collect();
+    let unsourced: Vec<&str> =
+        s.datasets.iter().filter(|d| quiet(d) && d.absent == 0).map(|d| d.dataset.as_str()).collect();
+    if !absent.is_empty() {
+        println!("not present ({}): {}", absent.len(), absent.join(", "));
+    }
+    if !unsourced.is_empty() {
+        println!("no source configured ({}): {}", unsourced.len(), unsourced.join(", "));
     }
     let total = |f: fn(&run::DatasetSummary) -> u64| s.datasets.iter().map(f).sum::<u64>();
     println!(
@@ -327,6 +421,14 @@ fn print_summary(s: &Summary, cfg: &IngestConfig) {
         total(|d| d.quarantined as u64),
         total(|d| d.samples),
         total(|d| d.bytes) as f64 / 1048576.0
+    );
+    let n = |f: fn(&run::DatasetSummary) -> bool| s.datasets.iter().filter(|d| f(d)).count();
+    println!(
+        "datasets: {} with samples, {} not present, {} unreadable as downloaded, {} with layout errors",
+        n(|d| d.samples > 0 || d.ingested > 0),
+        n(|d| d.absent > 0 && d.cases == 0),
+        n(|d| d.unreadable > 0),
+        n(|d| !d.problems.is_empty())
     );
     match &s.index {
         Some(i) => {

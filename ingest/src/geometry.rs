@@ -3,11 +3,9 @@
 //! 128³ about a mask's bounding box. Written by hand: no library reproduces
 //! SimpleITK's and nibabel's conventions together.
 
-use crate::nifti_io::{Volume, Voxel};
+pub use crate::volume::Affine;
+use crate::volume::{Volume, Voxel};
 use crate::with_voxels;
-
-/// Row-major 4×4 voxel-index → world (mm) matrix.
-pub type Affine = [[f64; 4]; 4];
 
 /// Target spacing in mm.
 pub const TARGET_SPACING: f64 = 1.5;

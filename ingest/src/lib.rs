@@ -39,5 +39,6 @@ pub mod preprocess;
 pub mod run;
 pub mod source;
 pub mod synth;
+pub mod volume;
 
 pub use error::{IngestError, MissingCase, Result};

@@ -9,7 +9,7 @@ use s3_shards::{SIDE, Sample, SampleMeta, Split};
 use crate::catalog::{LabelInfo, Modality};
 use crate::error::{IngestError, Result};
 use crate::geometry::{self, Affine, Canonical};
-use crate::nifti_io::{Volume, Voxel};
+use crate::volume::{Volume, Voxel};
 use crate::with_voxels;
 
 /// Size filters and split.

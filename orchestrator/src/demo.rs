@@ -15,6 +15,7 @@ use crate::error::{OrchError, Result};
 use crate::launch::{IngestLaunch, Launched, StageLaunch, join, launch_eval, launch_ingest, launch_stage, status};
 use crate::ledger::{Ledger, State};
 use crate::plan::{IngestPlan, TrainPlan, eval_job};
+use crate::stage::Stage;
 
 /// Stage 1 of the demo (`manifests/stages/demo.toml`), embedded so the demo runs anywhere.
 pub const DEMO_STAGE1: &str = include_str!("../../manifests/stages/demo.toml");
@@ -48,6 +49,19 @@ pub struct DemoConfig {
 }
 
 impl DemoConfig {
+    /// Refuses tools given as paths that do not exist (a bare name is looked up on PATH).
+    pub fn check_tools(&self) -> Result<()> {
+        for (what, bin) in [("s3-train", &self.train_bin), ("s3-ingest", &self.ingest_bin)] {
+            if bin.components().count() > 1 && !bin.exists() {
+                return Err(OrchError::Config(format!(
+                    "{what} not found at {}: build the workspace's binaries first (cargo build)",
+                    bin.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The embedded default, with the two programs.
     pub fn new(train_bin: PathBuf, ingest_bin: PathBuf) -> DemoConfig {
         DemoConfig {
@@ -196,20 +210,20 @@ pub fn run_demo(cfg: &DemoConfig, say: Say) -> Result<DemoReport> {
     };
 
     say(&format!("3/5 stage 1: the small preset from scratch, {} CPU ranks", cfg.ranks));
-    let s1 = stage("stage1");
+    let s1 = stage(Stage::Stage1.name());
     ran(launch_stage(&s1, &backend, false, say)?, "stage 1")?;
     let after_stage1 = eval_stage(&s1, &backend)?;
     say(&format!("   after stage 1: {}", dice_line(&after_stage1)));
 
     say("4/5 stage 2: fine-tuning stage 1's verified final checkpoint on the fine-tune selection");
-    let s2 = stage("stage2");
+    let s2 = stage(Stage::Stage2.name());
     ran(launch_stage(&s2, &backend, false, say)?, "stage 2")?;
 
     say("5/5 evaluating stage 2");
     ran(launch_eval(&s2, &backend, false, say)?, "the eval")?;
     let ledger = status(&runs.display().to_string(), RUN_ID, &Default::default(), &|m| say(m))?;
     let after_stage2 =
-        ledger.stage("eval").and_then(|s| s.attempts.last()).map(|a| a.metrics.clone()).unwrap_or_default();
+        ledger.stage(Stage::Eval.name()).and_then(|s| s.attempts.last()).map(|a| a.metrics.clone()).unwrap_or_default();
     Ok(DemoReport { after_stage1, after_stage2, ledger, run_dir: runs.join(RUN_ID), store })
 }
 
@@ -257,4 +271,18 @@ pub fn dice_line(m: &BTreeMap<String, f64>) -> String {
 /// The table of Dice after each stage.
 pub fn dice_table(r: &DemoReport) -> String {
     format!("after stage 1   {}\nafter stage 2   {}\n", dice_line(&r.after_stage1), dice_line(&r.after_stage2))
+}
+
+/// What the demo prints at its end: the Dice table, the ledger, where things are.
+pub fn summary(r: &DemoReport, took: std::time::Duration) -> String {
+    format!(
+        "{}\n{}\n{:.1} min. Per stage under {}: metrics/ (CSV segments), metrics.png, checkpoints/, eval/val.csv; \
+         shards: {}; `s3-orch status --runs {} --run demo` shows the ledger again",
+        dice_table(r),
+        r.ledger.table(),
+        took.as_secs_f64() / 60.0,
+        r.run_dir.display(),
+        r.store.display(),
+        r.run_dir.parent().map_or(String::new(), |p| p.display().to_string()),
+    )
 }

@@ -10,8 +10,10 @@ use std::path::Path;
 use s3_shards::StoreOptions;
 
 use crate::error::{OrchError, Result};
-use crate::launch::{close_eval, close_ingest, join, object_xxh3, runtime, stage1_checkpoint, training_outcome};
 use crate::ledger::{Attempt, Ledger, State, now};
+use crate::outcome::{close_eval, close_ingest, stage1_checkpoint, training_outcome};
+use crate::run_store::{join, object_xxh3, runtime};
+use crate::stage::Stage;
 
 /// Which run and stage a hook is about.
 #[derive(Clone, Debug)]
@@ -27,14 +29,17 @@ pub struct HookTarget {
 }
 
 impl HookTarget {
+    /// The hook's run and stage, with default store settings.
+    pub fn new(runs: String, run_id: String, stage: String) -> HookTarget {
+        HookTarget { runs, run_id, stage, options: Default::default() }
+    }
+
     fn run_url(&self) -> String {
         join(&self.runs, &self.run_id)
     }
 }
 
-/// Exit code of `job end` that asks the script to requeue its job (a preemption the
-/// user did not ask for: the stage continues from its checkpoint).
-pub const REQUEUE: u8 = 3;
+pub use s3_shards::exit::REQUEUE;
 
 /// `job start`: the attempt this run of the scheduler job is. The first run (restart
 /// 0) is the attempt the launcher recorded at submission; a requeued run (restart
@@ -118,7 +123,7 @@ pub fn job_end(t: &HookTarget, end: &JobEnd) -> Result<bool> {
     let run = s3_shards::open_store(&t.run_url(), &t.options)?;
     let mut ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), &t.run_id))?;
     let codes = vec![Some(end.exit_code)];
-    let failure = (!matches!(end.exit_code, 0 | 75))
+    let failure = s3_shards::exit::is_failure(Some(end.exit_code))
         .then(|| format!("the ranks exited with code {} (logs: {})", end.exit_code, end.logs));
     {
         let rec = ledger.stage_mut(&t.stage);
@@ -132,17 +137,18 @@ pub fn job_end(t: &HookTarget, end: &JobEnd) -> Result<bool> {
             }
         }
     }
-    match t.stage.as_str() {
-        "ingest" => {
+    match Stage::parse(&t.stage) {
+        Some(Stage::Ingest) => {
             let out = end.out.ok_or_else(|| OrchError::Config("job end --stage ingest needs --out".into()))?;
-            rt.block_on(close_ingest(ledger.stage_mut("ingest"), out, &t.options, failure, codes))?;
+            rt.block_on(close_ingest(ledger.stage_mut(Stage::Ingest.name()), out, &t.options, failure, codes))?;
         }
-        "eval" => {
-            let evaluated = end.evaluated.unwrap_or("stage2");
+        Some(Stage::Eval) => {
+            let evaluated = end.evaluated.unwrap_or(Stage::Stage2.name());
             let loc = s3_shards::open_store(&join(&t.run_url(), evaluated), &t.options)?;
             rt.block_on(close_eval(&mut ledger, evaluated, &loc, failure, codes));
         }
-        stage => {
+        _ => {
+            let stage = t.stage.as_str();
             let file = end
                 .stage_file
                 .ok_or_else(|| OrchError::Config("job end of a training stage needs --stage-file".into()))?;
@@ -152,7 +158,7 @@ pub fn job_end(t: &HookTarget, end: &JobEnd) -> Result<bool> {
         }
     }
     let rec = ledger.stage_mut(&t.stage);
-    let requeue = end.exit_code == 75 && !rec.cancel_requested;
+    let requeue = s3_shards::exit::is_preempted(Some(end.exit_code)) && !rec.cancel_requested;
     rt.block_on(ledger.save(run.store().as_ref()))?;
     Ok(requeue)
 }

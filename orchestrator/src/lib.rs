@@ -15,8 +15,11 @@ mod error;
 pub mod job_hooks;
 pub mod launch;
 pub mod ledger;
+pub mod outcome;
 pub mod plan;
+pub mod run_store;
 pub mod settings;
+pub mod stage;
 pub mod stage_metrics;
 
 pub use error::{OrchError, Result};

@@ -231,6 +231,15 @@ pub fn stage_layer(path: &Path) -> Result<Layer> {
     }
 }
 
+/// `KEY=VALUE`, as `--env` takes it.
+pub fn parse_env(s: &str) -> std::result::Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or("expected KEY=VALUE")?;
+    if k.is_empty() {
+        return Err("empty variable name".into());
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,7 @@ fn store_err(op: &'static str, path: &ObjPath, source: object_store::Error) -> O
 /// `loss` and `dice` of the newest step in the stage's metric segments (empty when
 /// there are none yet).
 pub async fn last_step(stage: &dyn ObjectStore) -> Result<BTreeMap<String, f64>> {
-    let prefix = ObjPath::from("metrics");
+    let prefix = ObjPath::from(s3_shards::run_folder::METRICS_DIR);
     let metas: Vec<object_store::ObjectMeta> =
         stage.list(Some(&prefix)).try_collect().await.map_err(|e| store_err("list", &prefix, e))?;
     // Segment names carry their last step zero-padded: the greatest name is the newest.
@@ -66,7 +66,8 @@ struct EvalReport {
 
 /// Mean Dice over the evaluated samples at each click count: `dice@1`, `dice@3`, ...
 pub async fn eval_dice(stage: &dyn ObjectStore) -> Result<BTreeMap<String, f64>> {
-    let report: EvalReport = json::get_json(stage, &ObjPath::from("eval/val.json")).await?;
+    let report: EvalReport =
+        json::get_json(stage, &ObjPath::from(s3_shards::run_folder::eval_report_key("val"))).await?;
     let mut out = BTreeMap::new();
     if report.samples.is_empty() {
         return Ok(out);

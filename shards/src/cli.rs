@@ -16,6 +16,6 @@ pub fn init_logging() {
 pub fn exit_code<E: std::fmt::Display>(outcome: Result<ExitCode, E>) -> ExitCode {
     outcome.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
-        ExitCode::from(2)
+        ExitCode::from(crate::exit::ERROR)
     })
 }

@@ -25,20 +25,7 @@ pub const INDEX_KEY: &str = "index.json";
 /// Version of the index document this build writes and reads.
 pub const INDEX_VERSION: u32 = 1;
 
-/// Serde helpers storing a `u64` hash as 16 hex digits (JSON numbers lose bits above 2^53 in many readers).
-pub mod hex_u64 {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// Writes `v` as `"%016x"`.
-    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{v:016x}"))
-    }
-    /// Reads 16 hex digits.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        let s = String::deserialize(d)?;
-        u64::from_str_radix(&s, 16).map_err(serde::de::Error::custom)
-    }
-}
+pub use crate::hex_u64;
 
 /// Who made the index and when.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -30,6 +30,8 @@
 
 pub mod cli;
 mod error;
+pub mod exit;
+pub mod hex_u64;
 pub mod index;
 pub mod json;
 pub mod labels;
@@ -39,6 +41,7 @@ pub mod preview;
 pub mod publish;
 pub mod quantize;
 pub mod reader;
+pub mod run_folder;
 pub mod sample;
 pub mod samples_table;
 pub mod schema;

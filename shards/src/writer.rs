@@ -26,7 +26,7 @@ use tokio::io::AsyncWriteExt;
 use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::error::{Result, ShardError};
-use crate::index::hex_u64;
+use crate::hex_u64;
 use crate::sample::Sample;
 use crate::schema::{self, col};
 

@@ -194,3 +194,40 @@ pub fn loader(data: &s3_shards::StoreLocation, threads: usize, samples: usize) -
     let seconds = start.elapsed().as_secs_f64();
     Ok(LoaderRate { samples, failed, seconds, order })
 }
+
+/// `s3-train bench all-reduce`: joins the job's collective as the launch environment
+/// (and the flags) say, times `iters` all-reduces of `mb` MB, and says how it went.
+pub fn all_reduce_launched(
+    flags: &crate::launch_env::LaunchFlags,
+    mb: usize,
+    iters: usize,
+    io_timeout: std::time::Duration,
+    device_name: &str,
+    device: Device,
+) -> Result<String> {
+    let launch = crate::launch_env::from_env(flags)?;
+    let device = crate::device::rank_device(device_name, launch.local_rank, device)?;
+    // One rank needs no peers: any free port will do.
+    let addr = match (&launch.master, launch.world) {
+        (Some(a), _) => a.clone(),
+        (None, 1) => "127.0.0.1:0".into(),
+        (None, w) => {
+            return Err(TrainError::Config(format!(
+                "world size {w} needs --master HOST:PORT (or MASTER_ADDR and MASTER_PORT)"
+            )));
+        }
+    };
+    let options =
+        crate::collective::CollectiveOptions { io_timeout, token: launch.job_token.clone(), ..Default::default() };
+    let mut c = crate::collective::join(&addr, launch.rank, launch.world, &options, &device)?;
+    let r = all_reduce(c.as_mut(), mb * 1_000_000, iters, &device)?;
+    Ok(format!(
+        "bench all-reduce rank {}/{} {} {mb} MB: {:.2} ms, algbw {:.2} GB/s, busbw {:.2} GB/s",
+        launch.rank,
+        launch.world,
+        c.kind(),
+        r.secs * 1e3,
+        r.algbw,
+        r.busbw
+    ))
+}

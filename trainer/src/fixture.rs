@@ -48,6 +48,29 @@ pub fn check_fixture(prefix: &Path, device: &Device) -> Result<Vec<Comparison>> 
     check_fixture_with(prefix, device, Precision::F32)
 }
 
+/// The comparison as a table and a verdict: every output within [`TOLERANCE`] (f32),
+/// or, in bf16, the largest error reported and not held to it.
+pub fn report(results: &[Comparison], precision: Precision) -> (String, bool) {
+    let mut out = format!("{:<28} {:>14} {:>14}\n", "OUTPUT", "MAX ABS ERR", "REL ERR");
+    for r in results {
+        let verdict = if r.ok() { "ok" } else { "FAIL" };
+        out.push_str(&format!("{:<28} {:>14.3e} {:>14.3e}  {verdict}\n", r.name, r.max_abs, r.rel));
+    }
+    if precision == Precision::Bf16 {
+        let worst = results.iter().map(|r| r.rel).fold(0.0, f64::max);
+        out.push_str(&format!(
+            "bf16: largest relative error {worst:.3e} against the f32 reference (reported, not held to 1e-4)\n"
+        ));
+        return (out, true);
+    }
+    if results.iter().any(|r| !r.ok()) {
+        out.push_str(&format!("parity FAILED (tolerance {TOLERANCE:e})\n"));
+        return (out, false);
+    }
+    out.push_str(&format!("parity ok: every output within {TOLERANCE:e} of the reference\n"));
+    (out, true)
+}
+
 /// [`check_fixture`] with the encoder in `precision` (bf16 is measured against the
 /// f32 reference, not held to [`TOLERANCE`]).
 pub fn check_fixture_with(prefix: &Path, device: &Device, precision: Precision) -> Result<Vec<Comparison>> {

@@ -12,32 +12,21 @@
 #![deny(missing_docs)]
 
 pub mod bench;
-pub mod checkpoint;
-pub mod class_map;
-pub mod clicks;
-pub mod collective;
 pub mod config;
-pub mod device;
+pub mod data;
 mod error;
-pub mod eval;
+pub mod evaluation;
 pub mod fixture;
-pub mod io_runtime;
-pub mod launch_env;
-pub mod loader;
-pub mod loss;
-pub mod metrics;
+pub mod launch;
 pub mod model;
-pub mod plots;
-pub mod predict;
-pub mod row_cache;
-pub mod run_identity;
-pub mod sampler;
-pub mod schedule;
-pub mod source_eval;
-pub mod stage;
-pub mod step;
-pub mod train;
-pub mod watchdog;
+pub mod training;
 pub mod weights;
+
+// The phases' modules by their old short paths (`s3_trainer::sampler`, ...), which
+// the binaries, tests and docs use.
+pub use data::{loader, row_cache, sampler};
+pub use evaluation::{class_map, eval, predict, source_eval};
+pub use launch::{collective, device, io_runtime, launch_env};
+pub use training::{checkpoint, clicks, loss, metrics, plots, run_identity, schedule, stage, step, train, watchdog};
 
 pub use error::{Result, TrainError};

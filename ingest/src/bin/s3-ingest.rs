@@ -176,7 +176,7 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
             let rows = s3_ingest::check::check(&c, &vars, datasets.as_deref(), &store_options());
             print_check(&rows, json)?;
             if strict && rows.iter().any(|r| r.failed()) {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(s3_shards::exit::CHECK_FAILED));
             }
         }
         Some(Command::Catalog { manifest, .. }) => {
@@ -341,7 +341,8 @@ fn ingest(a: IngestArgs) -> Result<ExitCode> {
             bar.set_message(format!("{dataset}: {} samples, {mbs:.1} MB/s in, {} quarantined", s.0, s.2));
             bar.inc(1);
         }
-        Event::Skipped { dataset, task, reason } => bar.suspend(|| eprintln!("skipped {dataset}/{task}: {reason}")),
+        // Only a layout mismatch is reported while the run goes on (absent datasets are in the summary).
+        Event::Skipped { dataset, task, reason } => bar.suspend(|| eprintln!("ERROR {dataset}/{task}: {reason}")),
         Event::Publishing => bar.set_message("publishing index"),
     })?;
     bar.finish_and_clear();
@@ -352,7 +353,7 @@ fn ingest(a: IngestArgs) -> Result<ExitCode> {
             summary.quarantined(),
             summary.problems()
         );
-        return Ok(ExitCode::from(1));
+        return Ok(ExitCode::from(s3_shards::exit::CHECK_FAILED));
     }
     Ok(ExitCode::SUCCESS)
 }

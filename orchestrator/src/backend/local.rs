@@ -12,9 +12,6 @@ use crate::error::{OrchError, Result};
 use crate::plan::Job;
 use crate::settings::Settings;
 
-/// Exit code of a preempted rank (checkpointed; requeue).
-pub const PREEMPTED: i32 = 75;
-
 /// Rank processes on this machine.
 #[derive(Default)]
 pub struct Local {
@@ -135,7 +132,7 @@ impl Backend for Local {
                         Ok(Some(status)) => {
                             codes[rank] = Some(status.code());
                             children.remove(id);
-                            if !matches!(status.code(), Some(0) | Some(PREEMPTED)) {
+                            if s3_shards::exit::is_failure(status.code()) {
                                 failed_now.push((rank, status.code()));
                             }
                         }

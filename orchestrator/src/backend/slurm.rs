@@ -151,7 +151,7 @@ impl Slurm {
         format!(
             "{end}\nhook=$?\n# Preempted (75) without a cancel: back in the queue, resuming from the checkpoint.\n\
              if [ \"$hook\" = {} ]; then scontrol requeue \"$SLURM_JOB_ID\"; fi\nexit \"$rc\"\n",
-            crate::job_hooks::REQUEUE
+            s3_shards::exit::REQUEUE
         )
     }
 
@@ -355,7 +355,7 @@ impl Backend for Slurm {
                     .and_then(|o| exit_code(&o))
             })
             .collect();
-        let failed_rank = exit_codes.iter().position(|c| !matches!(c, Some(0) | Some(75)));
+        let failed_rank = exit_codes.iter().position(|c| s3_shards::exit::is_failure(*c));
         Ok(JobEnd { exit_codes, failed_rank })
     }
 

@@ -3,13 +3,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
-use s3_orch::demo::{DemoConfig, dice_table, run_demo};
-use s3_orch::launch::{IngestLaunch, Launched, StageLaunch, launch_eval, launch_ingest, launch_stage};
-use s3_orch::ledger::{StageRecord, State};
-use s3_orch::plan::IngestPlan;
-use s3_orch::settings::{self, Layer, Origin, Settings};
+use s3_orch::demo::{DemoConfig, run_demo, summary};
+use s3_orch::launch::pipeline::{self, PipelineLaunch};
+use s3_orch::launch::{Launched, follow};
+use s3_orch::ledger::StageRecord;
+use s3_orch::settings::Layer;
 
 /// Orchestrate SAM-Med3D: ingest, stage 1, stage 2.
 #[derive(Parser)]
@@ -163,12 +163,7 @@ struct HookRef {
 
 impl HookRef {
     fn target(self) -> s3_orch::job_hooks::HookTarget {
-        s3_orch::job_hooks::HookTarget {
-            runs: self.runs,
-            run_id: self.run,
-            stage: self.stage,
-            options: Default::default(),
-        }
+        s3_orch::job_hooks::HookTarget::new(self.runs, self.run, self.stage)
     }
 }
 
@@ -308,16 +303,8 @@ struct SettingFlags {
     #[arg(long, value_name = "KEY[=VALUE][:EFFECT],...")]
     tolerations: Option<String>,
     /// Extra environment of every rank, KEY=VALUE (repeatable).
-    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = s3_orch::settings::parse_env)]
     env: Vec<(String, String)>,
-}
-
-fn parse_env(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or("expected KEY=VALUE")?;
-    if k.is_empty() {
-        return Err("empty variable name".into());
-    }
-    Ok((k.to_string(), v.to_string()))
 }
 
 impl SettingFlags {
@@ -353,69 +340,17 @@ impl SettingFlags {
     }
 }
 
-/// The cluster profile to read: the flag, else the backend's default when it exists.
-fn profile_path(args: &LaunchArgs) -> Result<Option<PathBuf>> {
-    match &args.cluster {
-        Some(p) if !p.exists() => bail!("cluster profile {} not found", p.display()),
-        Some(p) => Ok(Some(p.clone())),
-        None => {
-            let p = PathBuf::from(format!("manifests/clusters/{}.toml", args.backend));
-            Ok(p.exists().then_some(p))
-        }
-    }
-}
-
-/// Flags over environment over the cluster profile over the stage file.
-fn resolve(args: &LaunchArgs, stage_file: Option<&std::path::Path>) -> Result<Settings> {
-    let mut layers =
-        vec![(Origin::Flag, args.settings.layer()), (Origin::Env, Layer::from_env(&|k| std::env::var(k).ok())?)];
-    if let Some(p) = profile_path(args)? {
-        layers.push((Origin::Profile(p.clone()), settings::load_profile(&p)?));
-    }
-    if let Some(f) = stage_file {
-        layers.push((Origin::Stage(f.to_path_buf()), settings::stage_layer(f)?));
-    }
-    Ok(Settings::resolve(layers))
-}
-
-/// The setting, else the variable, else the binary next to this one, else on PATH.
-fn tool(setting: Option<&String>, var: &str, name: &str) -> PathBuf {
-    setting
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os(var).map(PathBuf::from))
-        .or_else(|| {
-            let sibling = std::env::current_exe().ok()?.with_file_name(name);
-            sibling.exists().then_some(sibling)
-        })
-        .unwrap_or_else(|| PathBuf::from(name))
-}
-
 /// Prints a stage's end; the exit code the launch ends with (75 preempted).
 fn report(run_id: &str, record: &StageRecord, json: bool) -> Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(record)?);
     }
-    let a = record.attempts.last().context("an attempt was recorded")?;
-    match record.state {
-        State::Succeeded => {
-            eprintln!(
-                "run {run_id}: {} succeeded{}{}",
-                record.name,
-                a.last_step.map_or(String::new(), |s| format!(" at step {s}")),
-                record.final_checkpoint.as_ref().map_or(String::new(), |c| format!("; final checkpoint {}", c.url))
-            );
-            Ok(ExitCode::SUCCESS)
+    match follow::stage_end(run_id, record) {
+        Ok((line, code)) => {
+            eprintln!("{line}");
+            Ok(ExitCode::from(code))
         }
-        State::Preempted => {
-            eprintln!("run {run_id}: {} preempted after a checkpoint; launch again to continue", record.name);
-            Ok(ExitCode::from(75))
-        }
-        _ => bail!(
-            "run {run_id}: {} attempt {} failed: {}; launch again to resume",
-            record.name,
-            a.attempt,
-            a.error.as_deref().unwrap_or("unknown")
-        ),
+        Err(failed) => bail!("{failed}"),
     }
 }
 
@@ -430,21 +365,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Job(hook) => return job_hook(hook),
         Command::Logs { target: RunRef { runs, run }, stage, attempt, rank, follow } => {
             let log_root = std::path::Path::new("s3-orch-logs");
-            let path = s3_orch::launch::log_path(&runs, &run, &stage, attempt, rank, log_root, &Default::default())?;
-            let mut file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-            let mut out = std::io::stdout();
-            std::io::copy(&mut file, &mut out)?;
-            if follow {
-                loop {
-                    std::thread::sleep(std::time::Duration::from_millis(500));
-                    std::io::copy(&mut file, &mut out)?;
-                    let ledger = s3_orch::launch::status(&runs, &run, &Default::default(), &|_| {})?;
-                    if ledger.stage(&stage).is_none_or(|s| s.state != State::Running) {
-                        std::io::copy(&mut file, &mut out)?;
-                        break;
-                    }
-                }
-            }
+            let at = follow::LogAt { runs: &runs, run: &run, stage: &stage, attempt, rank };
+            follow::copy_log(&at, log_root, follow, &mut std::io::stdout(), &Default::default())?;
         }
         Command::Cancel { target: RunRef { runs, run } } => {
             let stopped = s3_orch::launch::cancel(&runs, &run, &Default::default())?;
@@ -456,14 +378,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Status { target: RunRef { runs, run }, json, wait } => {
             if wait {
-                let ledger = s3_orch::launch::status(&runs, &run, &Default::default(), &|m| eprintln!("{m}"))?;
-                // A preempted stage whose job Slurm requeued is still to come.
-                for s in &ledger.stages {
-                    let poll = std::time::Duration::from_secs(2);
-                    s3_orch::launch::wait_stage(&runs, &run, &s.name, &Default::default(), poll, &|m| {
-                        eprintln!("{m}")
-                    })?;
-                }
+                follow::wait_run(&runs, &run, &Default::default(), &|m| eprintln!("{m}"))?;
             }
             let ledger = s3_orch::launch::status(&runs, &run, &Default::default(), &|m| eprintln!("{m}"))?;
             if json {
@@ -477,25 +392,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 dir,
                 cases,
                 epochs: (stage1_epochs, stage2_epochs),
-                ..DemoConfig::new(tool(None, "S3_TRAIN_BIN", "s3-train"), tool(None, "S3_INGEST_BIN", "s3-ingest"))
+                ..DemoConfig::new(
+                    pipeline::tool(None, "S3_TRAIN_BIN", "s3-train"),
+                    pipeline::tool(None, "S3_INGEST_BIN", "s3-ingest"),
+                )
             };
-            for (what, bin) in [("s3-train", &cfg.train_bin), ("s3-ingest", &cfg.ingest_bin)] {
-                if bin.components().count() > 1 && !bin.exists() {
-                    bail!("{what} not found at {}: build the workspace's binaries first (cargo build)", bin.display());
-                }
-            }
+            cfg.check_tools()?;
             let started = std::time::Instant::now();
             let report = run_demo(&cfg, &|m| eprintln!("{m}"))?;
-            println!("\n{}", dice_table(&report));
-            println!("{}", report.ledger.table());
-            println!(
-                "{:.1} min. Per stage under {}: metrics/ (CSV segments), metrics.png, checkpoints/, eval/val.csv; \
-                 shards: {}; `s3-orch status --runs {} --run demo` shows the ledger again",
-                started.elapsed().as_secs_f64() / 60.0,
-                report.run_dir.display(),
-                report.store.display(),
-                report.run_dir.parent().map_or(String::new(), |p| p.display().to_string()),
-            );
+            println!("\n{}", summary(&report, started.elapsed()));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -522,7 +427,7 @@ fn job_hook(hook: JobHook) -> Result<ExitCode> {
                 logs: &logs,
             };
             if job_hooks::job_end(&target.target(), &end)? {
-                return Ok(ExitCode::from(job_hooks::REQUEUE));
+                return Ok(ExitCode::from(s3_shards::exit::REQUEUE));
             }
         }
     }
@@ -530,101 +435,34 @@ fn job_hook(hook: JobHook) -> Result<ExitCode> {
 }
 
 fn launch(stage: &str, args: &LaunchArgs) -> Result<ExitCode> {
-    let run_id = match (&args.run, stage) {
-        (Some(r), _) => r.clone(),
-        (None, "stage2") => bail!("stage 2 continues a run: give --run ID (the run of its stage 1)"),
-        (None, _) => format!("run-{}", s3_orch::ledger::now().replace([':', '-'], "").trim_end_matches('Z')),
+    let run_id = pipeline::run_id(stage, args.run.as_deref())?;
+    let request = PipelineLaunch {
+        target: stage.to_string(),
+        run_id: run_id.clone(),
+        runs: args.runs.clone(),
+        backend: args.backend.clone(),
+        cluster: args.cluster.clone(),
+        stages: args.stages.clone(),
+        manifest: args.manifest.clone(),
+        data: args.data.clone(),
+        out: args.out.clone(),
+        flags: args.settings.layer(),
+        dry_run: args.dry_run,
     };
     let say = |m: &str| eprintln!("{m}");
-    let log_root = PathBuf::from("s3-orch-logs");
-    let stage_file = |name: &str| -> Result<PathBuf> {
-        let f = args.stages.join(format!("{name}.toml"));
-        if !f.exists() {
-            bail!("stage file {} not found (--stages DIR holds stage1.toml and stage2.toml)", f.display());
-        }
-        Ok(f)
-    };
-    let show_settings = |s: &Settings| {
-        if args.dry_run {
-            print!("{}", s.describe());
-        }
-    };
-    let ingest = |out: &str| -> Result<Launched> {
-        let settings = resolve(args, None)?;
-        show_settings(&settings);
-        let backend = s3_orch::backend::backend(&args.backend, &settings)?;
-        let manifest = args.manifest.clone().context("--manifest is needed to ingest")?;
-        let spec = IngestLaunch {
-            runs: args.runs.clone(),
-            run_id: run_id.clone(),
-            plan: IngestPlan {
-                ingest_bin: tool(settings.values.ingest_bin.as_ref(), "S3_INGEST_BIN", "s3-ingest"),
-                manifest,
-                out: out.to_string(),
-                workers: settings.workers(),
-                jobs: settings.jobs(),
-                extra_args: Vec::new(),
-                env: settings.values.env.clone(),
-            },
-            log_root: settings.values.log_dir.as_ref().map_or(log_root.clone(), PathBuf::from),
-            store_options: Default::default(),
-        };
-        Ok(launch_ingest(&spec, backend.as_ref(), args.dry_run, &say)?)
-    };
-    let train = |name: &str, data: &str, eval: bool| -> Result<Launched> {
-        let file = stage_file(name)?;
-        let settings = resolve(args, Some(&file))?;
-        if !eval {
-            show_settings(&settings);
-        }
-        let backend = s3_orch::backend::backend(&args.backend, &settings)?;
-        settings.ranks_per_node()?;
-        let spec = StageLaunch {
-            runs: args.runs.clone(),
-            run_id: run_id.clone(),
-            stage_file: file,
-            stage: name.to_string(),
-            data: data.to_string(),
-            ranks: settings.ranks(),
-            nodes: settings.nodes(),
-            env: settings.values.env.clone(),
-            train_bin: tool(settings.values.train_bin.as_ref(), "S3_TRAIN_BIN", "s3-train"),
-            device: settings.device().to_string(),
-            catalog: args.manifest.clone(),
-            log_root: settings.values.log_dir.as_ref().map_or(log_root.clone(), PathBuf::from),
-            store_options: Default::default(),
-        };
-        if eval {
-            return Ok(launch_eval(&spec, backend.as_ref(), args.dry_run, &say)?);
-        }
-        Ok(launch_stage(&spec, backend.as_ref(), args.dry_run, &say)?)
-    };
-    let steps: Vec<&str> = match stage {
-        "pipeline" => vec!["ingest", "stage1", "stage2", "eval"],
-        one => vec![one],
-    };
     if args.dry_run {
-        println!("# s3-orch launch {stage} --dry-run: run {run_id} on the {} backend", args.backend);
-        if stage == "pipeline" && args.backend == "slurm" {
-            println!("# each job is submitted --dependency=afterok:<the job before it> --kill-on-invalid-dep=yes");
-        }
+        print!("{}", request.dry_run_header());
     }
     let mut submitted = Vec::new();
-    for step in steps {
-        let data = if stage == "pipeline" { args.out.as_deref() } else { args.data.as_deref() };
-        let launched = match step {
-            "ingest" => ingest(args.out.as_deref().context("--out is needed to ingest")?)?,
-            "eval" => train("stage2", data.context("--data is needed to evaluate")?, true)?,
-            name => train(name, data.context("--data is needed to train (--out for the pipeline)")?, false)?,
-        };
+    let mut code = ExitCode::SUCCESS;
+    pipeline::launch_steps(&request, &say, &mut |launched| {
         match launched {
             Launched::AlreadySucceeded => {}
             Launched::DryRun(text) => print!("{text}"),
             Launched::Ran(record) => {
-                let code = report(&run_id, &record, args.json)?;
-                if code != ExitCode::SUCCESS {
-                    return Ok(code);
-                }
+                code =
+                    report(&run_id, &record, args.json).map_err(|e| s3_orch::OrchError::Refused(format!("{e:#}")))?;
+                return Ok(code == ExitCode::SUCCESS);
             }
             Launched::Submitted(record) => {
                 eprintln!(
@@ -635,6 +473,10 @@ fn launch(stage: &str, args: &LaunchArgs) -> Result<ExitCode> {
                 submitted.push(record.name);
             }
         }
+        Ok(true)
+    })?;
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
     }
     if !submitted.is_empty() && !args.wait {
         eprintln!("the scheduler runs the chain; follow it with `s3-orch status --runs {} --run {run_id}`", args.runs);

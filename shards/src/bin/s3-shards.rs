@@ -146,7 +146,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 report.problems.len()
             );
             if !report.ok() {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(s3_shards::exit::CHECK_FAILED));
             }
         }
         Command::Cat { store, sample_id } => {

@@ -7,7 +7,6 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use burn::module::Module;
 use clap::{Parser, Subcommand};
 use s3_trainer::config::SamConfig;
 use s3_trainer::model::Sam;
@@ -17,7 +16,7 @@ mod predict;
 mod progress;
 
 /// Exit code of a preempted rank (DESIGN §10): checkpointed, requeue it.
-const PREEMPTED: u8 = 75;
+use s3_shards::exit::PREEMPTED;
 
 /// SAM-Med3D trainer and model tools.
 #[derive(Parser)]
@@ -315,35 +314,9 @@ fn bench(what: BenchCommand, cli_device: &str, device: burn::prelude::Device) ->
             println!("bench phantom-store: {cases} cases in {out}");
         }
         BenchCommand::AllReduce { mb, iters, rank, world, master, collective_timeout } => {
-            let launch =
-                s3_trainer::launch_env::from_env(&s3_trainer::launch_env::LaunchFlags { rank, world, master })?;
-            let device = if cli_device == "cuda" {
-                s3_trainer::device::parse_device(&format!("cuda:{}", launch.local_rank))?
-            } else {
-                device
-            };
-            // One rank needs no peers: any free port will do.
-            let addr = match (&launch.master, launch.world) {
-                (Some(a), _) => a.clone(),
-                (None, 1) => "127.0.0.1:0".into(),
-                (None, w) => bail!("world size {w} needs --master HOST:PORT (or MASTER_ADDR and MASTER_PORT)"),
-            };
-            let options = s3_trainer::collective::CollectiveOptions {
-                io_timeout: Duration::from_secs(collective_timeout.max(1)),
-                token: launch.job_token.clone(),
-                ..Default::default()
-            };
-            let mut c = s3_trainer::collective::join(&addr, launch.rank, launch.world, &options, &device)?;
-            let r = s3_trainer::bench::all_reduce(c.as_mut(), mb * 1_000_000, iters, &device)?;
-            println!(
-                "bench all-reduce rank {}/{} {} {mb} MB: {:.2} ms, algbw {:.2} GB/s, busbw {:.2} GB/s",
-                launch.rank,
-                launch.world,
-                c.kind(),
-                r.secs * 1e3,
-                r.algbw,
-                r.busbw
-            );
+            let flags = s3_trainer::launch_env::LaunchFlags { rank, world, master };
+            let timeout = Duration::from_secs(collective_timeout.max(1));
+            println!("{}", s3_trainer::bench::all_reduce_launched(&flags, mb, iters, timeout, cli_device, device)?);
         }
     }
     Ok(())
@@ -384,56 +357,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Info { preset: name } => {
             let cfg = preset(&name)?;
-            let m = Sam::new(&cfg, &device);
-            let enc = &m.image_encoder;
-            let rows = [
-                ("image_encoder", enc.num_params()),
-                (
-                    "  patch_embed + pos_embed",
-                    enc.patch_embed.num_params() + enc.pos_embed.val().dims().iter().product::<usize>(),
-                ),
-                ("  blocks", enc.blocks.iter().map(|b| b.num_params()).sum()),
-                ("  neck", enc.neck.num_params()),
-                ("prompt_encoder (trainable)", m.prompt_encoder.num_params() - m.prompt_encoder.pe_layer.num_params()),
-                ("mask_decoder", m.mask_decoder.num_params()),
-                ("  transformer", m.mask_decoder.transformer.num_params()),
-            ];
-            println!(
-                "{name}: img {}³, embed {}, depth {}, heads {}, global {:?}, window {}, out {}",
-                cfg.img_size, cfg.embed_dim, cfg.depth, cfg.heads, cfg.global_attn, cfg.window, cfg.out
-            );
-            for (k, v) in rows {
-                println!("{k:<30} {v:>13}");
-            }
-            println!("{:<30} {:>13}", "total trainable", m.trainable_params());
-            println!("{:<30} {:>13}", "buffers (PE Gaussian)", m.prompt_encoder.pe_layer.num_params());
+            print!("{}", s3_trainer::model::describe(&name, &cfg, &Sam::new(&cfg, &device)));
         }
         Command::CheckFixture { prefix, precision } => {
             let p: s3_trainer::config::Precision = parse_enum("precision", &precision)?;
             let results = fixture::check_fixture_with(&prefix, &device, p)
                 .with_context(|| format!("fixture {}", prefix.display()))?;
-            println!("{:<28} {:>14} {:>14}  {}", "OUTPUT", "MAX ABS ERR", "REL ERR", "");
-            for r in &results {
-                println!(
-                    "{:<28} {:>14.3e} {:>14.3e}  {}",
-                    r.name,
-                    r.max_abs,
-                    r.rel,
-                    if r.ok() { "ok" } else { "FAIL" }
-                );
+            let (text, passed) = fixture::report(&results, p);
+            print!("{text}");
+            if !passed {
+                return Ok(ExitCode::from(s3_shards::exit::CHECK_FAILED));
             }
-            if p == s3_trainer::config::Precision::Bf16 {
-                let worst = results.iter().map(|r| r.rel).fold(0.0, f64::max);
-                println!(
-                    "bf16: largest relative error {worst:.3e} against the f32 reference (reported, not held to 1e-4)"
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-            if results.iter().any(|r| !r.ok()) {
-                println!("parity FAILED (tolerance {:e})", fixture::TOLERANCE);
-                return Ok(ExitCode::from(1));
-            }
-            println!("parity ok: every output within {:e} of the reference", fixture::TOLERANCE);
         }
         Command::Train {
             target: RunArgs { stage, place: Place { data, run } },
@@ -449,29 +383,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             samples_log,
             loader_threads,
         } => {
-            let mut stage = s3_trainer::stage::StageConfig::load(&stage)?;
-            if init.is_some() {
-                stage.init = init;
-            }
-            if let Some(c) = catalog {
-                stage.datasets.catalog = Some(c.display().to_string());
-            }
+            let stage = s3_trainer::stage::StageConfig::load(&stage)?.with_flags(init, catalog.as_deref());
             let launch =
                 s3_trainer::launch_env::from_env(&s3_trainer::launch_env::LaunchFlags { rank, world, master })?;
-            let device = if cli.device == "cuda" {
-                s3_trainer::device::parse_device(&format!("cuda:{}", launch.local_rank))?
-            } else {
-                device
-            };
-            tracing::info!(
-                rank = launch.rank,
-                world = launch.world,
-                local_rank = launch.local_rank,
-                from = launch.source,
-                run_id = launch.run_id.as_deref().unwrap_or("-"),
-                attempt = launch.attempt.unwrap_or(0),
-                "launch"
-            );
+            let device = s3_trainer::device::rank_device(&cli.device, launch.local_rank, device)?;
+            launch.log();
             let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
             // SIGTERM (Kubernetes, Slurm at the time limit) and SIGUSR2 (Slurm's
             // --signal) mean "checkpoint at the next step and exit 75" (DESIGN §10).
@@ -524,50 +440,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (model, step) = s3_trainer::train::load_latest_weights(&run, &opts, &cfg, &device)?;
             let run_loc = s3_shards::open_store(&run, &opts)?;
             if protocol == "source" {
-                let manifest = manifest.expect("clap requires --manifest");
-                let catalog = s3_ingest::catalog::Catalog::load(&manifest)?;
-                stage.datasets.catalog = Some(manifest.display().to_string());
-                let named: std::collections::BTreeSet<String> =
-                    catalog.datasets.iter().map(|d| d.name.clone()).collect();
-                let datasets = if datasets.is_empty() {
-                    stage.select_datasets(&named)?
-                } else {
-                    if let Some(d) = datasets.iter().find(|d| !named.contains(*d)) {
-                        bail!("--datasets: {d:?} is not in {}", manifest.display());
-                    }
-                    datasets.into_iter().collect()
-                };
-                let tmp = tempfile::tempdir().context("a temporary directory for fetched cases")?;
-                // The published store says which cases the ingest put in val.
-                let mut known_splits = std::collections::BTreeMap::new();
-                if let Some(data) = &data {
-                    let data_loc = s3_shards::open_store(data, &opts)?;
-                    let rt = s3_trainer::io_runtime::io_runtime()?;
-                    let (rows, _) =
-                        rt.block_on(s3_trainer::run_identity::samples_from_index(data_loc.store().as_ref()))?;
-                    known_splits.extend(rows.into_iter().map(|r| ((r.dataset, r.case_id), r.split)));
-                }
-                let spec = s3_trainer::source_eval::SourceEval {
-                    catalog: &catalog,
-                    datasets: &datasets,
-                    known_splits,
+                let request = s3_trainer::source_eval::SourceRun {
+                    manifest: manifest.expect("clap requires --manifest"),
+                    datasets,
+                    data,
                     val_percent,
-                    clicks: &clicks,
-                    seed: stage.seed,
+                    clicks,
                     store_options: opts.clone(),
-                    tmp_dir: tmp.path().to_path_buf(),
                 };
-                let report = s3_trainer::source_eval::evaluate_source(&model, &cfg, &spec, &device, &|m| {
-                    tracing::info!("{m}");
-                })?;
+                let (report, n) =
+                    s3_trainer::source_eval::evaluate_source_run(&request, &mut stage, &model, &cfg, &device)?;
                 s3_trainer::source_eval::write_source_report(&run_loc, "source", &report)?;
                 for s in &report.skipped {
                     eprintln!("skipped {s}");
                 }
                 println!(
-                    "step {step}, protocol source: {} classes of val cases in {} dataset(s), {} skipped",
+                    "step {step}, protocol source: {} classes of val cases in {n} dataset(s), {} skipped",
                     report.classes.len(),
-                    datasets.len(),
                     report.skipped.len()
                 );
                 print!("{}", report.groups_csv());

@@ -171,11 +171,13 @@ pub fn write_report(run: &StoreLocation, name: &str, report: &EvalReport) -> Res
     let rt = crate::io_runtime::io_runtime()?;
     let store = run.store().as_ref();
     rt.block_on(async {
-        let csv = ObjPath::from(format!("eval/{name}.csv"));
+        let csv = ObjPath::from(s3_shards::run_folder::eval_table_key(name));
         store
             .put(&csv, PutPayload::from(report.to_csv().into_bytes()))
             .await
             .map_err(|e| TrainError::from(s3_shards::ShardError::Store { op: "put", path: csv.clone(), source: e }))?;
-        json::put_json(store, &ObjPath::from(format!("eval/{name}.json")), report).await.map_err(TrainError::from)
+        json::put_json(store, &ObjPath::from(s3_shards::run_folder::eval_report_key(name)), report)
+            .await
+            .map_err(TrainError::from)
     })
 }

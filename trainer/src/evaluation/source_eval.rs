@@ -266,6 +266,67 @@ fn groups(rows: &[ClassDice], clicks: usize) -> Vec<SourceGroup> {
         .collect()
 }
 
+/// What `s3-train eval --protocol source` was asked.
+#[derive(Clone, Debug)]
+pub struct SourceRun {
+    /// The catalogue the datasets come from.
+    pub manifest: PathBuf,
+    /// Datasets to evaluate (empty: the stage's selection from the catalogue).
+    pub datasets: Vec<String>,
+    /// The published store, whose sample table says which cases are in val.
+    pub data: Option<String>,
+    /// Percent of cases in val where the store does not say.
+    pub val_percent: u32,
+    /// Click counts.
+    pub clicks: Vec<usize>,
+    /// S3 settings.
+    pub store_options: StoreOptions,
+}
+
+/// Evaluates the val cases of the request's datasets on their source grids; the
+/// stage's catalogue becomes the request's. Returns the report and the number of
+/// datasets evaluated.
+pub fn evaluate_source_run(
+    req: &SourceRun,
+    stage: &mut crate::stage::StageConfig,
+    model: &Sam,
+    cfg: &SamConfig,
+    device: &Device,
+) -> Result<(SourceReport, usize)> {
+    let catalog = Catalog::load(&req.manifest).map_err(|e| TrainError::Config(e.to_string()))?;
+    stage.datasets.catalog = Some(req.manifest.display().to_string());
+    let named: BTreeSet<String> = catalog.datasets.iter().map(|d| d.name.clone()).collect();
+    let datasets = if req.datasets.is_empty() {
+        stage.select_datasets(&named)?
+    } else {
+        if let Some(d) = req.datasets.iter().find(|d| !named.contains(*d)) {
+            return Err(TrainError::Config(format!("--datasets: {d:?} is not in {}", req.manifest.display())));
+        }
+        req.datasets.iter().cloned().collect()
+    };
+    let tmp = crate::checkpoint::temp_dir()?;
+    // The published store says which cases the ingest put in val.
+    let mut known_splits = BTreeMap::new();
+    if let Some(data) = &req.data {
+        let data_loc = s3_shards::open_store(data, &req.store_options)?;
+        let rt = crate::io_runtime::io_runtime()?;
+        let (rows, _) = rt.block_on(crate::run_identity::samples_from_index(data_loc.store().as_ref()))?;
+        known_splits.extend(rows.into_iter().map(|r| ((r.dataset, r.case_id), r.split)));
+    }
+    let spec = SourceEval {
+        catalog: &catalog,
+        datasets: &datasets,
+        known_splits,
+        val_percent: req.val_percent,
+        clicks: &req.clicks,
+        seed: stage.seed,
+        store_options: req.store_options.clone(),
+        tmp_dir: tmp.path().to_path_buf(),
+    };
+    let report = evaluate_source(model, cfg, &spec, device, &|m| tracing::info!("{m}"))?;
+    Ok((report, datasets.len()))
+}
+
 /// Writes `eval/<name>.csv` (per case and class), `eval/<name>-groups.csv` and
 /// `eval/<name>.json` to the run folder.
 pub fn write_source_report(run: &StoreLocation, name: &str, report: &SourceReport) -> Result<()> {

@@ -6,6 +6,12 @@ use burn::prelude::*;
 use crate::error::{Result, TrainError};
 
 /// Parses `cpu`, `cuda` or `cuda:N`.
+/// The device of a rank: with `cuda`, the GPU of its local rank; else `device`.
+pub fn rank_device(name: &str, local_rank: usize, device: Device) -> Result<Device> {
+    if name == "cuda" { parse_device(&format!("cuda:{local_rank}")) } else { Ok(device) }
+}
+
+/// A device by name: `cpu` (or `flex`), `cuda`, `cuda:N`.
 pub fn parse_device(name: &str) -> Result<Device> {
     match name {
         "cpu" | "flex" => Ok(Device::flex()),

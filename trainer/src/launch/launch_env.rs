@@ -26,6 +26,21 @@ pub struct LaunchFlags {
     pub master: Option<String>,
 }
 
+impl LaunchEnv {
+    /// Logs where this rank stands in its job.
+    pub fn log(&self) {
+        tracing::info!(
+            rank = self.rank,
+            world = self.world,
+            local_rank = self.local_rank,
+            from = self.source,
+            run_id = self.run_id.as_deref().unwrap_or("-"),
+            attempt = self.attempt.unwrap_or(0),
+            "launch"
+        );
+    }
+}
+
 /// A rank's place in its job, resolved and checked.
 #[derive(Clone, PartialEq, Eq)]
 pub struct LaunchEnv {

@@ -24,6 +24,34 @@ pub struct Sam {
     pub mask_decoder: MaskDecoder,
 }
 
+/// `s3-train info`: the configuration and the parameter count of each part.
+pub fn describe(name: &str, cfg: &SamConfig, m: &Sam) -> String {
+    use burn::module::Module;
+    let enc = &m.image_encoder;
+    let rows = [
+        ("image_encoder", enc.num_params()),
+        (
+            "  patch_embed + pos_embed",
+            enc.patch_embed.num_params() + enc.pos_embed.val().dims().iter().product::<usize>(),
+        ),
+        ("  blocks", enc.blocks.iter().map(|b| b.num_params()).sum()),
+        ("  neck", enc.neck.num_params()),
+        ("prompt_encoder (trainable)", m.prompt_encoder.num_params() - m.prompt_encoder.pe_layer.num_params()),
+        ("mask_decoder", m.mask_decoder.num_params()),
+        ("  transformer", m.mask_decoder.transformer.num_params()),
+    ];
+    let mut out = format!(
+        "{name}: img {}³, embed {}, depth {}, heads {}, global {:?}, window {}, out {}\n",
+        cfg.img_size, cfg.embed_dim, cfg.depth, cfg.heads, cfg.global_attn, cfg.window, cfg.out
+    );
+    for (k, v) in rows {
+        out.push_str(&format!("{k:<30} {v:>13}\n"));
+    }
+    out.push_str(&format!("{:<30} {:>13}\n", "total trainable", m.trainable_params()));
+    out.push_str(&format!("{:<30} {:>13}\n", "buffers (PE Gaussian)", m.prompt_encoder.pe_layer.num_params()));
+    out
+}
+
 /// Prompts for one decoder pass.
 #[derive(Debug, Clone)]
 pub struct Prompt {

@@ -13,33 +13,32 @@ use burn::module::Module;
 use futures::TryStreamExt;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
-use s3_shards::{StoreLocation, StoreOptions, json, open_store};
+use s3_shards::{StoreLocation, StoreOptions, json, open_store, run_folder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 use crate::model::Sam;
 use crate::plots::Curves;
 use crate::run_identity::RunIdentity;
+use crate::sampler::SamplerState;
 use crate::step::Optimisers;
-use crate::train::TrainState;
 use crate::weights;
 
-/// The pointer to the newest complete checkpoint.
-pub const LATEST: &str = "checkpoints/latest.json";
+/// Where training stands; saved in every checkpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimiser steps done.
+    pub step: u64,
+    /// Sampler position.
+    pub sampler: SamplerState,
+}
+
+pub use s3_shards::run_folder::{LATEST, Latest};
 
 /// Files above this size go up as multipart uploads of this part size.
 pub const PART_BYTES: usize = 16 << 20;
 
 const OPTIMISERS: [&str; 3] = ["encoder", "prompt", "decoder"];
-
-/// `checkpoints/latest.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Latest {
-    /// Step of the checkpoint.
-    pub step: u64,
-    /// Its folder.
-    pub dir: String,
-}
 
 /// `state.json` of a checkpoint.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -188,18 +187,18 @@ pub(crate) fn save(
     let store = run.store().as_ref();
     let record_err = |e: burn::store::RecordError| TrainError::Weights { file: dir.clone(), reason: e.to_string() };
     model.clone().save_file(tmp.path().join("model")).map_err(record_err)?;
-    weights::export_safetensors(&model.clone().valid(), &tmp.path().join("weights.safetensors"))?;
+    weights::export_safetensors(&model.clone().valid(), &tmp.path().join(run_folder::WEIGHTS_FILE))?;
     for (name, o) in OPTIMISERS.iter().zip(opt.parts()) {
         o.save(tmp.path().join(format!("optim-{name}"))).map_err(record_err)?;
     }
     rt.block_on(async {
         put_file(store, &format!("{dir}/model.bpk"), &tmp.path().join("model.bpk")).await?;
-        put_file(store, &format!("{dir}/weights.safetensors"), &tmp.path().join("weights.safetensors")).await?;
+        put_file(store, &run_folder::weights_key(&dir), &tmp.path().join(run_folder::WEIGHTS_FILE)).await?;
         for name in OPTIMISERS {
             put_file(store, &format!("{dir}/optim-{name}.bpk"), &tmp.path().join(format!("optim-{name}.bpk"))).await?;
         }
         json::put_json(store, &ObjPath::from(format!("{dir}/summary.json")), summary).await?;
-        json::put_json(store, &ObjPath::from(format!("{dir}/state.json")), state).await?;
+        json::put_json(store, &ObjPath::from(run_folder::state_key(&dir)), state).await?;
         // A plot that fails to render is logged, never a reason to lose a checkpoint.
         match crate::plots::render_png(summary, &format!("run at step {step}")) {
             Ok(png) => {
@@ -260,7 +259,7 @@ pub(crate) fn load(
 ) -> Result<Restored> {
     let tmp = temp_dir()?;
     let store = run.store().as_ref();
-    let state: CheckpointState = rt.block_on(json::get_json(store, &ObjPath::from(format!("{dir}/state.json"))))?;
+    let state: CheckpointState = rt.block_on(json::get_json(store, &ObjPath::from(run_folder::state_key(&dir))))?;
     verify(&state)?;
     let summary: Curves = rt.block_on(async {
         get_file(store, &format!("{dir}/model.bpk"), &tmp.path().join("model.bpk")).await?;
@@ -311,5 +310,19 @@ mod tests {
         let f = f.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(std::fs::read(f).unwrap(), vec![1, 2, 3]);
         assert_eq!(local_copy("/a/b.pth", &StoreOptions::default(), dir.path()).unwrap(), PathBuf::from("/a/b.pth"));
+    }
+
+    /// The launcher reads `state.json` through `s3_shards::run_folder::StateView`: what
+    /// the trainer writes must parse as it, with the same digest text and epoch.
+    #[test]
+    fn state_json_is_what_the_launcher_reads() {
+        let state = CheckpointState {
+            state: TrainState { step: 12, sampler: SamplerState { epoch: 3, consumed: 5 } },
+            identity: RunIdentity { config_digest: 0xabc, samples_xxh3: 7, world: 2 },
+        };
+        let text = serde_json::to_string(&state).unwrap();
+        let view: run_folder::StateView = serde_json::from_str(&text).unwrap();
+        assert_eq!(view.identity.config_digest, "0000000000000abc");
+        assert_eq!(view.sampler.epoch, 3);
     }
 }

@@ -19,7 +19,7 @@ use crate::plots::Curves;
 pub const SUMMARY_POINTS: usize = 2048;
 
 /// Folder of the segments.
-pub const METRICS_DIR: &str = "metrics";
+pub const METRICS_DIR: &str = s3_shards::run_folder::METRICS_DIR;
 
 /// One optimiser step's numbers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

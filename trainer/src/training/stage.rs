@@ -171,6 +171,17 @@ fn default_window() -> usize {
 }
 
 impl StageConfig {
+    /// The stage with `s3-train train`'s flags over the file: `--init`, `--catalog`.
+    pub fn with_flags(mut self, init: Option<String>, catalog: Option<&Path>) -> StageConfig {
+        if init.is_some() {
+            self.init = init;
+        }
+        if let Some(c) = catalog {
+            self.datasets.catalog = Some(c.display().to_string());
+        }
+        self
+    }
+
     /// Reads a stage file.
     pub fn load(path: &Path) -> Result<StageConfig> {
         let text = std::fs::read_to_string(path)

@@ -14,9 +14,9 @@ use burn::prelude::*;
 use object_store::path::Path as ObjPath;
 use s3_shards::samples_table::SampleRow;
 use s3_shards::{Split, StoreLocation, StoreOptions, json, open_store};
-use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
+pub use crate::checkpoint::TrainState;
 use crate::checkpoint::{self, CheckpointState, Latest};
 use crate::collective::{self, CollectiveOptions};
 use crate::config::{Precision, SamConfig};
@@ -86,15 +86,6 @@ impl RunSpec {
             loader_threads: 1,
         }
     }
-}
-
-/// Where training stands; saved in every checkpoint.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TrainState {
-    /// Optimiser steps done.
-    pub step: u64,
-    /// Sampler position.
-    pub sampler: SamplerState,
 }
 
 /// Progress of a run.
@@ -500,8 +491,8 @@ pub fn load_latest_weights(
         .block_on(checkpoint::read_latest(run.store().as_ref()))?
         .ok_or_else(|| TrainError::Config(format!("{run}: no checkpoint yet (checkpoints/latest.json)")))?;
     let tmp = checkpoint::temp_dir()?;
-    let file = tmp.path().join("weights.safetensors");
-    rt.block_on(checkpoint::get_file(run.store().as_ref(), &format!("{}/weights.safetensors", latest.dir), &file))?;
+    let file = tmp.path().join(s3_shards::run_folder::WEIGHTS_FILE);
+    rt.block_on(checkpoint::get_file(run.store().as_ref(), &s3_shards::run_folder::weights_key(&latest.dir), &file))?;
     let mut model = Sam::new(cfg, device);
     weights::load(&mut model, &file, Strictness::Strict)?;
     Ok((model, latest.step))

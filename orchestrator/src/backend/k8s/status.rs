@@ -6,7 +6,6 @@ use serde_json::{Map, Value};
 use super::Kind;
 use super::container::CONTAINER;
 use crate::backend::JobEnd;
-use crate::backend::local::PREEMPTED;
 
 /// Where a Job or JobSet stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,7 +103,7 @@ pub fn job_end(pods: &[PodState], count: usize, ranks_per_pod: usize) -> JobEnd 
             *c = p.exit_code;
         }
     }
-    let real_failure = |c: &Option<i32>| matches!(c, Some(c) if *c != 0 && *c != PREEMPTED);
+    let real_failure = |c: &Option<i32>| c.is_some() && s3_shards::exit::is_failure(*c);
     let killed = |c: &Option<i32>| matches!(c, Some(137 | 143));
     let blamed = codes
         .iter()

@@ -1,0 +1,122 @@
+//! What every launch does around its job: refuse a second running attempt, record
+//! the attempt before it runs, name its logs, open the run folder (or not, for a
+//! dry run).
+
+use std::path::PathBuf;
+
+use object_store::ObjectStore;
+use s3_shards::{StoreLocation, StoreOptions, open_store};
+
+use crate::backend::Backend;
+use crate::error::{OrchError, Result};
+use crate::ledger::{Attempt, Ledger, State, now};
+
+/// Whether a stage file names its own `datasets.catalog`.
+pub(crate) fn names_catalog(stage_file: &std::path::Path) -> Result<bool> {
+    let text = std::fs::read_to_string(stage_file)
+        .map_err(|source| OrchError::Io { file: stage_file.display().to_string(), source })?;
+    let v: toml::Value =
+        toml::from_str(&text).map_err(|e| OrchError::Config(format!("{}: {e}", stage_file.display())))?;
+    Ok(v.get("datasets").and_then(|d| d.get("catalog")).is_some())
+}
+
+/// Two attempts of a stage at once would write the same checkpoints: refused while
+/// the newest attempt's processes still run; one whose processes are gone without a
+/// result (the launcher died) is marked failed.
+pub(crate) fn refuse_if_running(ledger: &mut Ledger, stage: &str) -> Result<()> {
+    let run = ledger.run.clone();
+    let Some(rec) = ledger.stages.iter_mut().find(|s| s.name == stage) else { return Ok(()) };
+    let Some(a) = rec.attempts.last_mut() else { return Ok(()) };
+    if a.state != State::Running {
+        return Ok(());
+    }
+    // The attempt's own scheduler knows, whichever backend this launch uses.
+    if crate::backend::by_name(&a.backend)?.is_running(&crate::backend::Submission { ids: a.job_ids.clone() }) {
+        return Err(OrchError::Refused(format!(
+            "run {run}: {stage} attempt {} is still running on {} (jobs {}); wait for it, or `s3-orch cancel` it first",
+            a.attempt,
+            a.backend,
+            a.job_ids.join(", ")
+        )));
+    }
+    a.state = State::Failed;
+    a.error = Some("the job ended without the launcher recording a result".into());
+    a.ended = Some(now());
+    rec.state = State::Failed;
+    Ok(())
+}
+
+/// A token no other job shares (the collective turns away processes without it).
+pub(crate) fn job_token(run_id: &str, stage: &str, attempt: u32) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let seed = format!("{run_id}/{stage}/{attempt}/{}/{nanos}", std::process::id());
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(seed.as_bytes()))
+}
+
+pub(crate) fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|source| OrchError::Process { what: "finding a free port".into(), source })?;
+    l.local_addr().map(|a| a.port()).map_err(|source| OrchError::Process { what: "finding a free port".into(), source })
+}
+
+/// Records a submitted attempt as the stage's running one (a new attempt clears an
+/// old cancel request). A ledger that cannot be saved cancels the job: an attempt
+/// nobody recorded would run unseen.
+pub(crate) fn record_running(
+    rt: &tokio::runtime::Runtime,
+    ledger: &mut Ledger,
+    run: &StoreLocation,
+    stage: &str,
+    attempt: Attempt,
+    backend: &dyn Backend,
+    submission: &crate::backend::Submission,
+) -> Result<crate::ledger::StageRecord> {
+    let rec = ledger.stage_mut(stage);
+    rec.state = State::Running;
+    rec.cancel_requested = false;
+    rec.attempts.push(attempt);
+    let record = rec.clone();
+    if let Err(e) = rt.block_on(ledger.save(run.store().as_ref())) {
+        let _ = backend.cancel(submission);
+        return Err(e);
+    }
+    Ok(record)
+}
+
+/// The scheduler jobs of `stage`'s newest attempt if it is still running on `backend`:
+/// what a job of the next stage starts after.
+pub(crate) fn running_jobs(ledger: &Ledger, stage: &str, backend: &dyn Backend) -> Option<Vec<String>> {
+    let a = ledger.stage(stage)?.attempts.last()?;
+    (a.state == State::Running && a.backend == backend.name()).then(|| a.job_ids.clone())
+}
+
+pub(crate) fn log_dir_for(
+    run: &StoreLocation,
+    log_root: &std::path::Path,
+    run_id: &str,
+    stage: &str,
+    attempt: u32,
+) -> PathBuf {
+    match run.url().strip_prefix("file://") {
+        Some(dir) => PathBuf::from(dir).join("logs").join(stage).join(format!("attempt-{attempt}")),
+        None => log_root.join(run_id).join(stage).join(format!("attempt-{attempt}")),
+    }
+}
+
+/// The run folder's store. A dry run touches nothing: a local run folder that does
+/// not exist yet is not created (opening a local store creates its directory), and
+/// stands for an empty run.
+pub(crate) fn open_run(url: &str, options: &StoreOptions, dry_run: bool) -> Result<StoreLocation> {
+    let local =
+        if url.contains("://") { url.strip_prefix("file://").map(PathBuf::from) } else { Some(PathBuf::from(url)) };
+    if dry_run
+        && let Some(dir) = local
+        && !dir.exists()
+    {
+        let abs =
+            std::path::absolute(&dir).map_err(|source| OrchError::Io { file: dir.display().to_string(), source })?;
+        let empty: std::sync::Arc<dyn ObjectStore> = std::sync::Arc::new(object_store::memory::InMemory::new());
+        return Ok(StoreLocation::from_store(format!("file://{}", abs.display()), empty));
+    }
+    Ok(open_store(url, options)?)
+}

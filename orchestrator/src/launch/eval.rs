@@ -1,0 +1,91 @@
+//! Launching the pipeline's last step, the evaluation of a trained stage.
+
+use std::path::PathBuf;
+
+use s3_shards::open_store;
+
+use super::Launched;
+use super::StageLaunch;
+use super::attempt::{log_dir_for, open_run, record_running, refuse_if_running, running_jobs};
+use crate::backend::Backend;
+use crate::error::{OrchError, Result};
+use crate::ledger::{Attempt, Ledger, State};
+use crate::outcome::close_eval;
+use crate::plan::{Hooks, TrainPlan, eval_job};
+use crate::run_store::{join, runtime};
+use crate::stage::Stage;
+
+/// The pipeline's last step: `s3-train eval` of a succeeded training stage (`spec.stage`,
+/// normally stage 2) with its final weights, recorded as the ledger's `eval` stage
+/// with Dice at each click count.
+pub fn launch_eval(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, say: &dyn Fn(&str)) -> Result<Launched> {
+    const EVAL: &str = Stage::Eval.name();
+    let rt = runtime()?;
+    let run_url = join(&spec.runs, &spec.run_id);
+    let run = open_run(&run_url, &spec.store_options, dry_run)?;
+    let mut ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), &spec.run_id))?;
+    if ledger.stage(EVAL).is_some_and(|s| s.state == State::Succeeded) {
+        say(&format!("run {}: eval already succeeded; nothing to do", spec.run_id));
+        return Ok(Launched::AlreadySucceeded);
+    }
+    refuse_if_running(&mut ledger, EVAL)?;
+    let attempt = ledger.stage(EVAL).map_or(0, |s| s.attempts.len() as u32) + 1;
+    let stage_run = join(&run_url, &spec.stage);
+    let log_dir = log_dir_for(&run, &spec.log_root, &spec.run_id, EVAL, attempt);
+    let plan = TrainPlan {
+        train_bin: spec.train_bin.clone(),
+        stage_file: spec.stage_file.clone(),
+        data: spec.data.clone(),
+        run_dir: stage_run.clone(),
+        init: None,
+        catalog: None,
+        ranks: 1,
+        nodes: 1,
+        device: spec.device.clone(),
+        env: spec.env.clone(),
+    };
+    let mut job = eval_job(&plan, &spec.run_id, attempt, log_dir.clone());
+    let in_job = backend.records_in_job();
+    let after = if in_job { running_jobs(&ledger, &spec.stage, backend) } else { None };
+    if in_job {
+        job.after = after.clone().unwrap_or_default();
+        job.hooks = Some(Hooks { runs: spec.runs.clone(), evaluated: Some(spec.stage.clone()), ..Default::default() });
+        job.log_dir = job.log_dir.parent().map(PathBuf::from).unwrap_or(job.log_dir);
+    }
+    if dry_run {
+        return Ok(Launched::DryRun(backend.render(&job)));
+    }
+    if after.is_none() && ledger.stage(&spec.stage).is_none_or(|s| s.state != State::Succeeded) {
+        return Err(OrchError::Refused(format!(
+            "run {}: eval reads {}'s final weights, and {} has not succeeded",
+            spec.run_id, spec.stage, spec.stage
+        )));
+    }
+    say(&format!(
+        "run {}: eval of {} on {}; log in {}",
+        spec.run_id,
+        spec.stage,
+        backend.name(),
+        job.log_dir.display()
+    ));
+    let submission = backend.submit(&job)?;
+    let running = Attempt::running(attempt, backend.name(), submission.ids.clone(), None);
+    let record = record_running(&rt, &mut ledger, &run, EVAL, running, backend, &submission)?;
+    if in_job {
+        return Ok(Launched::Submitted(record));
+    }
+    let end = backend.wait(&job, &submission)?;
+    let stage_loc = open_store(&stage_run, &spec.store_options)?;
+    let failure = end.failed_rank.map(|_| {
+        format!(
+            "eval exited with {} (log: {})",
+            end.exit_codes[0].map_or("a signal".to_string(), |c| format!("code {c}")),
+            log_dir.join("rank-0.log").display()
+        )
+    });
+    rt.block_on(close_eval(&mut ledger, &spec.stage, &stage_loc, failure, end.exit_codes.clone()));
+    let rec = ledger.stage_mut(EVAL);
+    let record = rec.clone();
+    rt.block_on(ledger.save(run.store().as_ref()))?;
+    Ok(Launched::Ran(record))
+}

@@ -1,0 +1,213 @@
+//! Following a run after its launch: the ledger checked against the schedulers,
+//! waiting for a submitted stage, a rank's log, cancelling.
+
+use std::path::PathBuf;
+
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjPath;
+use s3_shards::{StoreOptions, open_store};
+
+use super::attempt::{log_dir_for, open_run};
+use crate::error::{OrchError, Result};
+use crate::ledger::{Ledger, State, now};
+use crate::run_store::{join, runtime};
+
+/// Follows a stage submitted to a scheduler that holds the chain until its newest
+/// attempt ended and no job of it is queued any more (a requeued job is followed
+/// into its next attempt); an attempt whose job left the queue without recording an
+/// end is marked failed.
+pub fn wait_stage(
+    runs: &str,
+    run_id: &str,
+    stage: &str,
+    options: &StoreOptions,
+    poll: std::time::Duration,
+    say: &dyn Fn(&str),
+) -> Result<crate::ledger::StageRecord> {
+    let mut last_seen = None;
+    loop {
+        let ledger = status(runs, run_id, options, say)?;
+        let rec = ledger
+            .stage(stage)
+            .cloned()
+            .ok_or_else(|| OrchError::Refused(format!("run {run_id} has no stage {stage} in its ledger")))?;
+        let now_seen = rec.attempts.last().map(|a| (a.attempt, a.state));
+        if now_seen != last_seen {
+            if let Some((n, st)) = now_seen {
+                say(&format!("run {run_id}: {stage} attempt {n} {}", st.name()));
+            }
+            last_seen = now_seen;
+        }
+        let queued = rec.attempts.last().is_some_and(|a| {
+            crate::backend::by_name(&a.backend)
+                .map(|b| b.is_running(&crate::backend::Submission { ids: a.job_ids.clone() }))
+                .unwrap_or(false)
+        });
+        if rec.state != State::Running && !queued {
+            return Ok(rec);
+        }
+        std::thread::sleep(poll);
+    }
+}
+
+/// `status`: the ledger, with running attempts checked against the scheduler; an
+/// attempt whose processes are gone is marked failed (and said so).
+pub fn status(runs: &str, run_id: &str, options: &StoreOptions, say: &dyn Fn(&str)) -> Result<Ledger> {
+    let rt = runtime()?;
+    let run = open_store(&join(runs, run_id), options)?;
+    let store = run.store().as_ref();
+    let exists = rt.block_on(store.head(&ObjPath::from(crate::ledger::LEDGER))).is_ok();
+    if !exists {
+        return Err(OrchError::Refused(format!("no run {run_id} under {runs} (no ledger.json)")));
+    }
+    let mut ledger = rt.block_on(Ledger::load_or_new(store, run_id))?;
+    let mut changed = false;
+    for s in &mut ledger.stages {
+        let name = s.name.clone();
+        if let Some(a) = s.attempts.last_mut()
+            && a.state == State::Running
+            && !crate::backend::by_name(&a.backend)?.is_running(&crate::backend::Submission { ids: a.job_ids.clone() })
+        {
+            say(&format!("{name} attempt {}: its job is gone without a result; marked failed", a.attempt));
+            a.state = State::Failed;
+            a.error = Some("its job ended without recording a result (killed, or a job it waited for failed)".into());
+            a.ended = Some(now());
+            s.state = State::Failed;
+            changed = true;
+        }
+    }
+    if changed {
+        rt.block_on(ledger.save(store))?;
+    }
+    Ok(ledger)
+}
+
+/// The log file of one rank of an attempt (the newest attempt by default) of a run
+/// whose run folder is a local directory, or under `log_root` otherwise.
+pub fn log_path(
+    runs: &str,
+    run_id: &str,
+    stage: &str,
+    attempt: Option<u32>,
+    rank: usize,
+    log_root: &std::path::Path,
+    options: &StoreOptions,
+) -> Result<PathBuf> {
+    let rt = runtime()?;
+    let run = open_run(&join(runs, run_id), options, true)?;
+    let ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), run_id))?;
+    let record = ledger
+        .stage(stage)
+        .ok_or_else(|| OrchError::Refused(format!("run {run_id} has no stage {stage} in its ledger")))?;
+    let attempt = match attempt {
+        Some(a) if record.attempts.iter().any(|x| x.attempt == a) => a,
+        Some(a) => return Err(OrchError::Refused(format!("{stage} of run {run_id} has no attempt {a}"))),
+        None => record.attempts.last().map_or(1, |a| a.attempt),
+    };
+    Ok(log_dir_for(&run, log_root, run_id, stage, attempt).join(format!("rank-{rank}.log")))
+}
+
+/// Stops the running attempts of a run (SIGTERM: the ranks checkpoint and exit 75,
+/// so a relaunch continues); returns the stages it signalled.
+pub fn cancel(runs: &str, run_id: &str, options: &StoreOptions) -> Result<Vec<String>> {
+    let mut ledger = status(runs, run_id, options, &|_| {})?;
+    let running: Vec<(String, String, Vec<String>)> = ledger
+        .stages
+        .iter()
+        .filter_map(|s| {
+            let a = s.attempts.last()?;
+            (a.state == State::Running).then(|| (s.name.clone(), a.backend.clone(), a.job_ids.clone()))
+        })
+        .collect();
+    if running.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Recorded first: a job that records its own end must not requeue this stop.
+    for (name, ..) in &running {
+        ledger.stage_mut(name).cancel_requested = true;
+    }
+    let rt = runtime()?;
+    let run = open_store(&join(runs, run_id), options)?;
+    rt.block_on(ledger.save(run.store().as_ref()))?;
+    for (_, backend, ids) in &running {
+        crate::backend::by_name(backend)?.cancel(&crate::backend::Submission { ids: ids.clone() })?;
+    }
+    Ok(running.into_iter().map(|(name, ..)| name).collect())
+}
+
+/// Where a rank's log is: run, stage, attempt (the newest by default) and rank.
+#[derive(Clone, Copy, Debug)]
+pub struct LogAt<'a> {
+    /// Root of the run folders.
+    pub runs: &'a str,
+    /// Run id.
+    pub run: &'a str,
+    /// Stage.
+    pub stage: &'a str,
+    /// Attempt (default: the newest).
+    pub attempt: Option<u32>,
+    /// Rank.
+    pub rank: usize,
+}
+
+/// Copies a rank's log to `out`; with `follow`, goes on copying until the stage is no
+/// longer running.
+pub fn copy_log(
+    at: &LogAt,
+    log_root: &std::path::Path,
+    follow: bool,
+    out: &mut dyn std::io::Write,
+    options: &StoreOptions,
+) -> Result<()> {
+    let path = log_path(at.runs, at.run, at.stage, at.attempt, at.rank, log_root, options)?;
+    let io = |source| OrchError::Io { file: path.display().to_string(), source };
+    let mut file = std::fs::File::open(&path).map_err(io)?;
+    std::io::copy(&mut file, out).map_err(io)?;
+    while follow {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        std::io::copy(&mut file, out).map_err(io)?;
+        let ledger = status(at.runs, at.run, options, &|_| {})?;
+        if ledger.stage(at.stage).is_none_or(|s| s.state != State::Running) {
+            std::io::copy(&mut file, out).map_err(io)?;
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Waits until no stage of the run is running or queued (a preempted stage whose
+/// job the scheduler requeued is still to come); returns the ledger then.
+pub fn wait_run(runs: &str, run: &str, options: &StoreOptions, say: &dyn Fn(&str)) -> Result<Ledger> {
+    let ledger = status(runs, run, options, say)?;
+    for s in &ledger.stages {
+        wait_stage(runs, run, &s.name, options, std::time::Duration::from_secs(2), say)?;
+    }
+    status(runs, run, options, say)
+}
+
+/// A stage's end in one line, and the exit code the launch ends with (0, or 75 when
+/// preempted); a failure is the error to report.
+pub fn stage_end(run_id: &str, record: &crate::ledger::StageRecord) -> std::result::Result<(String, u8), String> {
+    let Some(a) = record.attempts.last() else { return Err(format!("run {run_id}: {} has no attempt", record.name)) };
+    match record.state {
+        State::Succeeded => Ok((
+            format!(
+                "run {run_id}: {} succeeded{}{}",
+                record.name,
+                a.last_step.map_or(String::new(), |s| format!(" at step {s}")),
+                record.final_checkpoint.as_ref().map_or(String::new(), |c| format!("; final checkpoint {}", c.url))
+            ),
+            s3_shards::exit::OK,
+        )),
+        State::Preempted => Ok((
+            format!("run {run_id}: {} preempted after a checkpoint; launch again to continue", record.name),
+            s3_shards::exit::PREEMPTED,
+        )),
+        _ => Err(format!(
+            "run {run_id}: {} attempt {} failed: {}; launch again to resume",
+            record.name,
+            a.attempt,
+            a.error.as_deref().unwrap_or("unknown")
+        )),
+    }
+}

@@ -1,0 +1,211 @@
+//! `s3-orch launch`: one stage, or the pipeline's stages in their order, each
+//! resolved from its settings (flags > environment > cluster profile > stage file)
+//! and launched on the chosen backend.
+
+use std::path::{Path, PathBuf};
+
+use super::{IngestLaunch, Launched, StageLaunch, launch_eval, launch_ingest, launch_stage};
+use crate::error::{OrchError, Result};
+use crate::plan::IngestPlan;
+use crate::settings::{self, Layer, Origin, Settings};
+use crate::stage::Stage;
+
+/// What `s3-orch launch` was asked.
+#[derive(Clone, Debug)]
+pub struct PipelineLaunch {
+    /// A stage name, or `pipeline` (every stage in order).
+    pub target: String,
+    /// Run id.
+    pub run_id: String,
+    /// Root of the run folders.
+    pub runs: String,
+    /// `local`, `slurm` or `k8s`.
+    pub backend: String,
+    /// Cluster profile (default: `manifests/clusters/<backend>.toml` when it exists).
+    pub cluster: Option<PathBuf>,
+    /// Folder holding `stage1.toml` and `stage2.toml`.
+    pub stages: PathBuf,
+    /// Catalogue to ingest; for training, its flags drive the selection.
+    pub manifest: Option<PathBuf>,
+    /// Published shards to train on (the pipeline trains on `out`).
+    pub data: Option<String>,
+    /// Output store of the ingest.
+    pub out: Option<String>,
+    /// Settings given as flags.
+    pub flags: Layer,
+    /// Render what would be submitted; touch nothing.
+    pub dry_run: bool,
+}
+
+/// The run id: the one given, else a new one from the time (stage 2 continues a run
+/// and must be given one).
+pub fn run_id(target: &str, given: Option<&str>) -> Result<String> {
+    match (given, Stage::parse(target)) {
+        (Some(r), _) => Ok(r.to_string()),
+        (None, Some(Stage::Stage2)) => {
+            Err(OrchError::Refused("stage 2 continues a run: give --run ID (the run of its stage 1)".into()))
+        }
+        (None, _) => Ok(format!("run-{}", crate::ledger::now().replace([':', '-'], "").trim_end_matches('Z'))),
+    }
+}
+
+/// The setting, else the variable, else the binary next to this one, else on PATH.
+pub fn tool(setting: Option<&String>, var: &str, name: &str) -> PathBuf {
+    setting
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os(var).map(PathBuf::from))
+        .or_else(|| {
+            let sibling = std::env::current_exe().ok()?.with_file_name(name);
+            sibling.exists().then_some(sibling)
+        })
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+impl PipelineLaunch {
+    /// The cluster profile to read: the one given, else the backend's default when it exists.
+    fn profile_path(&self) -> Result<Option<PathBuf>> {
+        match &self.cluster {
+            Some(p) if !p.exists() => Err(OrchError::Config(format!("cluster profile {} not found", p.display()))),
+            Some(p) => Ok(Some(p.clone())),
+            None => {
+                let p = PathBuf::from(format!("manifests/clusters/{}.toml", self.backend));
+                Ok(p.exists().then_some(p))
+            }
+        }
+    }
+
+    /// Flags over environment over the cluster profile over the stage file.
+    pub fn settings(&self, stage_file: Option<&Path>) -> Result<Settings> {
+        let mut layers =
+            vec![(Origin::Flag, self.flags.clone()), (Origin::Env, Layer::from_env(&|k| std::env::var(k).ok())?)];
+        if let Some(p) = self.profile_path()? {
+            layers.push((Origin::Profile(p.clone()), settings::load_profile(&p)?));
+        }
+        if let Some(f) = stage_file {
+            layers.push((Origin::Stage(f.to_path_buf()), settings::stage_layer(f)?));
+        }
+        Ok(Settings::resolve(layers))
+    }
+
+    fn stage_file(&self, stage: Stage) -> Result<PathBuf> {
+        let f = self.stages.join(format!("{stage}.toml"));
+        if !f.exists() {
+            return Err(OrchError::Config(format!(
+                "stage file {} not found (--stages DIR holds stage1.toml and stage2.toml)",
+                f.display()
+            )));
+        }
+        Ok(f)
+    }
+
+    /// What a dry run prints before the jobs.
+    pub fn dry_run_header(&self) -> String {
+        let mut text = format!(
+            "# s3-orch launch {} --dry-run: run {} on the {} backend\n",
+            self.target, self.run_id, self.backend
+        );
+        if self.target == "pipeline" && self.backend == "slurm" {
+            text.push_str(
+                "# each job is submitted --dependency=afterok:<the job before it> --kill-on-invalid-dep=yes\n",
+            );
+        }
+        text
+    }
+
+    fn show(&self, s: &Settings) {
+        if self.dry_run {
+            print!("{}", s.describe());
+        }
+    }
+
+    fn ingest(&self, out: &str, say: &dyn Fn(&str)) -> Result<Launched> {
+        let settings = self.settings(None)?;
+        self.show(&settings);
+        let backend = crate::backend::backend(&self.backend, &settings)?;
+        let manifest =
+            self.manifest.clone().ok_or_else(|| OrchError::Config("--manifest is needed to ingest".into()))?;
+        let spec = IngestLaunch {
+            runs: self.runs.clone(),
+            run_id: self.run_id.clone(),
+            plan: IngestPlan {
+                ingest_bin: tool(settings.values.ingest_bin.as_ref(), "S3_INGEST_BIN", "s3-ingest"),
+                manifest,
+                out: out.to_string(),
+                workers: settings.workers(),
+                jobs: settings.jobs(),
+                extra_args: Vec::new(),
+                env: settings.values.env.clone(),
+            },
+            log_root: log_root(&settings),
+            store_options: Default::default(),
+        };
+        launch_ingest(&spec, backend.as_ref(), self.dry_run, say)
+    }
+
+    fn train(&self, stage: Stage, data: &str, eval: bool, say: &dyn Fn(&str)) -> Result<Launched> {
+        let file = self.stage_file(stage)?;
+        let settings = self.settings(Some(&file))?;
+        if !eval {
+            self.show(&settings);
+        }
+        let backend = crate::backend::backend(&self.backend, &settings)?;
+        settings.ranks_per_node()?;
+        let spec = StageLaunch {
+            runs: self.runs.clone(),
+            run_id: self.run_id.clone(),
+            stage_file: file,
+            stage: stage.name().to_string(),
+            data: data.to_string(),
+            ranks: settings.ranks(),
+            nodes: settings.nodes(),
+            env: settings.values.env.clone(),
+            train_bin: tool(settings.values.train_bin.as_ref(), "S3_TRAIN_BIN", "s3-train"),
+            device: settings.device().to_string(),
+            catalog: self.manifest.clone(),
+            log_root: log_root(&settings),
+            store_options: Default::default(),
+        };
+        if eval {
+            return launch_eval(&spec, backend.as_ref(), self.dry_run, say);
+        }
+        launch_stage(&spec, backend.as_ref(), self.dry_run, say)
+    }
+}
+
+fn log_root(settings: &Settings) -> PathBuf {
+    settings.values.log_dir.as_ref().map_or_else(|| PathBuf::from("s3-orch-logs"), PathBuf::from)
+}
+
+/// Launches the request's stages in order, handing each launch to `each`, which
+/// says whether to go on.
+pub fn launch_steps(
+    req: &PipelineLaunch,
+    say: &dyn Fn(&str),
+    each: &mut dyn FnMut(Launched) -> Result<bool>,
+) -> Result<()> {
+    let pipeline = req.target == "pipeline";
+    let steps: Vec<Stage> = if pipeline {
+        Stage::PIPELINE.to_vec()
+    } else {
+        vec![Stage::parse(&req.target).ok_or_else(|| OrchError::Config(format!("no stage {:?}", req.target)))?]
+    };
+    let need = |v: Option<&str>, what: &str| v.map(str::to_string).ok_or_else(|| OrchError::Config(what.into()));
+    for step in steps {
+        let data = if pipeline { req.out.as_deref() } else { req.data.as_deref() };
+        let launched = match step {
+            Stage::Ingest => req.ingest(&need(req.out.as_deref(), "--out is needed to ingest")?, say)?,
+            // The eval step evaluates the stage before it.
+            Stage::Eval => {
+                let evaluated = Stage::Eval.previous().unwrap_or(Stage::Stage2);
+                req.train(evaluated, &need(data, "--data is needed to evaluate")?, true, say)?
+            }
+            stage => {
+                req.train(stage, &need(data, "--data is needed to train (--out for the pipeline)")?, false, say)?
+            }
+        };
+        if !each(launched)? {
+            break;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! Launching a training stage (stage 1 or 2).
+
+use std::path::PathBuf;
+
+use s3_shards::{StoreOptions, open_store};
+
+use super::Launched;
+use super::attempt::{
+    free_port, job_token, log_dir_for, names_catalog, open_run, record_running, refuse_if_running, running_jobs,
+};
+use crate::backend::Backend;
+use crate::error::{OrchError, Result};
+use crate::ledger::{Attempt, Ledger, State};
+use crate::outcome::{stage1_checkpoint, training_outcome};
+use crate::plan::{Hooks, Job, TrainPlan, train_job};
+use crate::run_store::{join, object_xxh3, runtime};
+use crate::stage::Stage;
+
+/// A training stage to launch.
+#[derive(Clone, Debug)]
+pub struct StageLaunch {
+    /// Root of the run folders (`<runs>/<run-id>/`).
+    pub runs: String,
+    /// Run id.
+    pub run_id: String,
+    /// `stage1` or `stage2`.
+    pub stage: String,
+    /// Its stage file.
+    pub stage_file: PathBuf,
+    /// Published shards.
+    pub data: String,
+    /// Ranks.
+    pub ranks: usize,
+    /// Nodes (pods) the ranks spread over.
+    pub nodes: usize,
+    /// Extra environment of every rank.
+    pub env: std::collections::BTreeMap<String, String>,
+    /// `s3-train`.
+    pub train_bin: PathBuf,
+    /// `--device` of the ranks.
+    pub device: String,
+    /// The catalogue the data was ingested from: its pretrain/finetune flags drive
+    /// the stage's selection unless the stage file names its own `datasets.catalog`.
+    pub catalog: Option<PathBuf>,
+    /// Where rank logs go when the run folder is not a local directory.
+    pub log_root: PathBuf,
+    /// S3 settings.
+    pub store_options: StoreOptions,
+}
+
+/// Launches (or resumes, or skips) a training stage and waits for it; on a backend
+/// whose jobs record themselves it submits and returns (after the previous stage's
+/// job when that one still runs).
+pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, say: &dyn Fn(&str)) -> Result<Launched> {
+    let rt = runtime()?;
+    let run_url = join(&spec.runs, &spec.run_id);
+    let run = open_run(&run_url, &spec.store_options, dry_run)?;
+    let mut ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), &spec.run_id))?;
+    if ledger.stage(&spec.stage).is_some_and(|s| s.state == State::Succeeded) {
+        say(&format!("run {}: {} already succeeded; nothing to do", spec.run_id, spec.stage));
+        return Ok(Launched::AlreadySucceeded);
+    }
+    refuse_if_running(&mut ledger, &spec.stage)?;
+    let in_job = backend.records_in_job();
+    let previous = Stage::parse(&spec.stage).and_then(Stage::previous);
+    let after = if in_job { previous.and_then(|p| running_jobs(&ledger, p.name(), backend)) } else { None };
+    let stage2 = spec.stage == Stage::Stage2.name();
+    let init = if !stage2 || in_job {
+        // A job that records itself checks the gate when it starts (`s3-orch job gate`).
+        if in_job && stage2 && after.is_none() && !dry_run {
+            rt.block_on(stage1_checkpoint(&ledger, &spec.store_options))?;
+        }
+        None
+    } else {
+        match rt.block_on(stage1_checkpoint(&ledger, &spec.store_options)) {
+            Ok((url, xxh3)) => Some((url, format!("{xxh3:016x}"))),
+            // A dry run shows stage 2 before stage 1 has run: its init is a placeholder.
+            Err(OrchError::Refused(_)) if dry_run => {
+                Some(("<stage 1's final checkpoint>".to_string(), "<its xxh3>".to_string()))
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let attempt = ledger.stage(&spec.stage).map_or(0, |s| s.attempts.len() as u32) + 1;
+    let stage_run = join(&run_url, &spec.stage);
+    let log_dir = log_dir_for(&run, &spec.log_root, &spec.run_id, &spec.stage, attempt);
+    let plan = TrainPlan {
+        train_bin: spec.train_bin.clone(),
+        stage_file: spec.stage_file.clone(),
+        data: spec.data.clone(),
+        run_dir: stage_run.clone(),
+        init: init.clone(),
+        catalog: match &spec.catalog {
+            Some(c) if !names_catalog(&spec.stage_file)? => Some(c.clone()),
+            _ => None,
+        },
+        ranks: spec.ranks,
+        nodes: spec.nodes,
+        device: spec.device.clone(),
+        env: spec.env.clone(),
+    };
+    let hooks = in_job.then(|| Hooks {
+        runs: spec.runs.clone(),
+        stage_file: Some(spec.stage_file.clone()),
+        data: Some(spec.data.clone()),
+        gate: stage2,
+        ..Default::default()
+    });
+    let with_chain = |mut job: Job| {
+        job.after = after.clone().unwrap_or_default();
+        job.hooks = hooks.clone();
+        if in_job {
+            // The job names its attempt when it starts (a requeue is the next one).
+            job.log_dir = job.log_dir.parent().map(PathBuf::from).unwrap_or(job.log_dir);
+        }
+        job
+    };
+    if dry_run {
+        let job = with_chain(train_job(&plan, &spec.run_id, &spec.stage, attempt, 0, None, log_dir));
+        return Ok(Launched::DryRun(backend.render(&job)));
+    }
+    let data = open_store(&spec.data, &spec.store_options)?;
+    let index_xxh3 = match rt.block_on(object_xxh3(data.store().as_ref(), s3_shards::INDEX_KEY)) {
+        Ok(x) => Some(format!("{x:016x}")),
+        // The ingest this job starts after publishes it.
+        Err(_) if after.is_some() => None,
+        Err(e) => {
+            return Err(OrchError::Refused(format!(
+                "no published data at {} ({e}); run s3-orch launch ingest first",
+                data.url()
+            )));
+        }
+    };
+    let token = job_token(&spec.run_id, &spec.stage, attempt);
+    let job =
+        with_chain(train_job(&plan, &spec.run_id, &spec.stage, attempt, free_port()?, Some(&token), log_dir.clone()));
+    say(&format!(
+        "run {}: {} attempt {attempt} on {} ({} rank(s){}); logs in {}",
+        spec.run_id,
+        spec.stage,
+        backend.name(),
+        job.ranks.len(),
+        if job.after.is_empty() { String::new() } else { format!(", after job {}", job.after.join(",")) },
+        job.log_dir.display()
+    ));
+    let submission = backend.submit(&job)?;
+    ledger.stage_mut(&spec.stage).init = init.as_ref().map(|(url, _)| url.clone());
+    let running = Attempt::running(attempt, backend.name(), submission.ids.clone(), index_xxh3);
+    let record = record_running(&rt, &mut ledger, &run, &spec.stage, running, backend, &submission)?;
+    if in_job {
+        return Ok(Launched::Submitted(record));
+    }
+    let end = backend.wait(&job, &submission)?;
+    let blame = end.failed_rank.map(|rank| {
+        format!(
+            "rank {rank} exited with {} (log: {})",
+            end.exit_codes[rank].map_or("a signal".to_string(), |c| format!("code {c}")),
+            log_dir.join(format!("rank-{rank}.log")).display()
+        )
+    });
+    let stage_loc = open_store(&stage_run, &spec.store_options)?;
+    let mut outcome = rt.block_on(training_outcome(&stage_loc, &spec.stage_file, &end.exit_codes, blame, say))?;
+    // `s3-orch cancel` (another process) wrote the ledger while this attempt ran:
+    // read it again, so its request is not overwritten and counts.
+    ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), &spec.run_id))?;
+    let rec = ledger.stage_mut(&spec.stage);
+    if rec.cancel_requested {
+        outcome.cancelled();
+    }
+    outcome.apply(rec, end.exit_codes.clone());
+    let record = rec.clone();
+    rt.block_on(ledger.save(run.store().as_ref()))?;
+    Ok(Launched::Ran(record))
+}

@@ -1,0 +1,10 @@
+//! Data: which samples an epoch visits and in what order ([`sampler`]), reading them
+//! from the shards on object storage ([`loader`]) through an in-memory row-group
+//! cache ([`row_cache`]).
+//!
+//! May import: `s3_shards`, [`crate::error`], [`crate::launch::io_runtime`]. Nothing
+//! of training or evaluation.
+
+pub mod loader;
+pub mod row_cache;
+pub mod sampler;

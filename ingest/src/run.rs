@@ -197,30 +197,21 @@ pub fn run(catalog: &Catalog, cfg: &IngestConfig, progress: &(dyn Fn(Event) + Sy
         let (mut audits, mut listed) = (Vec::new(), 0usize);
         for t in &d.tasks {
             let (a, l) = (&mut audits, &mut listed);
-            let reason = match run_task(&rt, &pool, &out, d, t, cfg, progress, &mut ds, a, l)? {
-                TaskEnd::Done => continue,
-                TaskEnd::Absent(reason) => {
-                    ds.absent += 1;
-                    ds.notes.push(format!("{}: {reason}", t.name));
-                    reason
-                }
-                TaskEnd::Skipped(reason) => {
-                    ds.notes.push(format!("{}: {reason}", t.name));
-                    reason
-                }
-                TaskEnd::Unreadable(reason) => {
+            let end = run_task(&rt, &pool, &out, d, t, cfg, progress, &mut ds, a, l)?;
+            let note = |why: &str| format!("{}: {why}", t.name);
+            ds.absent += usize::from(matches!(end, TaskEnd::Absent(_)));
+            match end {
+                TaskEnd::Done => {}
+                TaskEnd::Absent(why) | TaskEnd::Skipped(why) => ds.notes.push(note(&why)),
+                TaskEnd::Unreadable(why) => {
                     ds.unreadable += 1;
-                    ds.notes.push(format!("{}: cannot be read as downloaded: {reason}", t.name));
-                    reason
+                    ds.notes.push(note(&format!("cannot be read as downloaded: {why}")));
                 }
+                // Only a mismatch is news while the run goes on; the rest is in the summary.
                 TaskEnd::Mismatch(reason) => {
-                    ds.problems.push(format!("{}: {reason}", t.name));
-                    reason
+                    ds.problems.push(note(&reason));
+                    progress(Event::Skipped { dataset: d.name.clone(), task: t.name.clone(), reason });
                 }
-            };
-            // Only a mismatch is news while the run goes on; the rest is in the summary.
-            if ds.problems.last().is_some_and(|p| p.ends_with(&reason)) {
-                progress(Event::Skipped { dataset: d.name.clone(), task: t.name.clone(), reason });
             }
         }
         audit_dataset(&mut ds, &audits, listed);

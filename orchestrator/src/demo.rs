@@ -193,11 +193,11 @@ pub fn run_demo(cfg: &DemoConfig, say: Say) -> Result<DemoReport> {
     std::fs::create_dir_all(&stages).map_err(io(&stages))?;
     stage_file(DEMO_STAGE1, cfg.epochs.0, &stages.join("stage1.toml"))?;
     stage_file(DEMO_STAGE2, cfg.epochs.1, &stages.join("stage2.toml"))?;
-    let stage = |name: &str| StageLaunch {
+    let stage = |stage: Stage| StageLaunch {
         runs: runs.display().to_string(),
         run_id: RUN_ID.into(),
-        stage: name.into(),
-        stage_file: stages.join(format!("{name}.toml")),
+        stage,
+        stage_file: stages.join(format!("{stage}.toml")),
         data: store.display().to_string(),
         ranks: cfg.ranks,
         nodes: 1,
@@ -210,13 +210,13 @@ pub fn run_demo(cfg: &DemoConfig, say: Say) -> Result<DemoReport> {
     };
 
     say(&format!("3/5 stage 1: the small preset from scratch, {} CPU ranks", cfg.ranks));
-    let s1 = stage(Stage::Stage1.name());
+    let s1 = stage(Stage::Stage1);
     ran(launch_stage(&s1, &backend, false, say)?, "stage 1")?;
     let after_stage1 = eval_stage(&s1, &backend)?;
     say(&format!("   after stage 1: {}", dice_line(&after_stage1)));
 
     say("4/5 stage 2: fine-tuning stage 1's verified final checkpoint on the fine-tune selection");
-    let s2 = stage(Stage::Stage2.name());
+    let s2 = stage(Stage::Stage2);
     ran(launch_stage(&s2, &backend, false, say)?, "stage 2")?;
 
     say("5/5 evaluating stage 2");
@@ -229,7 +229,7 @@ pub fn run_demo(cfg: &DemoConfig, say: Say) -> Result<DemoReport> {
 
 /// Stage 1's Dice, outside the ledger (its `eval` stage is the pipeline's last step).
 fn eval_stage(spec: &StageLaunch, backend: &dyn Backend) -> Result<BTreeMap<String, f64>> {
-    let run_dir = join(&join(&spec.runs, &spec.run_id), &spec.stage);
+    let run_dir = join(&join(&spec.runs, &spec.run_id), spec.stage.name());
     let plan = TrainPlan {
         train_bin: spec.train_bin.clone(),
         stage_file: spec.stage_file.clone(),

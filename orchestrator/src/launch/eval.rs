@@ -30,7 +30,7 @@ pub fn launch_eval(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, say
     }
     refuse_if_running(&mut ledger, EVAL)?;
     let attempt = ledger.stage(EVAL).map_or(0, |s| s.attempts.len() as u32) + 1;
-    let stage_run = join(&run_url, &spec.stage);
+    let stage_run = join(&run_url, spec.stage.name());
     let log_dir = log_dir_for(&run, &spec.log_root, &spec.run_id, EVAL, attempt);
     let plan = TrainPlan {
         train_bin: spec.train_bin.clone(),
@@ -46,16 +46,20 @@ pub fn launch_eval(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, say
     };
     let mut job = eval_job(&plan, &spec.run_id, attempt, log_dir.clone());
     let in_job = backend.records_in_job();
-    let after = if in_job { running_jobs(&ledger, &spec.stage, backend) } else { None };
+    let after = if in_job { running_jobs(&ledger, spec.stage.name(), backend) } else { None };
     if in_job {
         job.after = after.clone().unwrap_or_default();
-        job.hooks = Some(Hooks { runs: spec.runs.clone(), evaluated: Some(spec.stage.clone()), ..Default::default() });
+        job.hooks = Some(Hooks {
+            runs: spec.runs.clone(),
+            evaluated: Some(spec.stage.name().to_string()),
+            ..Default::default()
+        });
         job.log_dir = job.log_dir.parent().map(PathBuf::from).unwrap_or(job.log_dir);
     }
     if dry_run {
         return Ok(Launched::DryRun(backend.render(&job)));
     }
-    if after.is_none() && ledger.stage(&spec.stage).is_none_or(|s| s.state != State::Succeeded) {
+    if after.is_none() && ledger.stage(spec.stage.name()).is_none_or(|s| s.state != State::Succeeded) {
         return Err(OrchError::Refused(format!(
             "run {}: eval reads {}'s final weights, and {} has not succeeded",
             spec.run_id, spec.stage, spec.stage
@@ -83,7 +87,7 @@ pub fn launch_eval(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, say
             log_dir.join("rank-0.log").display()
         )
     });
-    rt.block_on(close_eval(&mut ledger, &spec.stage, &stage_loc, failure, end.exit_codes.clone()));
+    rt.block_on(close_eval(&mut ledger, spec.stage.name(), &stage_loc, failure, end.exit_codes.clone()));
     let rec = ledger.stage_mut(EVAL);
     let record = rec.clone();
     rt.block_on(ledger.save(run.store().as_ref()))?;

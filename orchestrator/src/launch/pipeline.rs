@@ -154,7 +154,7 @@ impl PipelineLaunch {
             runs: self.runs.clone(),
             run_id: self.run_id.clone(),
             stage_file: file,
-            stage: stage.name().to_string(),
+            stage,
             data: data.to_string(),
             ranks: settings.ranks(),
             nodes: settings.nodes(),

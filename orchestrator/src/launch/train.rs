@@ -23,8 +23,8 @@ pub struct StageLaunch {
     pub runs: String,
     /// Run id.
     pub run_id: String,
-    /// `stage1` or `stage2`.
-    pub stage: String,
+    /// [`Stage::Stage1`] or [`Stage::Stage2`] (for [`super::launch_eval`], the stage evaluated).
+    pub stage: Stage,
     /// Its stage file.
     pub stage_file: PathBuf,
     /// Published shards.
@@ -56,15 +56,15 @@ pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, sa
     let run_url = join(&spec.runs, &spec.run_id);
     let run = open_run(&run_url, &spec.store_options, dry_run)?;
     let mut ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), &spec.run_id))?;
-    if ledger.stage(&spec.stage).is_some_and(|s| s.state == State::Succeeded) {
+    if ledger.stage(spec.stage.name()).is_some_and(|s| s.state == State::Succeeded) {
         say(&format!("run {}: {} already succeeded; nothing to do", spec.run_id, spec.stage));
         return Ok(Launched::AlreadySucceeded);
     }
-    refuse_if_running(&mut ledger, &spec.stage)?;
+    refuse_if_running(&mut ledger, spec.stage.name())?;
     let in_job = backend.records_in_job();
-    let previous = Stage::parse(&spec.stage).and_then(Stage::previous);
+    let previous = spec.stage.previous();
     let after = if in_job { previous.and_then(|p| running_jobs(&ledger, p.name(), backend)) } else { None };
-    let stage2 = spec.stage == Stage::Stage2.name();
+    let stage2 = spec.stage == Stage::Stage2;
     let init = if !stage2 || in_job {
         // A job that records itself checks the gate when it starts (`s3-orch job gate`).
         if in_job && stage2 && after.is_none() && !dry_run {
@@ -81,9 +81,9 @@ pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, sa
             Err(e) => return Err(e),
         }
     };
-    let attempt = ledger.stage(&spec.stage).map_or(0, |s| s.attempts.len() as u32) + 1;
-    let stage_run = join(&run_url, &spec.stage);
-    let log_dir = log_dir_for(&run, &spec.log_root, &spec.run_id, &spec.stage, attempt);
+    let attempt = ledger.stage(spec.stage.name()).map_or(0, |s| s.attempts.len() as u32) + 1;
+    let stage_run = join(&run_url, spec.stage.name());
+    let log_dir = log_dir_for(&run, &spec.log_root, &spec.run_id, spec.stage.name(), attempt);
     let plan = TrainPlan {
         train_bin: spec.train_bin.clone(),
         stage_file: spec.stage_file.clone(),
@@ -116,7 +116,7 @@ pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, sa
         job
     };
     if dry_run {
-        let job = with_chain(train_job(&plan, &spec.run_id, &spec.stage, attempt, 0, None, log_dir));
+        let job = with_chain(train_job(&plan, &spec.run_id, spec.stage.name(), attempt, 0, None, log_dir));
         return Ok(Launched::DryRun(backend.render(&job)));
     }
     let data = open_store(&spec.data, &spec.store_options)?;
@@ -131,9 +131,16 @@ pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, sa
             )));
         }
     };
-    let token = job_token(&spec.run_id, &spec.stage, attempt);
-    let job =
-        with_chain(train_job(&plan, &spec.run_id, &spec.stage, attempt, free_port()?, Some(&token), log_dir.clone()));
+    let token = job_token(&spec.run_id, spec.stage.name(), attempt);
+    let job = with_chain(train_job(
+        &plan,
+        &spec.run_id,
+        spec.stage.name(),
+        attempt,
+        free_port()?,
+        Some(&token),
+        log_dir.clone(),
+    ));
     say(&format!(
         "run {}: {} attempt {attempt} on {} ({} rank(s){}); logs in {}",
         spec.run_id,
@@ -144,9 +151,9 @@ pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, sa
         job.log_dir.display()
     ));
     let submission = backend.submit(&job)?;
-    ledger.stage_mut(&spec.stage).init = init.as_ref().map(|(url, _)| url.clone());
+    ledger.stage_mut(spec.stage.name()).init = init.as_ref().map(|(url, _)| url.clone());
     let running = Attempt::running(attempt, backend.name(), submission.ids.clone(), index_xxh3);
-    let record = record_running(&rt, &mut ledger, &run, &spec.stage, running, backend, &submission)?;
+    let record = record_running(&rt, &mut ledger, &run, spec.stage.name(), running, backend, &submission)?;
     if in_job {
         return Ok(Launched::Submitted(record));
     }
@@ -163,7 +170,7 @@ pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, sa
     // `s3-orch cancel` (another process) wrote the ledger while this attempt ran:
     // read it again, so its request is not overwritten and counts.
     ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), &spec.run_id))?;
-    let rec = ledger.stage_mut(&spec.stage);
+    let rec = ledger.stage_mut(spec.stage.name());
     if rec.cancel_requested {
         outcome.cancelled();
     }

@@ -123,7 +123,8 @@ fn prepare(dir: &Path) -> Result<()> {
 
 /// A stage file with its epochs replaced.
 fn stage_file(text: &str, epochs: Option<u64>, path: &Path) -> Result<()> {
-    let mut t: toml::Table = toml::from_str(text).map_err(|e| OrchError::Config(format!("demo stage: {e}")))?;
+    let mut t: toml::Table =
+        toml::from_str(text).map_err(|source| OrchError::Parse { file: "demo stage".into(), source })?;
     if let Some(e) = epochs {
         t.insert("epochs".into(), toml::Value::Integer(e as i64));
     }

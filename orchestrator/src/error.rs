@@ -13,6 +13,23 @@ pub enum OrchError {
     /// A setting is invalid.
     #[error("config: {0}")]
     Config(String),
+    /// A settings file (stage file, cluster profile) is not the TOML it should be.
+    #[error("{file}: {source}")]
+    Parse {
+        /// The file, and the table within it where that is the problem.
+        file: String,
+        /// What the parser said.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// The command needs a flag it was not given.
+    #[error("{flag} is needed to {what}")]
+    NeedsFlag {
+        /// The flag (`--manifest`).
+        flag: &'static str,
+        /// What it is needed for.
+        what: &'static str,
+    },
     /// Starting, signalling or waiting for a process failed.
     #[error("{what}")]
     Process {

@@ -139,7 +139,7 @@ pub fn job_end(t: &HookTarget, end: &JobEnd) -> Result<bool> {
     }
     match Stage::parse(&t.stage) {
         Some(Stage::Ingest) => {
-            let out = end.out.ok_or_else(|| OrchError::Config("job end --stage ingest needs --out".into()))?;
+            let out = end.out.ok_or(OrchError::NeedsFlag { flag: "--out", what: "end an ingest job" })?;
             rt.block_on(close_ingest(ledger.stage_mut(Stage::Ingest.name()), out, &t.options, failure, codes))?;
         }
         Some(Stage::Eval) => {
@@ -149,9 +149,8 @@ pub fn job_end(t: &HookTarget, end: &JobEnd) -> Result<bool> {
         }
         _ => {
             let stage = t.stage.as_str();
-            let file = end
-                .stage_file
-                .ok_or_else(|| OrchError::Config("job end of a training stage needs --stage-file".into()))?;
+            let file =
+                end.stage_file.ok_or(OrchError::NeedsFlag { flag: "--stage-file", what: "end a training job" })?;
             let loc = s3_shards::open_store(&join(&t.run_url(), stage), &t.options)?;
             let outcome = rt.block_on(training_outcome(&loc, file, &codes, failure, &|_| {}))?;
             outcome.apply(ledger.stage_mut(stage), codes);

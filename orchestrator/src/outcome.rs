@@ -59,7 +59,7 @@ pub(crate) fn stage_epochs(stage_file: &std::path::Path) -> Result<u64> {
     let text = std::fs::read_to_string(stage_file)
         .map_err(|source| OrchError::Io { file: stage_file.display().to_string(), source })?;
     let v: toml::Value =
-        toml::from_str(&text).map_err(|e| OrchError::Config(format!("{}: {e}", stage_file.display())))?;
+        toml::from_str(&text).map_err(|source| OrchError::Parse { file: stage_file.display().to_string(), source })?;
     v.get("epochs")
         .and_then(toml::Value::as_integer)
         .and_then(|e| u64::try_from(e).ok())

@@ -217,17 +217,22 @@ impl Settings {
 pub fn load_profile(path: &Path) -> Result<Layer> {
     let text =
         std::fs::read_to_string(path).map_err(|source| OrchError::Io { file: path.display().to_string(), source })?;
-    toml::from_str(&text).map_err(|e| OrchError::Config(format!("cluster profile {}: {e}", path.display())))
+    toml::from_str(&text)
+        .map_err(|source| OrchError::Parse { file: format!("cluster profile {}", path.display()), source })
 }
 
 /// The `[launch]` table of a stage file, if it has one.
 pub fn stage_layer(path: &Path) -> Result<Layer> {
     let text =
         std::fs::read_to_string(path).map_err(|source| OrchError::Io { file: path.display().to_string(), source })?;
-    let v: toml::Table = toml::from_str(&text).map_err(|e| OrchError::Config(format!("{}: {e}", path.display())))?;
+    let v: toml::Table =
+        toml::from_str(&text).map_err(|source| OrchError::Parse { file: path.display().to_string(), source })?;
     match v.get("launch") {
         None => Ok(Layer::default()),
-        Some(t) => t.clone().try_into().map_err(|e| OrchError::Config(format!("{}: [launch]: {e}", path.display()))),
+        Some(t) => t
+            .clone()
+            .try_into()
+            .map_err(|source| OrchError::Parse { file: format!("{}: [launch]", path.display()), source }),
     }
 }
 

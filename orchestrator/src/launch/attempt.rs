@@ -16,7 +16,7 @@ pub(crate) fn names_catalog(stage_file: &std::path::Path) -> Result<bool> {
     let text = std::fs::read_to_string(stage_file)
         .map_err(|source| OrchError::Io { file: stage_file.display().to_string(), source })?;
     let v: toml::Value =
-        toml::from_str(&text).map_err(|e| OrchError::Config(format!("{}: {e}", stage_file.display())))?;
+        toml::from_str(&text).map_err(|source| OrchError::Parse { file: stage_file.display().to_string(), source })?;
     Ok(v.get("datasets").and_then(|d| d.get("catalog")).is_some())
 }
 

@@ -122,8 +122,7 @@ impl PipelineLaunch {
         let settings = self.settings(None)?;
         self.show(&settings);
         let backend = crate::backend::backend(&self.backend, &settings)?;
-        let manifest =
-            self.manifest.clone().ok_or_else(|| OrchError::Config("--manifest is needed to ingest".into()))?;
+        let manifest = self.manifest.clone().ok_or(OrchError::NeedsFlag { flag: "--manifest", what: "ingest" })?;
         let spec = IngestLaunch {
             runs: self.runs.clone(),
             run_id: self.run_id.clone(),
@@ -189,19 +188,17 @@ pub fn launch_steps(
     } else {
         vec![Stage::parse(&req.target).ok_or_else(|| OrchError::Config(format!("no stage {:?}", req.target)))?]
     };
-    let need = |v: Option<&str>, what: &str| v.map(str::to_string).ok_or_else(|| OrchError::Config(what.into()));
+    let need = |v: Option<&str>, flag, what| v.map(str::to_string).ok_or(OrchError::NeedsFlag { flag, what });
     for step in steps {
         let data = if pipeline { req.out.as_deref() } else { req.data.as_deref() };
         let launched = match step {
-            Stage::Ingest => req.ingest(&need(req.out.as_deref(), "--out is needed to ingest")?, say)?,
+            Stage::Ingest => req.ingest(&need(req.out.as_deref(), "--out", "ingest")?, say)?,
             // The eval step evaluates the stage before it.
             Stage::Eval => {
                 let evaluated = Stage::Eval.previous().unwrap_or(Stage::Stage2);
-                req.train(evaluated, &need(data, "--data is needed to evaluate")?, true, say)?
+                req.train(evaluated, &need(data, "--data", "evaluate")?, true, say)?
             }
-            stage => {
-                req.train(stage, &need(data, "--data is needed to train (--out for the pipeline)")?, false, say)?
-            }
+            stage => req.train(stage, &need(data, "--data", "train (--out for the pipeline)")?, false, say)?,
         };
         if !each(launched)? {
             break;

@@ -31,6 +31,7 @@ pub mod geometry;
 pub mod journal;
 pub mod layout;
 mod nifti2;
+mod nifti_header;
 pub mod nifti_io;
 mod ordered;
 pub mod paste_back;

@@ -3,7 +3,7 @@
 
 use nifti::{Endianness, NiftiHeader};
 
-use crate::nifti_io::Header1or2;
+use crate::nifti_header::Header1or2;
 
 /// Why a 540-byte header is unusable.
 pub(crate) enum Bad {

@@ -28,6 +28,7 @@
 //! `AWS_SESSION_TOKEN` and the other `AWS_*` variables `object_store` understands.
 #![deny(missing_docs)]
 
+#[cfg(feature = "cli")]
 pub mod cli;
 mod error;
 pub mod exit;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::catalog::{Catalog, expand_env_with};
+use crate::error::Result;
 use crate::layout::{LabelSource, ListError, Listing, list_cases, unused_by_all};
 use crate::run::unused_problem;
 use crate::source::Source;
@@ -48,8 +49,8 @@ pub fn check(
     vars: &BTreeMap<String, String>,
     only: Option<&[String]>,
     options: &StoreOptions,
-) -> Vec<TaskCheck> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+) -> Result<Vec<TaskCheck>> {
+    let rt = s3_shards::io_runtime::io_runtime()?;
     let mut out = Vec::new();
     for d in catalog.datasets.iter().filter(|d| only.is_none_or(|o| o.contains(&d.name))) {
         let first = out.len();
@@ -131,5 +132,5 @@ pub fn check(
             }
         }
     }
-    out
+    Ok(out)
 }

@@ -178,11 +178,7 @@ pub fn run(catalog: &Catalog, cfg: &IngestConfig, progress: &(dyn Fn(Event) + Sy
             });
         }
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| IngestError::Io { file: "tokio runtime".into(), error: e })?;
+    let rt = s3_shards::io_runtime::io_runtime()?;
     let out = open_store(&cfg.out, &cfg.store_options)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.jobs.max(1))

@@ -58,7 +58,11 @@ pub fn backend(name: &str, settings: &Settings) -> Result<Box<dyn Backend>> {
         "local" => Ok(Box::new(local::Local::new(settings)?)),
         "slurm" => Ok(Box::new(slurm::Slurm::new(settings)?)),
         "k8s" => Ok(Box::new(k8s::K8s::new(settings)?)),
-        other => Err(OrchError::Config(format!("unknown backend {other:?} (local, slurm, k8s)"))),
+        other => Err(OrchError::Setting {
+            name: "backend",
+            value: other.to_string(),
+            expected: "local, slurm or k8s".into(),
+        }),
     }
 }
 

@@ -53,10 +53,11 @@ impl DemoConfig {
     pub fn check_tools(&self) -> Result<()> {
         for (what, bin) in [("s3-train", &self.train_bin), ("s3-ingest", &self.ingest_bin)] {
             if bin.components().count() > 1 && !bin.exists() {
-                return Err(OrchError::Config(format!(
-                    "{what} not found at {}: build the workspace's binaries first (cargo build)",
-                    bin.display()
-                )));
+                return Err(OrchError::NotFound {
+                    what,
+                    path: bin.display().to_string(),
+                    hint: "build the workspace's binaries first (cargo build)",
+                });
             }
         }
         Ok(())
@@ -104,10 +105,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OrchError + '_ {
 fn prepare(dir: &Path) -> Result<()> {
     if dir.exists() && std::fs::read_dir(dir).map_err(io(dir))?.next().is_some() {
         if !dir.join(MARKER).exists() {
-            return Err(OrchError::Refused(format!(
-                "{} is not empty and no demo made it; give the demo an empty or new --dir",
-                dir.display()
-            )));
+            return Err(OrchError::ForeignDir { dir: dir.display().to_string() });
         }
         for sub in ["raw", "store", "stages", "runs"] {
             let p = dir.join(sub);
@@ -128,7 +126,7 @@ fn stage_file(text: &str, epochs: Option<u64>, path: &Path) -> Result<()> {
     if let Some(e) = epochs {
         t.insert("epochs".into(), toml::Value::Integer(e as i64));
     }
-    let text = toml::to_string(&t).map_err(|e| OrchError::Config(format!("demo stage: {e}")))?;
+    let text = toml::to_string(&t).map_err(|source| OrchError::Render { what: "demo stage", source })?;
     std::fs::write(path, text).map_err(io(path))
 }
 
@@ -139,13 +137,11 @@ fn run_tool(program: &Path, args: &[&str]) -> Result<()> {
         .output()
         .map_err(|source| OrchError::Process { what: format!("starting {}", program.display()), source })?;
     if !out.status.success() {
-        return Err(OrchError::Refused(format!(
-            "{} {} failed ({}): {}",
-            program.display(),
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(OrchError::CommandFailed {
+            command: format!("{} {}", program.display(), args.join(" ")),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(())
 }
@@ -153,11 +149,11 @@ fn run_tool(program: &Path, args: &[&str]) -> Result<()> {
 fn ran(launched: Launched, what: &str) -> Result<()> {
     match launched {
         Launched::Ran(r) if r.state == State::Succeeded => Ok(()),
-        Launched::Ran(r) => Err(OrchError::Refused(format!(
-            "{what} ended {}: {}",
-            r.state.name(),
-            r.attempts.last().and_then(|a| a.error.clone()).unwrap_or_default()
-        ))),
+        Launched::Ran(r) => Err(OrchError::Ended {
+            what: what.to_string(),
+            state: r.state.name(),
+            error: r.attempts.last().and_then(|a| a.error.clone()).unwrap_or_default(),
+        }),
         _ => Ok(()),
     }
 }
@@ -247,11 +243,10 @@ fn eval_stage(spec: &StageLaunch, backend: &dyn Backend) -> Result<BTreeMap<Stri
     let job = eval_job(&plan, &spec.run_id, 1, log_dir.clone());
     let end = backend.wait(&job, &backend.submit(&job)?)?;
     if end.failed_rank.is_some() {
-        return Err(OrchError::Refused(format!(
-            "evaluating {} failed (log: {})",
-            spec.stage,
-            log_dir.join("rank-0.log").display()
-        )));
+        return Err(OrchError::EvalFailed {
+            stage: spec.stage.to_string(),
+            log: log_dir.join("rank-0.log").display().to_string(),
+        });
     }
     let loc = s3_shards::open_store(&run_dir, &Default::default())?;
     let rt = tokio::runtime::Builder::new_current_thread()

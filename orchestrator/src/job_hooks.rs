@@ -130,10 +130,12 @@ pub fn job_end(t: &HookTarget, end: &JobEnd) -> Result<bool> {
         match rec.attempts.last() {
             Some(a) if a.attempt == end.attempt && a.job_ids.iter().any(|j| j == end.job_id) => {}
             _ => {
-                return Err(OrchError::Refused(format!(
-                    "run {}: {} attempt {} of job {} is not the newest attempt in the ledger",
-                    t.run_id, t.stage, end.attempt, end.job_id
-                )));
+                return Err(OrchError::StaleAttempt {
+                    run: t.run_id.to_string(),
+                    stage: t.stage.to_string(),
+                    attempt: end.attempt,
+                    job: end.job_id.to_string(),
+                });
             }
         }
     }

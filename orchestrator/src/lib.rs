@@ -22,4 +22,4 @@ pub mod settings;
 pub mod stage;
 pub mod stage_metrics;
 
-pub use error::{OrchError, Result};
+pub use error::{GateError, OrchError, Result};

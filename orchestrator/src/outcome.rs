@@ -6,7 +6,7 @@ use object_store::path::Path as ObjPath;
 use s3_shards::run_folder::{self, Latest, StateView};
 use s3_shards::{StoreLocation, StoreOptions, json, open_store};
 
-use crate::error::{OrchError, Result};
+use crate::error::{GateError, OrchError, Result};
 use crate::ledger::{CheckpointRef, Ledger, State, now};
 use crate::run_store::{join, object_xxh3};
 use crate::stage::Stage;
@@ -25,30 +25,18 @@ pub(crate) async fn latest_checkpoint(run: &StoreLocation) -> Result<Option<(u64
 
 /// Stage 2's gate: stage 1 succeeded and its final checkpoint is the one recorded.
 pub(crate) async fn stage1_checkpoint(ledger: &Ledger, options: &StoreOptions) -> Result<(String, u64)> {
-    let s1 = ledger.stage(Stage::Stage1.name()).filter(|s| s.state == State::Succeeded).ok_or_else(|| {
-        OrchError::Refused(format!(
-            "run {}: stage 2 starts from stage 1's final checkpoint, and stage 1 has not succeeded \
-             (launch stage1 --run {} first)",
-            ledger.run, ledger.run
-        ))
-    })?;
-    let ckpt = s1.final_checkpoint.clone().ok_or_else(|| {
-        OrchError::Refused(format!("run {}: the ledger records no final stage-1 checkpoint", ledger.run))
-    })?;
-    let (dir, name) = ckpt
-        .url
-        .rsplit_once('/')
-        .ok_or_else(|| OrchError::Refused(format!("stage-1 checkpoint URL {} has no file name", ckpt.url)))?;
+    let s1 = ledger
+        .stage(Stage::Stage1.name())
+        .filter(|s| s.state == State::Succeeded)
+        .ok_or_else(|| GateError::Stage1NotSucceeded { run: ledger.run.clone() })?;
+    let ckpt = s1.final_checkpoint.clone().ok_or_else(|| GateError::NoCheckpoint { run: ledger.run.clone() })?;
+    let (dir, name) = ckpt.url.rsplit_once('/').ok_or_else(|| GateError::BadUrl { url: ckpt.url.clone() })?;
     let loc = open_store(dir, options)?;
     let found = object_xxh3(loc.store().as_ref(), name)
         .await
-        .map_err(|e| OrchError::Refused(format!("stage 1's final checkpoint {} cannot be read: {e}", ckpt.url)))?;
+        .map_err(|e| GateError::Unreadable { url: ckpt.url.clone(), source: Box::new(e) })?;
     if found != ckpt.xxh3 {
-        return Err(OrchError::Refused(format!(
-            "stage 1's final checkpoint {} has xxh3 {found:016x}, the ledger recorded {:016x}: it changed since \
-             stage 1 ended; not starting stage 2 from it",
-            ckpt.url, ckpt.xxh3
-        )));
+        return Err(GateError::Changed { url: ckpt.url, found, recorded: ckpt.xxh3 }.into());
     }
     Ok((ckpt.url, ckpt.xxh3))
 }
@@ -63,7 +51,7 @@ pub(crate) fn stage_epochs(stage_file: &std::path::Path) -> Result<u64> {
     v.get("epochs")
         .and_then(toml::Value::as_integer)
         .and_then(|e| u64::try_from(e).ok())
-        .ok_or_else(|| OrchError::Config(format!("{}: no epochs", stage_file.display())))
+        .ok_or_else(|| OrchError::MissingKey { file: stage_file.display().to_string(), key: "epochs" })
 }
 
 /// How a training attempt ended, from its exit codes and what it left in its run folder.
@@ -142,7 +130,7 @@ pub(crate) async fn training_outcome(
         _ => None,
     };
     let metrics = crate::stage_metrics::last_step(stage_loc.store().as_ref()).await.unwrap_or_else(|e| {
-        say(&format!("no metrics to record ({e})"));
+        say(&format!("no metrics to record ({})", s3_shards::verify::error_chain(&e)));
         Default::default()
     });
     Ok(Outcome {

@@ -6,19 +6,16 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::error::{OrchError, Result};
+use crate::error::Result;
 
 /// `<root>/<name>` for a path or URL.
 pub fn join(root: &str, name: &str) -> String {
     format!("{}/{}", root.trim_end_matches('/'), name)
 }
 
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|source| OrchError::Process { what: "starting the I/O runtime".into(), source })
+/// The process's store I/O runtime (one for every program: see `s3_shards::io_runtime`).
+pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+    Ok(s3_shards::io_runtime::io_runtime()?)
 }
 
 /// xxh3 of a whole object, streamed.

@@ -58,8 +58,10 @@ macro_rules! layer {
             pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Layer> {
                 Ok(Layer {
                     $($field: match get(&env_var(stringify!($field))) {
-                        Some(v) if !v.is_empty() => Some(v.parse::<$ty>().map_err(|e| {
-                            OrchError::Config(format!("{}={v:?}: {e}", env_var(stringify!($field))))
+                        Some(v) if !v.is_empty() => Some(v.parse::<$ty>().map_err(|e| OrchError::Env {
+                            var: env_var(stringify!($field)),
+                            value: v.clone(),
+                            source: Box::new(e),
                         })?),
                         _ => None,
                     },)*
@@ -174,7 +176,7 @@ impl Settings {
     pub fn ranks_per_node(&self) -> Result<usize> {
         let (r, n) = (self.ranks(), self.nodes());
         if r % n != 0 {
-            return Err(OrchError::Config(format!("{r} ranks do not spread evenly over {n} nodes")));
+            return Err(OrchError::Shape { ranks: r, over: n, unit: "nodes" });
         }
         Ok(r / n)
     }

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use futures::TryStreamExt;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt};
+use s3_shards::eval_report::EvalReport;
 use s3_shards::json;
-use serde::Deserialize;
 
 use crate::error::{OrchError, Result};
 
@@ -36,7 +36,7 @@ pub async fn last_step(stage: &dyn ObjectStore) -> Result<BTreeMap<String, f64>>
         .await
         .map_err(|e| store_err("get", &newest.location, e))?;
     let mut reader = csv::Reader::from_reader(bytes.as_ref());
-    let bad = |e: csv::Error| OrchError::Config(format!("metrics segment {}: {e}", newest.location));
+    let bad = |source: csv::Error| OrchError::Metrics { segment: newest.location.to_string(), source };
     let header = reader.headers().map_err(bad)?.clone();
     let mut out = BTreeMap::new();
     if let Some(row) = reader.records().last() {
@@ -52,31 +52,11 @@ pub async fn last_step(stage: &dyn ObjectStore) -> Result<BTreeMap<String, f64>>
     Ok(out)
 }
 
-#[derive(Deserialize)]
-struct SampleDice {
-    dice: Vec<f64>,
-}
-
-/// `eval/val.json` as `s3-train eval` writes it.
-#[derive(Deserialize)]
-struct EvalReport {
-    clicks: Vec<usize>,
-    samples: Vec<SampleDice>,
-}
-
 /// Mean Dice over the evaluated samples at each click count: `dice@1`, `dice@3`, ...
 pub async fn eval_dice(stage: &dyn ObjectStore) -> Result<BTreeMap<String, f64>> {
     let report: EvalReport =
         json::get_json(stage, &ObjPath::from(s3_shards::run_folder::eval_report_key("val"))).await?;
-    let mut out = BTreeMap::new();
-    if report.samples.is_empty() {
-        return Ok(out);
-    }
-    for (i, c) in report.clicks.iter().enumerate() {
-        let sum: f64 = report.samples.iter().filter_map(|s| s.dice.get(i)).sum();
-        out.insert(format!("dice@{c}"), sum / report.samples.len() as f64);
-    }
-    Ok(out)
+    Ok(report.means())
 }
 
 #[cfg(test)]
@@ -98,7 +78,13 @@ mod tests {
         put("metrics/step-00000010.csv", "step,epoch,loss,dice\n9,1,0.5,0.5\n10,1,0.4,0.6\n").await;
         let m = last_step(&s).await.unwrap();
         assert_eq!((m["loss"], m["dice"]), (0.4, 0.6));
-        put("eval/val.json", r#"{"clicks":[1,5],"samples":[{"dice":[0.2,0.6]},{"dice":[0.4,0.8]}],"groups":[]}"#).await;
+        let mut report = EvalReport::new("shards", &[1, 5]);
+        for dice in [vec![0.2, 0.6], vec![0.4, 0.8]] {
+            let sample_id = "D/t/c/1".to_string();
+            let (dataset, label) = ("D".to_string(), "liver".to_string());
+            report.samples.push(s3_shards::eval_report::DiceRow { sample_id, dataset, label, source: None, dice });
+        }
+        put("eval/val.json", &serde_json::to_string(&report).unwrap()).await;
         let d = eval_dice(&s).await.unwrap();
         assert!((d["dice@1"] - 0.3).abs() < 1e-12 && (d["dice@5"] - 0.7).abs() < 1e-12, "{d:?}");
     }

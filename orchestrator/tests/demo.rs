@@ -237,7 +237,7 @@ fn source_geometry(dir: &Path, crop_eval: &serde_json::Value) {
         serde_json::from_slice(&std::fs::read(run.join("eval/source.json")).unwrap()).unwrap();
     let csv = std::fs::read_to_string(run.join("eval/source.csv")).unwrap();
     assert!(csv.starts_with("dataset,task,case,label_value,label,category,voxels,dice@1,dice@3,dice@5,dice@10,max"));
-    let by_id: std::collections::BTreeMap<String, &serde_json::Value> = source["classes"]
+    let by_id: std::collections::BTreeMap<String, &serde_json::Value> = source["samples"]
         .as_array()
         .unwrap()
         .iter()

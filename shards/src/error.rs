@@ -119,6 +119,9 @@ pub enum ShardError {
     /// A requested item does not exist.
     #[error("not found: {0}")]
     NotFound(String),
+    /// The I/O runtime could not be started (no threads left, or no event loop).
+    #[error("starting the store I/O runtime: {0}")]
+    Runtime(String),
 }
 
 /// Result alias for this crate.

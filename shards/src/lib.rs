@@ -31,9 +31,11 @@
 #[cfg(feature = "cli")]
 pub mod cli;
 mod error;
+pub mod eval_report;
 pub mod exit;
 pub mod hex_u64;
 pub mod index;
+pub mod io_runtime;
 pub mod json;
 pub mod labels;
 pub mod lookup;

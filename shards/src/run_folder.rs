@@ -6,7 +6,7 @@
 //! <run>/<stage>/checkpoints/step-N/state.json   (StateView is the launcher's view of it)
 //! <run>/<stage>/checkpoints/step-N/weights.safetensors
 //! <run>/<stage>/metrics/step-N.csv              metric segments, one per checkpoint
-//! <run>/<stage>/eval/<split>.json, .csv         evaluation reports
+//! <run>/<stage>/eval/<split>.json, .csv, -groups.csv  evaluation reports (crate::eval_report)
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -47,6 +47,11 @@ pub fn eval_report_key(name: &str) -> String {
 /// Its per-sample table (`eval/val.csv`).
 pub fn eval_table_key(name: &str) -> String {
     format!("eval/{name}.csv")
+}
+
+/// Its per-group table (`eval/val-groups.csv`).
+pub fn eval_groups_key(name: &str) -> String {
+    format!("eval/{name}-groups.csv")
 }
 
 /// What the launcher reads of a `state.json`: the run's config digest and the epoch

@@ -38,7 +38,7 @@ pub fn phantom_item(side: usize, seed: u64) -> Item {
 pub fn phantom_store(url: &str, cases: usize) -> Result<()> {
     let loc = s3_shards::open_store(url, &s3_shards::StoreOptions::default())?;
     let opts = s3_shards::WriterOptions { row_group_rows: 2, ..Default::default() };
-    crate::io_runtime::io_runtime()?.block_on(s3_shards::synthetic::populate(loc.store(), 1, cases, 1, opts))?;
+    s3_shards::io_runtime::io_runtime()?.block_on(s3_shards::synthetic::populate(loc.store(), 1, cases, 1, opts))?;
     Ok(())
 }
 
@@ -70,15 +70,18 @@ pub fn model_step(b: &ModelBench, device: &Device) -> Result<f64> {
         serde_json::to_value(b.attention).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
         serde_json::to_value(b.precision).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
     ))
-    .map_err(|e| TrainError::Config(format!("bench stage: {e}")))?;
+    .map_err(|e| TrainError::Parse { file: "the bench's stage".into(), source: Box::new(e) })?;
     let cfg = model_config(&stage)?;
     if cfg.precision == Precision::Bf16 && !device.supports_dtype(burn::tensor::FloatDType::BF16) {
-        return Err(TrainError::Config("precision bf16: this device has no bf16".into()));
+        return Err(TrainError::Stage {
+            stage: stage.name.clone(),
+            reason: "precision bf16: this device has no bf16".into(),
+        });
     }
     let ad = device.clone().autodiff();
     let model = seeded_model(&cfg, &ad, 1);
     let items: Vec<Item> = (0..b.batch as u64).map(|k| phantom_item(cfg.img_size, k + 1)).collect();
-    let sync = || ad.sync().map_err(|e| TrainError::Config(format!("device: {e:?}")));
+    let sync = || ad.sync().map_err(|e| TrainError::Device { device: format!("{ad:?}"), reason: format!("{e:?}") });
     let loss = micro_step(&model, &items, &stage, &cfg, 0, &ad).loss;
     drop(loss.backward()); // warm-up: kernels compiled, memory pools sized
     sync()?;
@@ -116,7 +119,7 @@ pub fn all_reduce(c: &mut dyn Collective, bytes: usize, iters: usize, device: &D
     for _ in 0..iters {
         t = c.all_reduce_sum_tensor(t)?;
     }
-    device.sync().map_err(|e| TrainError::Config(format!("device: {e:?}")))?;
+    device.sync().map_err(|e| TrainError::Device { device: format!("{device:?}"), reason: format!("{e:?}") })?;
     let secs = start.elapsed().as_secs_f64() / iters.max(1) as f64;
     let algbw = bytes as f64 / secs / 1e9;
     let w = c.world() as f64;
@@ -175,10 +178,10 @@ impl LoaderRate {
 /// sampler's order, shard window 4) with `threads` decoding threads, over the first
 /// `samples` positions (how many loader threads one GPU's step rate needs).
 pub fn loader(data: &s3_shards::StoreLocation, threads: usize, samples: usize) -> Result<LoaderRate> {
-    let rt = crate::io_runtime::io_runtime()?;
+    let rt = s3_shards::io_runtime::io_runtime()?;
     let rows = rt.block_on(s3_shards::samples_table::read(data.store().as_ref()))?;
     if rows.is_empty() {
-        return Err(TrainError::Config(format!("{} has no samples", data.url())));
+        return Err(TrainError::Data { store: data.url().to_string(), reason: "has no samples".into() });
     }
     let sampler = crate::sampler::Sampler::from_rows(&rows, 1, 4);
     let mut positions = sampler.rank_positions(crate::sampler::SamplerState::default(), 0, 1);
@@ -212,7 +215,7 @@ pub fn all_reduce_launched(
         (Some(a), _) => a.clone(),
         (None, 1) => "127.0.0.1:0".into(),
         (None, w) => {
-            return Err(TrainError::Config(format!(
+            return Err(TrainError::Launch(format!(
                 "world size {w} needs --master HOST:PORT (or MASTER_ADDR and MASTER_PORT)"
             )));
         }

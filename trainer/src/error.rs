@@ -12,9 +12,94 @@ pub enum TrainError {
         /// What went wrong.
         reason: String,
     },
-    /// A configuration is invalid.
-    #[error("config: {0}")]
-    Config(String),
+    /// A stage's settings cannot be trained or evaluated as given.
+    #[error("stage {stage}: {reason}")]
+    Stage {
+        /// The stage's name.
+        stage: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// A file (stage file, catalogue, run config, fixture, metrics segment) is not
+    /// what it should be.
+    #[error("{file}")]
+    Parse {
+        /// The file, or the object's key.
+        file: String,
+        /// What the parser said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The launch environment (DESIGN §10) or the flags that stand in for it do not
+    /// describe a rank of a job.
+    #[error("launch: {0}")]
+    Launch(String),
+    /// The compute device cannot be used.
+    #[error("device {device}: {reason}")]
+    Device {
+        /// The device as named (`cuda:1`).
+        device: String,
+        /// Why not.
+        reason: String,
+    },
+    /// The data store does not hold what the run needs.
+    #[error("{store}: {reason}")]
+    Data {
+        /// The store (redacted URL) or the object in it.
+        store: String,
+        /// What is missing or changed.
+        reason: String,
+    },
+    /// A resume would not continue the run in its folder.
+    #[error("not resuming: {0}")]
+    Resume(String),
+    /// The run folder has no checkpoint to load.
+    #[error("{run}: no checkpoint yet (checkpoints/latest.json)")]
+    NoCheckpoint {
+        /// The run folder.
+        run: String,
+    },
+    /// A prediction request (classes, clicks, image) cannot be answered.
+    #[error("predict: {0}")]
+    Predict(String),
+    /// An input image cannot be used.
+    #[error("{what}")]
+    Input {
+        /// Which input.
+        what: String,
+        /// Why not.
+        #[source]
+        source: Box<s3_ingest::IngestError>,
+    },
+    /// A source case could not be reached while evaluating on the source images.
+    #[error("source evaluation: {what}")]
+    SourceEval {
+        /// The dataset, task or case.
+        what: String,
+        /// The catalogue, store or listing error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The metrics of a run could not be written.
+    #[error("metrics: {what}")]
+    Metrics {
+        /// The row or segment.
+        what: String,
+        /// The CSV writer's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Rendering the metrics plot failed (plotters' errors are text).
+    #[error("plotting metrics: {0}")]
+    Plot(String),
+    /// A URL does not name what it should.
+    #[error("{url}: {reason}")]
+    Url {
+        /// The URL, redacted.
+        url: String,
+        /// What it should name.
+        reason: &'static str,
+    },
     /// Reading a file failed.
     #[error("{file}: {error}")]
     Io {

@@ -78,8 +78,12 @@ pub fn check_fixture_with(prefix: &Path, device: &Device, precision: Precision) 
     let json_path = with(".json");
     let text = std::fs::read_to_string(&json_path)
         .map_err(|source| TrainError::Io { file: json_path.display().to_string(), error: source })?;
-    let meta: serde_json::Value = serde_json::from_str(&text).map_err(|e| TrainError::Config(e.to_string()))?;
-    let cfg = SamConfig { precision, ..SamConfig::from_fixture(&meta["config"]).map_err(TrainError::Config)? };
+    let parse = |source: Box<dyn std::error::Error + Send + Sync>| TrainError::Parse {
+        file: json_path.display().to_string(),
+        source,
+    };
+    let meta: serde_json::Value = serde_json::from_str(&text).map_err(|e| parse(Box::new(e)))?;
+    let cfg = SamConfig { precision, ..SamConfig::from_fixture(&meta["config"]).map_err(|e| parse(e.into()))? };
     let mut model = Sam::new(&cfg, device);
     load_safetensors(&mut model, &with(".weights.safetensors"), Strictness::Strict)?;
     let io = with(".io.safetensors");

@@ -26,7 +26,7 @@ pub mod weights;
 // the binaries, tests and docs use.
 pub use data::{loader, row_cache, sampler};
 pub use evaluation::{class_map, eval, predict, source_eval};
-pub use launch::{collective, device, io_runtime, launch_env};
+pub use launch::{collective, device, launch_env};
 pub use training::{checkpoint, clicks, loss, metrics, plots, run_identity, schedule, stage, step, train, watchdog};
 
 pub use error::{Result, TrainError};

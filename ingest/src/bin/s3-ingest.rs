@@ -173,7 +173,7 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
         Some(Command::Catalog { manifest, check: true, raw, datasets, json, strict }) => {
             let c = Catalog::load(&manifest)?;
             let vars = raw.into_iter().map(|r| ("SAM3D_RAW".to_string(), r)).collect();
-            let rows = s3_ingest::check::check(&c, &vars, datasets.as_deref(), &store_options());
+            let rows = s3_ingest::check::check(&c, &vars, datasets.as_deref(), &store_options())?;
             print_check(&rows, json)?;
             if strict && rows.iter().any(|r| r.failed()) {
                 return Ok(ExitCode::from(s3_shards::exit::CHECK_FAILED));
@@ -190,7 +190,7 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
         }
         Some(Command::Merge { out }) => {
             let loc = open_store(&out, &store_options())?;
-            let rt = tokio::runtime::Runtime::new()?;
+            let rt = s3_shards::io_runtime::io_runtime()?;
             let index = rt.block_on(run::merge(&loc)).with_context(|| format!("merging {loc}"))?;
             println!("published {loc}/index.json: {} shards, {} samples", index.shards.len(), index.total_samples());
         }
@@ -213,7 +213,7 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
                 ..IngestArgs::parse_from(["s3-ingest"])
             })?;
             let loc = open_store(&store.display().to_string(), &store_options())?;
-            let rt = tokio::runtime::Runtime::new()?;
+            let rt = s3_shards::io_runtime::io_runtime()?;
             let report = rt.block_on(s3_shards::verify::verify_store(loc.store(), |_, _| {}))?;
             println!(
                 "verified {loc}: {} shards, {} samples, {} problems",

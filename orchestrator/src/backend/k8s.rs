@@ -115,16 +115,19 @@ impl K8s {
         let kind = match v.k8s_kind.as_deref() {
             None | Some("job") => Kind::Job,
             Some("jobset") => Kind::JobSet,
-            Some(other) => return Err(OrchError::Config(format!("k8s_kind = {other:?}: job or jobset"))),
+            Some(other) => {
+                return Err(OrchError::Setting {
+                    name: "k8s_kind",
+                    value: other.to_string(),
+                    expected: "job or jobset".into(),
+                });
+            }
         };
         if settings.device().starts_with("cuda")
             && let Some(g) = v.gpus_per_node
             && settings.ranks_per_node()? > g as usize
         {
-            return Err(OrchError::Config(format!(
-                "{} ranks per pod but gpus_per_node = {g}: one GPU per rank (--ranks, --nodes, --gpus-per-node)",
-                settings.ranks_per_node()?
-            )));
+            return Err(OrchError::Gpus { ranks_per_pod: settings.ranks_per_node()?, gpus_per_node: g as usize });
         }
         K8s {
             kind,
@@ -215,7 +218,7 @@ fn parse_id(id: &str) -> Result<(&str, Kind, &str)> {
     match id.split('/').collect::<Vec<_>>().as_slice() {
         [ns, name] => Ok((ns, Kind::Job, name)),
         [ns, "jobset", name] => Ok((ns, Kind::JobSet, name)),
-        _ => Err(OrchError::Config(format!("{id:?} is no k8s job id (namespace/name or namespace/jobset/name)"))),
+        _ => Err(OrchError::K8sJobId { id: id.to_string() }),
     }
 }
 
@@ -355,9 +358,7 @@ impl Backend for K8s {
                 .collect::<Vec<_>>()
                 .join(",");
             if selector.matches('=').count() != 3 {
-                return Err(OrchError::Refused(format!(
-                    "{id} lacks the s3/run, s3/stage, s3/attempt labels: not deleting it"
-                )));
+                return Err(OrchError::Unlabelled { id: id.clone() });
             }
             // The pods get SIGTERM and terminationGracePeriodSeconds to checkpoint.
             self.kubectl.run(

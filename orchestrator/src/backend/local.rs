@@ -22,10 +22,7 @@ impl Local {
     /// The local backend; it has one node.
     pub fn new(settings: &Settings) -> Result<Local> {
         if settings.nodes() > 1 {
-            return Err(OrchError::Config(format!(
-                "the local backend runs every rank on this machine: {} nodes asked (use --nodes 1, or --backend slurm|k8s)",
-                settings.nodes()
-            )));
+            return Err(OrchError::LocalNodes { nodes: settings.nodes() });
         }
         Ok(Local::default())
     }

@@ -32,11 +32,11 @@ fn run(cmd: &mut Command, what: &str) -> Result<String> {
         source,
     })?;
     if !out.status.success() {
-        return Err(OrchError::Refused(format!(
-            "{what} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(OrchError::CommandFailed {
+            command: what.to_string(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -45,13 +45,18 @@ fn run(cmd: &mut Command, what: &str) -> Result<String> {
 fn mebibytes(mem: &str) -> Result<u64> {
     let m = mem.trim();
     let (num, unit) = m.split_at(m.find(|c: char| !c.is_ascii_digit()).unwrap_or(m.len()));
-    let n: u64 = num.parse().map_err(|_| OrchError::Config(format!("mem_per_rank {mem:?}: expected e.g. 16G")))?;
+    let bad = || OrchError::Setting {
+        name: "mem_per_rank",
+        value: mem.to_string(),
+        expected: "a size such as 16G (a whole number, then K, M, G or T)".into(),
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
     let scale = match unit.trim_end_matches(['i', 'B']).to_ascii_uppercase().as_str() {
         "" | "M" => 1,
         "K" => return Ok(n.div_ceil(1024)),
         "G" => 1024,
         "T" => 1024 * 1024,
-        _ => return Err(OrchError::Config(format!("mem_per_rank {mem:?}: unit K, M, G or T"))),
+        _ => return Err(bad()),
     };
     Ok(n * scale)
 }
@@ -64,9 +69,15 @@ impl Slurm {
             "none" => {}
             "pyxis" | "apptainer" if v.image.is_some() => {}
             c @ ("pyxis" | "apptainer") => {
-                return Err(OrchError::Config(format!("container = {c:?} needs an image (--image or the profile's)")));
+                return Err(OrchError::NeedsImage { needed_by: format!("container = {c:?}") });
             }
-            other => return Err(OrchError::Config(format!("container {other:?}: none, pyxis or apptainer"))),
+            other => {
+                return Err(OrchError::Setting {
+                    name: "container",
+                    value: other.to_string(),
+                    expected: "none, pyxis or apptainer".into(),
+                });
+            }
         }
         if let Some(m) = &v.mem_per_rank {
             mebibytes(m)?;
@@ -159,7 +170,7 @@ impl Slurm {
     fn train_script(&self, job: &Job, hooks: &Hooks) -> Result<String> {
         let v = &self.settings.values;
         let per_node = self.settings.ranks_per_node()?;
-        let r0 = job.ranks.first().ok_or_else(|| OrchError::Config("a job without ranks".into()))?;
+        let r0 = job.ranks.first().ok_or_else(|| OrchError::NoRanks { stage: job.stage.clone() })?;
         let mut s = self.header(job, &format!("s3-{}-{}", job.run_id, job.stage), "slurm-%j.out");
         s.push_str(&format!("#SBATCH --nodes={}\n#SBATCH --ntasks-per-node={per_node}\n", job.nodes));
         if let Some(c) = v.cpus_per_rank {
@@ -229,7 +240,7 @@ impl Slurm {
     /// The ingest workers as an array job (`--worker $SLURM_ARRAY_TASK_ID/N`), or
     /// the one worker / the merge that records the ingest's end.
     fn ingest_script(&self, job: &Job) -> Result<String> {
-        let r0 = job.ranks.first().ok_or_else(|| OrchError::Config("a job without workers".into()))?;
+        let r0 = job.ranks.first().ok_or_else(|| OrchError::NoRanks { stage: job.stage.clone() })?;
         let n = job.ranks.len();
         let jobs = self.settings.jobs();
         let mut s = if n > 1 {
@@ -269,7 +280,7 @@ impl Slurm {
         match (&job.hooks, job.stage.as_str()) {
             (_, "ingest" | "ingest-merge") => self.ingest_script(job),
             (Some(h), _) => self.train_script(job, h),
-            (None, _) => Err(OrchError::Config(format!("{} on Slurm needs its ledger hooks", job.stage))),
+            (None, _) => Err(OrchError::NoHooks { stage: job.stage.clone() }),
         }
     }
 
@@ -286,7 +297,11 @@ impl Slurm {
             if err.contains("Invalid job id") {
                 return Ok(Vec::new());
             }
-            return Err(OrchError::Refused(format!("squeue failed: {}", err.trim())));
+            return Err(OrchError::CommandFailed {
+                command: "squeue".into(),
+                status: out.status,
+                stderr: err.trim().to_string(),
+            });
         }
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -337,7 +352,7 @@ impl Backend for Slurm {
         // `--parsable` prints `id` or `id;cluster`.
         let id = out.trim().split(';').next().unwrap_or_default().to_string();
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
-            return Err(OrchError::Refused(format!("sbatch printed {out:?}, not a job id")));
+            return Err(OrchError::NotAJobId { command: "sbatch", said: out });
         }
         Ok(Submission { ids: vec![id] })
     }

@@ -460,8 +460,7 @@ fn launch(stage: &str, args: &LaunchArgs) -> Result<ExitCode> {
             Launched::AlreadySucceeded => {}
             Launched::DryRun(text) => print!("{text}"),
             Launched::Ran(record) => {
-                code =
-                    report(&run_id, &record, args.json).map_err(|e| s3_orch::OrchError::Refused(format!("{e:#}")))?;
+                code = report(&run_id, &record, args.json).map_err(|e| s3_orch::OrchError::Caller(e.into()))?;
                 return Ok(code == ExitCode::SUCCESS);
             }
             Launched::Submitted(record) => {

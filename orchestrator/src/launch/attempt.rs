@@ -32,12 +32,13 @@ pub(crate) fn refuse_if_running(ledger: &mut Ledger, stage: &str) -> Result<()> 
     }
     // The attempt's own scheduler knows, whichever backend this launch uses.
     if crate::backend::by_name(&a.backend)?.is_running(&crate::backend::Submission { ids: a.job_ids.clone() }) {
-        return Err(OrchError::Refused(format!(
-            "run {run}: {stage} attempt {} is still running on {} (jobs {}); wait for it, or `s3-orch cancel` it first",
-            a.attempt,
-            a.backend,
-            a.job_ids.join(", ")
-        )));
+        return Err(OrchError::StillRunning {
+            run,
+            stage: stage.to_string(),
+            attempt: a.attempt,
+            backend: a.backend.clone(),
+            jobs: a.job_ids.clone(),
+        });
     }
     a.state = State::Failed;
     a.error = Some("the job ended without the launcher recording a result".into());

@@ -60,10 +60,7 @@ pub fn launch_eval(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, say
         return Ok(Launched::DryRun(backend.render(&job)));
     }
     if after.is_none() && ledger.stage(spec.stage.name()).is_none_or(|s| s.state != State::Succeeded) {
-        return Err(OrchError::Refused(format!(
-            "run {}: eval reads {}'s final weights, and {} has not succeeded",
-            spec.run_id, spec.stage, spec.stage
-        )));
+        return Err(OrchError::NothingToEvaluate { run: spec.run_id.clone(), stage: spec.stage.to_string() });
     }
     say(&format!(
         "run {}: eval of {} on {}; log in {}",

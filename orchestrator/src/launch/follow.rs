@@ -30,7 +30,7 @@ pub fn wait_stage(
         let rec = ledger
             .stage(stage)
             .cloned()
-            .ok_or_else(|| OrchError::Refused(format!("run {run_id} has no stage {stage} in its ledger")))?;
+            .ok_or_else(|| OrchError::NoStage { run: run_id.to_string(), stage: stage.to_string() })?;
         let now_seen = rec.attempts.last().map(|a| (a.attempt, a.state));
         if now_seen != last_seen {
             if let Some((n, st)) = now_seen {
@@ -58,7 +58,7 @@ pub fn status(runs: &str, run_id: &str, options: &StoreOptions, say: &dyn Fn(&st
     let store = run.store().as_ref();
     let exists = rt.block_on(store.head(&ObjPath::from(crate::ledger::LEDGER))).is_ok();
     if !exists {
-        return Err(OrchError::Refused(format!("no run {run_id} under {runs} (no ledger.json)")));
+        return Err(OrchError::NoRun { run: run_id.to_string(), runs: runs.to_string() });
     }
     let mut ledger = rt.block_on(Ledger::load_or_new(store, run_id))?;
     let mut changed = false;
@@ -96,12 +96,13 @@ pub fn log_path(
     let rt = runtime()?;
     let run = open_run(&join(runs, run_id), options, true)?;
     let ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), run_id))?;
-    let record = ledger
-        .stage(stage)
-        .ok_or_else(|| OrchError::Refused(format!("run {run_id} has no stage {stage} in its ledger")))?;
+    let record =
+        ledger.stage(stage).ok_or_else(|| OrchError::NoStage { run: run_id.to_string(), stage: stage.to_string() })?;
     let attempt = match attempt {
         Some(a) if record.attempts.iter().any(|x| x.attempt == a) => a,
-        Some(a) => return Err(OrchError::Refused(format!("{stage} of run {run_id} has no attempt {a}"))),
+        Some(a) => {
+            return Err(OrchError::NoAttempt { run: run_id.to_string(), stage: stage.to_string(), attempt: a });
+        }
         None => record.attempts.last().map_or(1, |a| a.attempt),
     };
     Ok(log_dir_for(&run, log_root, run_id, stage, attempt).join(format!("rank-{rank}.log")))

@@ -43,7 +43,7 @@ pub fn run_id(target: &str, given: Option<&str>) -> Result<String> {
     match (given, Stage::parse(target)) {
         (Some(r), _) => Ok(r.to_string()),
         (None, Some(Stage::Stage2)) => {
-            Err(OrchError::Refused("stage 2 continues a run: give --run ID (the run of its stage 1)".into()))
+            Err(OrchError::NeedsFlag { flag: "--run", what: "launch stage 2 (it continues the run of its stage 1)" })
         }
         (None, _) => Ok(format!("run-{}", crate::ledger::now().replace([':', '-'], "").trim_end_matches('Z'))),
     }
@@ -65,7 +65,11 @@ impl PipelineLaunch {
     /// The cluster profile to read: the one given, else the backend's default when it exists.
     fn profile_path(&self) -> Result<Option<PathBuf>> {
         match &self.cluster {
-            Some(p) if !p.exists() => Err(OrchError::Config(format!("cluster profile {} not found", p.display()))),
+            Some(p) if !p.exists() => Err(OrchError::NotFound {
+                what: "cluster profile",
+                path: p.display().to_string(),
+                hint: "--cluster names a TOML file (see manifests/clusters/)",
+            }),
             Some(p) => Ok(Some(p.clone())),
             None => {
                 let p = PathBuf::from(format!("manifests/clusters/{}.toml", self.backend));
@@ -90,10 +94,11 @@ impl PipelineLaunch {
     fn stage_file(&self, stage: Stage) -> Result<PathBuf> {
         let f = self.stages.join(format!("{stage}.toml"));
         if !f.exists() {
-            return Err(OrchError::Config(format!(
-                "stage file {} not found (--stages DIR holds stage1.toml and stage2.toml)",
-                f.display()
-            )));
+            return Err(OrchError::NotFound {
+                what: "stage file",
+                path: f.display().to_string(),
+                hint: "--stages DIR holds stage1.toml and stage2.toml",
+            });
         }
         Ok(f)
     }
@@ -186,7 +191,11 @@ pub fn launch_steps(
     let steps: Vec<Stage> = if pipeline {
         Stage::PIPELINE.to_vec()
     } else {
-        vec![Stage::parse(&req.target).ok_or_else(|| OrchError::Config(format!("no stage {:?}", req.target)))?]
+        vec![Stage::parse(&req.target).ok_or_else(|| OrchError::Setting {
+            name: "stage",
+            value: req.target.clone(),
+            expected: "ingest, stage1, stage2, eval or pipeline".into(),
+        })?]
     };
     let need = |v: Option<&str>, flag, what| v.map(str::to_string).ok_or(OrchError::NeedsFlag { flag, what });
     for step in steps {

@@ -75,7 +75,7 @@ pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, sa
         match rt.block_on(stage1_checkpoint(&ledger, &spec.store_options)) {
             Ok((url, xxh3)) => Some((url, format!("{xxh3:016x}"))),
             // A dry run shows stage 2 before stage 1 has run: its init is a placeholder.
-            Err(OrchError::Refused(_)) if dry_run => {
+            Err(OrchError::Gate(_)) if dry_run => {
                 Some(("<stage 1's final checkpoint>".to_string(), "<its xxh3>".to_string()))
             }
             Err(e) => return Err(e),
@@ -125,10 +125,7 @@ pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, sa
         // The ingest this job starts after publishes it.
         Err(_) if after.is_some() => None,
         Err(e) => {
-            return Err(OrchError::Refused(format!(
-                "no published data at {} ({e}); run s3-orch launch ingest first",
-                data.url()
-            )));
+            return Err(OrchError::NoData { url: data.url().to_string(), source: Box::new(e) });
         }
     };
     let token = job_token(&spec.run_id, spec.stage.name(), attempt);

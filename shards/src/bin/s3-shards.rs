@@ -94,8 +94,11 @@ enum Command {
 fn main() -> ExitCode {
     s3_shards::cli::init_logging();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    s3_shards::cli::exit_code(rt.block_on(run(cli)))
+    let outcome = match s3_shards::io_runtime::io_runtime() {
+        Ok(rt) => rt.block_on(run(cli)),
+        Err(e) => Err(e.into()),
+    };
+    s3_shards::cli::exit_code(outcome)
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {

@@ -121,7 +121,8 @@ enum Command {
         loader_threads: usize,
     },
     /// Dice at 1/3/5/10 clicks on the val split with the run's latest weights; writes
-    /// eval/val.csv and eval/val.json to the run folder. The stage is the run's own
+    /// eval/val.csv (per sample), eval/val-groups.csv (per dataset and label) and
+    /// eval/val.json to the run folder. The stage is the run's own
     /// (its config.json) unless --stage is given.
     ///
     /// `--protocol source` is the reference's protocol instead: every val case of the
@@ -450,13 +451,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 };
                 let (report, n) =
                     s3_trainer::source_eval::evaluate_source_run(&request, &mut stage, &model, &cfg, &device)?;
-                s3_trainer::source_eval::write_source_report(&run_loc, "source", &report)?;
+                s3_trainer::eval::write_report(&run_loc, "source", &report)?;
                 for s in &report.skipped {
                     eprintln!("skipped {s}");
                 }
                 println!(
                     "step {step}, protocol source: {} classes of val cases in {n} dataset(s), {} skipped",
-                    report.classes.len(),
+                    report.samples.len(),
                     report.skipped.len()
                 );
                 print!("{}", report.groups_csv());
@@ -464,12 +465,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let data = data.expect("clap requires --data");
             let data_loc = s3_shards::open_store(&data, &opts)?;
-            let rt = s3_trainer::io_runtime::io_runtime()?;
+            let rt = s3_shards::io_runtime::io_runtime()?;
             let (rows, _, _) = s3_trainer::train::select_rows(&data_loc, &stage, s3_shards::Split::Val, rt)?;
             let report = s3_trainer::eval::evaluate(&model, &cfg, &data_loc, &rows, &clicks, stage.seed, &device)?;
             s3_trainer::eval::write_report(&run_loc, "val", &report)?;
             println!("step {step}, {} val samples", report.samples.len());
-            print!("{}", report.to_csv());
+            print!("{}", report.groups_csv());
         }
         Command::Predict(args) => predict::predict(args, device)?,
         Command::Bench { what } => bench(what, &cli.device, device)?,

@@ -237,10 +237,9 @@ fn produce(
     cfg: LoaderConfig,
     tx: std::sync::mpsc::SyncSender<Loaded>,
 ) {
-    let rt = match crate::io_runtime::io_runtime() {
+    let rt = match s3_shards::io_runtime::io_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            let error = s3_shards::ShardError::StoreUrl { url: "loader".into(), reason: e.to_string() };
+        Err(error) => {
             let first = positions.first().map(|(p, r)| (*p, r.sample_id.clone())).unwrap_or_default();
             let _ = tx.send(Loaded::Failed { position: first.0, sample_id: first.1, error });
             return;
@@ -533,7 +532,7 @@ mod tests {
     /// Three threads deliver what one does, item for item, in the same order.
     #[test]
     fn threads_take_whole_row_groups_and_keep_the_order() {
-        let rt = crate::io_runtime::io_runtime().unwrap();
+        let rt = s3_shards::io_runtime::io_runtime().unwrap();
         let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
         let opts = s3_shards::WriterOptions { row_group_rows: group_rows() as usize, ..Default::default() };
         rt.block_on(s3_shards::synthetic::populate(&store, 2, 20, 1, opts)).unwrap();

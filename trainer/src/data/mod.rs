@@ -2,7 +2,7 @@
 //! from the shards on object storage ([`loader`]) through an in-memory row-group
 //! cache ([`row_cache`]).
 //!
-//! May import: `s3_shards`, [`crate::error`], [`crate::launch::io_runtime`]. Nothing
+//! May import: `s3_shards`, [`crate::error`], `s3_shards::io_runtime`. Nothing
 //! of training or evaluation.
 
 pub mod loader;

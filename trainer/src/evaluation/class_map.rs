@@ -29,14 +29,14 @@ pub fn classes(counts: &BTreeMap<i32, usize>, wanted: &[i32]) -> Result<Classes>
     } else {
         for &v in wanted {
             if v == 0 {
-                return Err(TrainError::Config("class 0 is the background, not a class to predict".into()));
+                return Err(TrainError::Predict("class 0 is the background, not a class to predict".into()));
             }
             if !representable(v) {
-                return Err(TrainError::Config(format!("class {v}: the output is uint8, so classes are 1 to 255")));
+                return Err(TrainError::Predict(format!("class {v}: the output is uint8, so classes are 1 to 255")));
             }
             if !counts.contains_key(&v) {
                 let present: Vec<String> = counts.keys().filter(|&&c| c != 0).map(i32::to_string).collect();
-                return Err(TrainError::Config(format!(
+                return Err(TrainError::Predict(format!(
                     "class {v} is not in the label (it has {})",
                     if present.is_empty() { "background only".into() } else { present.join(", ") }
                 )));
@@ -53,7 +53,7 @@ pub fn classes(counts: &BTreeMap<i32, usize>, wanted: &[i32]) -> Result<Classes>
         } else {
             format!("the label's classes {unrepresentable:?} do not fit a uint8 map (1 to 255)")
         };
-        return Err(TrainError::Config(why));
+        return Err(TrainError::Predict(why));
     }
     Ok(Classes { values, unrepresentable })
 }

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use burn::prelude::*;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStoreExt, PutPayload};
+pub use s3_shards::eval_report::{DiceGroup, DiceRow, EvalReport, SourceClass};
 use s3_shards::samples_table::SampleRow;
 use s3_shards::{StoreLocation, json};
-use serde::Serialize;
 
 use crate::config::SamConfig;
 use crate::error::{Result, TrainError};
@@ -18,80 +18,6 @@ use crate::model::Sam;
 use crate::sampler::SampleRef;
 use crate::stage::ClickMemory;
 use crate::step::ClickLoop;
-
-/// Dice of one sample after each click count.
-#[derive(Clone, Debug, Serialize)]
-pub struct SampleDice {
-    /// Sample.
-    pub sample_id: String,
-    /// Dataset.
-    pub dataset: String,
-    /// Label name.
-    pub label: String,
-    /// Dice per click count (same order as [`EvalReport::clicks`]).
-    pub dice: Vec<f64>,
-}
-
-/// Mean Dice of a group.
-#[derive(Clone, Debug, Serialize)]
-pub struct GroupDice {
-    /// Dataset.
-    pub dataset: String,
-    /// Label name (`*` for the whole dataset).
-    pub label: String,
-    /// Samples.
-    pub n: usize,
-    /// Mean Dice per click count.
-    pub dice: Vec<f64>,
-}
-
-/// Evaluation results.
-#[derive(Clone, Debug, Serialize)]
-pub struct EvalReport {
-    /// Click counts reported.
-    pub clicks: Vec<usize>,
-    /// Per sample.
-    pub samples: Vec<SampleDice>,
-    /// Per (dataset, label) and per dataset.
-    pub groups: Vec<GroupDice>,
-    /// Samples that could not be read.
-    pub skipped: Vec<String>,
-}
-
-impl EvalReport {
-    /// Mean Dice over all samples at `clicks`.
-    pub fn mean_at(&self, clicks: usize) -> Option<f64> {
-        let i = self.clicks.iter().position(|&c| c == clicks)?;
-        (!self.samples.is_empty())
-            .then(|| self.samples.iter().map(|s| s.dice[i]).sum::<f64>() / self.samples.len() as f64)
-    }
-
-    /// CSV: one row per group.
-    pub fn to_csv(&self) -> String {
-        let rows = self.groups.iter().map(|g| {
-            let mut row = vec![g.dataset.clone(), g.label.clone(), g.n.to_string()];
-            row.extend(g.dice.iter().map(|d| format!("{d:.4}")));
-            row
-        });
-        csv_table(["dataset", "label", "n"].into_iter().map(String::from).chain(dice_columns(&self.clicks)), rows)
-    }
-}
-
-/// `dice@N` for each click count.
-pub(crate) fn dice_columns(clicks: &[usize]) -> impl Iterator<Item = String> + '_ {
-    clicks.iter().map(|c| format!("dice@{c}"))
-}
-
-/// A header and rows as CSV, quoted where a field needs it (a label name with a comma).
-pub(crate) fn csv_table(header: impl IntoIterator<Item = String>, rows: impl Iterator<Item = Vec<String>>) -> String {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    // Writing to memory cannot fail, and every row has the header's length.
-    w.write_record(header).expect("in memory");
-    for row in rows {
-        w.write_record(row).expect("in memory");
-    }
-    String::from_utf8(w.into_inner().expect("in memory")).expect("UTF-8 fields")
-}
 
 /// Evaluates `model` on `rows` (usually the val split) of the store `data`.
 pub fn evaluate(
@@ -115,8 +41,7 @@ pub fn evaluate(
     let loader =
         Loader::start(data.store().clone(), positions, LoaderConfig { flip: false, ..LoaderConfig::default() });
     let s = cfg.img_size;
-    let mut report =
-        EvalReport { clicks: clicks.to_vec(), samples: Vec::new(), groups: Vec::new(), skipped: Vec::new() };
+    let mut report = EvalReport::new("shards", clicks);
     for loaded in loader {
         let item = match loaded {
             Loaded::Item(i) => i,
@@ -142,42 +67,31 @@ pub fn evaluate(
             }
         }
         let row = by_id[item.sample_id.as_str()];
-        report.samples.push(SampleDice {
+        report.samples.push(DiceRow {
             sample_id: item.sample_id,
             dataset: row.dataset.clone(),
             label: row.label_name.clone(),
+            source: None,
             dice: dices,
         });
     }
-    let mut groups: BTreeMap<(String, String), Vec<&SampleDice>> = BTreeMap::new();
-    for sd in &report.samples {
-        groups.entry((sd.dataset.clone(), sd.label.clone())).or_default().push(sd);
-        groups.entry((sd.dataset.clone(), "*".into())).or_default().push(sd);
-    }
-    report.groups = groups
-        .into_iter()
-        .map(|((dataset, label), v)| GroupDice {
-            n: v.len(),
-            dice: (0..clicks.len()).map(|i| v.iter().map(|s| s.dice[i]).sum::<f64>() / v.len() as f64).collect(),
-            dataset,
-            label,
-        })
-        .collect();
+    report.group();
     Ok(report)
 }
 
-/// Writes `eval/<name>.csv` and `eval/<name>.json` to the run folder.
+/// Writes `eval/<name>.json`, `eval/<name>.csv` (per sample, or per case and class)
+/// and `eval/<name>-groups.csv` to the run folder, for either protocol.
 pub fn write_report(run: &StoreLocation, name: &str, report: &EvalReport) -> Result<()> {
-    let rt = crate::io_runtime::io_runtime()?;
+    use s3_shards::run_folder::{eval_groups_key, eval_report_key, eval_table_key};
+    let rt = s3_shards::io_runtime::io_runtime()?;
     let store = run.store().as_ref();
     rt.block_on(async {
-        let csv = ObjPath::from(s3_shards::run_folder::eval_table_key(name));
-        store
-            .put(&csv, PutPayload::from(report.to_csv().into_bytes()))
-            .await
-            .map_err(|e| TrainError::from(s3_shards::ShardError::Store { op: "put", path: csv.clone(), source: e }))?;
-        json::put_json(store, &ObjPath::from(s3_shards::run_folder::eval_report_key(name)), report)
-            .await
-            .map_err(TrainError::from)
+        for (key, text) in [(eval_table_key(name), report.rows_csv()), (eval_groups_key(name), report.groups_csv())] {
+            let key = ObjPath::from(key);
+            store.put(&key, PutPayload::from(text.into_bytes())).await.map_err(|e| {
+                TrainError::from(s3_shards::ShardError::Store { op: "put", path: key.clone(), source: e })
+            })?;
+        }
+        json::put_json(store, &ObjPath::from(eval_report_key(name)), report).await.map_err(TrainError::from)
     })
 }

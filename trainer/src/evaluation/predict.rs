@@ -73,7 +73,7 @@ impl<'a> PreparedImage<'a> {
         znormalize(&mut image);
         let crop_affine = geometry::crop_affine(&self.canonical.affine, begin);
         let footprint = Footprint::new(&crop_affine, side, self.source.shape, &self.source.affine)
-            .ok_or_else(|| TrainError::Config("the image's affine is singular".into()))?;
+            .ok_or_else(|| TrainError::Predict("the image's affine is singular".into()))?;
         Ok(CropInput { image, begin, crop_affine, footprint })
     }
 
@@ -96,7 +96,7 @@ impl<'a> PreparedImage<'a> {
 }
 
 fn input(what: &'static str) -> impl Fn(s3_ingest::IngestError) -> TrainError {
-    move |e| TrainError::Config(format!("{what}: {e}"))
+    move |e| TrainError::Input { what: what.into(), source: Box::new(e) }
 }
 
 /// The model's input and where it lies on the source.
@@ -165,12 +165,12 @@ pub fn predict_clicks(
     clicks: &[SourceClick],
     device: &Device,
 ) -> Result<Predicted> {
-    let first = clicks.first().ok_or_else(|| TrainError::Config("no click given".into()))?;
+    let first = clicks.first().ok_or_else(|| TrainError::Predict("no click given".into()))?;
     let shape = image.canonical_shape();
     let on_grid = |c: &SourceClick| image.to_canonical(c.at).map(|x| (x + 0.5).floor());
     let p = on_grid(first);
     if (0..3).any(|a| p[a] < 0.0 || p[a] >= shape[a] as f64) {
-        return Err(TrainError::Config(format!("the first click {:?} lies outside the image", first.at)));
+        return Err(TrainError::Predict(format!("the first click {:?} lies outside the image", first.at)));
     }
     let lo = p.map(|x| x as usize);
     let input = image.crop_about(lo, lo.map(|x| x + 1))?;
@@ -180,7 +180,7 @@ pub fn predict_clicks(
         let q = on_grid(c);
         let at: [f64; 3] = std::array::from_fn(|a| q[a] - input.begin[a] as f64);
         if at.iter().any(|&x| !(0.0..side).contains(&x)) {
-            return Err(TrainError::Config(format!(
+            return Err(TrainError::Predict(format!(
                 "click {} at {:?} lies outside the 128³ crop about the first click (±96 mm at 1.5 mm)",
                 n + 1,
                 c.at

@@ -16,24 +16,30 @@ pub fn parse_device(name: &str) -> Result<Device> {
     match name {
         "cpu" | "flex" => Ok(Device::flex()),
         n if n == "cuda" || n.starts_with("cuda:") => cuda(n.strip_prefix("cuda:").unwrap_or("0")),
-        other => Err(TrainError::Config(format!("unknown device {other:?} (cpu, cuda, cuda:N)"))),
+        other => Err(TrainError::Device { device: other.into(), reason: "unknown (cpu, cuda, cuda:N)".into() }),
     }
 }
 
 #[cfg(feature = "cuda")]
 fn cuda(index: &str) -> Result<Device> {
-    let i: usize = index.parse().map_err(|_| TrainError::Config(format!("bad CUDA device index {index:?}")))?;
+    let i: usize = index
+        .parse()
+        .map_err(|_| TrainError::Device { device: format!("cuda:{index}"), reason: "not a device index".into() })?;
     // Without a driver the CUDA runtime only fails at the first kernel, with a panic
     // deep in its loader: say so up front instead.
     if !std::path::Path::new("/proc/driver/nvidia/version").exists() {
-        return Err(TrainError::Config(
-            "no NVIDIA driver on this machine (/proc/driver/nvidia/version missing); use --device cpu".into(),
-        ));
+        return Err(TrainError::Device {
+            device: format!("cuda:{i}"),
+            reason: "no NVIDIA driver on this machine (/proc/driver/nvidia/version missing); use --device cpu".into(),
+        });
     }
     Ok(Device::cuda(i))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda(_index: &str) -> Result<Device> {
-    Err(TrainError::Config("this build has no CUDA support; rebuild with `--features cuda` or use --device cpu".into()))
+fn cuda(index: &str) -> Result<Device> {
+    Err(TrainError::Device {
+        device: format!("cuda:{index}"),
+        reason: "this build has no CUDA support; rebuild with `--features cuda` or use --device cpu".into(),
+    })
 }

@@ -81,7 +81,7 @@ impl std::fmt::Debug for LaunchEnv {
 }
 
 fn bad(m: impl Into<String>) -> TrainError {
-    TrainError::Config(m.into())
+    TrainError::Launch(m.into())
 }
 
 /// Resolves the launch contract from the process environment.

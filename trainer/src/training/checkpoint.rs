@@ -139,17 +139,13 @@ pub fn local_copy(url: &str, options: &StoreOptions, tmp: &Path) -> Result<PathB
     let (authority, key) = rest
         .split_once('/')
         .filter(|(a, k)| !a.is_empty() && !k.is_empty() && !k.ends_with('/'))
-        .ok_or_else(|| TrainError::Config(format!("{}: not a file URL", s3_shards::store::redact(url))))?;
+        .ok_or_else(|| TrainError::Url { url: s3_shards::store::redact(url), reason: "not a file URL" })?;
     let store = open_store(&format!("{scheme}://{authority}"), options)?;
     let name = key.rsplit('/').next().unwrap_or(key);
     let file = tmp.join(name);
-    let rt = runtime()?;
+    let rt = s3_shards::io_runtime::io_runtime()?;
     rt.block_on(get_file(store.store().as_ref(), key, &file))?;
     Ok(file)
-}
-
-pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime> {
-    crate::io_runtime::io_runtime()
 }
 
 /// The run's latest checkpoint pointer, if it has one (any other failure is an error:
@@ -291,7 +287,7 @@ mod tests {
         let data: Vec<u8> = (0..(PART_BYTES * 2 + 12345)).map(|i| (i % 251) as u8).collect();
         std::fs::write(&file, &data).unwrap();
         let store = object_store::memory::InMemory::new();
-        let rt = runtime().unwrap();
+        let rt = s3_shards::io_runtime::io_runtime().unwrap();
         rt.block_on(put_file(&store, "x/big.bin", &file)).unwrap();
         let back = dir.path().join("back.bin");
         rt.block_on(get_file(&store, "x/big.bin", &back)).unwrap();
@@ -303,7 +299,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let loc = open_store("memory://ckpt-url-test", &StoreOptions::default()).unwrap();
         assert!(local_copy("memory://ckpt-url-test/", &StoreOptions::default(), dir.path()).is_err());
-        let rt = runtime().unwrap();
+        let rt = s3_shards::io_runtime::io_runtime().unwrap();
         rt.block_on(loc.store().put(&ObjPath::from("run/step-1/w.safetensors"), PutPayload::from(vec![1u8, 2, 3])))
             .unwrap();
         let f = local_copy("memory://ckpt-url-test/run/step-1/w.safetensors", &StoreOptions::default(), dir.path());

@@ -83,9 +83,13 @@ impl MetricsLog {
         }
         let mut w = csv::Writer::from_writer(Vec::new());
         for m in &self.pending {
-            w.serialize(m).map_err(|e| TrainError::Config(format!("metrics row: {e}")))?;
+            w.serialize(m)
+                .map_err(|e| TrainError::Metrics { what: format!("row of step {}", m.step), source: Box::new(e) })?;
         }
-        let bytes = w.into_inner().map_err(|e| TrainError::Config(format!("metrics segment: {e}")))?;
+        let bytes = w.into_inner().map_err(|e| TrainError::Metrics {
+            what: format!("segment of step {step}"),
+            source: Box::new(e.into_error()),
+        })?;
         let key = segment_key(step);
         store.put(&key, PutPayload::from(bytes)).await.map_err(|e| store_err("put", &key, e))?;
         self.pending.clear();
@@ -121,7 +125,7 @@ pub async fn read_all(store: &dyn ObjectStore) -> Result<Vec<StepMetrics>> {
         let bytes = s3_shards::json::get_bytes(store, &key).await?;
         let mut r = csv::Reader::from_reader(bytes.as_ref());
         for row in r.deserialize::<StepMetrics>() {
-            out.push(row.map_err(|e| TrainError::Config(format!("{key}: {e}")))?);
+            out.push(row.map_err(|e| TrainError::Parse { file: key.to_string(), source: Box::new(e) })?);
         }
     }
     Ok(out)

@@ -94,7 +94,7 @@ fn register_font() {
 /// Renders the four curves as one PNG.
 pub fn render_png(curves: &Curves, title: &str) -> Result<Vec<u8>> {
     register_font();
-    let err = |e: String| TrainError::Config(format!("plotting metrics: {e}"));
+    let err = TrainError::Plot;
     let (w, h) = SIZE;
     let mut rgb = vec![255u8; (w * h * 3) as usize];
     {

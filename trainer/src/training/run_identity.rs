@@ -83,13 +83,13 @@ pub fn check_resume(
             }
             None => format!("config digest {:016x} → {:016x}", saved.config_digest, now.config_digest),
         };
-        return Err(TrainError::Config(format!(
+        return Err(TrainError::Resume(format!(
             "this run folder holds a run with another training config ({what}); resume it with the same stage, \
              start over with --no-resume, or use a new run folder"
         )));
     }
     if saved.samples_xxh3 != now.samples_xxh3 {
-        return Err(TrainError::Config(format!(
+        return Err(TrainError::Resume(format!(
             "the data changed since this run planned its epochs (samples table xxh3 {:016x} → {:016x}): resuming \
              would repeat or skip samples; point --data at the store it was started on, or use a new run folder",
             saved.samples_xxh3, now.samples_xxh3
@@ -124,17 +124,21 @@ fn training_config_of(saved: &Value) -> Value {
 /// against the hash the index records; returns the rows and that hash.
 pub async fn samples_from_index(store: &dyn ObjectStore) -> Result<(Vec<SampleRow>, u64)> {
     let index = ShardIndex::load(store).await?;
-    let file = index.samples.ok_or_else(|| {
-        TrainError::Config("index.json lists no samples table (published by an older s3-ingest?)".into())
+    let file = index.samples.ok_or_else(|| TrainError::Data {
+        store: "index.json".into(),
+        reason: "lists no samples table (published by an older s3-ingest?)".into(),
     })?;
     let path = object_store::path::Path::from(file.path.as_str());
     let bytes = s3_shards::json::get_bytes(store, &path).await?;
     let got = xxh3_64(&bytes);
     if got != file.xxh3 {
-        return Err(TrainError::Config(format!(
-            "{}: xxh3 {got:016x}, index.json says {:016x} (changed since publication, or a partial copy)",
-            file.path, file.xxh3
-        )));
+        return Err(TrainError::Data {
+            store: file.path.clone(),
+            reason: format!(
+                "xxh3 {got:016x}, index.json says {:016x} (changed since publication, or a partial copy)",
+                file.xxh3
+            ),
+        });
     }
     let rows = samples_table::decode(bytes, &path)?;
     Ok((rows, got))

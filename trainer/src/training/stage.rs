@@ -186,8 +186,8 @@ impl StageConfig {
     pub fn load(path: &Path) -> Result<StageConfig> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| TrainError::Io { file: path.display().to_string(), error: source })?;
-        let mut cfg: StageConfig =
-            toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+        let mut cfg: StageConfig = toml::from_str(&text)
+            .map_err(|e| TrainError::Parse { file: path.display().to_string(), source: Box::new(e) })?;
         if let Some(c) = &cfg.datasets.catalog {
             let p = path.parent().unwrap_or(Path::new(".")).join(c);
             cfg.datasets.catalog = Some(p.display().to_string());
@@ -198,7 +198,7 @@ impl StageConfig {
 
     /// Checks numbers that would otherwise fail late.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(TrainError::Config(format!("stage {}: {m}", self.name)));
+        let bad = |m: &str| Err(TrainError::Stage { stage: self.name.clone(), reason: m.into() });
         if self.clicks < 2 {
             return bad("clicks must be at least 2");
         }
@@ -219,10 +219,10 @@ impl StageConfig {
         let mut chosen: BTreeSet<String> = match self.datasets.select.as_str() {
             "all" => available.clone(),
             flag => {
-                let path =
-                    self.datasets.catalog.as_ref().ok_or_else(|| {
-                        TrainError::Config(format!("datasets.select = {flag:?} needs datasets.catalog"))
-                    })?;
+                let path = self.datasets.catalog.as_ref().ok_or_else(|| TrainError::Stage {
+                    stage: self.name.clone(),
+                    reason: format!("datasets.select = {flag:?} needs datasets.catalog"),
+                })?;
                 catalog_flags(Path::new(path), flag)?.into_iter().filter(|d| available.contains(d)).collect()
             }
         };
@@ -256,7 +256,8 @@ pub fn catalog_flags(path: &Path, flag: &str) -> Result<Vec<String>> {
     }
     let text = std::fs::read_to_string(path)
         .map_err(|source| TrainError::Io { file: path.display().to_string(), error: source })?;
-    let c: Catalog = toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+    let c: Catalog = toml::from_str(&text)
+        .map_err(|e| TrainError::Parse { file: path.display().to_string(), source: Box::new(e) })?;
     Ok(c.datasets
         .into_iter()
         .filter(|d| match flag {

@@ -5,143 +5,30 @@
 //! all-reduce (when distributed) and an AdamW step → metrics, checkpoints, stop.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use burn::optim::AdamWConfig;
+use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use object_store::path::Path as ObjPath;
 use s3_shards::samples_table::SampleRow;
 use s3_shards::{Split, StoreLocation, StoreOptions, json, open_store};
 use xxhash_rust::xxh3::xxh3_64;
 
-pub use crate::checkpoint::TrainState;
 use crate::checkpoint::{self, CheckpointState, Latest};
-use crate::collective::{self, CollectiveOptions};
+use crate::collective::{self, Collective};
 use crate::config::{Precision, SamConfig};
 use crate::error::{Result, TrainError};
 use crate::loader::{Item, Loaded, Loader, LoaderConfig};
-pub use crate::metrics::StepMetrics;
 use crate::metrics::{self, MetricsLog};
 use crate::model::Sam;
 use crate::run_identity::{self, RunIdentity};
 use crate::sampler::{Sampler, SamplerState};
 use crate::stage::StageConfig;
 use crate::step::{Accumulators, Optimisers, all_reduce_step, check_same_weights, micro_step};
+pub use crate::training::run_spec::{RunSpec, StepMetrics, TrainEvent, TrainOutcome, TrainState};
 use crate::watchdog::Watchdog;
 use crate::weights::{self, Strictness};
-
-/// What to train, where.
-#[derive(Clone, Debug)]
-pub struct RunSpec {
-    /// Store with the published shards.
-    pub data: String,
-    /// Run folder (checkpoints, metrics, config) on any store.
-    pub run: String,
-    /// The stage.
-    pub stage: StageConfig,
-    /// This rank.
-    pub rank: usize,
-    /// Number of ranks.
-    pub world: usize,
-    /// Rendezvous `host:port` of the gradient all-reduce (rank 0 listens); needed when `world` > 1.
-    pub master: Option<String>,
-    /// Continue from the run's latest checkpoint when there is one.
-    pub resume: bool,
-    /// S3 settings.
-    pub store_options: StoreOptions,
-    /// Timeouts and the join token of the collective.
-    pub collective: CollectiveOptions,
-    /// End the process (exit 2) when an optimiser step makes no progress for this long.
-    pub step_timeout: Option<Duration>,
-    /// The xxh3 the init weights file must have (the launcher verified it before
-    /// starting stage 2; each rank checks the copy it actually read).
-    pub init_xxh3: Option<u64>,
-    /// Set (by a SIGTERM/SIGUSR2 handler) to ask for a preemption: every rank stops at
-    /// the same step boundary (the flag travels through the all-reduce), rank 0
-    /// checkpoints, and the outcome says `preempted` (the binary exits 75).
-    pub preempt: Option<Arc<AtomicBool>>,
-    /// The loader's decoding threads (outside the run's identity: the samples and
-    /// their order are the same for any count).
-    pub loader_threads: usize,
-}
-
-impl RunSpec {
-    /// A single-rank run of `stage` on `data` into `run`, resuming, with default options.
-    pub fn new(data: impl Into<String>, run: impl Into<String>, stage: StageConfig) -> RunSpec {
-        RunSpec {
-            data: data.into(),
-            run: run.into(),
-            stage,
-            rank: 0,
-            world: 1,
-            master: None,
-            resume: true,
-            store_options: StoreOptions::default(),
-            collective: CollectiveOptions::default(),
-            step_timeout: None,
-            init_xxh3: None,
-            preempt: None,
-            loader_threads: 1,
-        }
-    }
-}
-
-/// Progress of a run.
-#[derive(Clone, Debug)]
-pub enum TrainEvent {
-    /// Training starts or resumes.
-    Started {
-        /// Samples selected.
-        samples: usize,
-        /// Optimiser steps per epoch.
-        steps_per_epoch: u64,
-        /// Total steps planned.
-        total_steps: u64,
-        /// Starting point.
-        from: TrainState,
-    },
-    /// A step finished.
-    Step {
-        /// Its numbers (means over all ranks).
-        metrics: StepMetrics,
-        /// The samples this rank trained on in the step, in order.
-        samples: Vec<String>,
-    },
-    /// A sample was skipped.
-    Skipped {
-        /// Sample.
-        sample_id: String,
-        /// Why.
-        reason: String,
-    },
-    /// A checkpoint was written.
-    Checkpoint {
-        /// Step.
-        step: u64,
-        /// Folder on the run store.
-        dir: String,
-    },
-}
-
-/// What a run did. Nothing in it grows with the run's length: per-step detail goes
-/// through [`TrainEvent::Step`] and the run's `metrics/` segments.
-#[derive(Clone, Debug)]
-pub struct TrainOutcome {
-    /// Final state.
-    pub state: TrainState,
-    /// Steps this process ran.
-    pub steps_run: u64,
-    /// The last step's metrics.
-    pub last: Option<StepMetrics>,
-    /// Stopped by max_steps/max_minutes before the last epoch.
-    pub stopped_early: bool,
-    /// Stopped by a preemption request, after a checkpoint at that step.
-    pub preempted: bool,
-    /// xxh3 of the final parameters: equal on every rank of a synchronised run.
-    pub weights_digest: u64,
-}
 
 /// How long ranks wait for each other at the rendezvous (they start in any order,
 /// and a Slurm or Kubernetes rank may wait for its node).
@@ -149,15 +36,20 @@ pub const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Resolves the model config of a stage.
 pub fn model_config(stage: &StageConfig) -> Result<SamConfig> {
-    let cfg = SamConfig::preset(&stage.preset)
-        .ok_or_else(|| TrainError::Config(format!("unknown preset {:?}", stage.preset)))?;
+    let cfg = SamConfig::preset(&stage.preset).ok_or_else(|| TrainError::Stage {
+        stage: stage.name.clone(),
+        reason: format!("unknown preset {:?}", stage.preset),
+    })?;
     if cfg.img_size != s3_shards::SIDE {
-        return Err(TrainError::Config(format!(
-            "preset {:?} takes {}³ inputs; the shards hold {}³ crops (use vit_b_ori or small)",
-            stage.preset,
-            cfg.img_size,
-            s3_shards::SIDE
-        )));
+        return Err(TrainError::Stage {
+            stage: stage.name.clone(),
+            reason: format!(
+                "preset {:?} takes {}³ inputs; the shards hold {}³ crops (use vit_b_ori or small)",
+                stage.preset,
+                cfg.img_size,
+                s3_shards::SIDE
+            ),
+        });
     }
     Ok(SamConfig { attention: stage.attention, precision: stage.precision, ..cfg })
 }
@@ -177,272 +69,429 @@ pub fn select_rows(
     Ok((rows, chosen, xxh3))
 }
 
-/// Runs (or resumes) a stage.
+/// Runs (or resumes) a stage: the loop reads in the order it runs, each phase a
+/// method of [`Training`].
 pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) -> Result<TrainOutcome> {
     let stage = &spec.stage;
-    stage.validate()?;
-    if spec.world == 0 || spec.rank >= spec.world {
-        return Err(TrainError::Config(format!("rank {} is not below the world size {}", spec.rank, spec.world)));
+    let mut t = Training::start(spec, device, progress)?;
+    if stage.max_steps.is_some_and(|s| t.state.step >= s) {
+        // Resumed at its step budget: nothing to do (not one more step per relaunch).
+        return Ok(t.finish(false));
     }
-    let rt = checkpoint::runtime()?;
-    let data = open_store(&spec.data, &spec.store_options)?;
-    let run = open_store(&spec.run, &spec.store_options)?;
-
-    // Phase 0: what this run is — the data as published, the selection, the model.
-    let (rows, datasets, samples_xxh3) = select_rows(&data, stage, Split::Train, rt)?;
-    if rows.is_empty() {
-        return Err(TrainError::Config(format!("stage {}: no training samples selected in {}", stage.name, data)));
-    }
-    let sampler = Sampler::from_rows(&rows, stage.seed, stage.shard_window);
-    drop(rows);
-    let cfg = model_config(stage)?;
-    if cfg.precision == Precision::Bf16 && !device.supports_dtype(burn::tensor::FloatDType::BF16) {
-        return Err(TrainError::Config(format!(
-            "stage {}: precision = \"bf16\" but this device has no bf16",
-            stage.name
-        )));
-    }
-    let training = run_identity::training_config(stage, &cfg, &datasets);
-    let identity = RunIdentity { config_digest: run_identity::digest(&training), samples_xxh3, world: spec.world };
-    let ad = device.clone().autodiff();
-
-    // Phase 1: model (seeded: every rank and every rerun starts from the same
-    // weights), optimisers, then resume onto this same run, or init.
-    let mut model = seeded_model(&cfg, &ad, stage.seed);
-    let adamw = AdamWConfig::new()
-        .with_beta_1(0.9)
-        .with_beta_2(0.999)
-        .with_epsilon(1e-8)
-        .with_weight_decay(stage.weight_decay as f32);
-    let mut opt = Optimisers::new(&adamw);
-    let mut state = TrainState::default();
-    let mut log = MetricsLog::default();
-    let latest: Option<Latest> = if spec.resume {
-        rt.block_on(checkpoint::read_latest(run.store().as_ref()))?
-    } else {
-        if spec.rank == 0 {
-            // Starting over: the old pointer must not outlive the decision, or a crash
-            // before this run's first checkpoint would resume the old run next time.
-            rt.block_on(checkpoint::forget_latest(run.store().as_ref()))?;
+    let watchdog = spec.step_timeout.map(|limit| Watchdog::start(limit, Watchdog::exit_process()));
+    while t.state.sampler.epoch < stage.epochs {
+        let epoch = t.state.sampler.epoch;
+        let lr = stage.lr * stage.schedule.factor(epoch);
+        let mut step = PendingStep::new();
+        let mut loaded = t.loader(epoch).peekable();
+        while let Some(l) = loaded.next() {
+            let last = loaded.peek().is_none();
+            t.take(l, &mut step, last)?;
+            if step.micro_batch_full() {
+                t.micro_batch(&mut step, epoch);
+            }
+            if !step.full(stage.accumulation, last) {
+                continue;
+            }
+            let (grads, stops) = t.all_reduce(&mut step)?;
+            t.model = t.opt.step(t.model, grads, lr, lr * stage.decoder_lr_factor);
+            t.record_step(&mut step, epoch, lr, last);
+            if let Some(w) = &watchdog {
+                w.pet();
+            }
+            let stop = stops.out_of_budget || stops.preempted;
+            if t.state.step % stage.checkpoint_every.max(1) == 0 || last || stop {
+                t.checkpoint(watchdog.as_ref())?;
+            }
+            if stop {
+                return Ok(t.finish(stops.preempted));
+            }
         }
-        None
-    };
-    let mut _checkpoint_files = None;
-    if let Some(l) = &latest {
-        let saved_config = match rt
-            .block_on(json::get_json::<serde_json::Value>(run.store().as_ref(), &ObjPath::from("config.json")))
-        {
-            Ok(v) => Some(v),
-            Err(s3_shards::ShardError::NotFound(_)) => None,
-            Err(e) => return Err(e.into()),
+        t.state.sampler = SamplerState { epoch: epoch + 1, consumed: 0 };
+    }
+    Ok(t.finish(false))
+}
+
+/// One run of the loop on this rank: what it trains on, the model and its
+/// optimisers, where it stands, and what it reports.
+struct Training<'a> {
+    spec: &'a RunSpec,
+    progress: &'a dyn Fn(&TrainEvent),
+    rt: &'static tokio::runtime::Runtime,
+    data: StoreLocation,
+    run: StoreLocation,
+    sampler: Sampler,
+    cfg: SamConfig,
+    identity: RunIdentity,
+    /// The compute device, and its autodiff view the model trains on.
+    device: Device,
+    ad: Device,
+    model: Sam,
+    opt: Optimisers,
+    state: TrainState,
+    log: MetricsLog,
+    collective: Option<Box<dyn Collective>>,
+    started: Instant,
+    steps_run: u64,
+    last: Option<StepMetrics>,
+    /// Burnpack tensors of a resumed checkpoint are read lazily from these files.
+    _checkpoint_files: Option<tempfile::TempDir>,
+}
+
+/// What the ranks decided together at a step.
+struct Stops {
+    /// The step or time budget is spent.
+    out_of_budget: bool,
+    /// A rank was asked to stop (SIGTERM, SIGUSR2).
+    preempted: bool,
+}
+
+/// The step being gathered: its micro-batch, gradients and running totals.
+/// Micro-batches and steps close on sample *positions*, not on usable samples: a
+/// sample skipped on one rank must not shift that rank's step boundaries, or the
+/// ranks' all-reduces would pair different steps.
+struct PendingStep {
+    micro: Vec<Item>,
+    acc: Accumulators,
+    samples: Vec<String>,
+    /// Positions this rank consumed since the last step.
+    positions: u64,
+    loss_sum: f64,
+    dice_sum: f64,
+    n_samples: usize,
+    /// Positions in the current micro-batch slot, and slots closed in this step.
+    slot_positions: usize,
+    slots: usize,
+    /// The last slot closed and the micro-batch is ready to run.
+    slot_closed: bool,
+    started: Instant,
+}
+
+impl PendingStep {
+    fn new() -> PendingStep {
+        PendingStep {
+            micro: Vec::new(),
+            acc: Accumulators::new(),
+            samples: Vec::new(),
+            positions: 0,
+            loss_sum: 0.0,
+            dice_sum: 0.0,
+            n_samples: 0,
+            slot_positions: 0,
+            slots: 0,
+            slot_closed: false,
+            started: Instant::now(),
+        }
+    }
+
+    fn micro_batch_full(&self) -> bool {
+        self.slot_closed && !self.micro.is_empty()
+    }
+
+    /// Whether the step closes here. A step whose samples were all skipped still
+    /// counts (with no gradient here), so every rank and every resume agrees on what
+    /// step N covered.
+    fn full(&self, accumulation: usize, last: bool) -> bool {
+        self.slots == accumulation || (last && self.slots > 0)
+    }
+}
+
+impl<'a> Training<'a> {
+    /// Phases 0 and 1: what this run is (the data as published, the selection, the
+    /// model), then the model (seeded: every rank and every rerun starts from the same
+    /// weights) and optimisers, resumed onto this same run or initialised, and the
+    /// collective joined with every rank at the same starting point.
+    fn start(spec: &'a RunSpec, device: &Device, progress: &'a dyn Fn(&TrainEvent)) -> Result<Training<'a>> {
+        let stage = &spec.stage;
+        stage.validate()?;
+        if spec.world == 0 || spec.rank >= spec.world {
+            return Err(TrainError::Launch(format!("rank {} is not below the world size {}", spec.rank, spec.world)));
+        }
+        let rt = s3_shards::io_runtime::io_runtime()?;
+        let data = open_store(&spec.data, &spec.store_options)?;
+        let run = open_store(&spec.run, &spec.store_options)?;
+
+        let (rows, datasets, samples_xxh3) = select_rows(&data, stage, Split::Train, rt)?;
+        if rows.is_empty() {
+            return Err(TrainError::Stage {
+                stage: stage.name.clone(),
+                reason: format!("no training samples selected in {data}"),
+            });
+        }
+        let sampler = Sampler::from_rows(&rows, stage.seed, stage.shard_window);
+        drop(rows);
+        let cfg = model_config(stage)?;
+        if cfg.precision == Precision::Bf16 && !device.supports_dtype(burn::tensor::FloatDType::BF16) {
+            return Err(TrainError::Stage {
+                stage: stage.name.clone(),
+                reason: "precision = \"bf16\" but this device has no bf16".into(),
+            });
+        }
+        let training = run_identity::training_config(stage, &cfg, &datasets);
+        let identity = RunIdentity { config_digest: run_identity::digest(&training), samples_xxh3, world: spec.world };
+        let ad = device.clone().autodiff();
+        let adamw = AdamWConfig::new()
+            .with_beta_1(0.9)
+            .with_beta_2(0.999)
+            .with_epsilon(1e-8)
+            .with_weight_decay(stage.weight_decay as f32);
+        let t = Training {
+            spec,
+            progress,
+            rt,
+            model: seeded_model(&cfg, &ad, stage.seed),
+            opt: Optimisers::new(&adamw),
+            data,
+            run,
+            sampler,
+            cfg,
+            identity,
+            device: device.clone(),
+            ad,
+            state: TrainState::default(),
+            log: MetricsLog::default(),
+            collective: None,
+            started: Instant::now(),
+            steps_run: 0,
+            last: None,
+            _checkpoint_files: None,
         };
+        let (mut t, resumed) = t.resume(&training)?;
+        if !resumed && let Some(init) = &stage.init {
+            t.init_from(init)?;
+        }
+        if spec.rank == 0 {
+            let resolved = serde_json::json!({
+                "stage": stage, "model": t.cfg, "datasets": datasets, "data": t.data.url(), "world": spec.world,
+            });
+            rt.block_on(json::put_json(t.run.store().as_ref(), &ObjPath::from("config.json"), &resolved))?;
+        }
+        let per_step = (stage.batch * stage.accumulation) as u64;
+        let per_rank_epoch = t.sampler.padded_len(spec.world) / spec.world as u64;
+        let steps_per_epoch = per_rank_epoch.div_ceil(per_step);
+        progress(&TrainEvent::Started {
+            samples: t.sampler.len(),
+            steps_per_epoch,
+            total_steps: steps_per_epoch * stage.epochs,
+            from: t.state,
+        });
+        t.started = Instant::now();
+        t.join_collective()?;
+        Ok(t)
+    }
+
+    /// Continues from the run's latest checkpoint when asked to and there is one
+    /// (refusing another run's folder), and clears the metrics an earlier attempt
+    /// wrote past it; says whether it resumed.
+    fn resume(mut self, training: &serde_json::Value) -> Result<(Self, bool)> {
+        let (spec, rt, store) = (self.spec, self.rt, self.run.store().clone());
+        let latest: Option<Latest> = if spec.resume {
+            rt.block_on(checkpoint::read_latest(store.as_ref()))?
+        } else {
+            if spec.rank == 0 {
+                // Starting over: the old pointer must not outlive the decision, or a crash
+                // before this run's first checkpoint would resume the old run next time.
+                rt.block_on(checkpoint::forget_latest(store.as_ref()))?;
+            }
+            None
+        };
+        let Some(l) = latest else {
+            if spec.rank == 0 {
+                // A fresh start (no checkpoint, or --no-resume): segments of an earlier run in
+                // this folder would otherwise mix into this run's history.
+                rt.block_on(metrics::drop_segments_after(store.as_ref(), 0))?;
+            }
+            return Ok((self, false));
+        };
+        let saved_config =
+            match rt.block_on(json::get_json::<serde_json::Value>(store.as_ref(), &ObjPath::from("config.json"))) {
+                Ok(v) => Some(v),
+                Err(s3_shards::ShardError::NotFound(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+        let identity = &self.identity;
         let verify = |saved: &CheckpointState| {
-            run_identity::check_resume(&saved.identity, saved_config.as_ref(), &identity, &training)
+            run_identity::check_resume(&saved.identity, saved_config.as_ref(), identity, training)
         };
-        let restored = checkpoint::load(rt, &run, &l.dir, model, opt, verify)?;
-        (model, opt, state) = (restored.model, restored.opt, restored.state.state);
-        log = MetricsLog::resume(restored.summary);
-        _checkpoint_files = Some(restored._files);
+        let restored = checkpoint::load(rt, &self.run, &l.dir, self.model, self.opt, verify)?;
+        (self.model, self.opt, self.state) = (restored.model, restored.opt, restored.state.state);
+        self.log = MetricsLog::resume(restored.summary);
+        self._checkpoint_files = Some(restored._files);
         if spec.rank == 0 {
-            rt.block_on(metrics::drop_segments_after(run.store().as_ref(), state.step))?;
+            rt.block_on(metrics::drop_segments_after(store.as_ref(), self.state.step))?;
         }
-        tracing::info!(step = state.step, epoch = state.sampler.epoch, "resumed from {}", l.dir);
-    } else if spec.rank == 0 {
-        // A fresh start (no checkpoint, or --no-resume): segments of an earlier run in
-        // this folder would otherwise mix into this run's history.
-        rt.block_on(metrics::drop_segments_after(run.store().as_ref(), 0))?;
+        tracing::info!(step = self.state.step, epoch = self.state.sampler.epoch, "resumed from {}", l.dir);
+        Ok((self, true))
     }
-    if latest.is_none()
-        && let Some(init) = &stage.init
-    {
+
+    /// Starts from a weights file (stage 2 from stage 1), refusing one whose xxh3 is
+    /// not the one the launcher verified.
+    fn init_from(&mut self, init: &str) -> Result<()> {
         let tmp = checkpoint::temp_dir()?;
-        let file = checkpoint::local_copy(init, &spec.store_options, tmp.path())?;
-        if let Some(want) = spec.init_xxh3 {
+        let file = checkpoint::local_copy(init, &self.spec.store_options, tmp.path())?;
+        if let Some(want) = self.spec.init_xxh3 {
             let bytes = std::fs::read(&file)
                 .map_err(|source| TrainError::Io { file: file.display().to_string(), error: source })?;
             let got = xxh3_64(&bytes);
             if got != want {
-                return Err(TrainError::Config(format!(
-                    "init weights {} have xxh3 {got:016x}, expected {want:016x}: not starting from a changed checkpoint",
-                    s3_shards::store::redact(init)
-                )));
+                return Err(TrainError::Weights {
+                    file: s3_shards::store::redact(init),
+                    reason: format!("xxh3 {got:016x}, expected {want:016x}: not starting from a changed checkpoint"),
+                });
             }
         }
-        let report = weights::load(&mut model, &file, Strictness::Strict)?;
+        let report = weights::load(&mut self.model, &file, Strictness::Strict)?;
         tracing::info!(applied = report.applied, "initialised from {}", s3_shards::store::redact(init));
-    }
-    if spec.rank == 0 {
-        let resolved = serde_json::json!({
-            "stage": stage, "model": cfg, "datasets": datasets, "data": data.url(), "world": spec.world,
-        });
-        rt.block_on(json::put_json(run.store().as_ref(), &ObjPath::from("config.json"), &resolved))?;
+        Ok(())
     }
 
-    let per_step = (stage.batch * stage.accumulation) as u64;
-    let per_rank_epoch = sampler.padded_len(spec.world) / spec.world as u64;
-    let steps_per_epoch = per_rank_epoch.div_ceil(per_step);
-    progress(&TrainEvent::Started {
-        samples: sampler.len(),
-        steps_per_epoch,
-        total_steps: steps_per_epoch * stage.epochs,
-        from: state,
-    });
-
-    let started = Instant::now();
-    let mut outcome =
-        TrainOutcome { state, steps_run: 0, last: None, stopped_early: false, preempted: false, weights_digest: 0 };
-    // Every rank takes the same optimiser steps on the mean gradient of all ranks.
-    // The collective follows the device: NCCL on CUDA, the TCP star on the CPU.
-    let mut collective = match (spec.world > 1, spec.master.as_deref()) {
-        (false, _) => None,
-        (true, Some(addr)) => Some(collective::join(addr, spec.rank, spec.world, &spec.collective, device)?),
-        (true, None) => {
-            return Err(TrainError::Config(format!(
+    /// Every rank takes the same optimiser steps on the mean gradient of all ranks.
+    /// The collective follows the device: NCCL on CUDA, the TCP star on the CPU.
+    fn join_collective(&mut self) -> Result<()> {
+        let spec = self.spec;
+        if spec.world == 1 {
+            return Ok(());
+        }
+        let Some(addr) = spec.master.as_deref() else {
+            return Err(TrainError::Launch(format!(
                 "world size {} needs a rendezvous address for the gradient all-reduce: --master HOST:PORT \
                  (or MASTER_ADDR and MASTER_PORT); unsynchronised ranks would train different models",
                 spec.world
             )));
-        }
-    };
-    if let Some(c) = collective.as_deref_mut() {
+        };
+        let c = self.collective.insert(collective::join(addr, spec.rank, spec.world, &spec.collective, &self.device)?);
         // Every rank starts from the same place: a rank that read another checkpoint
         // pointer (a straggler of an old attempt moved it) or another init file would
         // otherwise train diverged weights until the first checkpoint.
-        let position =
-            xxh3_64(&[state.step, state.sampler.epoch, state.sampler.consumed].map(u64::to_le_bytes).concat());
-        check_same_weights(c, weights_digest(&model) ^ position, state.step)?;
+        let s = self.state;
+        let position = xxh3_64(&[s.step, s.sampler.epoch, s.sampler.consumed].map(u64::to_le_bytes).concat());
+        check_same_weights(c.as_mut(), weights_digest(&self.model) ^ position, s.step)
     }
-    if stage.max_steps.is_some_and(|s| state.step >= s) {
-        // Resumed at its step budget: nothing to do (not one more step per relaunch).
-        outcome.stopped_early = state.sampler.epoch < stage.epochs;
-        outcome.weights_digest = weights_digest(&model);
-        return Ok(outcome);
+
+    /// Phase 2: this rank's samples of the epoch, from where the run stands.
+    fn loader(&self, epoch: u64) -> Loader {
+        let (spec, stage) = (self.spec, &self.spec.stage);
+        let positions = self.sampler.rank_positions(self.state.sampler, spec.rank, spec.world);
+        let cfg = LoaderConfig { seed: stage.seed, epoch, threads: spec.loader_threads, ..LoaderConfig::default() };
+        Loader::start(self.data.store().clone(), positions, cfg)
     }
-    let watchdog = spec.step_timeout.map(|t| Watchdog::start(t, Watchdog::exit_process()));
-    // Phase 2: epochs.
-    while state.sampler.epoch < stage.epochs {
-        let epoch = state.sampler.epoch;
-        let lr = stage.lr * stage.schedule.factor(epoch);
-        let positions = sampler.rank_positions(state.sampler, spec.rank, spec.world);
-        let loader = Loader::start(
-            data.store().clone(),
-            positions,
-            LoaderConfig { seed: stage.seed, epoch, threads: spec.loader_threads, ..LoaderConfig::default() },
-        );
-        let mut micro: Vec<Item> = Vec::new();
-        let mut acc = Accumulators::new();
-        let mut step_samples: Vec<String> = Vec::new();
-        let (mut done_positions, mut loss_sum, mut dice_sum, mut n_samples) = (0u64, 0f64, 0f64, 0usize);
-        // Micro-batches and steps close on sample *positions*, not on usable samples:
-        // a sample skipped on one rank must not shift that rank's step boundaries, or
-        // the ranks' all-reduces would pair different steps.
-        let (mut slot_positions, mut slots) = (0usize, 0usize);
-        let mut step_start = Instant::now();
-        let mut loaded = loader.peekable();
-        while let Some(l) = loaded.next() {
-            done_positions += 1;
-            slot_positions += 1;
-            match l {
-                Loaded::Skipped { sample_id, reason, .. } => progress(&TrainEvent::Skipped { sample_id, reason }),
-                Loaded::Item(item) => micro.push(item),
-                // A store that keeps failing ends the run: the resume continues exactly
-                // where the last checkpoint left off, instead of training without the sample.
-                Loaded::Failed { sample_id, error, .. } => {
-                    return Err(TrainError::Read { sample_id, source: Box::new(error) });
-                }
-            }
-            let last = loaded.peek().is_none();
-            if slot_positions == stage.batch || last {
-                slot_positions = 0;
-                slots += 1;
-            }
-            if slot_positions == 0 && !micro.is_empty() {
-                // Phase 3: one micro-batch — embedding, click passes, loss, gradients.
-                let step_seed = stage.seed ^ xxh3_64(&[epoch.to_le_bytes(), micro[0].position.to_le_bytes()].concat());
-                let crate::step::MicroStep { loss, value: loss_val, dice: d } =
-                    micro_step(&model, &micro, stage, &cfg, step_seed, &ad);
-                let n = micro.len();
-                acc.add(&model, loss / stage.accumulation as f64);
-                step_samples.extend(micro.drain(..).map(|i| i.sample_id));
-                loss_sum += loss_val * n as f64;
-                dice_sum += d * n as f64;
-                n_samples += n;
-            }
-            if slots == stage.accumulation || (last && slots > 0) {
-                // Phase 4: all-reduce (when distributed), optimiser step. A step whose
-                // samples were all skipped still counts (with no gradient here), so every
-                // rank and every resume agrees on what step N covered.
-                slots = 0;
-                let mut grads = acc.take();
-                let mut out_of_budget = stage.max_steps.is_some_and(|s| state.step + 1 >= s)
-                    || stage.max_minutes.is_some_and(|mins| started.elapsed().as_secs_f64() >= mins * 60.0);
-                let mut preempted = spec.preempt.as_ref().is_some_and(|p| p.load(Ordering::SeqCst));
-                let mut totals = [loss_sum, dice_sum, n_samples as f64];
-                if let Some(c) = collective.as_deref_mut() {
-                    // The stop decisions travel with the gradients: ranks whose clocks
-                    // disagree about max_minutes, or only one of which got the SIGTERM,
-                    // still stop at the same step.
-                    [out_of_budget, preempted] =
-                        all_reduce_step(c, &model, &mut grads, &mut totals, [out_of_budget, preempted], device)?;
-                }
-                model = opt.step(model, grads, lr, lr * stage.decoder_lr_factor);
-                state.step += 1;
-                outcome.steps_run += 1;
-                state.sampler.consumed += done_positions * spec.world as u64;
-                done_positions = 0;
-                let [loss_total, dice_total, n_total] = totals;
-                let per_sample = |total: f64| if n_total > 0.0 { total / n_total } else { f64::NAN };
-                let m = StepMetrics {
-                    step: state.step,
-                    epoch,
-                    loss: per_sample(loss_total),
-                    dice: per_sample(dice_total),
-                    lr,
-                    samples_per_s: n_total / step_start.elapsed().as_secs_f64().max(1e-9),
-                };
-                (loss_sum, dice_sum, n_samples) = (0.0, 0.0, 0);
-                step_start = Instant::now();
-                if let Some(w) = &watchdog {
-                    w.pet();
-                }
-                log.push(m.clone());
-                progress(&TrainEvent::Step { metrics: m.clone(), samples: std::mem::take(&mut step_samples) });
-                outcome.last = Some(m);
-                // Phase 5: checkpoints and stopping.
-                if last {
-                    state.sampler = SamplerState { epoch: epoch + 1, consumed: 0 };
-                }
-                let stop = out_of_budget || preempted;
-                if state.step % stage.checkpoint_every.max(1) == 0 || last || stop {
-                    // Every rank checks it holds the same weights before rank 0 saves them.
-                    if let Some(c) = collective.as_deref_mut() {
-                        check_same_weights(c, weights_digest(&model), state.step)?;
-                    }
-                    if spec.rank == 0 {
-                        rt.block_on(log.flush(run.store().as_ref(), state.step))?;
-                        let record = CheckpointState { state, identity: identity.clone() };
-                        let dir = checkpoint::save(rt, &run, &model, &opt, &record, log.summary(), stage.keep_last)?;
-                        progress(&TrainEvent::Checkpoint { step: state.step, dir });
-                        // The upload is progress too: a slow store must not trip the watchdog.
-                        if let Some(w) = &watchdog {
-                            w.pet();
-                        }
-                    }
-                }
-                if stop {
-                    outcome.state = state;
-                    outcome.stopped_early = state.sampler.epoch < stage.epochs;
-                    outcome.preempted = preempted;
-                    outcome.weights_digest = weights_digest(&model);
-                    return Ok(outcome);
-                }
+
+    /// One sample position: a usable sample joins the micro-batch, a skipped one is
+    /// reported, a store that keeps failing ends the run (the resume continues exactly
+    /// where the last checkpoint left off, instead of training without the sample).
+    fn take(&self, loaded: Loaded, step: &mut PendingStep, last: bool) -> Result<()> {
+        step.positions += 1;
+        step.slot_positions += 1;
+        match loaded {
+            Loaded::Skipped { sample_id, reason, .. } => (self.progress)(&TrainEvent::Skipped { sample_id, reason }),
+            Loaded::Item(item) => step.micro.push(item),
+            Loaded::Failed { sample_id, error, .. } => {
+                return Err(TrainError::Read { sample_id, source: Box::new(error) });
             }
         }
-        state.sampler = SamplerState { epoch: epoch + 1, consumed: 0 };
+        step.slot_closed = step.slot_positions == self.spec.stage.batch || last;
+        if step.slot_closed {
+            step.slot_positions = 0;
+            step.slots += 1;
+        }
+        Ok(())
     }
-    outcome.state = state;
-    outcome.weights_digest = weights_digest(&model);
-    Ok(outcome)
+
+    /// Phase 3: one micro-batch — embedding, click passes, loss, gradients.
+    fn micro_batch(&self, step: &mut PendingStep, epoch: u64) {
+        let stage = &self.spec.stage;
+        let first = step.micro[0].position;
+        let seed = stage.seed ^ xxh3_64(&[epoch.to_le_bytes(), first.to_le_bytes()].concat());
+        let crate::step::MicroStep { loss, value, dice } =
+            micro_step(&self.model, &step.micro, stage, &self.cfg, seed, &self.ad);
+        let n = step.micro.len();
+        step.acc.add(&self.model, loss / stage.accumulation as f64);
+        step.samples.extend(step.micro.drain(..).map(|i| i.sample_id));
+        step.loss_sum += value * n as f64;
+        step.dice_sum += dice * n as f64;
+        step.n_samples += n;
+    }
+
+    /// Phase 4: the step's gradients, averaged over the ranks when distributed, with
+    /// the stop decisions, which travel with the gradients: ranks whose clocks disagree
+    /// about max_minutes, or only one of which got the SIGTERM, still stop at the same
+    /// step. The totals become the sums over all ranks.
+    fn all_reduce(&mut self, step: &mut PendingStep) -> Result<([GradientsParams; 3], Stops)> {
+        let stage = &self.spec.stage;
+        step.slots = 0;
+        let mut grads = step.acc.take();
+        let out_of_budget = stage.max_steps.is_some_and(|s| self.state.step + 1 >= s)
+            || stage.max_minutes.is_some_and(|mins| self.started.elapsed().as_secs_f64() >= mins * 60.0);
+        let preempted = self.spec.preempt.as_ref().is_some_and(|p| p.load(Ordering::SeqCst));
+        let mut stops = [out_of_budget, preempted];
+        if let Some(c) = self.collective.as_deref_mut() {
+            let mut totals = [step.loss_sum, step.dice_sum, step.n_samples as f64];
+            stops = all_reduce_step(c, &self.model, &mut grads, &mut totals, stops, &self.device)?;
+            [step.loss_sum, step.dice_sum] = [totals[0], totals[1]];
+            step.n_samples = totals[2] as usize;
+        }
+        Ok((grads, Stops { out_of_budget: stops[0], preempted: stops[1] }))
+    }
+
+    /// After the optimiser step: where the run stands, and the step's metrics
+    /// (per-sample means over all ranks) logged and reported.
+    fn record_step(&mut self, step: &mut PendingStep, epoch: u64, lr: f64, last: bool) {
+        self.state.step += 1;
+        self.steps_run += 1;
+        self.state.sampler.consumed += step.positions * self.spec.world as u64;
+        let n = step.n_samples as f64;
+        let per_sample = |total: f64| if n > 0.0 { total / n } else { f64::NAN };
+        let m = StepMetrics {
+            step: self.state.step,
+            epoch,
+            loss: per_sample(step.loss_sum),
+            dice: per_sample(step.dice_sum),
+            lr,
+            samples_per_s: n / step.started.elapsed().as_secs_f64().max(1e-9),
+        };
+        let samples = std::mem::take(&mut step.samples);
+        *step = PendingStep::new();
+        self.log.push(m.clone());
+        (self.progress)(&TrainEvent::Step { metrics: m.clone(), samples });
+        self.last = Some(m);
+        if last {
+            self.state.sampler = SamplerState { epoch: epoch + 1, consumed: 0 };
+        }
+    }
+
+    /// Phase 5: every rank checks it holds the same weights, then rank 0 saves them
+    /// with the metrics so far.
+    fn checkpoint(&mut self, watchdog: Option<&Watchdog>) -> Result<()> {
+        if let Some(c) = self.collective.as_deref_mut() {
+            check_same_weights(c, weights_digest(&self.model), self.state.step)?;
+        }
+        if self.spec.rank != 0 {
+            return Ok(());
+        }
+        let (rt, stage) = (self.rt, &self.spec.stage);
+        rt.block_on(self.log.flush(self.run.store().as_ref(), self.state.step))?;
+        let record = CheckpointState { state: self.state, identity: self.identity.clone() };
+        let dir =
+            checkpoint::save(rt, &self.run, &self.model, &self.opt, &record, self.log.summary(), stage.keep_last)?;
+        (self.progress)(&TrainEvent::Checkpoint { step: self.state.step, dir });
+        // The upload is progress too: a slow store must not trip the watchdog.
+        if let Some(w) = watchdog {
+            w.pet();
+        }
+        Ok(())
+    }
+
+    /// What the run did.
+    fn finish(self, preempted: bool) -> TrainOutcome {
+        TrainOutcome {
+            state: self.state,
+            steps_run: self.steps_run,
+            last: self.last,
+            stopped_early: self.state.sampler.epoch < self.spec.stage.epochs,
+            preempted,
+            weights_digest: weights_digest(&self.model),
+        }
+    }
 }
 
 /// xxh3 of every parameter's f32 values in visiting order.
@@ -485,11 +534,11 @@ pub fn load_latest_weights(
     cfg: &SamConfig,
     device: &Device,
 ) -> Result<(Sam, u64)> {
-    let rt = checkpoint::runtime()?;
+    let rt = s3_shards::io_runtime::io_runtime()?;
     let run = open_store(run_url, options)?;
     let latest = rt
         .block_on(checkpoint::read_latest(run.store().as_ref()))?
-        .ok_or_else(|| TrainError::Config(format!("{run}: no checkpoint yet (checkpoints/latest.json)")))?;
+        .ok_or_else(|| TrainError::NoCheckpoint { run: run.to_string() })?;
     let tmp = checkpoint::temp_dir()?;
     let file = tmp.path().join(s3_shards::run_folder::WEIGHTS_FILE);
     rt.block_on(checkpoint::get_file(run.store().as_ref(), &s3_shards::run_folder::weights_key(&latest.dir), &file))?;
@@ -500,11 +549,13 @@ pub fn load_latest_weights(
 
 /// The stage a run was trained with, from its `config.json` (for `eval` and resume).
 pub fn load_run_stage(run_url: &str, options: &StoreOptions) -> Result<StageConfig> {
-    let rt = checkpoint::runtime()?;
+    let rt = s3_shards::io_runtime::io_runtime()?;
     let run = open_store(run_url, options)?;
     let v: serde_json::Value = rt.block_on(json::get_json(run.store().as_ref(), &ObjPath::from("config.json")))?;
-    let stage = v.get("stage").cloned().ok_or_else(|| TrainError::Config(format!("{run}/config.json has no stage")))?;
-    serde_json::from_value(stage).map_err(|e| TrainError::Config(format!("{run}/config.json: {e}")))
+    let file = format!("{run}/config.json");
+    let stage =
+        v.get("stage").cloned().ok_or_else(|| TrainError::Parse { file: file.clone(), source: "no stage".into() })?;
+    serde_json::from_value(stage).map_err(|e| TrainError::Parse { file, source: Box::new(e) })
 }
 
 #[cfg(test)]

@@ -58,22 +58,19 @@ pub fn literal(s: &str) -> String {
     s.replace('$', "$$")
 }
 
-fn differ(job: &Job, what: &str) -> OrchError {
-    OrchError::Config(format!(
-        "{} attempt {}: the ranks differ in {what}, which one Kubernetes pod template cannot express",
-        job.stage, job.attempt
-    ))
+fn differ(job: &Job, differ: &'static str) -> OrchError {
+    OrchError::PodTemplate { stage: job.stage.clone(), attempt: job.attempt, differ }
 }
 
 /// The container of `job`'s pods; `master_addr` is rank 0's pod as the others reach it.
 pub fn pod_command(job: &Job, master_addr: &str, secret_name: &str) -> Result<PodCommand> {
-    let first = job.ranks.first().ok_or_else(|| OrchError::Config(format!("{}: a job without ranks", job.stage)))?;
+    let first = job.ranks.first().ok_or_else(|| OrchError::NoRanks { stage: job.stage.clone() })?;
     let collective = first.env.iter().any(|(k, _)| k == "RANK");
     let world = job.ranks.len();
     let (pods, ranks_per_pod) = if collective {
         let pods = job.nodes.max(1);
         if !world.is_multiple_of(pods) {
-            return Err(OrchError::Config(format!("{world} ranks do not spread evenly over {pods} pods")));
+            return Err(OrchError::Shape { ranks: world, over: pods, unit: "pods" });
         }
         (pods, world / pods)
     } else {

@@ -93,10 +93,7 @@ pub fn ship(args: &[String]) -> Result<Option<Shipped>> {
     }
     let size: usize = files.iter().map(|(_, t)| t.len()).sum();
     if size > LIMIT {
-        return Err(OrchError::Config(format!(
-            "{} files of {size} bytes for the pods: a ConfigMap holds at most {LIMIT}",
-            files.len()
-        )));
+        return Err(OrchError::ConfigMapFull { files: files.len(), bytes: size, limit: LIMIT });
     }
     // The deepest folder holding them all: below it the layout stays as it is here.
     let mut root = files[0].0.parent().map(Path::to_path_buf).unwrap_or_default();

@@ -80,7 +80,7 @@ fn metadata(k: &K8s, name: &str, id: &Identity) -> Value {
     json!({"name": name, "namespace": k.namespace, "labels": labels})
 }
 
-fn resources(k: &K8s, job: &Job, cmd: &PodCommand) -> Result<Value> {
+fn resources(k: &K8s, cmd: &PodCommand) -> Result<Value> {
     let r = cmd.ranks_per_pod;
     let (mut requests, mut limits) = (Map::new(), Map::new());
     if let Some(c) = k.cpus_per_rank {
@@ -94,10 +94,7 @@ fn resources(k: &K8s, job: &Job, cmd: &PodCommand) -> Result<Value> {
         // A training pod takes the node's GPUs; a lone process (eval) one.
         let gpus = if cmd.collective { k.gpus_per_node.map_or(r, |g| g as usize) } else { 1 };
         if gpus < r {
-            return Err(OrchError::Config(format!(
-                "{}: {r} ranks per pod but {gpus} GPUs per pod (gpus_per_node): one GPU per rank",
-                job.stage
-            )));
+            return Err(OrchError::Gpus { ranks_per_pod: r, gpus_per_node: gpus });
         }
         limits.insert("nvidia.com/gpu".into(), gpus.to_string().into());
     }
@@ -122,16 +119,14 @@ fn pod_template(
     // plan.rs names the ingest's two jobs so.
     let ingest = matches!(job.stage.as_str(), "ingest" | "ingest-merge");
     let image = if ingest { k.ingest_image.as_deref().or(k.image.as_deref()) } else { k.image.as_deref() };
-    let image = image.ok_or_else(|| {
-        OrchError::Config("the k8s backend needs an image (image = \"...\" in the cluster profile, or --image)".into())
-    })?;
+    let image = image.ok_or_else(|| OrchError::NeedsImage { needed_by: "the k8s backend".into() })?;
     let mut container = json!({
         "name": CONTAINER,
         "image": image,
         "command": cmd.command,
         "args": cmd.args,
         "env": cmd.env,
-        "resources": resources(k, job, cmd)?,
+        "resources": resources(k, cmd)?,
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
     });
     if let Some(s) = &k.secret {

@@ -23,9 +23,11 @@ pub fn node_selector(text: &str) -> Result<Map<String, Value>> {
                 out.insert(k.trim().to_string(), v.trim().into());
             }
             _ => {
-                return Err(OrchError::Config(format!(
-                    "node_selector: {item:?} is not KEY=VALUE (e.g. \"pool=gpu,nvidia.com/gpu.present=true\")"
-                )));
+                return Err(OrchError::Setting {
+                    name: "node_selector",
+                    value: item.to_string(),
+                    expected: "KEY=VALUE (e.g. \"pool=gpu,nvidia.com/gpu.present=true\")".into(),
+                });
             }
         }
     }
@@ -46,11 +48,14 @@ pub fn tolerations(text: &str) -> Result<Vec<Value>> {
                 None => (taint.trim(), None),
             };
             if key.is_empty() || effect.is_some_and(|e| !EFFECTS.contains(&e)) {
-                return Err(OrchError::Config(format!(
-                    "tolerations: {item:?} is not KEY[=VALUE][:EFFECT] with EFFECT one of {} \
-                     (e.g. \"nvidia.com/gpu:NoSchedule\")",
-                    EFFECTS.join(", ")
-                )));
+                return Err(OrchError::Setting {
+                    name: "tolerations",
+                    value: item.to_string(),
+                    expected: format!(
+                        "KEY[=VALUE][:EFFECT] with EFFECT one of {} (e.g. \"nvidia.com/gpu:NoSchedule\")",
+                        EFFECTS.join(", ")
+                    ),
+                });
             }
             let mut t = match value {
                 Some(v) => json!({"key": key, "operator": "Equal", "value": v}),

@@ -22,10 +22,14 @@ impl Quantity {
             Ok(number) if number >= 0.0 && SUFFIXES.contains(&suffix) => {
                 Ok(Quantity { number, suffix: suffix.to_string() })
             }
-            _ => Err(OrchError::Config(format!(
-                "mem_per_rank = {text:?} is not a Kubernetes quantity (e.g. 64Gi, 64G: a number and one of {})",
-                SUFFIXES[1..].join(", ")
-            ))),
+            _ => Err(OrchError::Setting {
+                name: "mem_per_rank",
+                value: text.to_string(),
+                expected: format!(
+                    "a Kubernetes quantity (e.g. 64Gi, 64G: a number and one of {})",
+                    SUFFIXES[1..].join(", ")
+                ),
+            }),
         }
     }
 
@@ -46,10 +50,10 @@ pub fn seconds(text: &str) -> Result<u64> {
     if let Ok(d) = humantime::parse_duration(t) {
         return Ok(d.as_secs());
     }
-    let bad = || {
-        OrchError::Config(format!(
-            "time_limit = {text:?} is not a duration (48h, 90m, or Slurm's D-HH:MM:SS, HH:MM:SS)"
-        ))
+    let bad = || OrchError::Setting {
+        name: "time_limit",
+        value: text.to_string(),
+        expected: "a duration (48h, 90m, or Slurm's D-HH:MM:SS, HH:MM:SS)".into(),
     };
     let num = |s: &str| s.parse::<u64>().map_err(|_| bad());
     let (days, rest) = match t.split_once('-') {

@@ -97,6 +97,14 @@ pub struct CaseRef {
     pub skip: Option<String>,
 }
 
+impl CaseRef {
+    /// A case as a layout lists it: no per-case modality, not skipped (the task's rules
+    /// set those afterwards).
+    pub fn new(case_id: String, image: String, channels: Channels, label: LabelSource, values: ValueMap) -> CaseRef {
+        CaseRef { case_id, image, channels, label, values, modality: None, skip: None }
+    }
+}
+
 /// The cases of a task and what the layout says about labels.
 #[derive(Clone, Debug, Default)]
 pub struct Listing {

@@ -30,6 +30,16 @@ pub enum TrainError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A flag's value cannot be used.
+    #[error("{flag} {value:?}: expected {expected}")]
+    Flag {
+        /// The flag (`--init-xxh3`).
+        flag: &'static str,
+        /// Its value.
+        value: String,
+        /// What it should be.
+        expected: &'static str,
+    },
     /// The launch environment (DESIGN §10) or the flags that stand in for it do not
     /// describe a rank of a job.
     #[error("launch: {0}")]

@@ -27,6 +27,9 @@ pub mod weights;
 pub use data::{loader, row_cache, sampler};
 pub use evaluation::{class_map, eval, predict, source_eval};
 pub use launch::{collective, device, launch_env};
-pub use training::{checkpoint, clicks, loss, metrics, plots, run_identity, schedule, stage, step, train, watchdog};
+pub use training::{
+    checkpoint, clicks, loss, metrics, plots, run_identity, run_settings, run_spec, schedule, stage, step, train,
+    watchdog,
+};
 
 pub use error::{Result, TrainError};

@@ -214,7 +214,7 @@ pub(super) async fn list(source: &Source, keys: &BTreeSet<String>, task: &TaskEn
             resolve_label(&tree, &label_templates, &caps, stack.as_ref(), &mut used)
         };
         let channels = Channels { files, names: task.channel_names.clone(), keep: task.channels.clone() };
-        cases.push(CaseRef { case_id, image, channels, label, values: values.clone(), modality: None, skip: None });
+        cases.push(CaseRef::new(case_id, image, channels, label, values.clone()));
     }
     // Flat layouts name labels like images (`Case00.mhd`, `Case00_segmentation.mhd`):
     // a file another case uses as its label, mask or channel is not a case itself.

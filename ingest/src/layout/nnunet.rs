@@ -86,7 +86,7 @@ pub(super) async fn list(source: &Source, keys: &BTreeSet<String>, task: &TaskEn
                     |k| LabelSource::File(format!("{root}{k}")),
                 );
             let channels = Channels { files, names: channel_names.clone(), keep: task.channels.clone() };
-            CaseRef { case_id, image, channels, label, values: values.clone(), modality: None, skip: None }
+            CaseRef::new(case_id, image, channels, label, values.clone())
         })
         .collect();
     Ok(Listing { cases, labels: names, root, unused: Vec::new(), used: BTreeSet::new() })

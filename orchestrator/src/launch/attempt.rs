@@ -10,6 +10,40 @@ use s3_shards::{StoreLocation, StoreOptions, open_store};
 use crate::backend::Backend;
 use crate::error::{OrchError, Result};
 use crate::ledger::{Attempt, Ledger, State, now};
+use crate::run_store::runtime;
+use crate::stage::Stage;
+
+/// A stage about to get its next attempt: the run folder, its ledger (a stale running
+/// attempt already marked failed) and the attempt's number.
+pub(crate) struct NextAttempt {
+    /// The run folder (an empty stand-in for a dry run's new local folder).
+    pub run: StoreLocation,
+    /// The run's ledger.
+    pub ledger: Ledger,
+    /// The number the new attempt gets (1-based).
+    pub attempt: u32,
+}
+
+/// Every launch's first steps: open the run folder and its ledger; `None` (said) when
+/// the stage already succeeded; refused while its newest attempt still runs.
+pub(crate) fn next_attempt(
+    run_url: &str,
+    run_id: &str,
+    options: &StoreOptions,
+    stage: Stage,
+    dry_run: bool,
+    say: &dyn Fn(&str),
+) -> Result<Option<NextAttempt>> {
+    let run = open_run(run_url, options, dry_run)?;
+    let mut ledger = runtime()?.block_on(Ledger::load_or_new(run.store().as_ref(), run_id))?;
+    if ledger.stage(stage.name()).is_some_and(|s| s.state == State::Succeeded) {
+        say(&format!("run {run_id}: {stage} already succeeded; nothing to do"));
+        return Ok(None);
+    }
+    refuse_if_running(&mut ledger, stage.name())?;
+    let attempt = ledger.stage(stage.name()).map_or(0, |s| s.attempts.len() as u32) + 1;
+    Ok(Some(NextAttempt { run, ledger, attempt }))
+}
 
 /// Whether a stage file names its own `datasets.catalog`.
 pub(crate) fn names_catalog(stage_file: &std::path::Path) -> Result<bool> {

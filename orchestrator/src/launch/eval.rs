@@ -6,10 +6,10 @@ use s3_shards::open_store;
 
 use super::Launched;
 use super::StageLaunch;
-use super::attempt::{log_dir_for, open_run, record_running, refuse_if_running, running_jobs};
+use super::attempt::{NextAttempt, log_dir_for, next_attempt, record_running, running_jobs};
 use crate::backend::Backend;
 use crate::error::{OrchError, Result};
-use crate::ledger::{Attempt, Ledger, State};
+use crate::ledger::{Attempt, State};
 use crate::outcome::close_eval;
 use crate::plan::{Hooks, TrainPlan, eval_job};
 use crate::run_store::{join, runtime};
@@ -22,14 +22,11 @@ pub fn launch_eval(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, say
     const EVAL: &str = Stage::Eval.name();
     let rt = runtime()?;
     let run_url = join(&spec.runs, &spec.run_id);
-    let run = open_run(&run_url, &spec.store_options, dry_run)?;
-    let mut ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), &spec.run_id))?;
-    if ledger.stage(EVAL).is_some_and(|s| s.state == State::Succeeded) {
-        say(&format!("run {}: eval already succeeded; nothing to do", spec.run_id));
+    let Some(NextAttempt { run, mut ledger, attempt }) =
+        next_attempt(&run_url, &spec.run_id, &spec.store_options, Stage::Eval, dry_run, say)?
+    else {
         return Ok(Launched::AlreadySucceeded);
-    }
-    refuse_if_running(&mut ledger, EVAL)?;
-    let attempt = ledger.stage(EVAL).map_or(0, |s| s.attempts.len() as u32) + 1;
+    };
     let stage_run = join(&run_url, spec.stage.name());
     let log_dir = log_dir_for(&run, &spec.log_root, &spec.run_id, EVAL, attempt);
     let plan = TrainPlan {

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use s3_shards::StoreOptions;
 
 use super::Launched;
-use super::attempt::{log_dir_for, open_run, record_running, refuse_if_running};
+use super::attempt::{NextAttempt, log_dir_for, next_attempt, record_running};
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::ledger::{Attempt, Ledger, State};
+use crate::ledger::Attempt;
 use crate::outcome::close_ingest;
 use crate::plan::{Hooks, IngestPlan, ingest_job, merge_job};
 use crate::run_store::{join, runtime};
@@ -38,14 +38,12 @@ pub fn launch_ingest(
 ) -> Result<Launched> {
     const INGEST: &str = Stage::Ingest.name();
     let rt = runtime()?;
-    let run = open_run(&join(&spec.runs, &spec.run_id), &spec.store_options, dry_run)?;
-    let mut ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), &spec.run_id))?;
-    if ledger.stage(INGEST).is_some_and(|s| s.state == State::Succeeded) {
-        say(&format!("run {}: ingest already succeeded; nothing to do", spec.run_id));
+    let run_url = join(&spec.runs, &spec.run_id);
+    let Some(NextAttempt { run, mut ledger, attempt }) =
+        next_attempt(&run_url, &spec.run_id, &spec.store_options, Stage::Ingest, dry_run, say)?
+    else {
         return Ok(Launched::AlreadySucceeded);
-    }
-    refuse_if_running(&mut ledger, INGEST)?;
-    let attempt = ledger.stage(INGEST).map_or(0, |s| s.attempts.len() as u32) + 1;
+    };
     let log_dir = log_dir_for(&run, &spec.log_root, &spec.run_id, INGEST, attempt);
     let mut workers = ingest_job(&spec.plan, &spec.run_id, attempt, log_dir.clone());
     let mut merge =

@@ -6,11 +6,11 @@ use s3_shards::{StoreOptions, open_store};
 
 use super::Launched;
 use super::attempt::{
-    free_port, job_token, log_dir_for, names_catalog, open_run, record_running, refuse_if_running, running_jobs,
+    NextAttempt, free_port, job_token, log_dir_for, names_catalog, next_attempt, record_running, running_jobs,
 };
 use crate::backend::Backend;
 use crate::error::{OrchError, Result};
-use crate::ledger::{Attempt, Ledger, State};
+use crate::ledger::{Attempt, Ledger};
 use crate::outcome::{stage1_checkpoint, training_outcome};
 use crate::plan::{Hooks, Job, TrainPlan, train_job};
 use crate::run_store::{join, object_xxh3, runtime};
@@ -54,13 +54,11 @@ pub struct StageLaunch {
 pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, say: &dyn Fn(&str)) -> Result<Launched> {
     let rt = runtime()?;
     let run_url = join(&spec.runs, &spec.run_id);
-    let run = open_run(&run_url, &spec.store_options, dry_run)?;
-    let mut ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), &spec.run_id))?;
-    if ledger.stage(spec.stage.name()).is_some_and(|s| s.state == State::Succeeded) {
-        say(&format!("run {}: {} already succeeded; nothing to do", spec.run_id, spec.stage));
+    let Some(NextAttempt { run, mut ledger, attempt }) =
+        next_attempt(&run_url, &spec.run_id, &spec.store_options, spec.stage, dry_run, say)?
+    else {
         return Ok(Launched::AlreadySucceeded);
-    }
-    refuse_if_running(&mut ledger, spec.stage.name())?;
+    };
     let in_job = backend.records_in_job();
     let previous = spec.stage.previous();
     let after = if in_job { previous.and_then(|p| running_jobs(&ledger, p.name(), backend)) } else { None };
@@ -81,7 +79,6 @@ pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, sa
             Err(e) => return Err(e),
         }
     };
-    let attempt = ledger.stage(spec.stage.name()).map_or(0, |s| s.attempts.len() as u32) + 1;
     let stage_run = join(&run_url, spec.stage.name());
     let log_dir = log_dir_for(&run, &spec.log_root, &spec.run_id, spec.stage.name(), attempt);
     let plan = TrainPlan {

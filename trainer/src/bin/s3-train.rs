@@ -384,36 +384,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
             samples_log,
             loader_threads,
         } => {
-            let stage = s3_trainer::stage::StageConfig::load(&stage)?.with_flags(init, catalog.as_deref());
-            let launch =
-                s3_trainer::launch_env::from_env(&s3_trainer::launch_env::LaunchFlags { rank, world, master })?;
+            let flags = s3_trainer::run_settings::TrainFlags {
+                stage,
+                data,
+                run,
+                no_resume,
+                init,
+                init_xxh3,
+                catalog,
+                launch: s3_trainer::launch_env::LaunchFlags { rank, world, master },
+                collective_timeout_s: collective_timeout,
+                step_timeout_s: step_timeout,
+                loader_threads,
+            };
+            let (mut spec, launch) = s3_trainer::run_settings::resolve(&flags, &|k| std::env::var(k).ok())?;
             let device = s3_trainer::device::rank_device(&cli.device, launch.local_rank, device)?;
             launch.log();
-            let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
             // SIGTERM (Kubernetes, Slurm at the time limit) and SIGUSR2 (Slurm's
             // --signal) mean "checkpoint at the next step and exit 75" (DESIGN §10).
             let preempt = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR2] {
                 signal_hook::flag::register(sig, preempt.clone()).context("installing the signal handler")?;
             }
-            let spec = s3_trainer::train::RunSpec {
-                rank: launch.rank,
-                world: launch.world,
-                master: launch.master.clone(),
-                resume: !no_resume,
-                collective: s3_trainer::collective::CollectiveOptions {
-                    io_timeout: secs(collective_timeout).unwrap_or(Duration::MAX),
-                    token: launch.job_token.clone(),
-                    ..Default::default()
-                },
-                step_timeout: secs(step_timeout),
-                init_xxh3: init_xxh3
-                    .map(|h| u64::from_str_radix(&h, 16).with_context(|| format!("--init-xxh3 {h:?} is not hex")))
-                    .transpose()?,
-                preempt: Some(preempt),
-                loader_threads,
-                ..s3_trainer::train::RunSpec::new(data, run, stage)
-            };
+            spec.preempt = Some(preempt);
             let outcome = progress::train_with_progress(&spec, &device, samples_log.as_deref())?;
             println!(
                 "rank {}/{}: trained {} steps (epoch {}), last loss {:.4}, dice {:.3}, weights xxh3 {:016x}",

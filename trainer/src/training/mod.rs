@@ -14,6 +14,7 @@ pub mod loss;
 pub mod metrics;
 pub mod plots;
 pub mod run_identity;
+pub mod run_settings;
 pub mod run_spec;
 pub mod schedule;
 pub mod stage;

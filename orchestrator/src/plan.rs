@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use crate::stage::Stage;
+
 /// One rank's process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RankCommand {
@@ -19,13 +21,47 @@ pub struct RankCommand {
     pub env: Vec<(String, String)>,
 }
 
+/// What a job does: a stage's own work, or the merge that publishes what an ingest's
+/// workers committed (a second scheduler job, recorded under the ingest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobKind {
+    /// The stage's processes.
+    Run(Stage),
+    /// `s3-ingest merge` after the ingest's workers.
+    IngestMerge,
+}
+
+impl JobKind {
+    /// The ledger stage the job belongs to.
+    pub fn stage(self) -> Stage {
+        match self {
+            JobKind::Run(s) => s,
+            JobKind::IngestMerge => Stage::Ingest,
+        }
+    }
+
+    /// Its name in scheduler job names, labels and log files.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobKind::Run(s) => s.name(),
+            JobKind::IngestMerge => "ingest-merge",
+        }
+    }
+}
+
+impl std::fmt::Display for JobKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Everything a backend needs to run one attempt of a stage.
 #[derive(Clone, Debug)]
 pub struct Job {
     /// Run id.
     pub run_id: String,
-    /// Stage name.
-    pub stage: String,
+    /// The stage, or the ingest's merge.
+    pub kind: JobKind,
     /// Attempt number (1-based).
     pub attempt: u32,
     /// The ranks.
@@ -46,22 +82,13 @@ impl Job {
     /// (the launcher adds those where a backend chains jobs).
     pub fn new(
         run_id: &str,
-        stage: &str,
+        kind: JobKind,
         attempt: u32,
         ranks: Vec<RankCommand>,
         nodes: usize,
         log_dir: PathBuf,
     ) -> Job {
-        Job {
-            run_id: run_id.into(),
-            stage: stage.into(),
-            attempt,
-            ranks,
-            nodes,
-            log_dir,
-            after: Vec::new(),
-            hooks: None,
-        }
+        Job { run_id: run_id.into(), kind, attempt, ranks, nodes, log_dir, after: Vec::new(), hooks: None }
     }
 }
 
@@ -114,7 +141,7 @@ pub const TOKEN_SHOWN: &str = "<per-attempt token>";
 pub fn train_job(
     plan: &TrainPlan,
     run_id: &str,
-    stage: &str,
+    stage: Stage,
     attempt: u32,
     port: u16,
     token: Option<&str>,
@@ -151,7 +178,7 @@ pub fn train_job(
                 ("MASTER_ADDR".into(), "127.0.0.1".into()),
                 ("MASTER_PORT".into(), if port == 0 { "<free port at launch>".into() } else { port.to_string() }),
                 ("S3_RUN_ID".into(), run_id.into()),
-                ("S3_STAGE".into(), stage.into()),
+                ("S3_STAGE".into(), stage.name().into()),
                 ("S3_ATTEMPT".into(), attempt.to_string()),
                 ("S3_JOB_TOKEN".into(), token.unwrap_or(TOKEN_SHOWN).into()),
             ]
@@ -160,7 +187,7 @@ pub fn train_job(
             .collect(),
         })
         .collect();
-    Job::new(run_id, stage, attempt, ranks, plan.nodes.max(1), log_dir)
+    Job::new(run_id, JobKind::Run(stage), attempt, ranks, plan.nodes.max(1), log_dir)
 }
 
 /// What an ingest needs.
@@ -184,10 +211,10 @@ pub struct IngestPlan {
 
 /// The launch contract's identity variables of a one-process-per-rank job without a
 /// rendezvous, then the plan's own environment.
-fn identity_env(stage: &str, run_id: &str, attempt: u32, env: &BTreeMap<String, String>) -> Vec<(String, String)> {
+fn identity_env(stage: Stage, run_id: &str, attempt: u32, env: &BTreeMap<String, String>) -> Vec<(String, String)> {
     [
         ("S3_RUN_ID".to_string(), run_id.to_string()),
-        ("S3_STAGE".into(), stage.into()),
+        ("S3_STAGE".into(), stage.name().into()),
         ("S3_ATTEMPT".into(), attempt.to_string()),
     ]
     .into_iter()
@@ -217,11 +244,11 @@ pub fn ingest_job(plan: &IngestPlan, run_id: &str, attempt: u32, log_dir: PathBu
                 rank: w,
                 program: plan.ingest_bin.clone(),
                 args,
-                env: identity_env("ingest", run_id, attempt, &plan.env),
+                env: identity_env(Stage::Ingest, run_id, attempt, &plan.env),
             }
         })
         .collect();
-    Job::new(run_id, "ingest", attempt, ranks, 1, log_dir)
+    Job::new(run_id, JobKind::Run(Stage::Ingest), attempt, ranks, 1, log_dir)
 }
 
 /// `s3-ingest merge`: publishes what all workers committed.
@@ -230,9 +257,9 @@ pub fn merge_job(plan: &IngestPlan, run_id: &str, attempt: u32, log_dir: PathBuf
         rank: 0,
         program: plan.ingest_bin.clone(),
         args: vec!["merge".into(), "--out".into(), plan.out.clone()],
-        env: identity_env("ingest", run_id, attempt, &plan.env),
+        env: identity_env(Stage::Ingest, run_id, attempt, &plan.env),
     };
-    Job::new(run_id, "ingest-merge", attempt, vec![rank], 1, log_dir)
+    Job::new(run_id, JobKind::IngestMerge, attempt, vec![rank], 1, log_dir)
 }
 
 /// `s3-train eval` of a training stage's run folder (its final weights, its own
@@ -247,7 +274,7 @@ pub fn eval_job(plan: &TrainPlan, run_id: &str, attempt: u32, log_dir: PathBuf) 
         "--run".into(),
         plan.run_dir.clone(),
     ];
-    let env = identity_env("eval", run_id, attempt, &plan.env);
+    let env = identity_env(Stage::Eval, run_id, attempt, &plan.env);
     let rank = RankCommand { rank: 0, program: plan.train_bin.clone(), args, env };
-    Job::new(run_id, "eval", attempt, vec![rank], 1, log_dir)
+    Job::new(run_id, JobKind::Run(Stage::Eval), attempt, vec![rank], 1, log_dir)
 }

@@ -111,7 +111,7 @@ fn the_shipped_profile_renders() {
     let tmp = tempfile::tempdir().unwrap();
     let mut plan = train_plan(&settings, "s3-train".into(), "s3://b/d", "s3://b/r");
     plan.stage_file = stage_file(tmp.path());
-    let job = train_job(&plan, "r", "stage1", 1, 0, None, "l".into());
+    let job = train_job(&plan, "r", s3_orch::stage::Stage::Stage1, 1, 0, None, "l".into());
     let docs = k.manifests(&job).unwrap();
     let pod = &docs.last().unwrap()["spec"]["template"]["spec"];
     assert_eq!(pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"], "4");
@@ -349,7 +349,7 @@ fn train_on_two_pods(ranks: usize) -> Vec<String> {
     });
     let mut plan = train_plan(&s, bin("s3-train"), data.to_str().unwrap(), run_dir.to_str().unwrap());
     plan.stage_file = stage;
-    let job = train_job(&plan, "kr", "stage1", 1, 0, Some("t0k3n"), tmp.path().join("logs"));
+    let job = train_job(&plan, "kr", s3_orch::stage::Stage::Stage1, 1, 0, Some("t0k3n"), tmp.path().join("logs"));
     let docs = K8s::new(&s).unwrap().manifests(&job).unwrap();
     assert_eq!(doc(&docs, "Service")["spec"]["clusterIP"], "None");
     assert_eq!(doc(&docs, "ConfigMap")["data"]["stage1.toml"], stage_toml("stage1"), "the stage file travels");
@@ -428,7 +428,8 @@ fn three_ingest_pods_and_the_merge_job_publish_what_one_process_does() {
 /// A job of `pods` × 2 ranks running `script` with `sh -c` (a training job's shape).
 fn two_ranks_per_pod(pods: usize, script: &str) -> Job {
     let s = settings(Layer { ranks: Some(pods * 2), nodes: Some(pods), ..Default::default() });
-    let mut job = train_job(&train_plan(&s, "sh".into(), "d", "r"), "w", "stage1", 1, 0, None, "l".into());
+    let mut job =
+        train_job(&train_plan(&s, "sh".into(), "d", "r"), "w", s3_orch::stage::Stage::Stage1, 1, 0, None, "l".into());
     for r in &mut job.ranks {
         r.args = vec!["-c".into(), script.into()];
     }
@@ -529,7 +530,7 @@ fn submit_wait_and_cancel_speak_kubectl() {
     let k = K8s::new(&s).unwrap().with_kubectl(&fake).with_poll(Duration::from_millis(10));
     let mut plan = train_plan(&s, "s3-train".into(), "s3://b/d", "s3://b/r");
     plan.stage_file = stage_file(tmp.path());
-    let job = train_job(&plan, "Run_1", "stage1", 2, 0, Some("tok"), tmp.path().join("logs"));
+    let job = train_job(&plan, "Run_1", s3_orch::stage::Stage::Stage1, 2, 0, Some("tok"), tmp.path().join("logs"));
     let labels = serde_json::json!({"s3/run": "Run_1", "s3/stage": "stage1", "s3/attempt": "2"});
     let running = serde_json::json!({"metadata": {"labels": labels}, "status": {"active": 2}});
     let complete = serde_json::json!({"metadata": {"labels": labels},

@@ -248,7 +248,7 @@ impl Backend for K8s {
         let kind = kind_of(self, job);
         let head = format!(
             "# {} attempt {}: Kubernetes {} in namespace {}, submitted with `kubectl apply -f -`\n{}",
-            job.stage,
+            job.kind,
             job.attempt,
             match kind {
                 Kind::Job => "Indexed Job",

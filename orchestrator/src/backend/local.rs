@@ -68,7 +68,7 @@ impl Backend for Local {
     }
 
     fn render(&self, job: &Job) -> String {
-        let mut out = format!("# {} attempt {}: {} local process(es)\n", job.stage, job.attempt, job.ranks.len());
+        let mut out = format!("# {} attempt {}: {} local process(es)\n", job.kind, job.attempt, job.ranks.len());
         for r in &job.ranks {
             let env: Vec<String> = r.env.iter().map(|(k, v)| format!("{k}={}", shell_quote(v))).collect();
             let args: Vec<String> = r.args.iter().map(|a| shell_quote(a)).collect();

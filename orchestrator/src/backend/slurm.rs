@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use crate::backend::{Backend, JobEnd, Submission, shell_quote};
 use crate::error::{OrchError, Result};
-use crate::plan::{Hooks, Job};
+use crate::plan::{Hooks, Job, JobKind};
 use crate::settings::Settings;
+use crate::stage::Stage;
 
 /// Variables the launcher sets per rank that Slurm provides instead (or the script
 /// makes: the token, the attempt).
@@ -135,7 +136,7 @@ impl Slurm {
 
     fn hook_args(&self, job: &Job, hooks: &Hooks) -> String {
         // The merge job records the ingest's end: one ledger stage for both jobs.
-        let stage = if job.stage == "ingest-merge" { "ingest" } else { job.stage.as_str() };
+        let stage = job.kind.stage().name();
         format!(
             "ORCH={}\nHOOK=(--runs {} --run {} --stage {})\n",
             shell_quote(&self.orch()),
@@ -170,8 +171,8 @@ impl Slurm {
     fn train_script(&self, job: &Job, hooks: &Hooks) -> Result<String> {
         let v = &self.settings.values;
         let per_node = self.settings.ranks_per_node()?;
-        let r0 = job.ranks.first().ok_or_else(|| OrchError::NoRanks { stage: job.stage.clone() })?;
-        let mut s = self.header(job, &format!("s3-{}-{}", job.run_id, job.stage), "slurm-%j.out");
+        let r0 = job.ranks.first().ok_or_else(|| OrchError::NoRanks { stage: job.kind.to_string() })?;
+        let mut s = self.header(job, &format!("s3-{}-{}", job.run_id, job.kind), "slurm-%j.out");
         s.push_str(&format!("#SBATCH --nodes={}\n#SBATCH --ntasks-per-node={per_node}\n", job.nodes));
         if let Some(c) = v.cpus_per_rank {
             s.push_str(&format!("#SBATCH --cpus-per-task={c}\n"));
@@ -211,7 +212,7 @@ impl Slurm {
             s.push_str("fi\nread -r S3_INIT S3_INIT_XXH3 <<< \"$GATE\"\n");
         }
         let mut cmd = String::new();
-        if job.stage == "eval" {
+        if job.kind == JobKind::Run(Stage::Eval) {
             cmd.push_str(&format!("{} > \"$LOGS/rank-0.log\" 2>&1\n", self.command(&r0.program, &args)));
         } else {
             let pyxis = match (v.container.as_deref(), &v.image) {
@@ -240,7 +241,7 @@ impl Slurm {
     /// The ingest workers as an array job (`--worker $SLURM_ARRAY_TASK_ID/N`), or
     /// the one worker / the merge that records the ingest's end.
     fn ingest_script(&self, job: &Job) -> Result<String> {
-        let r0 = job.ranks.first().ok_or_else(|| OrchError::NoRanks { stage: job.stage.clone() })?;
+        let r0 = job.ranks.first().ok_or_else(|| OrchError::NoRanks { stage: job.kind.to_string() })?;
         let n = job.ranks.len();
         let jobs = self.settings.jobs();
         let mut s = if n > 1 {
@@ -248,7 +249,7 @@ impl Slurm {
             s.push_str(&format!("#SBATCH --array=0-{}%{n}\n", n - 1));
             s
         } else {
-            self.header(job, &format!("s3-{}-{}", job.run_id, job.stage), "rank-0.log")
+            self.header(job, &format!("s3-{}-{}", job.run_id, job.kind), "rank-0.log")
         };
         s.push_str(&format!("#SBATCH --ntasks=1\n#SBATCH --cpus-per-task={jobs}\nset -uo pipefail\n"));
         s.push_str(&self.exports(job));
@@ -277,10 +278,10 @@ impl Slurm {
     }
 
     fn script(&self, job: &Job) -> Result<String> {
-        match (&job.hooks, job.stage.as_str()) {
-            (_, "ingest" | "ingest-merge") => self.ingest_script(job),
+        match (&job.hooks, job.kind.stage()) {
+            (_, Stage::Ingest) => self.ingest_script(job),
             (Some(h), _) => self.train_script(job, h),
-            (None, _) => Err(OrchError::NoHooks { stage: job.stage.clone() }),
+            (None, _) => Err(OrchError::NoHooks { stage: job.kind.to_string() }),
         }
     }
 
@@ -332,8 +333,8 @@ impl Backend for Slurm {
             format!(" --dependency=afterok:{} --kill-on-invalid-dep=yes", job.after.join(":"))
         };
         match self.script(job) {
-            Ok(s) => format!("# {} attempt {}: sbatch --parsable{deps}\n{s}", job.stage, job.attempt),
-            Err(e) => format!("# {}: cannot render: {e}\n", job.stage),
+            Ok(s) => format!("# {} attempt {}: sbatch --parsable{deps}\n{s}", job.kind, job.attempt),
+            Err(e) => format!("# {}: cannot render: {e}\n", job.kind),
         }
     }
 
@@ -341,7 +342,7 @@ impl Backend for Slurm {
         let script = self.script(job)?;
         std::fs::create_dir_all(&job.log_dir)
             .map_err(|source| OrchError::Io { file: job.log_dir.display().to_string(), source })?;
-        let file = job.log_dir.join(format!("{}-attempt-{}.sbatch", job.stage, job.attempt));
+        let file = job.log_dir.join(format!("{}-attempt-{}.sbatch", job.kind, job.attempt));
         std::fs::write(&file, &script).map_err(|source| OrchError::Io { file: file.display().to_string(), source })?;
         let mut cmd = Command::new("sbatch");
         cmd.arg("--parsable");
@@ -420,7 +421,7 @@ mod tests {
             device: "cuda".into(),
             env: Default::default(),
         };
-        let mut job = crate::plan::train_job(&plan, "r", "stage1", 1, 0, None, "/logs/stage1".into());
+        let mut job = crate::plan::train_job(&plan, "r", Stage::Stage1, 1, 0, None, "/logs/stage1".into());
         job.hooks =
             Some(Hooks { runs: "s3://b/runs".into(), stage_file: Some("stage1.toml".into()), ..Default::default() });
         (Slurm::new(settings).unwrap(), job)

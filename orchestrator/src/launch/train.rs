@@ -113,7 +113,7 @@ pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, sa
         job
     };
     if dry_run {
-        let job = with_chain(train_job(&plan, &spec.run_id, spec.stage.name(), attempt, 0, None, log_dir));
+        let job = with_chain(train_job(&plan, &spec.run_id, spec.stage, attempt, 0, None, log_dir));
         return Ok(Launched::DryRun(backend.render(&job)));
     }
     let data = open_store(&spec.data, &spec.store_options)?;
@@ -126,15 +126,8 @@ pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, sa
         }
     };
     let token = job_token(&spec.run_id, spec.stage.name(), attempt);
-    let job = with_chain(train_job(
-        &plan,
-        &spec.run_id,
-        spec.stage.name(),
-        attempt,
-        free_port()?,
-        Some(&token),
-        log_dir.clone(),
-    ));
+    let job =
+        with_chain(train_job(&plan, &spec.run_id, spec.stage, attempt, free_port()?, Some(&token), log_dir.clone()));
     say(&format!(
         "run {}: {} attempt {attempt} on {} ({} rank(s){}); logs in {}",
         spec.run_id,

@@ -59,12 +59,12 @@ pub fn literal(s: &str) -> String {
 }
 
 fn differ(job: &Job, differ: &'static str) -> OrchError {
-    OrchError::PodTemplate { stage: job.stage.clone(), attempt: job.attempt, differ }
+    OrchError::PodTemplate { stage: job.kind.to_string(), attempt: job.attempt, differ }
 }
 
 /// The container of `job`'s pods; `master_addr` is rank 0's pod as the others reach it.
 pub fn pod_command(job: &Job, master_addr: &str, secret_name: &str) -> Result<PodCommand> {
-    let first = job.ranks.first().ok_or_else(|| OrchError::NoRanks { stage: job.stage.clone() })?;
+    let first = job.ranks.first().ok_or_else(|| OrchError::NoRanks { stage: job.kind.to_string() })?;
     let collective = first.env.iter().any(|(k, _)| k == "RANK");
     let world = job.ranks.len();
     let (pods, ranks_per_pod) = if collective {
@@ -160,7 +160,7 @@ mod tests {
             device: "cuda".into(),
             env: [("PRICE".to_string(), "$(HOME)5$".to_string())].into(),
         };
-        train_job(&plan, "r", "stage1", 1, 0, Some("t0k"), PathBuf::from("logs"))
+        train_job(&plan, "r", crate::stage::Stage::Stage1, 1, 0, Some("t0k"), PathBuf::from("logs"))
     }
 
     fn value<'a>(p: &'a PodCommand, name: &str) -> &'a Value {

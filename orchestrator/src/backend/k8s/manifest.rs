@@ -10,6 +10,7 @@ use super::names::{label_value, object_name};
 use super::{K8s, Kind};
 use crate::error::{OrchError, Result};
 use crate::plan::Job;
+use crate::stage::Stage;
 
 /// The JobSet API this backend writes.
 pub const JOBSET_API: &str = "jobset.x-k8s.io/v1alpha2";
@@ -38,9 +39,9 @@ impl Identity {
     pub fn of(job: &Job) -> Identity {
         let mut labels = Map::new();
         labels.insert("s3/run".into(), label_value(&job.run_id).into());
-        labels.insert("s3/stage".into(), label_value(&job.stage).into());
+        labels.insert("s3/stage".into(), label_value(job.kind.name()).into());
         labels.insert("s3/attempt".into(), job.attempt.to_string().into());
-        Identity { name: object_name(&format!("{}-{}-a{}", job.run_id, job.stage, job.attempt)), labels }
+        Identity { name: object_name(&format!("{}-{}-a{}", job.run_id, job.kind, job.attempt)), labels }
     }
 
     /// `kubectl -l` selector of exactly this attempt's objects and pods.
@@ -116,8 +117,7 @@ fn pod_template(
     shipped: Option<&Shipped>,
     subdomain: Option<&str>,
 ) -> Result<Value> {
-    // plan.rs names the ingest's two jobs so.
-    let ingest = matches!(job.stage.as_str(), "ingest" | "ingest-merge");
+    let ingest = job.kind.stage() == Stage::Ingest;
     let image = if ingest { k.ingest_image.as_deref().or(k.image.as_deref()) } else { k.image.as_deref() };
     let image = image.ok_or_else(|| OrchError::NeedsImage { needed_by: "the k8s backend".into() })?;
     let mut container = json!({

@@ -120,6 +120,10 @@ pub enum TrainError {
         /// printing would repeat it.)
         error: std::io::Error,
     },
+    /// A stop was asked for (SIGTERM) before training began: nothing was trained or
+    /// written by this attempt past that point, and a relaunch starts where it was.
+    #[error("stopped while {0}")]
+    Stopped(&'static str),
     /// The gradient all-reduce between ranks failed.
     #[error("collective: {0}")]
     Collective(String),

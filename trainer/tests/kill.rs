@@ -143,3 +143,46 @@ fn sigterm_checkpoints_and_exits_75_and_the_relaunch_finishes() {
     let digest = |o: &[u8]| String::from_utf8_lossy(o).split("weights xxh3 ").nth(1).map(|s| s.trim().to_string());
     assert_eq!(digest(&out.stdout), digest(&full.stdout));
 }
+
+#[test]
+fn sigterm_while_waiting_at_the_rendezvous_exits_75_without_waiting_out_the_timeout() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let loc = open_store(data.to_str().unwrap(), &StoreOptions::default()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(synthetic::populate(loc.store(), 1, 4, 1, WriterOptions::default())).unwrap();
+    let stage = dir.path().join("stage.toml");
+    std::fs::write(&stage, STAGE).unwrap();
+    // Rank 1 of 2, and rank 0 never comes: it waits for its 600 s rendezvous timeout
+    // unless the signal ends the wait (`timeout`, `scancel`, a pod's termination).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (run, log) = (dir.path().join("run"), dir.path().join("samples.log"));
+    let mut child = train_cmd(&stage, &data, &run, &log)
+        .args(["--rank", "1", "--world", "2", "--master", &format!("127.0.0.1:{port}")])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The rank says how many samples it trains on just before it dials rank 0.
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let said: Vec<String> =
+        lines.by_ref().map_while(Result::ok).take_while(|l| !l.contains("training samples")).collect();
+    assert!(child.try_wait().unwrap().is_none(), "the rank ended before the rendezvous: {said:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the rank kept waiting at the rendezvous after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert_eq!(status.code(), Some(75), "stopped and requeued: {rest:?}");
+    assert!(rest.iter().any(|l| l.contains("rendezvous")), "says where it stopped: {rest:?}");
+    assert!(!run.join("checkpoints").exists(), "nothing trained, nothing checkpointed");
+}

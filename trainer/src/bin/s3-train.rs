@@ -407,7 +407,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 signal_hook::flag::register(sig, preempt.clone()).context("installing the signal handler")?;
             }
             spec.preempt = Some(preempt);
-            let outcome = progress::train_with_progress(&spec, &device, samples_log.as_deref())?;
+            let outcome = match progress::train_with_progress(&spec, &device, samples_log.as_deref()) {
+                // A SIGTERM while peers were missing: like a preemption, the launcher
+                // requeues, and the next attempt starts where this one stood.
+                Err(e) if matches!(e.downcast_ref(), Some(s3_trainer::TrainError::Stopped(_))) => {
+                    eprintln!("{e}: nothing trained in this attempt; exit 75 (requeue)");
+                    return Ok(ExitCode::from(PREEMPTED));
+                }
+                r => r?,
+            };
             println!(
                 "rank {}/{}: trained {} steps (epoch {}), last loss {:.4}, dice {:.3}, weights xxh3 {:016x}",
                 spec.rank,

@@ -79,6 +79,15 @@ pub struct CollectiveOptions {
     pub io_timeout: Duration,
     /// The job's join token (`S3_JOB_TOKEN`): a process without it is turned away.
     pub token: Option<String>,
+    /// Where rank 0 listens (`S3_BIND_ADDR`: an IP, or IP:PORT); by default every
+    /// interface at the rendezvous port. The rendezvous address is what the others
+    /// dial, and a host's own name may resolve to an address only it has (127.0.1.1
+    /// on Debian), so rank 0 never binds the name itself.
+    pub bind: Option<String>,
+    /// Set to stop waiting at the rendezvous (a SIGTERM while peers are missing):
+    /// the join ends with [`TrainError::Stopped`](crate::TrainError::Stopped) instead
+    /// of waiting out its timeout.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for CollectiveOptions {
@@ -87,6 +96,8 @@ impl Default for CollectiveOptions {
             rendezvous_timeout: Duration::from_secs(600),
             io_timeout: Duration::from_secs(1800),
             token: None,
+            bind: None,
+            cancel: None,
         }
     }
 }
@@ -97,6 +108,7 @@ impl std::fmt::Debug for CollectiveOptions {
             .field("rendezvous_timeout", &self.rendezvous_timeout)
             .field("io_timeout", &self.io_timeout)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("bind", &self.bind)
             .finish()
     }
 }

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | rank, world | `--rank`/`--world` · `RANK`, `WORLD_SIZE` (torchrun) · `SLURM_PROCID`, `SLURM_NTASKS` · `JOB_COMPLETION_INDEX` × `S3_RANKS_PER_POD` (default 1) + local rank, with `--world` |
 //! | local rank (the GPU) | `LOCAL_RANK` · `SLURM_LOCALID` · 0 |
-//! | rendezvous | `--master HOST:PORT` · `MASTER_ADDR` + `MASTER_PORT` |
+//! | rendezvous | `--master HOST:PORT` · `MASTER_ADDR` + `MASTER_PORT` (what the others dial; rank 0 listens on every interface, or `S3_BIND_ADDR`) |
 //! | join token | `S3_JOB_TOKEN` (every rank of a job gets the same one from its launcher) |
 //! | job identity | `S3_RUN_ID`, `S3_STAGE`, `S3_ATTEMPT` (logged) |
 //!
@@ -50,8 +50,10 @@ pub struct LaunchEnv {
     pub world: usize,
     /// Rank on this node: the GPU index.
     pub local_rank: usize,
-    /// Rendezvous `host:port` of the collective (rank 0 listens).
+    /// Rendezvous `host:port` of the collective (what the other ranks dial).
     pub master: Option<String>,
+    /// `S3_BIND_ADDR`: where rank 0 listens instead of every interface.
+    pub bind: Option<String>,
     /// Shared secret of the job's ranks; a peer without it cannot join the collective.
     pub job_token: Option<String>,
     /// `S3_RUN_ID`, `S3_STAGE`, `S3_ATTEMPT`, for the logs.
@@ -71,6 +73,7 @@ impl std::fmt::Debug for LaunchEnv {
             .field("world", &self.world)
             .field("local_rank", &self.local_rank)
             .field("master", &self.master)
+            .field("bind", &self.bind)
             .field("job_token", &self.job_token.as_ref().map(|_| "<set>"))
             .field("run_id", &self.run_id)
             .field("stage", &self.stage)
@@ -160,6 +163,7 @@ pub fn resolve(flags: &LaunchFlags, env: &dyn Fn(&str) -> Option<String>) -> Res
         world,
         local_rank,
         master,
+        bind: var("S3_BIND_ADDR"),
         job_token: var("S3_JOB_TOKEN"),
         run_id: var("S3_RUN_ID"),
         stage: var("S3_STAGE"),

@@ -65,6 +65,7 @@ pub fn resolve(flags: &TrainFlags, env: &dyn Fn(&str) -> Option<String>) -> Resu
         collective: CollectiveOptions {
             io_timeout: secs(flags.collective_timeout_s).unwrap_or(Duration::MAX),
             token: launch.job_token.clone(),
+            bind: launch.bind.clone(),
             ..Default::default()
         },
         step_timeout: secs(flags.step_timeout_s),

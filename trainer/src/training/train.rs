@@ -359,7 +359,10 @@ impl<'a> Training<'a> {
                 spec.world
             )));
         };
-        let c = self.collective.insert(collective::join(addr, spec.rank, spec.world, &spec.collective, &self.device)?);
+        // A stop asked for while peers are missing ends the wait (exit 75) instead of
+        // outliving `timeout`, `scancel` and a pod's grace period.
+        let options = collective::CollectiveOptions { cancel: spec.preempt.clone(), ..spec.collective.clone() };
+        let c = self.collective.insert(collective::join(addr, spec.rank, spec.world, &options, &self.device)?);
         // Every rank starts from the same place: a rank that read another checkpoint
         // pointer (a straggler of an old attempt moved it) or another init file would
         // otherwise train diverged weights until the first checkpoint.

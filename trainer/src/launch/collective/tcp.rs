@@ -8,7 +8,8 @@
 //! unique id, host reductions, barriers, the roll call after a failure).
 
 use std::io::{BufWriter, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::{Collective, CollectiveOptions};
@@ -25,6 +26,31 @@ fn token_tag(token: Option<&str>) -> u64 {
 
 fn err(m: impl Into<String>) -> TrainError {
     TrainError::Collective(m.into())
+}
+
+/// Where rank 0 listens for a rendezvous at `addr` (`host:port`): `bind` (an IP, or
+/// IP:PORT) when given, else every interface at the rendezvous port.
+pub fn listen_addr(addr: &str, bind: Option<&str>) -> Result<String> {
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| err(format!("rendezvous {addr:?} is not HOST:PORT")))?;
+    Ok(match bind.map(str::trim).filter(|b| !b.is_empty()) {
+        Some(b) if b.parse::<std::net::SocketAddr>().is_ok() => b.to_string(),
+        Some(b) if b.contains(':') => format!("[{}]:{port}", b.trim_matches(|c| c == '[' || c == ']')),
+        Some(b) => format!("{b}:{port}"),
+        // An IPv6 rendezvous (`[::1]:29500`) listens on every IPv6 interface.
+        None if host.starts_with('[') => format!("[::]:{port}"),
+        None => format!("0.0.0.0:{port}"),
+    })
+}
+
+/// `host:port (ip:port)`, or the name alone when it does not resolve (said so).
+fn resolved(addr: &str) -> String {
+    match addr.to_socket_addrs() {
+        Ok(mut a) => match a.next() {
+            Some(ip) if ip.to_string() != addr => format!("{addr} ({ip})"),
+            _ => addr.to_string(),
+        },
+        Err(e) => format!("{addr} (which does not resolve: {e})"),
+    }
 }
 
 /// One rank's end of the group.
@@ -81,9 +107,13 @@ impl TcpCollective {
             return Err(err(format!("rank {rank} is not below the world size {world}")));
         }
         let deadline = Instant::now() + timeout;
+        let cancelled = || options.cancel.as_ref().is_some_and(|c| c.load(Ordering::SeqCst));
         let links = if rank == 0 {
-            let listener = TcpListener::bind(addr).map_err(|e| err(format!("rank 0 cannot listen on {addr}: {e}")))?;
+            let listen = listen_addr(addr, options.bind.as_deref())?;
+            let listener =
+                TcpListener::bind(&listen).map_err(|e| err(format!("rank 0 cannot listen on {listen}: {e}")))?;
             listener.set_nonblocking(true).map_err(|e| err(e.to_string()))?;
+            tracing::info!("rendezvous: listening on {listen}, the other ranks dial {addr}");
             let mut slots: Vec<Option<TcpStream>> = (1..world).map(|_| None).collect();
             while slots.iter().any(Option::is_none) {
                 match listener.accept() {
@@ -125,6 +155,9 @@ impl TcpCollective {
                         slots[r - 1] = Some(s);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if cancelled() {
+                            return Err(TrainError::Stopped("waiting for the other ranks at the rendezvous"));
+                        }
                         if Instant::now() > deadline {
                             let missing: Vec<String> = slots
                                 .iter()
@@ -145,11 +178,15 @@ impl TcpCollective {
             slots.into_iter().map(|s| s.expect("all joined")).collect()
         } else {
             let mut s = loop {
+                if cancelled() {
+                    return Err(TrainError::Stopped("waiting for rank 0 at the rendezvous"));
+                }
                 match TcpStream::connect(addr) {
                     Ok(s) => break s,
                     Err(e) if Instant::now() > deadline => {
                         return Err(err(format!(
-                            "rank {rank}: rank 0 not reachable at {addr} within {timeout:?}: {e}"
+                            "rank {rank}: rank 0 not reachable at {} within {timeout:?}: {e}",
+                            resolved(addr)
                         )));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(50)),
@@ -459,6 +496,7 @@ mod tests {
             rendezvous_timeout: Duration::from_secs(20),
             io_timeout: Duration::from_millis(500),
             token: Some(token.into()),
+            ..Default::default()
         };
         let a0 = addr.clone();
         let root = std::thread::spawn(move || {
@@ -497,5 +535,58 @@ mod tests {
         peer.join().unwrap();
         let e = root.all_reduce_sum(&mut [1.0, 2.0]).unwrap_err();
         assert!(e.to_string().contains("rank 1"), "{e}");
+    }
+
+    #[test]
+    fn rank_0_listens_on_every_interface_not_only_at_its_own_name() {
+        // Rank 0 knows its host by a name that resolves to 127.0.1.1 (Debian's entry
+        // for the hostname); rank 1 dials another address of the same host, as a rank
+        // on another host dials a real interface. Binding the name would refuse it.
+        let port = free_addr().rsplit_once(':').unwrap().1.to_string();
+        let (own, other) = (format!("127.0.1.1:{port}"), format!("127.0.0.1:{port}"));
+        let root = std::thread::spawn(move || {
+            let mut c = TcpCollective::connect(&own, 0, 2, Duration::from_secs(20)).unwrap();
+            let mut v = [1.0];
+            c.all_reduce_sum(&mut v).unwrap();
+            v
+        });
+        let mut c = TcpCollective::connect(&other, 1, 2, Duration::from_secs(20)).unwrap();
+        let mut v = [2.0];
+        c.all_reduce_sum(&mut v).unwrap();
+        assert_eq!((v, root.join().unwrap()), ([3.0], [3.0]));
+    }
+
+    #[test]
+    fn the_listen_address_is_every_interface_unless_one_is_named() {
+        assert_eq!(listen_addr("node-a:29500", None).unwrap(), "0.0.0.0:29500");
+        assert_eq!(listen_addr("[fd00::1]:29500", None).unwrap(), "[::]:29500");
+        assert_eq!(listen_addr("node-a:29500", Some("10.0.0.5")).unwrap(), "10.0.0.5:29500");
+        assert_eq!(listen_addr("node-a:29500", Some("10.0.0.5:4000")).unwrap(), "10.0.0.5:4000");
+        assert_eq!(listen_addr("node-a:29500", Some("fd00::5")).unwrap(), "[fd00::5]:29500");
+        assert!(listen_addr("node-a", None).is_err());
+    }
+
+    #[test]
+    fn a_stop_request_ends_the_wait_at_the_rendezvous() {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let opts = CollectiveOptions {
+            rendezvous_timeout: Duration::from_secs(600),
+            cancel: Some(cancel.clone()),
+            ..Default::default()
+        };
+        let stop = cancel.clone();
+        let stopper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            stop.store(true, Ordering::SeqCst);
+        });
+        // Rank 1 dialling a rendezvous nobody serves; then rank 0 waiting for a rank
+        // that never comes. Either would wait 600 s for its timeout.
+        let e = TcpCollective::connect_with(&free_addr(), 1, 2, &opts).unwrap_err();
+        assert!(matches!(e, TrainError::Stopped(_)), "{e}");
+        stopper.join().unwrap();
+        let e = TcpCollective::connect_with(&free_addr(), 0, 2, &opts).unwrap_err();
+        assert!(matches!(e, TrainError::Stopped(_)), "{e}");
     }
 }

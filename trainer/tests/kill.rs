@@ -1,6 +1,8 @@
-//! `kill -9` of a training rank between two checkpoints, then the same command
-//! again: the samples trained after the resume are exactly the rest of the
-//! sequence an uninterrupted run trains, and the final weights are the same.
+//! Training ranks as processes: `kill -9` between two checkpoints, then the same
+//! command again (the samples trained after the resume are exactly the rest of the
+//! sequence an uninterrupted run trains, and the final weights are the same);
+//! SIGTERM during a step and at the rendezvous; and two ranks on two "hosts"
+//! (network namespaces joined by a veth pair) whose names resolve to 127.0.1.1.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -185,4 +187,120 @@ fn sigterm_while_waiting_at_the_rendezvous_exits_75_without_waiting_out_the_time
     assert_eq!(status.code(), Some(75), "stopped and requeued: {rest:?}");
     assert!(rest.iter().any(|l| l.contains("rendezvous")), "says where it stopped: {rest:?}");
     assert!(!run.join("checkpoints").exists(), "nothing trained, nothing checkpointed");
+}
+
+/// Two network namespaces joined by a veth pair, each with a hosts file in which its
+/// own name is 127.0.1.1 (Debian's entry for the hostname) and the other's is its
+/// veth address: two hosts as a cluster has them. Deleted on drop.
+struct TwoHosts {
+    ns: [String; 2],
+}
+
+impl TwoHosts {
+    /// `None` (said) where namespaces cannot be made (not root, no `ip`), unless
+    /// `S3_REQUIRE_NETNS=1` (CI) makes that a failure.
+    fn create() -> Option<TwoHosts> {
+        let id = std::process::id();
+        let ns = [format!("s3a-{id}"), format!("s3b-{id}")];
+        let net = format!("10.231.{}", id % 250);
+        let ip = |args: &[&str]| Command::new("ip").args(args).status().is_ok_and(|s| s.success());
+        if !ip(&["netns", "add", &ns[0]]) {
+            assert!(std::env::var("S3_REQUIRE_NETNS").is_err(), "S3_REQUIRE_NETNS is set but `ip netns add` failed");
+            eprintln!("skipped: cannot create network namespaces here (needs root and iproute2)");
+            return None;
+        }
+        let hosts = TwoHosts { ns };
+        let [a, b] = &hosts.ns;
+        let (va, vb) = (format!("s3va{}", id % 100_000), format!("s3vb{}", id % 100_000));
+        let steps: Vec<Vec<String>> = vec![
+            vec!["netns".into(), "add".into(), b.clone()],
+            vec![
+                "link".into(),
+                "add".into(),
+                va.clone(),
+                "type".into(),
+                "veth".into(),
+                "peer".into(),
+                "name".into(),
+                vb.clone(),
+            ],
+            vec!["link".into(), "set".into(), va.clone(), "netns".into(), a.clone()],
+            vec!["link".into(), "set".into(), vb.clone(), "netns".into(), b.clone()],
+            vec!["-n".into(), a.clone(), "addr".into(), "add".into(), format!("{net}.1/24"), "dev".into(), va.clone()],
+            vec!["-n".into(), b.clone(), "addr".into(), "add".into(), format!("{net}.2/24"), "dev".into(), vb.clone()],
+            vec!["-n".into(), a.clone(), "link".into(), "set".into(), va, "up".into()],
+            vec!["-n".into(), b.clone(), "link".into(), "set".into(), vb, "up".into()],
+            vec!["-n".into(), a.clone(), "link".into(), "set".into(), "lo".into(), "up".into()],
+            vec!["-n".into(), b.clone(), "link".into(), "set".into(), "lo".into(), "up".into()],
+        ];
+        for step in steps {
+            let args: Vec<&str> = step.iter().map(String::as_str).collect();
+            assert!(ip(&args), "ip {}", args.join(" "));
+        }
+        for (me, (own, peer, peer_ip)) in [(a, ("s3host-a", "s3host-b", 2)), (b, ("s3host-b", "s3host-a", 1))] {
+            let dir = Path::new("/etc/netns").join(me);
+            std::fs::create_dir_all(&dir).unwrap();
+            let text = format!("127.0.0.1 localhost\n127.0.1.1 {own}\n{net}.{peer_ip} {peer}\n");
+            std::fs::write(dir.join("hosts"), text).unwrap();
+        }
+        Some(hosts)
+    }
+
+    /// `cmd`'s program, arguments and environment run inside host `i`'s namespace
+    /// (its standard streams are the caller's to set).
+    fn on(&self, i: usize, cmd: &Command) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns[i]]).arg(cmd.get_program()).args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        for ns in &self.ns {
+            // Deleting a namespace deletes the veth end in it (and so the pair).
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(ns));
+        }
+    }
+}
+
+#[test]
+fn two_ranks_on_two_hosts_whose_names_resolve_to_127_0_1_1_train_together() {
+    let Some(hosts) = TwoHosts::create() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let loc = open_store(data.to_str().unwrap(), &StoreOptions::default()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(synthetic::populate(loc.store(), 1, 4, 1, WriterOptions::default())).unwrap();
+    let stage = dir.path().join("stage.toml");
+    std::fs::write(&stage, STAGE).unwrap();
+    let run = dir.path().join("run");
+    // The launcher's view: MASTER_ADDR is rank 0's host name, which on that host
+    // itself resolves to 127.0.1.1.
+    let rank = |r: usize| {
+        let mut c = train_cmd(&stage, &data, &run, &dir.path().join(format!("rank-{r}.log")));
+        c.env("RANK", r.to_string())
+            .env("WORLD_SIZE", "2")
+            .env("MASTER_ADDR", "s3host-a")
+            .env("MASTER_PORT", "29517")
+            .env("S3_JOB_TOKEN", "two-hosts");
+        hosts.on(r, &c).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    };
+    let (r0, r1) = (rank(0), rank(1));
+    let (o1, o0) = (r1.wait_with_output().unwrap(), r0.wait_with_output().unwrap());
+    let text = |o: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    };
+    assert!(o0.status.success() && o1.status.success(), "rank 0:\n{}\nrank 1:\n{}", text(&o0), text(&o1));
+    let digest = |o: &[u8]| String::from_utf8_lossy(o).split("weights xxh3 ").nth(1).map(|s| s.trim().to_string());
+    assert!(digest(&o0.stdout).is_some());
+    assert_eq!(digest(&o0.stdout), digest(&o1.stdout), "one model on both hosts");
+    assert!(String::from_utf8_lossy(&o0.stdout).contains("rank 0/2"));
 }

@@ -26,14 +26,53 @@ fn cuda(index: &str) -> Result<Device> {
         .parse()
         .map_err(|_| TrainError::Device { device: format!("cuda:{index}"), reason: "not a device index".into() })?;
     // Without a driver the CUDA runtime only fails at the first kernel, with a panic
-    // deep in its loader: say so up front instead.
-    if !std::path::Path::new("/proc/driver/nvidia/version").exists() {
-        return Err(TrainError::Device {
-            device: format!("cuda:{i}"),
-            reason: "no NVIDIA driver on this machine (/proc/driver/nvidia/version missing); use --device cpu".into(),
-        });
+    // deep in its loader: the driver API itself says so up front instead.
+    use cudarc::driver::result;
+    // SAFETY: only tries to open the driver library by its known names.
+    #[allow(unsafe_code)]
+    let library = unsafe { cudarc::driver::sys::is_culib_present() };
+    let init = if library { result::init().map_err(|e| e.to_string()) } else { Err("not loaded".into()) };
+    let count = match &init {
+        Ok(()) => result::device::get_count().map_err(|e| e.to_string()),
+        Err(e) => Err(e.clone()),
+    };
+    let proc_hint = std::path::Path::new("/proc/driver/nvidia/version").exists();
+    match driver_verdict(library, init, count, i, proc_hint) {
+        Some(reason) => Err(TrainError::Device { device: format!("cuda:{i}"), reason }),
+        None => Ok(Device::cuda(i)),
     }
-    Ok(Device::cuda(i))
+}
+
+/// Why GPU `ordinal` cannot be used, from what the driver API said: whether its
+/// library (`libcuda.so`) loads, `cuInit`, and the device count. `/proc/driver/nvidia/
+/// version` only words the message: sandboxed GPU machines (gVisor) run the driver
+/// without it, so its absence alone refuses nothing.
+pub fn driver_verdict(
+    library: bool,
+    init: std::result::Result<(), String>,
+    count: std::result::Result<i32, String>,
+    ordinal: usize,
+    proc_hint: bool,
+) -> Option<String> {
+    if !library {
+        let hint = if proc_hint {
+            "the kernel module is loaded but libcuda.so is not on the library path (the NVIDIA container toolkit mounts it)"
+        } else {
+            "no NVIDIA driver on this machine"
+        };
+        return Some(format!("{hint}; use --device cpu"));
+    }
+    if let Err(e) = init {
+        return Some(format!("the CUDA driver did not initialise: {e}"));
+    }
+    match count {
+        Err(e) => Some(format!("the CUDA driver cannot count its GPUs: {e}")),
+        Ok(0) => Some("the CUDA driver sees no GPU (CUDA_VISIBLE_DEVICES?)".into()),
+        Ok(n) if ordinal >= n as usize => {
+            Some(format!("this machine has {n} GPU(s): cuda:0 to cuda:{} (one GPU per local rank)", n - 1))
+        }
+        Ok(_) => None,
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -42,4 +81,24 @@ fn cuda(index: &str) -> Result<Device> {
         device: format!("cuda:{index}"),
         reason: "this build has no CUDA support; rebuild with `--features cuda` or use --device cpu".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_driver_api_decides_and_proc_only_words_the_message() {
+        // A sandboxed GPU machine: no /proc entry, but the driver answers.
+        assert_eq!(driver_verdict(true, Ok(()), Ok(1), 0, false), None);
+        let e = driver_verdict(true, Ok(()), Ok(1), 3, true).unwrap();
+        assert!(e.contains("1 GPU(s)") && e.contains("cuda:0 to cuda:0"), "{e}");
+        assert!(
+            driver_verdict(false, Err("x".into()), Err("x".into()), 0, false).unwrap().contains("no NVIDIA driver")
+        );
+        assert!(driver_verdict(false, Err("x".into()), Err("x".into()), 0, true).unwrap().contains("libcuda.so"));
+        let e = driver_verdict(true, Err("CUDA_ERROR_NO_DEVICE".into()), Err("-".into()), 0, true).unwrap();
+        assert!(e.contains("did not initialise: CUDA_ERROR_NO_DEVICE"), "{e}");
+        assert!(driver_verdict(true, Ok(()), Ok(0), 0, true).unwrap().contains("no GPU"));
+    }
 }

@@ -6,7 +6,9 @@
 //!    of a summed buffer, so every rank sees every version; any difference is an
 //!    error on every rank, naming the ranks and their versions.
 //! 2. Rank 0 creates the id and broadcasts it: `S3ID`, its NCCL version (i32 LE) and
-//!    the 128 id bytes.
+//!    the 128 id bytes. When it cannot, it broadcasts `S3IE` and why instead, so that
+//!    the other ranks fail at once with rank 0's reason rather than wait out the
+//!    collective timeout (30 minutes) for an id that will never come.
 
 use super::Collective;
 use crate::error::{Result, TrainError};
@@ -15,6 +17,14 @@ use crate::error::{Result, TrainError};
 pub const ID_BYTES: usize = 128;
 
 const MAGIC: &[u8; 4] = b"S3ID";
+const FAILED: &[u8; 4] = b"S3IE";
+
+/// The message rank 0 broadcasts when it could not create the id.
+fn encode_failure(reason: &str) -> Vec<u8> {
+    let mut b = FAILED.to_vec();
+    b.extend_from_slice(reason.as_bytes());
+    b
+}
 
 /// An NCCL version code as NCCL prints it (`22105` → `2.21.5`; `0`: no libnccl).
 pub fn version_name(code: i32) -> String {
@@ -37,6 +47,12 @@ pub fn encode(version: i32, id: &[u8; ID_BYTES]) -> Vec<u8> {
 
 /// Reads the id message, checking it against this rank's NCCL `version`.
 pub fn decode(bytes: &[u8], version: i32) -> Result<[u8; ID_BYTES]> {
+    if let Some(reason) = bytes.strip_prefix(FAILED) {
+        return Err(TrainError::Collective(format!(
+            "rank 0 could not create the NCCL unique id: {}",
+            String::from_utf8_lossy(reason)
+        )));
+    }
     if bytes.len() != 8 + ID_BYTES || &bytes[..4] != MAGIC {
         return Err(TrainError::Collective(format!(
             "rendezvous: rank 0 sent {} bytes that are not an NCCL unique id (another s3-train version?)",
@@ -91,9 +107,17 @@ pub fn exchange(
     if version == 0 {
         return Err(TrainError::Collective("no rank could load libnccl".into()));
     }
-    let mut bytes = if c.rank() == 0 { encode(version, &make_id()?) } else { Vec::new() };
+    if c.rank() != 0 {
+        let mut bytes = Vec::new();
+        c.broadcast(&mut bytes)?;
+        return decode(&bytes, version);
+    }
+    let (mut bytes, made) = match make_id() {
+        Ok(id) => (encode(version, &id), Ok(id)),
+        Err(e) => (encode_failure(&e.to_string()), Err(e)),
+    };
     c.broadcast(&mut bytes)?;
-    decode(&bytes, version)
+    made
 }
 
 #[cfg(test)]
@@ -154,5 +178,35 @@ mod tests {
         assert!(e.contains("rank 0: 2.7.8") && e.contains("this rank: 2.21.5"), "{e}");
         assert!(decode(b"nope", 1).unwrap_err().to_string().contains("not an NCCL unique id"));
         assert_eq!(version_name(23_004), "2.30.4");
+    }
+
+    #[test]
+    fn rank_0_failing_to_make_the_id_fails_every_rank_at_once_with_its_reason() {
+        let addr = free_addr();
+        let hs: Vec<_> = (0..3)
+            .map(|rank| {
+                let addr = addr.clone();
+                std::thread::spawn(move || {
+                    // A short I/O timeout: ranks that wait for an id that never comes
+                    // fail with a timeout, not with rank 0's reason.
+                    let opts = crate::collective::CollectiveOptions {
+                        rendezvous_timeout: Duration::from_secs(10),
+                        io_timeout: Duration::from_secs(20),
+                        ..Default::default()
+                    };
+                    let mut c = TcpCollective::connect_with(&addr, rank, 3, &opts).unwrap();
+                    exchange(&mut c, 22_105, || {
+                        Err(TrainError::Collective("ncclGetUniqueId: unhandled system error".into()))
+                    })
+                })
+            })
+            .collect();
+        for (rank, h) in hs.into_iter().enumerate() {
+            let e = h.join().unwrap().unwrap_err().to_string();
+            assert!(e.contains("unhandled system error"), "rank {rank}: {e}");
+            if rank > 0 {
+                assert!(e.contains("rank 0 could not create the NCCL unique id"), "rank {rank}: {e}");
+            }
+        }
     }
 }

@@ -16,6 +16,8 @@
 #   OUT=/some/dir trainer/scripts/build-cuda.sh
 #   STUB_ONLY=1 trainer/scripts/build-cuda.sh  # only generate and compile the LLVM stub
 # Leaves $OUT/s3-train (stripped) and $OUT/s3-train.gz; default OUT=target/cuda-dist.
+#   CARGO_NET_OFFLINE=true ...                 # crates already fetched: no network at all
+#   CUDARC_CUDA_VERSION=13000 ...              # other driver API bindings (default 12060: CUDA 12.6)
 # Costs on 2 cores: a clean build ~17 min (dev) / ~30 min (release); relinking ~11 s.
 # The binary needs only libc/libm/libgcc_s to start: libcuda, libnvrtc and libnccl are
 # opened at run time (see tests/gpu/run.sh for what the GPU machine needs).
@@ -29,6 +31,17 @@ mkdir -p "$stub_dir" "$out"
 
 cc="${CC:-cc}"
 command -v "$cc" >/dev/null || { echo "build-cuda: a C compiler ($cc) is needed for the LLVM stub" >&2; exit 2; }
+
+# CUDA 12.6's driver API bindings: they run on every 12.x and newer driver, where
+# cudarc's fallback (no nvcc here) would pick the newest CUDA's, which a 12.x
+# driver lacks functions of.
+export CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-12060}"
+
+# The crates first (a fresh machine has none; the steps below read them offline).
+if [ "${CARGO_NET_OFFLINE:-false}" != true ]; then
+  echo "== cargo fetch --locked"
+  cargo fetch --locked
+fi
 
 # The sources of the locked llvm-sys and cubecl-llvm, as cargo resolved them.
 echo "== locating llvm-sys and cubecl-llvm (cargo metadata)"

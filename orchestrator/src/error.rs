@@ -275,6 +275,18 @@ pub enum OrchError {
         #[source]
         source: toml::de::Error,
     },
+    /// A Kubernetes job was given a store on this machine's disk, which its pods
+    /// cannot reach.
+    #[error(
+        "{flag} {path} is on this machine: the pods reach only their image and the network, so the data would be \
+         missing and checkpoints would land in a pod's ephemeral storage; use an s3:// URL"
+    )]
+    UnreachableFromPods {
+        /// The rank argument (`--run`, `--data`, `--out`, `--init`).
+        flag: String,
+        /// Its value.
+        path: String,
+    },
     /// The command needs a flag it was not given.
     #[error("{flag} is needed to {what}")]
     NeedsFlag {

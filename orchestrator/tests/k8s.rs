@@ -515,6 +515,25 @@ esac
 "#;
 
 #[test]
+fn a_store_on_this_machine_is_refused_before_anything_is_applied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = tmp.path().join("kubectl");
+    std::fs::write(&fake, FAKE_KUBECTL).unwrap();
+    assert!(Command::new("chmod").arg("+x").arg(&fake).status().unwrap().success());
+    let s = settings(Layer { image: Some("img".into()), namespace: Some("ci".into()), ..Default::default() });
+    let k = K8s::new(&s).unwrap().with_kubectl(&fake).with_poll(Duration::from_millis(10));
+    for (data, run, flag) in [("s3://b/d", "runs/r1/stage1", "--run"), ("file:///data/shards", "s3://b/r", "--data")] {
+        let mut plan = train_plan(&s, "s3-train".into(), data, run);
+        plan.stage_file = stage_file(tmp.path());
+        let job = train_job(&plan, "r1", s3_orch::stage::Stage::Stage1, 1, 0, Some("tok"), tmp.path().join("logs"));
+        let e = k.submit(&job).unwrap_err().to_string();
+        assert!(e.contains(flag) && e.contains("s3:// URL"), "{e}");
+        assert!(!tmp.path().join("applied.yaml").exists(), "nothing reached kubectl");
+        assert!(k.render(&job).contains(&format!("# note: {flag} ")), "the dry run says it too");
+    }
+}
+
+#[test]
 fn submit_wait_and_cancel_speak_kubectl() {
     let tmp = tempfile::tempdir().unwrap();
     let fake = tmp.path().join("kubectl");

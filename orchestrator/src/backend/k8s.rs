@@ -222,21 +222,29 @@ fn parse_id(id: &str) -> Result<(&str, Kind, &str)> {
     }
 }
 
-/// Comment lines on what the pods will not find: local paths are on this machine.
+/// The store arguments of a job's ranks that name this machine's disk (a path, or a
+/// `file://` URL): the pods reach only their image and the network, so the data
+/// would be missing and the checkpoints would land in a pod's ephemeral storage.
+fn local_stores(job: &Job) -> Vec<(String, String)> {
+    let args = job.ranks.first().map(|r| r.args.as_slice()).unwrap_or_default();
+    args.windows(2)
+        .filter(|w| ["--data", "--run", "--out", "--init"].contains(&w[0].as_str()))
+        .filter(|w| (!w[1].contains("://") || w[1].starts_with("file://")) && !w[1].starts_with('<'))
+        .map(|w| (w[0].clone(), w[1].clone()))
+        .collect()
+}
+
+/// Comment lines on what the pods will not find (a dry run shows them; a submit
+/// refuses them).
 fn notes(job: &Job) -> String {
-    let mut out = String::new();
-    for w in job.ranks.first().map(|r| r.args.as_slice()).unwrap_or_default().windows(2) {
-        if ["--data", "--run", "--out", "--init"].contains(&w[0].as_str())
-            && !w[1].contains("://")
-            && !w[1].starts_with('<')
-        {
-            out.push_str(&format!(
-                "# note: {} {} is a path on this machine; the pods reach only the image and the network (use an s3:// URL)\n",
-                w[0], w[1]
-            ));
-        }
-    }
-    out
+    local_stores(job)
+        .into_iter()
+        .map(|(flag, path)| {
+            format!(
+                "# note: {flag} {path} is a path on this machine; the pods reach only the image and the network (use an s3:// URL)\n"
+            )
+        })
+        .collect()
 }
 
 impl Backend for K8s {
@@ -264,6 +272,9 @@ impl Backend for K8s {
     }
 
     fn submit(&self, job: &Job) -> Result<Submission> {
+        if let Some((flag, path)) = local_stores(job).into_iter().next() {
+            return Err(OrchError::UnreachableFromPods { flag, path });
+        }
         let docs = self.manifests(job)?;
         if let Err(e) = self.kubectl.run(&["apply", "-f", "-"], Some(&yaml::documents(&docs))) {
             // Half an attempt (a Service without its Job) would only confuse the next.

@@ -359,6 +359,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Info { preset: name } => {
             let cfg = preset(&name)?;
             print!("{}", s3_trainer::model::describe(&name, &cfg, &Sam::new(&cfg, &device)));
+            println!("{}", s3_trainer::collective::nccl_lib::describe());
         }
         Command::CheckFixture { prefix, precision } => {
             let p: s3_trainer::config::Precision = parse_enum("precision", &precision)?;

@@ -8,7 +8,8 @@
 //!   the demo. It is also every implementation's rendezvous and control plane.
 //! - `NcclCollective` (`nccl`, with the `cuda` feature): NCCL through cudarc for CUDA
 //!   ranks. The flat buffer stays on the GPU; the 128-byte NCCL unique id travels
-//!   over the TCP rendezvous ([`nccl_id`]).
+//!   over the TCP rendezvous ([`nccl_id`]); libnccl is opened by the names NCCL ships
+//!   under ([`nccl_lib`]).
 //!
 //! Above the trait there is one code path ([`crate::step`]): the same flat layout of
 //! gradients, presence flags, metric totals and stop flags ([`flat`]).
@@ -27,6 +28,7 @@ mod nccl;
 #[cfg(feature = "cuda")]
 mod nccl_ffi;
 pub mod nccl_id;
+pub mod nccl_lib;
 pub mod tcp;
 
 pub use tcp::TcpCollective;

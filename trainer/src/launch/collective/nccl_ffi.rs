@@ -1,5 +1,6 @@
-//! The NCCL calls, through cudarc 0.19.10's `nccl::result`/`nccl::sys` layers
-//! (`nccl` = the NCCL 2.30 bindings, loaded at run time).
+//! The NCCL calls, with cudarc 0.19.10's `nccl::sys` types (the NCCL 2.30 bindings),
+//! through the libnccl [`super::nccl_lib`] opened at run time (by the names NCCL
+//! ships under, which cudarc's own loader misses).
 //!
 //! Why `unsafe`, and only here: cudarc's safe `nccl::Comm` neither exposes its raw
 //! communicator (so `ncclCommGetAsyncError` cannot be polled) nor takes a
@@ -22,6 +23,7 @@ use cudarc::nccl::{result, sys};
 
 use super::cuda_buffer::DeviceF32;
 use super::nccl_id::ID_BYTES;
+use super::nccl_lib::{Api, api};
 
 /// `NCCL_CONFIG_UNDEF_INT`: "use NCCL's default".
 const UNDEF: i32 = i32::MIN;
@@ -53,6 +55,9 @@ pub(super) enum Failure {
         /// How long it was given.
         waited: Duration,
     },
+    /// libnccl could not be opened, or lacks a call.
+    #[error("{0}")]
+    Library(String),
     /// The communicator was aborted by an earlier failure.
     #[error("the NCCL communicator was aborted after an earlier failure")]
     Aborted,
@@ -69,44 +74,40 @@ pub(super) enum Failure {
 
 /// The NCCL version code of the libnccl this process loads, or why there is none.
 pub(super) fn library_version() -> Result<i32, String> {
-    // SAFETY: only `dlopen`s each candidate name and closes it again.
-    if !unsafe { sys::is_culib_present() } {
-        return Err(
-            "libnccl not found: this build opens libnccl.so at run time (not libnccl.so.2). NCCL's pip wheels \
-             (nvidia-nccl-cu12/-cu13) ship only libnccl.so.2: link it, e.g. `ln -s \
-             $SITE/nvidia/nccl/lib/libnccl.so.2 /opt/nccl/libnccl.so` with /opt/nccl on LD_LIBRARY_PATH, or install \
-             libnccl2 + libnccl-dev (which provides libnccl.so)"
-                .into(),
-        );
-    }
-    result::get_nccl_version().map_err(|e| format!("ncclGetVersion: {:?}", e.0))
+    super::nccl_lib::library()?.version()
 }
 
 /// A fresh NCCL unique id (rank 0 makes it; the others receive it).
 pub(super) fn unique_id() -> Result<[u8; ID_BYTES], Failure> {
-    let id = result::get_uniqueid().map_err(|e| failure("ncclGetUniqueId", e.0, None))?;
+    let api = api().map_err(Failure::Library)?;
+    let mut id = std::mem::MaybeUninit::<sys::ncclUniqueId>::uninit();
+    // SAFETY: `id` is a valid out-pointer to a ncclUniqueId, read only after success.
+    let id = unsafe {
+        (api.get_unique_id)(id.as_mut_ptr()).result().map_err(|e| failure(api, "ncclGetUniqueId", e.0, None))?;
+        id.assume_init()
+    };
     Ok(id.internal.map(|c| c as u8))
 }
 
-fn error_string(code: sys::ncclResult_t) -> String {
+fn error_string(api: &Api, code: sys::ncclResult_t) -> String {
     // SAFETY: NCCL returns a pointer to a static NUL-terminated string for any code.
     unsafe {
-        let p = sys::ncclGetErrorString(code);
+        let p = (api.get_error_string)(code);
         if p.is_null() { String::new() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }
     }
 }
 
-fn failure(call: &'static str, code: sys::ncclResult_t, comm: Option<sys::ncclComm_t>) -> Failure {
+fn failure(api: &Api, call: &'static str, code: sys::ncclResult_t, comm: Option<sys::ncclComm_t>) -> Failure {
     let last = match comm {
         // SAFETY: `comm` is a live communicator (or null, which NCCL accepts here); the
         // string is NCCL's own, valid until the next call on this thread.
         Some(c) => unsafe {
-            let p = sys::ncclGetLastError(c);
+            let p = (api.get_last_error)(c);
             if p.is_null() { String::new() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }
         },
         None => String::new(),
     };
-    Failure::Nccl { call, code, reason: error_string(code), last }
+    Failure::Nccl { call, code, reason: error_string(api, code), last }
 }
 
 /// When a wait gives up, and how long it was given.
@@ -148,6 +149,7 @@ impl Backoff {
 /// One rank's non-blocking NCCL communicator. Aborted (never left waiting) on any
 /// failure and on drop.
 pub(super) struct Comm {
+    api: &'static Api,
     comm: sys::ncclComm_t,
     aborted: bool,
 }
@@ -157,6 +159,7 @@ impl Comm {
     /// context is current on this thread; gives up (and aborts) after `timeout`.
     pub(super) fn init(world: usize, rank: usize, id: [u8; ID_BYTES], timeout: Duration) -> Result<Comm, Failure> {
         let deadline = Deadline::after(timeout);
+        let api = api().map_err(Failure::Library)?;
         let id = sys::ncclUniqueId { internal: id.map(|b| b as std::ffi::c_char) };
         let mut config = sys::ncclConfig_t {
             size: std::mem::size_of::<sys::ncclConfig_t>(),
@@ -185,16 +188,16 @@ impl Comm {
         // SAFETY: `raw` and `config` outlive the call (NCCL copies the config); the id is
         // 128 plain bytes. With `blocking = 0` the call returns at once (ncclInProgress)
         // and the communicator finishes joining in the background.
-        let started = unsafe { result::comm_init_rank_config(&mut raw, n, id, r, &mut config) };
+        let started = unsafe { (api.comm_init_rank_config)(&mut raw, n, id, r, &mut config) }.result();
         if raw.is_null() {
             return Err(match started {
-                Err(e) => failure("ncclCommInitRankConfig", e.0, None),
-                Ok(_) => failure("ncclCommInitRankConfig", sys::ncclResult_t::ncclInternalError, None),
+                Err(e) => failure(api, "ncclCommInitRankConfig", e.0, None),
+                Ok(_) => failure(api, "ncclCommInitRankConfig", sys::ncclResult_t::ncclInternalError, None),
             });
         }
-        let mut comm = Comm { comm: raw, aborted: false };
+        let mut comm = Comm { api, comm: raw, aborted: false };
         if let Err(e) = started {
-            let f = failure("ncclCommInitRankConfig", e.0, Some(raw));
+            let f = failure(api, "ncclCommInitRankConfig", e.0, Some(raw));
             comm.abort();
             return Err(f);
         }
@@ -207,11 +210,11 @@ impl Comm {
         let mut state = sys::ncclResult_t::ncclSuccess;
         // SAFETY: `self.comm` is live (not aborted: every caller checks) and `state` is
         // a valid out-pointer.
-        let polled = unsafe { sys::ncclCommGetAsyncError(self.comm, &mut state) };
+        let polled = unsafe { (self.api.comm_get_async_error)(self.comm, &mut state) };
         match (polled, state) {
             (sys::ncclResult_t::ncclSuccess, sys::ncclResult_t::ncclSuccess) => Ok(true),
             (sys::ncclResult_t::ncclSuccess, sys::ncclResult_t::ncclInProgress) => Ok(false),
-            (sys::ncclResult_t::ncclSuccess, code) | (code, _) => Err(failure(call, code, Some(self.comm))),
+            (sys::ncclResult_t::ncclSuccess, code) | (code, _) => Err(failure(self.api, call, code, Some(self.comm))),
         }
     }
 
@@ -239,7 +242,7 @@ impl Comm {
         match r {
             Ok(_) => Ok(()), // ncclSuccess or ncclInProgress: settled later
             Err(e) => {
-                let f = failure(call, e.0, Some(self.comm));
+                let f = failure(self.api, call, e.0, Some(self.comm));
                 self.abort();
                 Err(f)
             }
@@ -262,7 +265,8 @@ impl Comm {
         }
         assert!(buckets.iter().all(|b| b.end <= buf.len()), "buckets inside the buffer");
         let nccl_stream = stream.cu_stream() as sys::cudaStream_t;
-        let start = result::group_start();
+        // SAFETY: group calls take no arguments; NCCL tracks the group per thread.
+        let start = unsafe { (self.api.group_start)() }.result();
         self.checked("ncclGroupStart", start)?;
         for b in buckets {
             let at = (buf.ptr() + (b.start * std::mem::size_of::<f32>()) as u64) as *mut std::ffi::c_void;
@@ -270,7 +274,7 @@ impl Comm {
             // every bucket lies inside it (asserted above); the reduction is in place
             // (send = receive buffer), on a stream of this communicator's device.
             let r = unsafe {
-                result::all_reduce(
+                (self.api.all_reduce)(
                     at,
                     at,
                     b.len(),
@@ -279,15 +283,18 @@ impl Comm {
                     self.comm,
                     nccl_stream,
                 )
-            };
+            }
+            .result();
             if let Err(e) = r {
-                let _ = result::group_end();
-                let f = failure("ncclAllReduce", e.0, Some(self.comm));
+                // SAFETY: closes the group opened above.
+                let _ = unsafe { (self.api.group_end)() };
+                let f = failure(self.api, "ncclAllReduce", e.0, Some(self.comm));
                 self.abort();
                 return Err(f);
             }
         }
-        let end = result::group_end();
+        // SAFETY: closes the group opened above.
+        let end = unsafe { (self.api.group_end)() }.result();
         self.checked("ncclGroupEnd", end)?;
         self.settle("ncclAllReduce", deadline)?;
         self.finish(stream, deadline)
@@ -324,7 +331,7 @@ impl Comm {
         if !self.aborted {
             self.aborted = true;
             // SAFETY: `self.comm` is live and, once aborted, never used again.
-            let _ = unsafe { result::comm_abort(self.comm) };
+            let _ = unsafe { (self.api.comm_abort)(self.comm) };
         }
     }
 }

@@ -147,7 +147,7 @@ fn sigterm_checkpoints_and_exits_75_and_the_relaunch_finishes() {
 }
 
 #[test]
-fn sigterm_while_waiting_at_the_rendezvous_exits_75_without_waiting_out_the_timeout() {
+fn sigterm_or_sigint_before_the_first_step_exits_75_at_once_having_written_nothing_half() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -156,37 +156,57 @@ fn sigterm_while_waiting_at_the_rendezvous_exits_75_without_waiting_out_the_time
     rt.block_on(synthetic::populate(loc.store(), 1, 4, 1, WriterOptions::default())).unwrap();
     let stage = dir.path().join("stage.toml");
     std::fs::write(&stage, STAGE).unwrap();
-    // Rank 1 of 2, and rank 0 never comes: it waits for its 600 s rendezvous timeout
-    // unless the signal ends the wait (`timeout`, `scancel`, a pod's termination).
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let (run, log) = (dir.path().join("run"), dir.path().join("samples.log"));
-    let mut child = train_cmd(&stage, &data, &run, &log)
-        .args(["--rank", "1", "--world", "2", "--master", &format!("127.0.0.1:{port}")])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The rank says how many samples it trains on just before it dials rank 0.
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let said: Vec<String> =
-        lines.by_ref().map_while(Result::ok).take_while(|l| !l.contains("training samples")).collect();
-    assert!(child.try_wait().unwrap().is_none(), "the rank ended before the rendezvous: {said:?}");
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
+    for (signal, rank) in [("-TERM", "1"), ("-INT", "0")] {
+        // A rank of 2 whose peer never comes: it waits for its 600 s rendezvous
+        // timeout unless the signal ends the wait (`timeout`, `scancel`, a pod's
+        // termination, Ctrl-C). Rank 0 has written config.json by then.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (run, log) = (dir.path().join(format!("run{rank}")), dir.path().join("samples.log"));
+        let mut child = train_cmd(&stage, &data, &run, &log)
+            .args(["--rank", rank, "--world", "2", "--master", &format!("127.0.0.1:{port}")])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The rank says how many samples it trains on just before it meets its peer.
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let said: Vec<String> =
+            lines.by_ref().map_while(Result::ok).take_while(|l| !l.contains("training samples")).collect();
+        assert!(child.try_wait().unwrap().is_none(), "the rank ended before the rendezvous: {said:?}");
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("kill {signal}: the rank kept waiting at the rendezvous");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(status.code(), Some(75), "kill {signal}: stopped, to be requeued");
+        assert!(!run.join("checkpoints").exists(), "nothing trained, nothing checkpointed");
+        let files: Vec<String> = walk(&run);
+        assert!(files.iter().all(|f| !f.contains('#')), "no half-written staging file: {files:?}");
+        if rank == "0" {
+            assert!(files.iter().any(|f| f.ends_with("config.json")), "rank 0's config.json is whole: {files:?}");
         }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("the rank kept waiting at the rendezvous after SIGTERM");
+    }
+}
+
+/// Every file under `dir`, as paths.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p.display().to_string());
         }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert_eq!(status.code(), Some(75), "stopped and requeued: {rest:?}");
-    assert!(rest.iter().any(|l| l.contains("rendezvous")), "says where it stopped: {rest:?}");
-    assert!(!run.join("checkpoints").exists(), "nothing trained, nothing checkpointed");
+    }
+    out
 }
 
 /// Two network namespaces joined by a veth pair, each with a hosts file in which its

@@ -401,13 +401,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (mut spec, launch) = s3_trainer::run_settings::resolve(&flags, &|k| std::env::var(k).ok())?;
             let device = s3_trainer::device::rank_device(&cli.device, launch.local_rank, device)?;
             launch.log();
-            // SIGTERM (Kubernetes, Slurm at the time limit) and SIGUSR2 (Slurm's
-            // --signal) mean "checkpoint at the next step and exit 75" (DESIGN §10).
+            // SIGTERM (Kubernetes, Slurm at the time limit, `timeout`), SIGINT and SIGUSR2
+            // (Slurm's --signal) mean "checkpoint at the next step and exit 75" (DESIGN
+            // §10); before the first step, "exit 75 now" (nothing to checkpoint yet).
             let preempt = Arc::new(AtomicBool::new(false));
-            for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR2] {
+            let at_once = Arc::new(AtomicBool::new(true));
+            for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGUSR2] {
+                signal_hook::flag::register_conditional_shutdown(sig, i32::from(PREEMPTED), at_once.clone())
+                    .context("installing the signal handler")?;
                 signal_hook::flag::register(sig, preempt.clone()).context("installing the signal handler")?;
             }
             spec.preempt = Some(preempt);
+            spec.exit_at_once = Some(at_once);
             let outcome = match progress::train_with_progress(&spec, &device, samples_log.as_deref()) {
                 // A SIGTERM while peers were missing: like a preemption, the launcher
                 // requeues, and the next attempt starts where this one stood.

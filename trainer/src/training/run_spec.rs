@@ -43,6 +43,12 @@ pub struct RunSpec {
     /// the same step boundary (the flag travels through the all-reduce), rank 0
     /// checkpoints, and the outcome says `preempted` (the binary exits 75).
     pub preempt: Option<Arc<AtomicBool>>,
+    /// Set while a stop signal should end the process at once (exit 75, by the
+    /// handler itself): before the first step nothing is worth a checkpoint, and
+    /// loading data or `--init`, or waiting for peers, can take minutes. The loop
+    /// clears it around rank 0's writes (a write is never cut in half) and for good
+    /// once training starts, from when the stop waits for the step boundary.
+    pub exit_at_once: Option<Arc<AtomicBool>>,
     /// The loader's decoding threads (outside the run's identity: the samples and
     /// their order are the same for any count).
     pub loader_threads: usize,
@@ -64,6 +70,7 @@ impl RunSpec {
             step_timeout: None,
             init_xxh3: None,
             preempt: None,
+            exit_at_once: None,
             loader_threads: 1,
         }
     }

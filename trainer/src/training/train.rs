@@ -74,6 +74,9 @@ pub fn select_rows(
 pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) -> Result<TrainOutcome> {
     let stage = &spec.stage;
     let mut t = Training::start(spec, device, progress)?;
+    // From here a stop waits for the step boundary, where every rank stops together
+    // and rank 0 checkpoints.
+    t.hold_exit();
     if stage.max_steps.is_some_and(|s| t.state.step >= s) {
         // Resumed at its step budget: nothing to do (not one more step per relaunch).
         return Ok(t.finish(false));
@@ -264,7 +267,9 @@ impl<'a> Training<'a> {
             let resolved = serde_json::json!({
                 "stage": stage, "model": t.cfg, "datasets": datasets, "data": t.data.url(), "world": spec.world,
             });
-            rt.block_on(json::put_json(t.run.store().as_ref(), &ObjPath::from("config.json"), &resolved))?;
+            t.uninterrupted("writing config.json", || {
+                rt.block_on(json::put_json(t.run.store().as_ref(), &ObjPath::from("config.json"), &resolved))
+            })?;
         }
         let per_step = (stage.batch * stage.accumulation) as u64;
         let per_rank_epoch = t.sampler.padded_len(spec.world) / spec.world as u64;
@@ -291,7 +296,9 @@ impl<'a> Training<'a> {
             if spec.rank == 0 {
                 // Starting over: the old pointer must not outlive the decision, or a crash
                 // before this run's first checkpoint would resume the old run next time.
-                rt.block_on(checkpoint::forget_latest(store.as_ref()))?;
+                self.uninterrupted("forgetting the old checkpoint", || {
+                    rt.block_on(checkpoint::forget_latest(store.as_ref()))
+                })?;
             }
             None
         };
@@ -299,7 +306,9 @@ impl<'a> Training<'a> {
             if spec.rank == 0 {
                 // A fresh start (no checkpoint, or --no-resume): segments of an earlier run in
                 // this folder would otherwise mix into this run's history.
-                rt.block_on(metrics::drop_segments_after(store.as_ref(), 0))?;
+                self.uninterrupted("clearing old metrics", || {
+                    rt.block_on(metrics::drop_segments_after(store.as_ref(), 0))
+                })?;
             }
             return Ok((self, false));
         };
@@ -318,7 +327,10 @@ impl<'a> Training<'a> {
         self.log = MetricsLog::resume(restored.summary);
         self._checkpoint_files = Some(restored._files);
         if spec.rank == 0 {
-            rt.block_on(metrics::drop_segments_after(store.as_ref(), self.state.step))?;
+            let step = self.state.step;
+            self.uninterrupted("clearing metrics past the checkpoint", || {
+                rt.block_on(metrics::drop_segments_after(store.as_ref(), step))
+            })?;
         }
         tracing::info!(step = self.state.step, epoch = self.state.sampler.epoch, "resumed from {}", l.dir);
         Ok((self, true))
@@ -343,6 +355,32 @@ impl<'a> Training<'a> {
         let report = weights::load(&mut self.model, &file, Strictness::Strict)?;
         tracing::info!(applied = report.applied, "initialised from {}", s3_shards::store::redact(init));
         Ok(())
+    }
+
+    /// Runs a write of rank 0 before the first step with the exit-at-once held off, so
+    /// that a stop signal cannot cut it in half; a stop asked for meanwhile ends the
+    /// start right after it.
+    fn uninterrupted<T, E: Into<TrainError>>(
+        &self,
+        what: &'static str,
+        write: impl FnOnce() -> std::result::Result<T, E>,
+    ) -> Result<T> {
+        let at_once = self.spec.exit_at_once.as_deref();
+        at_once.inspect(|a| a.store(false, Ordering::SeqCst));
+        let written = write().map_err(Into::into);
+        at_once.inspect(|a| a.store(true, Ordering::SeqCst));
+        if self.spec.preempt.as_ref().is_some_and(|p| p.load(Ordering::SeqCst)) {
+            written?;
+            return Err(TrainError::Stopped(what));
+        }
+        written
+    }
+
+    /// Training starts: a stop now waits for the step boundary.
+    fn hold_exit(&self) {
+        if let Some(a) = &self.spec.exit_at_once {
+            a.store(false, Ordering::SeqCst);
+        }
     }
 
     /// Every rank takes the same optimiser steps on the mean gradient of all ranks.

@@ -589,4 +589,18 @@ mod tests {
         let e = TcpCollective::connect_with(&free_addr(), 0, 2, &opts).unwrap_err();
         assert!(matches!(e, TrainError::Stopped(_)), "{e}");
     }
+
+    #[test]
+    fn an_unreachable_rank_0_is_named_with_its_address_and_port() {
+        let addr = free_addr(); // nobody listens there
+        let opts = CollectiveOptions { rendezvous_timeout: Duration::from_millis(300), ..Default::default() };
+        let e = TcpCollective::connect_with(&addr, 1, 2, &opts).unwrap_err().to_string();
+        assert!(e.contains("rank 0 not reachable at") && e.contains(&addr), "{e}");
+        let port = addr.rsplit_once(':').unwrap().1;
+        let e = TcpCollective::connect_with(&format!("localhost:{port}"), 1, 2, &opts).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("localhost:{port} (")) && e.contains(&format!(":{port})")),
+            "the address it resolved to: {e}"
+        );
+    }
 }

@@ -48,6 +48,22 @@ fn train_cmd(stage: &Path, data: &Path, run: &Path, log: &Path) -> Command {
     c
 }
 
+/// A store of `cases` phantom samples under `dir/data`, with `rows` per row group.
+fn phantom_store(dir: &Path, cases: usize, rows: Option<usize>) -> std::path::PathBuf {
+    let data = dir.join("data");
+    let loc = open_store(data.to_str().unwrap(), &StoreOptions::default()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let opts =
+        WriterOptions { row_group_rows: rows.unwrap_or(WriterOptions::default().row_group_rows), ..Default::default() };
+    rt.block_on(synthetic::populate(loc.store(), 1, cases, 1, opts)).unwrap();
+    data
+}
+
+/// The weights digest a rank prints at its end.
+fn digest(stdout: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(stdout).split("weights xxh3 ").nth(1).map(|s| s.trim().to_string())
+}
+
 /// The log's lines as (step, samples).
 fn steps(log: &Path) -> Vec<(u64, String)> {
     std::fs::read_to_string(log)
@@ -63,11 +79,7 @@ fn steps(log: &Path) -> Vec<(u64, String)> {
 #[test]
 fn kill_9_between_checkpoints_resumes_with_exactly_the_rest() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let loc = open_store(data.to_str().unwrap(), &StoreOptions::default()).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(synthetic::populate(loc.store(), 1, 16, 1, WriterOptions { row_group_rows: 2, ..Default::default() }))
-        .unwrap();
+    let data = phantom_store(dir.path(), 16, Some(2));
     let stage = dir.path().join("stage.toml");
     std::fs::write(&stage, STAGE).unwrap();
 
@@ -76,7 +88,6 @@ fn kill_9_between_checkpoints_resumes_with_exactly_the_rest() {
     assert!(out.status.success());
     let full = steps(&full_log);
     assert!(full.len() >= 12, "{} steps", full.len());
-    let digest = |o: &[u8]| String::from_utf8_lossy(o).split("weights xxh3 ").nth(1).map(|s| s.trim().to_string());
     let full_digest = digest(&out.stdout);
     assert!(full_digest.is_some());
 
@@ -112,11 +123,7 @@ fn kill_9_between_checkpoints_resumes_with_exactly_the_rest() {
 #[test]
 fn sigterm_checkpoints_and_exits_75_and_the_relaunch_finishes() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let loc = open_store(data.to_str().unwrap(), &StoreOptions::default()).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(synthetic::populate(loc.store(), 1, 12, 1, WriterOptions { row_group_rows: 2, ..Default::default() }))
-        .unwrap();
+    let data = phantom_store(dir.path(), 12, Some(2));
     let stage = dir.path().join("stage.toml");
     std::fs::write(&stage, STAGE.replace("checkpoint_every = 5", "checkpoint_every = 100")).unwrap();
     let (full_run, full_log) = (dir.path().join("full"), dir.path().join("full.log"));
@@ -142,7 +149,6 @@ fn sigterm_checkpoints_and_exits_75_and_the_relaunch_finishes() {
     let out = train_cmd(&stage, &data, &run, &log).stdout(Stdio::piped()).output().unwrap();
     assert!(out.status.success());
     assert_eq!(steps(&log), steps(&full_log), "no sample repeated or lost across the preemption");
-    let digest = |o: &[u8]| String::from_utf8_lossy(o).split("weights xxh3 ").nth(1).map(|s| s.trim().to_string());
     assert_eq!(digest(&out.stdout), digest(&full.stdout));
 }
 
@@ -150,10 +156,7 @@ fn sigterm_checkpoints_and_exits_75_and_the_relaunch_finishes() {
 fn sigterm_or_sigint_before_the_first_step_exits_75_at_once_having_written_nothing_half() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let loc = open_store(data.to_str().unwrap(), &StoreOptions::default()).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(synthetic::populate(loc.store(), 1, 4, 1, WriterOptions::default())).unwrap();
+    let data = phantom_store(dir.path(), 4, None);
     let stage = dir.path().join("stage.toml");
     std::fs::write(&stage, STAGE).unwrap();
     for (signal, rank) in [("-TERM", "1"), ("-INT", "0")] {
@@ -292,35 +295,53 @@ impl Drop for TwoHosts {
 }
 
 #[test]
-fn two_ranks_on_two_hosts_whose_names_resolve_to_127_0_1_1_train_together() {
+fn two_ranks_on_two_hosts_whose_names_resolve_to_127_0_1_1_train_both_stages() {
     let Some(hosts) = TwoHosts::create() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let loc = open_store(data.to_str().unwrap(), &StoreOptions::default()).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(synthetic::populate(loc.store(), 1, 4, 1, WriterOptions::default())).unwrap();
+    let data = phantom_store(dir.path(), 4, None);
     let stage = dir.path().join("stage.toml");
     std::fs::write(&stage, STAGE).unwrap();
-    let run = dir.path().join("run");
     // The launcher's view: MASTER_ADDR is rank 0's host name, which on that host
-    // itself resolves to 127.0.1.1.
-    let rank = |r: usize| {
-        let mut c = train_cmd(&stage, &data, &run, &dir.path().join(format!("rank-{r}.log")));
-        c.env("RANK", r.to_string())
-            .env("WORLD_SIZE", "2")
-            .env("MASTER_ADDR", "s3host-a")
-            .env("MASTER_PORT", "29517")
-            .env("S3_JOB_TOKEN", "two-hosts");
-        hosts.on(r, &c).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    // itself resolves to 127.0.1.1. Both ranks get the same extra arguments.
+    let both = |run: &Path, extra: &[&str]| {
+        let rank = |r: usize| {
+            let mut c = train_cmd(&stage, &data, run, &dir.path().join(format!("rank-{r}.log")));
+            c.args(extra)
+                .env("RANK", r.to_string())
+                .env("WORLD_SIZE", "2")
+                .env("MASTER_ADDR", "s3host-a")
+                .env("MASTER_PORT", "29517")
+                .env("S3_JOB_TOKEN", "two-hosts");
+            hosts.on(r, &c).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+        };
+        let (r0, r1) = (rank(0), rank(1));
+        let (o1, o0) = (r1.wait_with_output().unwrap(), r0.wait_with_output().unwrap());
+        (o0, o1)
     };
-    let (r0, r1) = (rank(0), rank(1));
-    let (o1, o0) = (r1.wait_with_output().unwrap(), r0.wait_with_output().unwrap());
     let text = |o: &std::process::Output| {
         format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
     };
+
+    let stage1 = dir.path().join("stage1");
+    let (o0, o1) = both(&stage1, &[]);
     assert!(o0.status.success() && o1.status.success(), "rank 0:\n{}\nrank 1:\n{}", text(&o0), text(&o1));
-    let digest = |o: &[u8]| String::from_utf8_lossy(o).split("weights xxh3 ").nth(1).map(|s| s.trim().to_string());
     assert!(digest(&o0.stdout).is_some());
     assert_eq!(digest(&o0.stdout), digest(&o1.stdout), "one model on both hosts");
     assert!(String::from_utf8_lossy(&o0.stdout).contains("rank 0/2"));
+
+    // Stage 2 from stage 1's final weights, each host checking the hash the launcher
+    // verified against the copy it read: a wrong hash stops both, the right one trains.
+    let latest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(stage1.join("checkpoints/latest.json")).unwrap()).unwrap();
+    let weights = stage1.join(latest["dir"].as_str().unwrap()).join("weights.safetensors");
+    let xxh3 = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&std::fs::read(&weights).unwrap()));
+    let init = weights.display().to_string();
+    let (w0, w1) = both(&dir.path().join("stage2-wrong"), &["--init", &init, "--init-xxh3", "0000000000000001"]);
+    for o in [&w0, &w1] {
+        assert!(!o.status.success() && text(o).contains("not starting from a changed checkpoint"), "{}", text(o));
+    }
+    let (s0, s1) = both(&dir.path().join("stage2"), &["--init", &init, "--init-xxh3", &xxh3]);
+    assert!(s0.status.success() && s1.status.success(), "rank 0:\n{}\nrank 1:\n{}", text(&s0), text(&s1));
+    assert_eq!(digest(&s0.stdout), digest(&s1.stdout), "stage 2: one model on both hosts");
+    assert_ne!(digest(&s0.stdout), digest(&o0.stdout), "stage 2 trained on from stage 1");
 }

@@ -103,6 +103,14 @@ layer! {
     time_limit: String,
     /// Slurm partition.
     partition: String,
+    /// Slurm partition of the eval job (one GPU; default: `partition`).
+    eval_partition: String,
+    /// Wall-clock limit of the eval job (default: `time_limit`).
+    eval_time_limit: String,
+    /// Slurm partition of the ingest workers and merge (CPU only; default: `partition`).
+    ingest_partition: String,
+    /// Wall-clock limit of the ingest jobs (default: `time_limit`).
+    ingest_time_limit: String,
     /// Slurm account.
     account: String,
     /// Slurm QoS.

@@ -95,12 +95,20 @@ impl Slurm {
             .unwrap_or_else(|| std::env::current_exe().map_or_else(|_| "s3-orch".into(), |p| p.display().to_string()))
     }
 
-    /// `#SBATCH` lines common to every job.
+    /// `#SBATCH` lines common to every job. The eval and the ingest have partitions
+    /// and time limits of their own where the profile names them: one GPU for a few
+    /// minutes, or CPUs only, need not queue for the training partition's nodes.
     fn header(&self, job: &Job, name: &str, out: &str) -> String {
         let v = &self.settings.values;
+        let (partition, time) = match job.kind.stage() {
+            Stage::Eval => (v.eval_partition.as_ref().or(v.partition.as_ref()), v.eval_time_limit.as_ref()),
+            Stage::Ingest => (v.ingest_partition.as_ref().or(v.partition.as_ref()), v.ingest_time_limit.as_ref()),
+            _ => (v.partition.as_ref(), None),
+        };
+        let time = time.or(v.time_limit.as_ref());
         let mut h = format!("#!/bin/bash\n#SBATCH --job-name={}\n", shell_quote(name));
         for (flag, value) in
-            [("partition", &v.partition), ("account", &v.account), ("qos", &v.qos), ("time", &v.time_limit)]
+            [("partition", partition), ("account", v.account.as_ref()), ("qos", v.qos.as_ref()), ("time", time)]
         {
             if let Some(x) = value {
                 h.push_str(&format!("#SBATCH --{flag}={}\n", shell_quote(x)));
@@ -173,15 +181,24 @@ impl Slurm {
         let per_node = self.settings.ranks_per_node()?;
         let r0 = job.ranks.first().ok_or_else(|| OrchError::NoRanks { stage: job.kind.to_string() })?;
         let mut s = self.header(job, &format!("s3-{}-{}", job.run_id, job.kind), "slurm-%j.out");
-        s.push_str(&format!("#SBATCH --nodes={}\n#SBATCH --ntasks-per-node={per_node}\n", job.nodes));
+        // The eval is one process on one GPU: a whole training node would sit idle.
+        let eval = job.kind == JobKind::Run(Stage::Eval);
+        let per_node = if eval { 1 } else { per_node };
+        if eval {
+            s.push_str("#SBATCH --nodes=1\n#SBATCH --ntasks=1\n");
+        } else {
+            s.push_str(&format!("#SBATCH --nodes={}\n#SBATCH --ntasks-per-node={per_node}\n", job.nodes));
+        }
         if let Some(c) = v.cpus_per_rank {
             s.push_str(&format!("#SBATCH --cpus-per-task={c}\n"));
         }
         if let Some(m) = &v.mem_per_rank {
             s.push_str(&format!("#SBATCH --mem={}M\n", mebibytes(m)? * per_node as u64));
         }
-        if let Some(g) = v.gpus_per_node {
-            s.push_str(&format!("#SBATCH --gpus-per-node={g}\n"));
+        match v.gpus_per_node {
+            Some(_) if eval => s.push_str("#SBATCH --gpus=1\n"),
+            Some(g) => s.push_str(&format!("#SBATCH --gpus-per-node={g}\n")),
+            None => {}
         }
         s.push_str(&format!(
             "#SBATCH --requeue\n#SBATCH --signal=USR2@{}\nset -uo pipefail\n",
@@ -454,5 +471,50 @@ mod tests {
         let text = slurm.render(&j);
         assert!(!text.contains("secret-token-value") && !text.contains("export RANK="), "{text}");
         assert!(text.contains("export S3_JOB_TOKEN=$(od"), "the job makes its own token: {text}");
+    }
+
+    #[test]
+    fn the_eval_takes_one_gpu_and_eval_and_ingest_take_their_own_partitions() {
+        let profile = "ranks = 8\nnodes = 2\ngpus_per_node = 4\nmem_per_rank = \"16G\"\npartition = \"gpu\"\n\
+                       time_limit = \"2-00:00:00\"\neval_partition = \"gpu-short\"\neval_time_limit = \"1:00:00\"\n\
+                       ingest_partition = \"cpu\"\n";
+        let s = settings(profile);
+        let (slurm, train) = job(&s);
+        let text = slurm.render(&train);
+        assert!(text.contains("--partition=gpu\n") && text.contains("--time=2-00:00:00\n"), "{text}");
+        assert!(text.contains("--ntasks-per-node=4\n") && text.contains("--gpus-per-node=4\n"), "{text}");
+
+        let plan = crate::plan::TrainPlan {
+            train_bin: "s3-train".into(),
+            stage_file: "stage2.toml".into(),
+            data: "s3://b/data".into(),
+            run_dir: "s3://b/runs/r/stage2".into(),
+            init: None,
+            catalog: None,
+            ranks: 1,
+            nodes: 1,
+            device: "cuda".into(),
+            env: Default::default(),
+        };
+        let mut eval = crate::plan::eval_job(&plan, "r", 1, "/logs/eval".into());
+        eval.hooks = Some(Hooks { runs: "s3://b/runs".into(), evaluated: Some("stage2".into()), ..Default::default() });
+        let text = slurm.render(&eval);
+        assert!(text.contains("--partition=gpu-short\n") && text.contains("--time=1:00:00\n"), "{text}");
+        assert!(text.contains("--nodes=1\n#SBATCH --ntasks=1\n") && text.contains("--gpus=1\n"), "{text}");
+        assert!(text.contains("--mem=16384M\n") && !text.contains("--gpus-per-node"), "one rank's share: {text}");
+
+        let ingest_plan = crate::plan::IngestPlan {
+            ingest_bin: "s3-ingest".into(),
+            manifest: "datasets.toml".into(),
+            out: "s3://b/shards".into(),
+            workers: 3,
+            jobs: 4,
+            extra_args: Vec::new(),
+            env: Default::default(),
+        };
+        let ingest = crate::plan::ingest_job(&ingest_plan, "r", 1, "/logs/ingest".into());
+        let text = slurm.render(&ingest);
+        assert!(text.contains("--partition=cpu\n") && text.contains("--time=2-00:00:00\n"), "{text}");
+        assert!(!text.contains("--gpus"), "the ingest needs no GPU: {text}");
     }
 }

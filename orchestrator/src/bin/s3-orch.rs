@@ -302,6 +302,18 @@ struct SettingFlags {
     /// Taints the Kubernetes pods tolerate: KEY[=VALUE][:EFFECT],...
     #[arg(long, value_name = "KEY[=VALUE][:EFFECT],...")]
     tolerations: Option<String>,
+    /// Slurm partition of the eval job (one GPU) [default: --partition].
+    #[arg(long)]
+    eval_partition: Option<String>,
+    /// Wall-clock limit of the eval job [default: --time-limit].
+    #[arg(long)]
+    eval_time_limit: Option<String>,
+    /// Slurm partition of the ingest workers and merge (CPU only) [default: --partition].
+    #[arg(long)]
+    ingest_partition: Option<String>,
+    /// Wall-clock limit of the ingest jobs [default: --time-limit].
+    #[arg(long)]
+    ingest_time_limit: Option<String>,
     /// Extra environment of every rank, KEY=VALUE (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = s3_orch::settings::parse_env)]
     env: Vec<(String, String)>,
@@ -318,6 +330,10 @@ impl SettingFlags {
             mem_per_rank: self.mem_per_rank.clone(),
             time_limit: self.time_limit.clone(),
             partition: self.partition.clone(),
+            eval_partition: self.eval_partition.clone(),
+            eval_time_limit: self.eval_time_limit.clone(),
+            ingest_partition: self.ingest_partition.clone(),
+            ingest_time_limit: self.ingest_time_limit.clone(),
             account: self.account.clone(),
             qos: self.qos.clone(),
             image: self.image.clone(),

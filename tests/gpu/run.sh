@@ -1,123 +1,131 @@
 #!/usr/bin/env bash
-# The GPU check (issue 13). Run from the repository root on a machine with one or more
-# NVIDIA GPUs and the CUDA build of s3-train (trainer/scripts/build-cuda.sh) beside it:
+# The GPU check, as one command that fits a lent GPU machine (600 s per command, at
+# most 64 MiB carried, a few files brought back). Run from the repository root:
 #
-#   S3_TRAIN_BIN=/path/to/s3-train tests/gpu/run.sh        # or ./s3-train, target/cuda-dist/s3-train
+#   trainer/scripts/build-cuda.sh        # here: target/cuda-dist/s3-train.gz (~49 MB)
+#   tests/gpu/prepare.sh                 # here: tests/gpu/fixtures/ (6.7 MB, git-ignored)
+#   tests/gpu/run.sh [--ranks N]         # there, with both carried
 #
-# Prints, and keeps in $OUT/summary.txt (default OUT=gpu-check):
-#   1. check-fixture on CUDA: f32 held to 1e-4 (FAIL otherwise), bf16's error reported;
-#   2. vit_b_ori forward+backward samples/s (a training micro-step, 11 decoder passes),
-#      f32 and bf16, exact and unpadded attention;
-#   3. a few training steps on a phantom store with world = number of GPUs, synchronised
+# Every step runs against one deadline (BUDGET seconds, default 540); a step that
+# would not fit is skipped and said so. Everything it writes goes into one archive,
+# $OUT/gpu-check.tar.gz (OUT defaults to gpu-check), beside $OUT/summary.txt, which
+# it also prints:
+#   1. preflight: the GPUs, NVRTC's headers, the libnccl the binary loads (libnccl.so.2
+#      or libnccl.so; S3_NCCL_LIBRARY names another);
+#   2. check-fixture on CUDA: f32 held to 1e-4 (FAIL otherwise), bf16's error reported;
+#   3. a few training steps on a phantom store with N ranks, one GPU each, synchronised
 #      through NCCL, and the weights digest of every rank (they must be equal);
-#   4. NCCL all-reduce of a 400 MB buffer (vit_b_ori's gradients): time, algbw, busbw;
-#   5. if PyTorch with CUDA and the reference (SAM-Med3D on PYTHONPATH, or SAM_MED3D=dir)
-#      import, the same one-pass step in PyTorch beside ours, as a ratio.
-# A few minutes on one H100/H200 (most of it NVRTC compiling kernels on first use).
+#   4. vit_b_ori forward+backward samples/s (f32; bf16 and unpadded attention if time);
+#   5. NCCL all-reduce of 400 MB: time, algbw, busbw (N > 1);
+#   6. the same step in PyTorch beside ours, if PyTorch with CUDA and the reference import.
 #
-# What the machine needs:
-#   - the NVIDIA driver (libcuda) and a CUDA toolkit's headers for NVRTC: CUDA_PATH (or
-#     /usr/local/cuda, /opt/cuda) with include/cuda_fp16.h, and libnvrtc on the loader path;
-#   - libnccl.so: this build opens `libnccl.so`, not `libnccl.so.2`. NCCL's pip wheels
-#     (nvidia-nccl-cu12) ship only libnccl.so.2; this script links one into a temporary
-#     directory on LD_LIBRARY_PATH when it finds only that (by hand:
-#     `ln -s $SITE/nvidia/nccl/lib/libnccl.so.2 DIR/libnccl.so`, DIR on LD_LIBRARY_PATH),
-#     or install libnccl2 + libnccl-dev.
-# Settings: GPUS (default: all), STEPS (timed micro-steps, default 3), TRAIN_STEPS
-# (default 4), LIMIT (seconds per command, default 900), S3_FIXTURES
-# (default ../shared/fixtures/model), PRESET (default vit_b_ori).
-# DEVICE=cpu runs the same sequence on the CPU build (TCP instead of NCCL; with PRESET=small
-# GPUS=2 STEPS=1 TRAIN_STEPS=2 it takes a few minutes): a rehearsal of this script itself.
+# Settings: --ranks N (default: every GPU; NCCL needs one GPU per rank), BUDGET,
+# STEPS (timed micro-steps, default 3), TRAIN_STEPS (default 4), S3_TRAIN_BIN (the
+# binary or its .gz), S3_FIXTURES (default tests/gpu/fixtures), PRESET (vit_b_ori).
+# DEVICE=cpu rehearses the sequence on the CPU build (TCP instead of NCCL; with
+# PRESET=small STEPS=1 TRAIN_STEPS=2 --ranks 2 it takes a few minutes).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
+usage() { sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+ranks=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --ranks) ranks="${2:-}"; shift 2 ;;
+    --ranks=*) ranks="${1#--ranks=}"; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+if [ -n "$ranks" ] && ! [[ "$ranks" =~ ^[1-9][0-9]*$ ]]; then
+  echo "--ranks $ranks: a positive number of ranks (one GPU each)" >&2; exit 2
+fi
+
 out="${OUT:-gpu-check}"
 mkdir -p "$out"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+work="$tmp/gpu-check"
+mkdir -p "$work"
 summary="$out/summary.txt"
 : >"$summary"
 say() { echo "$*" | tee -a "$summary"; }
 fail() { say "FAIL: $*"; failed=1; }
 failed=0
-limit="${LIMIT:-900}"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+deadline=$(( SECONDS + ${BUDGET:-540} ))
+left() { echo $(( deadline - SECONDS )); }
+# fits SECS: whether a step that needs about SECS still fits before the deadline.
+fits() { [ "$(left)" -gt "$1" ]; }
+limit() { timeout "$(left)" "$@"; }
+finish() {
+  say "== $([ $failed = 0 ] && echo 'all checks passed' || echo 'SOME CHECKS FAILED'); details in $out/gpu-check.tar.gz"
+  cp "$summary" "$work/summary.txt"
+  tar -czf "$out/gpu-check.tar.gz" -C "$tmp" gpu-check
+  exit $failed
+}
 
-# --- the binary and the machine -------------------------------------------------------
+# --- the binary ------------------------------------------------------------------------
 device="${DEVICE:-cuda}"
 preset="${PRESET:-vit_b_ori}"
-bin="${S3_TRAIN_BIN:-}"
-for c in "$bin" ./s3-train target/cuda-dist/s3-train; do
-  if [ -n "$c" ] && [ -x "$c" ]; then bin="$c"; break; fi
+bin=""
+for c in "${S3_TRAIN_BIN:-}" target/cuda-dist/s3-train.gz target/cuda-dist/s3-train ./s3-train; do
+  [ -n "$c" ] && [ -f "$c" ] || continue
+  case "$c" in
+    *.gz) gunzip -c "$c" >"$tmp/s3-train" && chmod +x "$tmp/s3-train" && bin="$tmp/s3-train" ;;
+    *) bin="$c" ;;
+  esac
+  break
 done
-[ -x "$bin" ] || { echo "no s3-train: set S3_TRAIN_BIN (trainer/scripts/build-cuda.sh builds it)" >&2; exit 2; }
-# The driver, NVRTC's headers and libnccl.so (linked from libnccl.so.2 when that is all
-# there is); sets gpus.
-cuda_preflight() {
+[ -n "$bin" ] && [ -x "$bin" ] || {
+  echo "no s3-train: set S3_TRAIN_BIN (trainer/scripts/build-cuda.sh makes target/cuda-dist/s3-train.gz)" >&2
+  exit 2
+}
+
+# --- 1. preflight -----------------------------------------------------------------------
+if [ "$device" = cpu ]; then
+  gpus="${ranks:-2}"
+  say "== 1. CPU rehearsal, $gpus ranks"
+else
   command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 \
     || { echo "no NVIDIA driver here (nvidia-smi -L failed)" >&2; exit 2; }
-  gpus="${GPUS:-$(nvidia-smi -L | grep -c '^GPU ')}"
-
+  have=$(nvidia-smi -L | grep -c '^GPU ')
+  gpus="${ranks:-$have}"
+  if [ "$gpus" -gt "$have" ]; then
+    echo "--ranks $gpus but this machine has $have GPU(s): NCCL needs one GPU per rank" >&2
+    exit 2
+  fi
   if [ -z "${CUDA_PATH:-}" ]; then
     for d in /usr/local/cuda /opt/cuda; do [ -f "$d/include/cuda_fp16.h" ] && { export CUDA_PATH="$d"; break; }; done
   fi
   [ -f "${CUDA_PATH:-/nonexistent}/include/cuda_fp16.h" ] \
     || { echo "no CUDA headers for NVRTC: set CUDA_PATH to a toolkit with include/cuda_fp16.h" >&2; exit 2; }
   export LD_LIBRARY_PATH="$CUDA_PATH/lib64:${LD_LIBRARY_PATH:-}"
-
-  has_lib() { # NAME: on LD_LIBRARY_PATH or in the loader cache
-    local d
-    for d in ${LD_LIBRARY_PATH//:/ }; do [ -e "$d/$1" ] && return 0; done
-    ldconfig -p 2>/dev/null | grep -q "[[:space:]]$1 "
-  }
-  if ! has_lib libnccl.so; then
-    so2=$(ldconfig -p 2>/dev/null | awk '/libnccl\.so\.2 /{print $NF; exit}')
-    [ -z "$so2" ] && so2=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib", "libnccl.so.2"))' 2>/dev/null)
-    if [ -n "$so2" ] && [ -e "$so2" ]; then
-      mkdir -p "$tmp/nccl" && ln -s "$so2" "$tmp/nccl/libnccl.so"
-      export LD_LIBRARY_PATH="$tmp/nccl:$LD_LIBRARY_PATH"
-      echo "(linked $so2 as libnccl.so in a temporary directory)"
-    else
-      echo "no libnccl.so or libnccl.so.2 found: install libnccl2 libnccl-dev, or pip install nvidia-nccl-cu12" >&2
-      exit 2
-    fi
+  # pip's wheel, when no libnccl2 package is installed.
+  if ! ldconfig -p 2>/dev/null | grep -q 'libnccl\.so'; then
+    wheel=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)
+    [ -n "$wheel" ] && export LD_LIBRARY_PATH="$wheel:$LD_LIBRARY_PATH"
   fi
-}
-if [ "$device" = cpu ]; then gpus="${GPUS:-2}"; else cuda_preflight; fi
-
-run() { timeout "$limit" "$bin" --device "$device" "$@"; }
-if [ "$device" = cpu ]; then
-  say "== CPU rehearsal, $gpus ranks"
-else
-  say "== $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1) × $gpus, CUDA_PATH=$CUDA_PATH"
+  say "== 1. $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1) × $have, $gpus rank(s), CUDA_PATH=$CUDA_PATH"
 fi
 say "   $("$bin" --version)"
+say "   $("$bin" info --preset tiny 2>/dev/null | grep '^libnccl' || echo 'libnccl: (info failed)')"
+run() { limit "$bin" --device "$device" "$@"; }
 
-# --- 1. parity on CUDA ----------------------------------------------------------------
-fixture="${S3_FIXTURES:-../shared/fixtures/model}/sam3d_tiny"
-say "== 1. check-fixture $fixture on $device"
-if run check-fixture "$fixture" >"$out/fixture-f32.txt" 2>&1; then
-  say "   f32: $(tail -1 "$out/fixture-f32.txt")"
-else
-  cat "$out/fixture-f32.txt"; fail "check-fixture f32 (see $out/fixture-f32.txt)"
+# --- 2. parity on CUDA ----------------------------------------------------------------
+fixture="${S3_FIXTURES:-tests/gpu/fixtures}/sam3d_tiny"
+if [ ! -f "$fixture.json" ]; then
+  fail "no fixture at $fixture.json: run tests/gpu/prepare.sh where ../shared exists, and carry tests/gpu/fixtures"
+elif fits 30; then
+  say "== 2. check-fixture on $device"
+  if run check-fixture "$fixture" >"$work/fixture-f32.txt" 2>&1; then
+    say "   f32: $(tail -1 "$work/fixture-f32.txt")"
+  else
+    fail "check-fixture f32: $(tail -3 "$work/fixture-f32.txt")"
+  fi
+  if fits 60 && run check-fixture "$fixture" --precision bf16 >"$work/fixture-bf16.txt" 2>&1; then
+    say "   $(tail -1 "$work/fixture-bf16.txt")"
+  fi
 fi
-if run check-fixture "$fixture" --precision bf16 >"$out/fixture-bf16.txt" 2>&1; then
-  say "   $(tail -1 "$out/fixture-bf16.txt")"
-else
-  cat "$out/fixture-bf16.txt"; fail "check-fixture bf16"
-fi
-
-# --- 2. model step throughput ---------------------------------------------------------
-say "== 2. $preset forward+backward (micro-step, batch 1, 11 passes), ${STEPS:-3} timed steps"
-for precision in f32 bf16; do
-  for attention in exact unpadded; do
-    if line=$(run bench model --preset "$preset" --precision "$precision" --attention "$attention" \
-      --steps "${STEPS:-3}" 2>"$out/model-$precision-$attention.err"); then
-      say "   $line"
-    else
-      fail "bench model $precision $attention: $(tail -3 "$out/model-$precision-$attention.err")"
-    fi
-  done
-done
 
 # --- ranks --------------------------------------------------------------------------
 port=$(( 29500 + RANDOM % 1000 ))
@@ -126,8 +134,8 @@ launch() { # NAME ARGS...: one process per GPU, rank = local rank = GPU index
   shift
   for ((r = 0; r < gpus; r++)); do
     RANK=$r WORLD_SIZE=$gpus LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port S3_JOB_TOKEN=gpu-check \
-      RUST_LOG=s3_trainer=info timeout "$limit" "$bin" --device "$device" "$@" \
-      >"$out/$name-rank$r.out" 2>"$out/$name-rank$r.err" &
+      RUST_LOG=s3_trainer=info limit "$bin" --device "$device" "$@" \
+      >"$work/$name-rank$r.out" 2>"$work/$name-rank$r.err" &
     pids+=($!)
   done
   local status=0
@@ -138,10 +146,11 @@ launch() { # NAME ARGS...: one process per GPU, rank = local rank = GPU index
 
 # --- 3. a few synchronised training steps -----------------------------------------------
 train_steps="${TRAIN_STEPS:-4}"
-say "== 3. $train_steps training steps of $preset on a phantom store, world $gpus"
-run bench phantom-store "$tmp/data" --cases $((gpus * train_steps)) >/dev/null 2>"$out/phantom.err" \
-  || fail "phantom store: $(tail -3 "$out/phantom.err")"
-cat >"$tmp/stage.toml" <<EOF
+if fits 120; then
+  say "== 3. $train_steps training steps of $preset on a phantom store, $gpus rank(s)"
+  run bench phantom-store "$tmp/data" --cases $((gpus * train_steps)) >/dev/null 2>"$work/phantom.err" \
+    || fail "phantom store: $(tail -3 "$work/phantom.err")"
+  cat >"$tmp/stage.toml" <<EOF
 name = "gpu-check"
 preset = "$preset"
 epochs = 1000
@@ -158,43 +167,61 @@ select = "all"
 [schedule]
 kind = "constant"
 EOF
-start=$(date +%s)
-if launch train train --stage "$tmp/stage.toml" --data "$tmp/data" --run "$tmp/run" --no-resume --step-timeout 0; then
-  secs=$(( $(date +%s) - start ))
-  digests=$(cat "$out"/train-rank*.out | grep -o 'weights xxh3 [0-9a-f]*' | sort -u)
-  n=$(echo "$digests" | grep -c xxh3)
-  joined=$(cat "$out"/train-rank*.err | grep -c 'joined the NCCL group')
-  say "   $(grep -h 'trained' "$out"/train-rank0.out) — ${secs} s wall for the whole run"
-  [ "$device" = cuda ] && say "   NCCL joined on $joined of $gpus ranks$([ "$gpus" = 1 ] && echo ' (one rank: no collective needed)')"
-  if [ "$n" = 1 ]; then say "   every rank holds the same weights: $digests"; else fail "ranks' weights differ: $digests"; fi
+  start=$SECONDS
+  if launch train train --stage "$tmp/stage.toml" --data "$tmp/data" --run "$tmp/run" --no-resume --step-timeout 0; then
+    digests=$(cat "$work"/train-rank*.out | grep -o 'weights xxh3 [0-9a-f]*' | sort -u)
+    n=$(echo "$digests" | grep -c xxh3)
+    say "   $(grep -h 'trained' "$work"/train-rank0.out) — $((SECONDS - start)) s wall for the whole run"
+    if [ "$device" = cuda ] && [ "$gpus" -gt 1 ]; then
+      say "   NCCL joined on $(cat "$work"/train-rank*.err | grep -c 'joined the NCCL group') of $gpus ranks"
+    fi
+    if [ "$n" = 1 ]; then say "   every rank holds the same weights: $digests"; else fail "ranks' weights differ: $digests"; fi
+  else
+    fail "training run: $(tail -3 "$work"/train-rank0.err)"
+  fi
 else
-  fail "training run (see $out/train-rank*.err)"; tail -5 "$out"/train-rank*.err
+  say "== 3. skipped: $(left) s left"
 fi
 
-# --- 4. NCCL all-reduce bandwidth -------------------------------------------------------
-say "== 4. all-reduce of 400 MB, world $gpus"
-if launch allreduce bench all-reduce --mb 400 --iters 5; then
-  say "   $(cat "$out/allreduce-rank0.out")"
+# --- 4. model step throughput ---------------------------------------------------------
+say "== 4. $preset forward+backward (micro-step, batch 1, 11 passes), ${STEPS:-3} timed steps"
+for variant in "f32 exact" "bf16 exact" "f32 unpadded" "bf16 unpadded"; do
+  read -r precision attention <<<"$variant"
+  if ! fits 90; then say "   $variant: skipped, $(left) s left"; continue; fi
+  if line=$(run bench model --preset "$preset" --precision "$precision" --attention "$attention" \
+    --steps "${STEPS:-3}" 2>"$work/model-$precision-$attention.err"); then
+    say "   $line"
+  else
+    fail "bench model $variant: $(tail -3 "$work/model-$precision-$attention.err")"
+  fi
+done
+
+# --- 5. NCCL all-reduce bandwidth -------------------------------------------------------
+if [ "$gpus" -gt 1 ] && fits 60; then
+  say "== 5. all-reduce of 400 MB, $gpus ranks"
+  if launch allreduce bench all-reduce --mb 400 --iters 5; then
+    say "   $(cat "$work/allreduce-rank0.out")"
+  else
+    fail "all-reduce: $(tail -3 "$work"/allreduce-rank0.err)"
+  fi
 else
-  fail "all-reduce (see $out/allreduce-rank*.err)"; tail -5 "$out"/allreduce-rank*.err
+  say "== 5. skipped: $([ "$gpus" -gt 1 ] && echo "$(left) s left" || echo 'one rank reduces with nobody')"
 fi
 
-# --- 5. beside PyTorch ----------------------------------------------------------------
+# --- 6. beside PyTorch ----------------------------------------------------------------
 [ -n "${SAM_MED3D:-}" ] && export PYTHONPATH="$SAM_MED3D:${PYTHONPATH:-}"
-if [ "$device" = cuda ] && python3 -c 'import torch, segment_anything.build_sam3D; assert torch.cuda.is_available()' 2>/dev/null; then
-  say "== 5. one forward+backward pass, ours / PyTorch reference (same GPU, f32)"
+if [ "$device" = cuda ] && fits 120 \
+  && python3 -c 'import torch, segment_anything.build_sam3D; assert torch.cuda.is_available()' 2>/dev/null; then
+  say "== 6. one forward+backward pass, ours / PyTorch reference (same GPU, f32)"
   ours=$(run bench model --preset vit_b_ori --clicks 1 --steps "${STEPS:-3}" 2>/dev/null)
-  theirs=$(DEVICE=cuda STEPS="${STEPS:-3}" timeout "$limit" python3 trainer/bench/torch_model.py vit_b_ori 2>/dev/null | tail -1)
+  theirs=$(DEVICE=cuda STEPS="${STEPS:-3}" limit python3 trainer/bench/torch_model.py vit_b_ori 2>/dev/null | tail -1)
   say "   $ours"
   say "   $theirs"
   a=$(echo "$ours" | grep -o '[0-9.]* samples/s' | head -1 | cut -d' ' -f1)
   b=$(echo "$theirs" | grep -o '[0-9.]* samples/s' | head -1 | cut -d' ' -f1)
   [ -n "$a" ] && [ -n "$b" ] && say "   ratio ours / PyTorch: $(python3 -c "print(f'{$a / $b:.2f}x')")"
-  say "   (ours: encoder + one decoder pass + full-resolution Dice+BCE; theirs: encoder + one pass + a"
-  say "    low-res square loss: the encoder dominates both)"
 else
-  say "== 5. skipped: PyTorch with CUDA and the reference (SAM_MED3D=dir) do not import here"
+  say "== 6. skipped: PyTorch with CUDA and the reference (SAM_MED3D=dir) do not import here, or no time"
 fi
 
-say "== $([ $failed = 0 ] && echo 'all checks passed' || echo 'SOME CHECKS FAILED'); figures in $summary"
-exit $failed
+finish

@@ -287,6 +287,24 @@ pub enum OrchError {
         /// Its value.
         path: String,
     },
+    /// The run folder's store cannot write the ledger conditionally, so concurrent
+    /// writers could lose each other's changes.
+    #[error(
+        "{url}: the store does not support conditional writes (If-Match), which the run ledger needs; on an \
+         S3-compatible store that has them, check AWS_CONDITIONAL_PUT"
+    )]
+    LedgerUnsafe {
+        /// The run folder.
+        url: String,
+    },
+    /// Other writers kept changing the ledger while this one tried to.
+    #[error("{url}: the run ledger changed under this writer {tries} times in a row; try again")]
+    LedgerContended {
+        /// The run folder.
+        url: String,
+        /// Conditional writes tried.
+        tries: u32,
+    },
     /// The command needs a flag it was not given.
     #[error("{flag} is needed to {what}")]
     NeedsFlag {

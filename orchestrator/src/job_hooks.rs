@@ -48,7 +48,6 @@ pub use s3_shards::exit::REQUEUE;
 pub fn job_start(t: &HookTarget, job_id: &str, restart: u32, data: Option<&str>) -> Result<u32> {
     let rt = runtime()?;
     let run = s3_shards::open_store(&t.run_url(), &t.options)?;
-    let mut ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), &t.run_id))?;
     let index = match data {
         Some(d) => {
             let loc = s3_shards::open_store(d, &t.options)?;
@@ -56,32 +55,34 @@ pub fn job_start(t: &HookTarget, job_id: &str, restart: u32, data: Option<&str>)
         }
         None => None,
     };
-    let rec = ledger.stage_mut(&t.stage);
-    let next = rec.attempts.len() as u32 + 1;
-    let attempt = match rec.attempts.iter_mut().rev().find(|a| a.job_ids.iter().any(|j| j == job_id)) {
-        Some(a) if a.scheduler_restart == Some(restart) => return Ok(a.attempt),
-        Some(a) if a.scheduler_restart.is_none() && restart == 0 && a.state == State::Running => {
-            a.scheduler_restart = Some(restart);
-            a.data_index_xxh3 = a.data_index_xxh3.take().or(index);
-            a.attempt
-        }
-        found => {
-            let backend = found.as_ref().map_or("slurm".to_string(), |a| a.backend.clone());
-            if let Some(a) = found
-                && a.state == State::Running
-            {
-                a.state = State::Preempted;
-                a.error = Some("requeued by the scheduler before it recorded an end".into());
-                a.ended = Some(now());
+    let (attempt, _) = rt.block_on(Ledger::update(&run, &t.run_id, async |ledger| {
+        let rec = ledger.stage_mut(&t.stage);
+        let next = rec.attempts.len() as u32 + 1;
+        let attempt = match rec.attempts.iter_mut().rev().find(|a| a.job_ids.iter().any(|j| j == job_id)) {
+            Some(a) if a.scheduler_restart == Some(restart) => return Ok(a.attempt),
+            Some(a) if a.scheduler_restart.is_none() && restart == 0 && a.state == State::Running => {
+                a.scheduler_restart = Some(restart);
+                a.data_index_xxh3 = a.data_index_xxh3.take().or(index.clone());
+                a.attempt
             }
-            let mut a = Attempt::running(next, &backend, vec![job_id.to_string()], index);
-            a.scheduler_restart = Some(restart);
-            rec.attempts.push(a);
-            next
-        }
-    };
-    rec.state = State::Running;
-    rt.block_on(ledger.save(run.store().as_ref()))?;
+            found => {
+                let backend = found.as_ref().map_or("slurm".to_string(), |a| a.backend.clone());
+                if let Some(a) = found
+                    && a.state == State::Running
+                {
+                    a.state = State::Preempted;
+                    a.error = Some("requeued by the scheduler before it recorded an end".into());
+                    a.ended = Some(now());
+                }
+                let mut a = Attempt::running(next, &backend, vec![job_id.to_string()], index.clone());
+                a.scheduler_restart = Some(restart);
+                rec.attempts.push(a);
+                next
+            }
+        };
+        rec.state = State::Running;
+        Ok(attempt)
+    }))?;
     Ok(attempt)
 }
 
@@ -90,10 +91,11 @@ pub fn job_start(t: &HookTarget, job_id: &str, restart: u32, data: Option<&str>)
 pub fn job_gate(t: &HookTarget) -> Result<(String, String)> {
     let rt = runtime()?;
     let run = s3_shards::open_store(&t.run_url(), &t.options)?;
-    let mut ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), &t.run_id))?;
-    let (url, xxh3) = rt.block_on(stage1_checkpoint(&ledger, &t.options))?;
-    ledger.stage_mut(&t.stage).init = Some(url.clone());
-    rt.block_on(ledger.save(run.store().as_ref()))?;
+    let ((url, xxh3), _) = rt.block_on(Ledger::update(&run, &t.run_id, async |ledger| {
+        let (url, xxh3) = stage1_checkpoint(ledger, &t.options).await?;
+        ledger.stage_mut(&t.stage).init = Some(url.clone());
+        Ok((url, xxh3))
+    }))?;
     Ok((url, format!("{xxh3:016x}")))
 }
 
@@ -121,10 +123,24 @@ pub struct JobEnd<'a> {
 pub fn job_end(t: &HookTarget, end: &JobEnd) -> Result<bool> {
     let rt = runtime()?;
     let run = s3_shards::open_store(&t.run_url(), &t.options)?;
-    let mut ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), &t.run_id))?;
     let codes = vec![Some(end.exit_code)];
     let failure = s3_shards::exit::is_failure(Some(end.exit_code))
         .then(|| format!("the ranks exited with code {} (logs: {})", end.exit_code, end.logs));
+    let (requeue, _) = rt.block_on(Ledger::update(&run, &t.run_id, async |ledger| {
+        close_attempt(t, end, ledger, codes.clone(), failure.clone()).await
+    }))?;
+    Ok(requeue)
+}
+
+/// `job end`'s change to the ledger: the attempt closed as the ranks ended it; true
+/// when the job should requeue itself (a cancel read from the same ledger vetoes it).
+async fn close_attempt(
+    t: &HookTarget,
+    end: &JobEnd<'_>,
+    ledger: &mut Ledger,
+    codes: Vec<Option<i32>>,
+    failure: Option<String>,
+) -> Result<bool> {
     {
         let rec = ledger.stage_mut(&t.stage);
         match rec.attempts.last() {
@@ -142,24 +158,22 @@ pub fn job_end(t: &HookTarget, end: &JobEnd) -> Result<bool> {
     match Stage::parse(&t.stage) {
         Some(Stage::Ingest) => {
             let out = end.out.ok_or(OrchError::NeedsFlag { flag: "--out", what: "end an ingest job" })?;
-            rt.block_on(close_ingest(ledger.stage_mut(Stage::Ingest.name()), out, &t.options, failure, codes))?;
+            close_ingest(ledger.stage_mut(Stage::Ingest.name()), out, &t.options, failure, codes).await?;
         }
         Some(Stage::Eval) => {
             let evaluated = end.evaluated.unwrap_or(Stage::Stage2.name());
             let loc = s3_shards::open_store(&join(&t.run_url(), evaluated), &t.options)?;
-            rt.block_on(close_eval(&mut ledger, evaluated, &loc, failure, codes));
+            close_eval(ledger, evaluated, &loc, failure, codes).await;
         }
         _ => {
             let stage = t.stage.as_str();
             let file =
                 end.stage_file.ok_or(OrchError::NeedsFlag { flag: "--stage-file", what: "end a training job" })?;
             let loc = s3_shards::open_store(&join(&t.run_url(), stage), &t.options)?;
-            let outcome = rt.block_on(training_outcome(&loc, file, &codes, failure, &|_| {}))?;
+            let outcome = training_outcome(&loc, file, &codes, failure, &|_| {}).await?;
             outcome.apply(ledger.stage_mut(stage), codes);
         }
     }
     let rec = ledger.stage_mut(&t.stage);
-    let requeue = s3_shards::exit::is_preempted(Some(end.exit_code)) && !rec.cancel_requested;
-    rt.block_on(ledger.save(run.store().as_ref()))?;
-    Ok(requeue)
+    Ok(s3_shards::exit::is_preempted(Some(end.exit_code)) && !rec.cancel_requested)
 }

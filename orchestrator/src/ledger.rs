@@ -3,13 +3,20 @@
 //! trainer's config digest and data hash, the state, the last checkpoint step; at
 //! the end the final checkpoint's URL and xxh3. Written whole in one PUT, which
 //! every store makes atomic: a reader sees the old ledger or the new one.
+//!
+//! Several processes write it (the launcher, `s3-orch cancel`, the jobs' hooks), so
+//! every change goes through [`Ledger::update`]: read, apply, write only if nobody
+//! wrote in between (a conditional PUT on the ledger's e-tag; a lock file on a local
+//! run folder), else read again and apply again. No writer's change is lost.
 
-use object_store::ObjectStore;
+use std::time::Duration;
+
 use object_store::path::Path as ObjPath;
-use s3_shards::json;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, UpdateVersion};
+use s3_shards::{StoreLocation, json};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{OrchError, Result};
 
 /// A stage's or an attempt's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +124,44 @@ pub struct StageRecord {
     pub cancel_requested: bool,
 }
 
+/// Conditional writes a ledger update tries before giving up (each lost to another
+/// writer that got there first).
+const UPDATE_TRIES: u32 = 50;
+
+/// The directory of a run folder on this machine's disk, if it is one.
+fn local_dir(url: &str) -> Option<std::path::PathBuf> {
+    url.strip_prefix("file://").map(std::path::PathBuf::from)
+}
+
+/// [`Ledger::update`] on a local run folder, whose store cannot put conditionally:
+/// an exclusive lock on `ledger.json.lock` beside it (other processes, other threads)
+/// around the read, the change and the write.
+async fn update_locked<T>(
+    store: &dyn ObjectStore,
+    dir: &std::path::Path,
+    run_id: &str,
+    mut change: impl AsyncFnMut(&mut Ledger) -> Result<T>,
+) -> Result<(T, Ledger)> {
+    let io = |source| OrchError::Io { file: dir.join("ledger.json.lock").display().to_string(), source };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("ledger.json.lock"))
+        .map_err(io)?;
+    lock.lock().map_err(io)?;
+    let mut ledger = Ledger::load_or_new(store, run_id).await?;
+    let out = change(&mut ledger).await;
+    let written = match out {
+        Ok(out) => ledger.save(store).await.map(|()| out),
+        Err(e) => Err(e),
+    };
+    // Closing the file releases the lock, even if unlocking fails.
+    let _ = lock.unlock();
+    Ok((written?, ledger))
+}
+
 /// `ledger.json`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Ledger {
@@ -139,9 +184,72 @@ impl Ledger {
         }
     }
 
-    /// Writes the whole ledger in one PUT.
+    /// Writes the whole ledger in one PUT, whatever is there (tests and tools; a
+    /// change to a ledger others may write goes through [`Ledger::update`]).
     pub async fn save(&self, store: &dyn ObjectStore) -> Result<()> {
         Ok(json::put_json(store, &ObjPath::from(LEDGER), self).await?)
+    }
+
+    /// Applies `change` to the run's ledger (a new one when there is none) and writes
+    /// it only if no other process wrote it since it was read; otherwise reads it again
+    /// and applies `change` again, so `change` must work from what it finds. Returns
+    /// what the last `change` returned, and the ledger as written.
+    pub async fn update<T>(
+        run: &StoreLocation,
+        run_id: &str,
+        mut change: impl AsyncFnMut(&mut Ledger) -> Result<T>,
+    ) -> Result<(T, Ledger)> {
+        if let Some(dir) = local_dir(run.url()) {
+            return update_locked(run.store().as_ref(), &dir, run_id, change).await;
+        }
+        let store = run.store().as_ref();
+        let path = ObjPath::from(LEDGER);
+        for tries in 1u32.. {
+            let (mut ledger, version) = match store.get(&path).await {
+                Ok(got) => {
+                    let version = UpdateVersion { e_tag: got.meta.e_tag.clone(), version: got.meta.version.clone() };
+                    let bytes = got.bytes().await.map_err(|e| s3_shards::ShardError::Store {
+                        op: "get",
+                        path: path.clone(),
+                        source: e,
+                    })?;
+                    let ledger: Ledger = serde_json::from_slice(&bytes)
+                        .map_err(|source| s3_shards::ShardError::Json { path: path.clone(), source })?;
+                    (ledger, Some(version))
+                }
+                Err(object_store::Error::NotFound { .. }) => {
+                    (Ledger { run: run_id.to_string(), stages: Vec::new() }, None)
+                }
+                Err(e) => return Err(s3_shards::ShardError::Store { op: "get", path, source: e }.into()),
+            };
+            let out = change(&mut ledger).await?;
+            let mut bytes = serde_json::to_vec_pretty(&ledger)
+                .map_err(|source| s3_shards::ShardError::Json { path: path.clone(), source })?;
+            bytes.push(b'\n');
+            let mode = match version {
+                Some(v) => PutMode::Update(v),
+                None => PutMode::Create,
+            };
+            match store.put_opts(&path, PutPayload::from(bytes), mode.into()).await {
+                Ok(_) => return Ok((out, ledger)),
+                Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. })
+                    if tries < UPDATE_TRIES =>
+                {
+                    // Another writer got there first: back off a little (jittered, so
+                    // two writers do not collide again in step) and apply to theirs.
+                    let jitter = u64::from(std::process::id() ^ tries.wrapping_mul(2_654_435_761)) % 50;
+                    tokio::time::sleep(Duration::from_millis(10 * u64::from(tries.min(10)) + jitter)).await;
+                }
+                Err(object_store::Error::NotImplemented { .. }) => {
+                    return Err(OrchError::LedgerUnsafe { url: run.to_string() });
+                }
+                Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => {
+                    return Err(OrchError::LedgerContended { url: run.to_string(), tries });
+                }
+                Err(e) => return Err(s3_shards::ShardError::Store { op: "put", path, source: e }.into()),
+            }
+        }
+        unreachable!("the loop returns")
     }
 
     /// The stage's record, if launched before.

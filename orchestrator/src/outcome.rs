@@ -55,7 +55,7 @@ pub(crate) fn stage_epochs(stage_file: &std::path::Path) -> Result<u64> {
 }
 
 /// How a training attempt ended, from its exit codes and what it left in its run folder.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Outcome {
     state: State,
     error: Option<String>,

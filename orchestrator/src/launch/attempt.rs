@@ -95,8 +95,10 @@ pub(crate) fn free_port() -> Result<u16> {
 }
 
 /// Records a submitted attempt as the stage's running one (a new attempt clears an
-/// old cancel request). A ledger that cannot be saved cancels the job: an attempt
-/// nobody recorded would run unseen.
+/// old cancel request; an older attempt still marked running, which
+/// [`refuse_if_running`] found gone, is marked failed). A ledger that cannot be
+/// written cancels the job: an attempt nobody recorded would run unseen. `ledger`
+/// becomes the ledger as written.
 pub(crate) fn record_running(
     rt: &tokio::runtime::Runtime,
     ledger: &mut Ledger,
@@ -106,16 +108,32 @@ pub(crate) fn record_running(
     backend: &dyn Backend,
     submission: &crate::backend::Submission,
 ) -> Result<crate::ledger::StageRecord> {
-    let rec = ledger.stage_mut(stage);
-    rec.state = State::Running;
-    rec.cancel_requested = false;
-    rec.attempts.push(attempt);
-    let record = rec.clone();
-    if let Err(e) = rt.block_on(ledger.save(run.store().as_ref())) {
-        let _ = backend.cancel(submission);
-        return Err(e);
+    let init = ledger.stage(stage).and_then(|s| s.init.clone());
+    let written = rt.block_on(Ledger::update(run, &ledger.run.clone(), async |l| {
+        let rec = l.stage_mut(stage);
+        if let Some(a) = rec.attempts.last_mut()
+            && a.state == State::Running
+        {
+            a.state = State::Failed;
+            a.error = Some("the job ended without the launcher recording a result".into());
+            a.ended = Some(now());
+        }
+        rec.state = State::Running;
+        rec.cancel_requested = false;
+        rec.init = init.clone().or(rec.init.take());
+        rec.attempts.push(attempt.clone());
+        Ok(rec.clone())
+    }));
+    match written {
+        Ok((record, now_written)) => {
+            *ledger = now_written;
+            Ok(record)
+        }
+        Err(e) => {
+            let _ = backend.cancel(submission);
+            Err(e)
+        }
     }
-    Ok(record)
 }
 
 /// The scheduler jobs of `stage`'s newest attempt if it is still running on `backend`:

@@ -9,7 +9,7 @@ use super::StageLaunch;
 use super::attempt::{NextAttempt, log_dir_for, next_attempt, record_running, running_jobs};
 use crate::backend::Backend;
 use crate::error::{OrchError, Result};
-use crate::ledger::{Attempt, State};
+use crate::ledger::{Attempt, Ledger, State};
 use crate::outcome::close_eval;
 use crate::plan::{Hooks, TrainPlan, eval_job};
 use crate::run_store::{join, runtime};
@@ -81,9 +81,9 @@ pub fn launch_eval(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, say
             log_dir.join("rank-0.log").display()
         )
     });
-    rt.block_on(close_eval(&mut ledger, spec.stage.name(), &stage_loc, failure, end.exit_codes.clone()));
-    let rec = ledger.stage_mut(EVAL);
-    let record = rec.clone();
-    rt.block_on(ledger.save(run.store().as_ref()))?;
+    let (record, _) = rt.block_on(Ledger::update(&run, &spec.run_id, async |ledger| {
+        close_eval(ledger, spec.stage.name(), &stage_loc, failure.clone(), end.exit_codes.clone()).await;
+        Ok(ledger.stage_mut(EVAL).clone())
+    }))?;
     Ok(Launched::Ran(record))
 }

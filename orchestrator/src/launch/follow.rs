@@ -60,25 +60,41 @@ pub fn status(runs: &str, run_id: &str, options: &StoreOptions, say: &dyn Fn(&st
     if !exists {
         return Err(OrchError::NoRun { run: run_id.to_string(), runs: runs.to_string() });
     }
-    let mut ledger = rt.block_on(Ledger::load_or_new(store, run_id))?;
-    let mut changed = false;
-    for s in &mut ledger.stages {
-        let name = s.name.clone();
-        if let Some(a) = s.attempts.last_mut()
-            && a.state == State::Running
-            && !crate::backend::by_name(&a.backend)?.is_running(&crate::backend::Submission { ids: a.job_ids.clone() })
-        {
-            say(&format!("{name} attempt {}: its job is gone without a result; marked failed", a.attempt));
-            a.state = State::Failed;
-            a.error = Some("its job ended without recording a result (killed, or a job it waited for failed)".into());
-            a.ended = Some(now());
-            s.state = State::Failed;
-            changed = true;
+    let ledger = rt.block_on(Ledger::load_or_new(store, run_id))?;
+    let gone = |ledger: &Ledger| -> Result<bool> {
+        for s in &ledger.stages {
+            if let Some(a) = s.attempts.last()
+                && a.state == State::Running
+                && !crate::backend::by_name(&a.backend)?
+                    .is_running(&crate::backend::Submission { ids: a.job_ids.clone() })
+            {
+                return Ok(true);
+            }
         }
+        Ok(false)
+    };
+    if !gone(&ledger)? {
+        return Ok(ledger);
     }
-    if changed {
-        rt.block_on(ledger.save(store))?;
-    }
+    // Marked in a conditional update: a hook that records the end meanwhile wins.
+    let (_, ledger) = rt.block_on(Ledger::update(&run, run_id, async |ledger| {
+        for s in &mut ledger.stages {
+            let name = s.name.clone();
+            if let Some(a) = s.attempts.last_mut()
+                && a.state == State::Running
+                && !crate::backend::by_name(&a.backend)?
+                    .is_running(&crate::backend::Submission { ids: a.job_ids.clone() })
+            {
+                say(&format!("{name} attempt {}: its job is gone without a result; marked failed", a.attempt));
+                a.state = State::Failed;
+                a.error =
+                    Some("its job ended without recording a result (killed, or a job it waited for failed)".into());
+                a.ended = Some(now());
+                s.state = State::Failed;
+            }
+        }
+        Ok(())
+    }))?;
     Ok(ledger)
 }
 
@@ -111,25 +127,28 @@ pub fn log_path(
 /// Stops the running attempts of a run (SIGTERM: the ranks checkpoint and exit 75,
 /// so a relaunch continues); returns the stages it signalled.
 pub fn cancel(runs: &str, run_id: &str, options: &StoreOptions) -> Result<Vec<String>> {
-    let mut ledger = status(runs, run_id, options, &|_| {})?;
-    let running: Vec<(String, String, Vec<String>)> = ledger
-        .stages
-        .iter()
-        .filter_map(|s| {
-            let a = s.attempts.last()?;
-            (a.state == State::Running).then(|| (s.name.clone(), a.backend.clone(), a.job_ids.clone()))
-        })
-        .collect();
+    status(runs, run_id, options, &|_| {})?;
+    let rt = runtime()?;
+    let run = open_store(&join(runs, run_id), options)?;
+    // Recorded first, in a conditional update: a job that records its own end must not
+    // requeue this stop, and its record must not erase the request.
+    let (running, _) = rt.block_on(Ledger::update(&run, run_id, async |ledger| {
+        let running: Vec<(String, String, Vec<String>)> = ledger
+            .stages
+            .iter()
+            .filter_map(|s| {
+                let a = s.attempts.last()?;
+                (a.state == State::Running).then(|| (s.name.clone(), a.backend.clone(), a.job_ids.clone()))
+            })
+            .collect();
+        for (name, ..) in &running {
+            ledger.stage_mut(name).cancel_requested = true;
+        }
+        Ok(running)
+    }))?;
     if running.is_empty() {
         return Ok(Vec::new());
     }
-    // Recorded first: a job that records its own end must not requeue this stop.
-    for (name, ..) in &running {
-        ledger.stage_mut(name).cancel_requested = true;
-    }
-    let rt = runtime()?;
-    let run = open_store(&join(runs, run_id), options)?;
-    rt.block_on(ledger.save(run.store().as_ref()))?;
     for (_, backend, ids) in &running {
         crate::backend::by_name(backend)?.cancel(&crate::backend::Submission { ids: ids.clone() })?;
     }

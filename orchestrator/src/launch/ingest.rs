@@ -8,7 +8,7 @@ use super::Launched;
 use super::attempt::{NextAttempt, log_dir_for, next_attempt, record_running};
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::ledger::Attempt;
+use crate::ledger::{Attempt, Ledger};
 use crate::outcome::close_ingest;
 use crate::plan::{Hooks, IngestPlan, ingest_job, merge_job};
 use crate::run_store::{join, runtime};
@@ -115,9 +115,10 @@ pub fn launch_ingest(
             ));
         }
     }
-    let rec = ledger.stage_mut(INGEST);
-    rt.block_on(close_ingest(rec, &spec.plan.out, &spec.store_options, error, exit_codes))?;
-    let record = rec.clone();
-    rt.block_on(ledger.save(run.store().as_ref()))?;
+    let (record, _) = rt.block_on(Ledger::update(&run, &spec.run_id, async |ledger| {
+        let rec = ledger.stage_mut(INGEST);
+        close_ingest(rec, &spec.plan.out, &spec.store_options, error.clone(), exit_codes.clone()).await?;
+        Ok(rec.clone())
+    }))?;
     Ok(Launched::Ran(record))
 }

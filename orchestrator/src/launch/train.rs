@@ -153,16 +153,18 @@ pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, sa
         )
     });
     let stage_loc = open_store(&stage_run, &spec.store_options)?;
-    let mut outcome = rt.block_on(training_outcome(&stage_loc, &spec.stage_file, &end.exit_codes, blame, say))?;
-    // `s3-orch cancel` (another process) wrote the ledger while this attempt ran:
-    // read it again, so its request is not overwritten and counts.
-    ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), &spec.run_id))?;
-    let rec = ledger.stage_mut(spec.stage.name());
-    if rec.cancel_requested {
-        outcome.cancelled();
-    }
-    outcome.apply(rec, end.exit_codes.clone());
-    let record = rec.clone();
-    rt.block_on(ledger.save(run.store().as_ref()))?;
+    let outcome = rt.block_on(training_outcome(&stage_loc, &spec.stage_file, &end.exit_codes, blame, say))?;
+    // `s3-orch cancel` (another process) may have written the ledger while this
+    // attempt ran: the update applies the end to the ledger as it is now, so the
+    // request is not overwritten and counts.
+    let (record, _) = rt.block_on(Ledger::update(&run, &spec.run_id, async |ledger| {
+        let rec = ledger.stage_mut(spec.stage.name());
+        let mut outcome = outcome.clone();
+        if rec.cancel_requested {
+            outcome.cancelled();
+        }
+        outcome.apply(rec, end.exit_codes.clone());
+        Ok(rec.clone())
+    }))?;
     Ok(Launched::Ran(record))
 }

@@ -20,10 +20,14 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use s3s::auth::SimpleAuth;
-use s3s::service::S3ServiceBuilder;
+use s3s::service::{S3Service, S3ServiceBuilder};
 use tokio::net::TcpListener;
 
 /// Access key the test server accepts.
@@ -116,6 +120,37 @@ impl Drop for S3Server {
     }
 }
 
+/// The S3 service with its conditional PUTs (`If-Match`, `If-None-Match`) taken one at
+/// a time. s3s-fs checks the precondition and writes the object in two steps, so two
+/// racing writers could both pass the check; S3 itself decides atomically, and the
+/// tests of writers that race (the run ledger) need the server to as well.
+#[derive(Clone)]
+struct OneConditionalPutAtATime {
+    inner: S3Service,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+type Request = hyper::Request<hyper::body::Incoming>;
+type Inner = <S3Service as hyper::service::Service<Request>>::Response;
+type InnerError = <S3Service as hyper::service::Service<Request>>::Error;
+
+impl hyper::service::Service<Request> for OneConditionalPutAtATime {
+    type Response = Inner;
+    type Error = InnerError;
+    type Future = Pin<Box<dyn Future<Output = Result<Inner, InnerError>> + Send>>;
+
+    fn call(&self, req: Request) -> Self::Future {
+        let h = req.headers();
+        let conditional = req.method() == hyper::Method::PUT
+            && (h.contains_key(hyper::header::IF_MATCH) || h.contains_key(hyper::header::IF_NONE_MATCH));
+        let (inner, lock) = (self.inner.clone(), self.lock.clone());
+        Box::pin(async move {
+            let _one_at_a_time = if conditional { Some(lock.lock().await) } else { None };
+            hyper::service::Service::call(&inner, req).await
+        })
+    }
+}
+
 /// Runs an s3s-fs server over `fs_root` on `bind` in a thread of its own; returns
 /// its address, the stop switch and the thread. Stopping drops the thread's runtime
 /// and with it every connection.
@@ -137,7 +172,7 @@ fn serve(
                 let fs = s3s_fs::FileSystem::new(fs_root).expect("s3s-fs root");
                 let mut builder = S3ServiceBuilder::new(fs);
                 builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-                let service = builder.build();
+                let service = OneConditionalPutAtATime { inner: builder.build(), lock: Arc::default() };
                 // tokio sets SO_REUSEADDR, so a restart can take the port back at once.
                 let listener = TcpListener::bind(bind).await.expect("bind loopback");
                 ready_tx.send(listener.local_addr().expect("local addr")).expect("report address");

@@ -58,6 +58,7 @@ left() { echo $(( deadline - SECONDS )); }
 fits() { [ "$(left)" -gt "$1" ]; }
 limit() { timeout "$(left)" "$@"; }
 finish() {
+  [ -d "$tmp/kernels" ] && say "   kernel cache: $(find "$tmp/kernels" -type f | wc -l) file(s), $(du -sh "$tmp/kernels" | cut -f1)"
   say "== $([ $failed = 0 ] && echo 'all checks passed' || echo 'SOME CHECKS FAILED'); details in $out/gpu-check.tar.gz"
   cp "$summary" "$work/summary.txt"
   tar -czf "$out/gpu-check.tar.gz" -C "$tmp" gpu-check
@@ -109,6 +110,8 @@ else
 fi
 say "   $("$bin" --version)"
 say "   $("$bin" info --preset tiny 2>/dev/null | grep '^libnccl' || echo 'libnccl: (info failed)')"
+# Kernels compile through NVRTC on first use: one on-disk cache for every process here.
+export S3_KERNEL_CACHE="$tmp/kernels"
 run() { limit "$bin" --device "$device" "$@"; }
 
 # --- 2. parity on CUDA ----------------------------------------------------------------

@@ -39,7 +39,37 @@ fn cuda(index: &str) -> Result<Device> {
     let proc_hint = std::path::Path::new("/proc/driver/nvidia/version").exists();
     match driver_verdict(library, init, count, i, proc_hint) {
         Some(reason) => Err(TrainError::Device { device: format!("cuda:{i}"), reason }),
-        None => Ok(Device::cuda(i)),
+        None => {
+            enable_kernel_cache();
+            Ok(Device::cuda(i))
+        }
+    }
+}
+
+/// cubecl's on-disk kernel cache, on before the first CUDA device: NVRTC compiles each
+/// kernel once per machine (or per shared cache folder), not once per process and
+/// rank. In `S3_KERNEL_CACHE` (a folder; `off` disables it), else the user's cache
+/// folder, unless a `cubecl.toml` chose a place; a configuration the program already
+/// set wins.
+#[cfg(feature = "cuda")]
+fn enable_kernel_cache() {
+    use cubecl_runtime::config::cache::CacheConfig;
+    use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
+    let wanted = std::env::var("S3_KERNEL_CACHE").ok().filter(|v| !v.is_empty());
+    if wanted.as_deref() == Some("off") {
+        return;
+    }
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    config.compilation.cache = true;
+    match wanted {
+        Some(dir) => config.environment.path = CacheConfig::Directory(dir.into()),
+        // The default, `target/` of the project the binary was started in, means
+        // nothing for a deployed binary.
+        None if matches!(config.environment.path, CacheConfig::Target) => config.environment.path = CacheConfig::Global,
+        None => {}
+    }
+    if !CubeClRuntimeConfig::try_set(config) {
+        tracing::debug!("cubecl's configuration was already set; its kernel cache setting is kept");
     }
 }
 

@@ -13,9 +13,9 @@ use s3_trainer::config::SamConfig;
 use s3_trainer::loss::seg_loss;
 use s3_trainer::model::Prompt;
 use s3_trainer::model::layers::trilinear;
+use s3_trainer::run_inputs::seeded_model;
 use s3_trainer::stage::StageConfig;
 use s3_trainer::step::{micro_step, points_tensors};
-use s3_trainer::train::seeded_model;
 
 fn main() {
     let preset = std::env::var("PRESET").unwrap_or_else(|_| "small".into());

@@ -13,9 +13,9 @@ use crate::collective::Collective;
 use crate::config::{AttentionMode, Precision};
 use crate::error::{Result, TrainError};
 use crate::loader::Item;
+use crate::run_inputs::{model_config, seeded_model};
 use crate::stage::StageConfig;
 use crate::step::micro_step;
-use crate::train::{model_config, seeded_model};
 
 /// A sphere "organ" in noise, `side`³ (the shard crop size for the real presets).
 pub fn phantom_item(side: usize, seed: u64) -> Item {

@@ -28,8 +28,8 @@ pub use data::{loader, row_cache, sampler};
 pub use evaluation::{class_map, eval, predict, source_eval};
 pub use launch::{collective, device, launch_env};
 pub use training::{
-    checkpoint, clicks, loss, metrics, plots, run_identity, run_settings, run_spec, schedule, stage, step, train,
-    watchdog,
+    checkpoint, clicks, loss, metrics, plots, run_identity, run_inputs, run_settings, run_spec, schedule, stage, step,
+    train, watchdog,
 };
 
 pub use error::{Result, TrainError};

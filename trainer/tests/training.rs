@@ -156,9 +156,9 @@ fn killed_run_resumes_with_exactly_the_remaining_samples() {
         rt.block_on(s3_trainer::metrics::read_all(loc.store().as_ref())).unwrap().iter().map(|m| m.step).collect();
     assert_eq!(steps, (1..=full.out.state.step).collect::<Vec<_>>());
     // And the checkpoint's weights load into a fresh model.
-    let cfg = s3_trainer::train::model_config(&stage(2)).unwrap();
+    let cfg = s3_trainer::run_inputs::model_config(&stage(2)).unwrap();
     let (_, step) =
-        s3_trainer::train::load_latest_weights(&run, &StoreOptions::default(), &cfg, &Device::flex()).unwrap();
+        s3_trainer::run_inputs::load_latest_weights(&run, &StoreOptions::default(), &cfg, &Device::flex()).unwrap();
     assert_eq!(step, full.out.state.step);
 }
 
@@ -300,7 +300,7 @@ fn resuming_onto_another_config_or_other_data_is_refused() {
     let e = record(&spec(&data, &run, stage(2))).err().unwrap().to_string();
     assert!(e.contains("data changed"), "{e}");
     // eval reads the run's own stage back from config.json.
-    let back = s3_trainer::train::load_run_stage(&run, &StoreOptions::default()).unwrap();
+    let back = s3_trainer::run_inputs::load_run_stage(&run, &StoreOptions::default()).unwrap();
     assert_eq!(back.lr, stage(2).lr);
 }
 

@@ -72,9 +72,9 @@ pub fn predict(a: PredictArgs, device: Device) -> Result<()> {
     let tmp = tempfile::tempdir().context("a temporary directory")?;
     let (model, cfg) = match (&a.run, &a.weights) {
         (Some(run), _) => {
-            let stage = s3_trainer::train::load_run_stage(run, &opts).context("reading the run's stage")?;
-            let cfg = s3_trainer::train::model_config(&stage)?;
-            let (model, step) = s3_trainer::train::load_latest_weights(run, &opts, &cfg, &device)?;
+            let stage = s3_trainer::run_inputs::load_run_stage(run, &opts).context("reading the run's stage")?;
+            let cfg = s3_trainer::run_inputs::model_config(&stage)?;
+            let (model, step) = s3_trainer::run_inputs::load_latest_weights(run, &opts, &cfg, &device)?;
             eprintln!("weights: {run} at step {step} (preset {})", stage.preset);
             (model, cfg)
         }

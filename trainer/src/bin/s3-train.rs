@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -12,6 +11,7 @@ use s3_trainer::config::SamConfig;
 use s3_trainer::model::Sam;
 use s3_trainer::{fixture, weights};
 
+mod bench;
 mod predict;
 mod progress;
 
@@ -176,7 +176,7 @@ enum Command {
     /// micro-step's samples/s, the gradient all-reduce's bandwidth.
     Bench {
         #[command(subcommand)]
-        what: BenchCommand,
+        what: bench::BenchCommand,
     },
     /// Load a checkpoint (.safetensors, or a torch.save .pth with model_state_dict)
     /// and write it as safetensors with the reference key names.
@@ -194,133 +194,9 @@ enum Command {
     },
 }
 
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// Forward + backward of training micro-steps (no optimiser step) on a phantom
-    /// 128³ sample (`bench step` too): samples/s on the last line.
-    #[command(alias = "step")]
-    Model {
-        /// vit_b_ori or small.
-        #[arg(long, default_value = "vit_b_ori")]
-        preset: String,
-        /// f32 or bf16.
-        #[arg(long, default_value = "f32")]
-        precision: String,
-        /// exact or unpadded.
-        #[arg(long, default_value = "exact")]
-        attention: String,
-        /// Samples per micro-batch.
-        #[arg(long, default_value_t = 1)]
-        batch: usize,
-        /// Decoder passes per sample.
-        #[arg(long, default_value_t = 11)]
-        clicks: usize,
-        /// Timed micro-steps, after one warm-up.
-        #[arg(long, default_value_t = 3)]
-        steps: usize,
-    },
-    /// The loader on your own shards, as one rank reads them (decode, checksum, flips,
-    /// z-normalisation): samples/s on the last line. Compare with the trainer's step
-    /// rate to see how many loader threads a GPU needs.
-    Loader {
-        /// The published store.
-        #[arg(long)]
-        data: String,
-        /// Decoding threads of the one loader (train --loader-threads): each takes whole
-        /// row groups, the samples still come in order.
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        /// Samples to read (the first of the sampler's order).
-        #[arg(long, default_value_t = 64)]
-        samples: usize,
-        /// Write the order read (`shard,row` per line) here, for a reference reader
-        /// (trainer/bench/pyarrow_loader.py --order FILE) to read the same.
-        #[arg(long, value_name = "FILE")]
-        order_out: Option<PathBuf>,
-    },
-    /// Writes a small synthetic store (CT-like 128³ samples) for a measured training run.
-    PhantomStore {
-        /// Store URL or directory to fill.
-        out: String,
-        /// Cases (one label each).
-        #[arg(long, default_value_t = 8)]
-        cases: usize,
-    },
-    /// Sums a flat f32 buffer over the ranks through the collective the device calls
-    /// for (NCCL with --device cuda, else TCP); rank, world and rendezvous as for `train`.
-    AllReduce {
-        /// Buffer size in MB (vit_b_ori's gradients: 400).
-        #[arg(long, default_value_t = 400)]
-        mb: usize,
-        /// Timed all-reduces, after one warm-up.
-        #[arg(long, default_value_t = 5)]
-        iters: usize,
-        /// This rank.
-        #[arg(long)]
-        rank: Option<usize>,
-        /// Number of ranks.
-        #[arg(long)]
-        world: Option<usize>,
-        /// Rendezvous HOST:PORT (rank 0 listens).
-        #[arg(long, value_name = "HOST:PORT")]
-        master: Option<String>,
-        /// Seconds one all-reduce may take before the run ends with an error.
-        #[arg(long, default_value_t = 600, value_name = "SECS")]
-        collective_timeout: u64,
-    },
-}
-
 /// A config enum from its TOML spelling (`f32`, `unpadded`).
 fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
     serde_json::from_value(serde_json::Value::String(s.into())).with_context(|| format!("--{what} {s:?}"))
-}
-
-fn bench(what: BenchCommand, cli_device: &str, device: burn::prelude::Device) -> Result<()> {
-    match what {
-        BenchCommand::Model { preset, precision, attention, batch, clicks, steps } => {
-            let b = s3_trainer::bench::ModelBench {
-                preset,
-                attention: parse_enum("attention", &attention)?,
-                precision: parse_enum("precision", &precision)?,
-                batch,
-                clicks,
-                steps,
-            };
-            let rate = s3_trainer::bench::model_step(&b, &device)?;
-            println!(
-                "bench model {} {precision} {attention} batch {batch} clicks {clicks} on {cli_device}: {:.3} s/sample",
-                b.preset,
-                1.0 / rate
-            );
-            println!("{rate:.3} samples/s");
-        }
-        BenchCommand::Loader { data, threads, samples, order_out } => {
-            let loc = s3_shards::open_store(&data, &s3_shards::StoreOptions::default())?;
-            let r = s3_trainer::bench::loader(&loc, threads, samples)?;
-            if let Some(file) = order_out {
-                let text: String = r.order.iter().map(|(shard, row)| format!("{shard},{row}\n")).collect();
-                std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
-            }
-            println!(
-                "bench loader {}: {} samples ({} unreadable) with {threads} loader thread(s) in {:.2} s",
-                loc.url(),
-                r.samples,
-                r.failed,
-                r.seconds
-            );
-            println!("{:.2} samples/s", r.per_second());
-        }
-        BenchCommand::PhantomStore { out, cases } => {
-            s3_trainer::bench::phantom_store(&out, cases)?;
-            println!("bench phantom-store: {cases} cases in {out}");
-        }
-        BenchCommand::AllReduce { mb, iters, rank, world, master, collective_timeout } => {
-            let flags = s3_trainer::launch_env::LaunchFlags { rank, world, master };
-            let timeout = Duration::from_secs(collective_timeout.max(1));
-            println!("{}", s3_trainer::bench::all_reduce_launched(&flags, mb, iters, timeout, cli_device, device)?);
-        }
-    }
-    Ok(())
 }
 
 /// Keeps freed memory in glibc's heap instead of handing it back to the kernel.
@@ -441,11 +317,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let opts = s3_shards::StoreOptions::default();
             let mut stage = match stage {
                 Some(p) => s3_trainer::stage::StageConfig::load(&p)?,
-                None => s3_trainer::train::load_run_stage(&run, &opts)
+                None => s3_trainer::run_inputs::load_run_stage(&run, &opts)
                     .context("reading the run's stage (give --stage to evaluate with another)")?,
             };
-            let cfg = s3_trainer::train::model_config(&stage)?;
-            let (model, step) = s3_trainer::train::load_latest_weights(&run, &opts, &cfg, &device)?;
+            let cfg = s3_trainer::run_inputs::model_config(&stage)?;
+            let (model, step) = s3_trainer::run_inputs::load_latest_weights(&run, &opts, &cfg, &device)?;
             let run_loc = s3_shards::open_store(&run, &opts)?;
             if protocol == "source" {
                 let request = s3_trainer::source_eval::SourceRun {
@@ -473,14 +349,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let data = data.expect("clap requires --data");
             let data_loc = s3_shards::open_store(&data, &opts)?;
             let rt = s3_shards::io_runtime::io_runtime()?;
-            let (rows, _, _) = s3_trainer::train::select_rows(&data_loc, &stage, s3_shards::Split::Val, rt)?;
+            let (rows, _, _) = s3_trainer::run_inputs::select_rows(&data_loc, &stage, s3_shards::Split::Val, rt)?;
             let report = s3_trainer::eval::evaluate(&model, &cfg, &data_loc, &rows, &clicks, stage.seed, &device)?;
             s3_trainer::eval::write_report(&run_loc, "val", &report)?;
             println!("step {step}, {} val samples", report.samples.len());
             print!("{}", report.groups_csv());
         }
         Command::Predict(args) => predict::predict(args, device)?,
-        Command::Bench { what } => bench(what, &cli.device, device)?,
+        Command::Bench { what } => bench::bench(what, &cli.device, device)?,
         Command::Convert { input, output, preset: name, allow_partial } => {
             let cfg = preset(&name)?;
             let mut m = Sam::new(&cfg, &device);

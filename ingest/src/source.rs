@@ -37,12 +37,9 @@ impl LocalFile {
 impl Source {
     /// Opens `url` (already `${VAR}`-expanded). A local directory must exist.
     pub fn open(url: &str, options: &StoreOptions) -> std::result::Result<Source, String> {
-        let local = if let Some(p) = url.strip_prefix("file://") {
-            Some(PathBuf::from(p))
-        } else if !url.contains("://") {
-            Some(std::path::absolute(url).map_err(|e| e.to_string())?)
-        } else {
-            None
+        let local = match s3_shards::store::local_path(url) {
+            Some(p) => Some(std::path::absolute(&p).map_err(|e| e.to_string())?),
+            None => None,
         };
         if let Some(dir) = &local {
             if !dir.is_dir() {

@@ -124,14 +124,23 @@ pub struct StageRecord {
     pub cancel_requested: bool,
 }
 
+impl StageRecord {
+    /// Marks the newest attempt failed, and the stage with it, if the ledger still
+    /// says it runs: for an attempt whose job its scheduler no longer knows. The
+    /// attempt's number, when one was marked.
+    pub fn fail_vanished(&mut self) -> Option<u32> {
+        let a = self.attempts.last_mut().filter(|a| a.state == State::Running)?;
+        a.state = State::Failed;
+        a.error = Some("its job ended without recording a result (killed, or a job it waited for failed)".into());
+        a.ended = Some(now());
+        self.state = State::Failed;
+        Some(a.attempt)
+    }
+}
+
 /// Conditional writes a ledger update tries before giving up (each lost to another
 /// writer that got there first).
 const UPDATE_TRIES: u32 = 50;
-
-/// The directory of a run folder on this machine's disk, if it is one.
-fn local_dir(url: &str) -> Option<std::path::PathBuf> {
-    url.strip_prefix("file://").map(std::path::PathBuf::from)
-}
 
 /// [`Ledger::update`] on a local run folder, whose store cannot put conditionally:
 /// an exclusive lock on `ledger.json.lock` beside it (other processes, other threads)
@@ -199,7 +208,7 @@ impl Ledger {
         run_id: &str,
         mut change: impl AsyncFnMut(&mut Ledger) -> Result<T>,
     ) -> Result<(T, Ledger)> {
-        if let Some(dir) = local_dir(run.url()) {
+        if let Some(dir) = run.local_dir() {
             return update_locked(run.store().as_ref(), &dir, run_id, change).await;
         }
         let store = run.store().as_ref();

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -109,9 +110,22 @@ impl StoreLocation {
     pub fn url(&self) -> &str {
         &self.url
     }
+    /// The directory, when the store is a local folder.
+    pub fn local_dir(&self) -> Option<PathBuf> {
+        local_path(&self.url)
+    }
     /// Wraps an existing store (tests, embedding).
     pub fn from_store(url: impl Into<String>, store: Arc<dyn ObjectStore>) -> Self {
         StoreLocation { url: url.into(), store }
+    }
+}
+
+/// The local path a store URL names: a path as it is, `file:///abs` without its
+/// scheme; `None` for every other scheme.
+pub fn local_path(url: &str) -> Option<PathBuf> {
+    match url.strip_prefix("file://") {
+        Some(p) => Some(PathBuf::from(p)),
+        None => (!url.contains("://")).then(|| PathBuf::from(url)),
     }
 }
 

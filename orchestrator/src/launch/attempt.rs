@@ -9,7 +9,7 @@ use s3_shards::{StoreLocation, StoreOptions, open_store};
 
 use crate::backend::Backend;
 use crate::error::{OrchError, Result};
-use crate::ledger::{Attempt, Ledger, State, now};
+use crate::ledger::{Attempt, Ledger, State};
 use crate::run_store::runtime;
 use crate::stage::Stage;
 
@@ -60,12 +60,11 @@ pub(crate) fn names_catalog(stage_file: &std::path::Path) -> Result<bool> {
 pub(crate) fn refuse_if_running(ledger: &mut Ledger, stage: &str) -> Result<()> {
     let run = ledger.run.clone();
     let Some(rec) = ledger.stages.iter_mut().find(|s| s.name == stage) else { return Ok(()) };
-    let Some(a) = rec.attempts.last_mut() else { return Ok(()) };
+    let Some(a) = rec.attempts.last() else { return Ok(()) };
     if a.state != State::Running {
         return Ok(());
     }
-    // The attempt's own scheduler knows, whichever backend this launch uses.
-    if crate::backend::by_name(&a.backend)?.is_running(&crate::backend::Submission { ids: a.job_ids.clone() }) {
+    if !job_gone(a)? {
         return Err(OrchError::StillRunning {
             run,
             stage: stage.to_string(),
@@ -74,11 +73,15 @@ pub(crate) fn refuse_if_running(ledger: &mut Ledger, stage: &str) -> Result<()> 
             jobs: a.job_ids.clone(),
         });
     }
-    a.state = State::Failed;
-    a.error = Some("the job ended without the launcher recording a result".into());
-    a.ended = Some(now());
-    rec.state = State::Failed;
+    rec.fail_vanished();
     Ok(())
+}
+
+/// Whether an attempt the ledger marks running has no job left: its own scheduler
+/// is asked, whichever backend this launch uses.
+pub(crate) fn job_gone(a: &Attempt) -> Result<bool> {
+    Ok(a.state == State::Running
+        && !crate::backend::by_name(&a.backend)?.is_running(&crate::backend::Submission { ids: a.job_ids.clone() }))
 }
 
 /// A token no other job shares (the collective turns away processes without it).
@@ -111,13 +114,7 @@ pub(crate) fn record_running(
     let init = ledger.stage(stage).and_then(|s| s.init.clone());
     let written = rt.block_on(Ledger::update(run, &ledger.run.clone(), async |l| {
         let rec = l.stage_mut(stage);
-        if let Some(a) = rec.attempts.last_mut()
-            && a.state == State::Running
-        {
-            a.state = State::Failed;
-            a.error = Some("the job ended without the launcher recording a result".into());
-            a.ended = Some(now());
-        }
+        rec.fail_vanished();
         rec.state = State::Running;
         rec.cancel_requested = false;
         rec.init = init.clone().or(rec.init.take());
@@ -150,8 +147,8 @@ pub(crate) fn log_dir_for(
     stage: &str,
     attempt: u32,
 ) -> PathBuf {
-    match run.url().strip_prefix("file://") {
-        Some(dir) => PathBuf::from(dir).join("logs").join(stage).join(format!("attempt-{attempt}")),
+    match run.local_dir() {
+        Some(dir) => dir.join("logs").join(stage).join(format!("attempt-{attempt}")),
         None => log_root.join(run_id).join(stage).join(format!("attempt-{attempt}")),
     }
 }
@@ -160,8 +157,7 @@ pub(crate) fn log_dir_for(
 /// not exist yet is not created (opening a local store creates its directory), and
 /// stands for an empty run.
 pub(crate) fn open_run(url: &str, options: &StoreOptions, dry_run: bool) -> Result<StoreLocation> {
-    let local =
-        if url.contains("://") { url.strip_prefix("file://").map(PathBuf::from) } else { Some(PathBuf::from(url)) };
+    let local = s3_shards::store::local_path(url);
     if dry_run
         && let Some(dir) = local
         && !dir.exists()

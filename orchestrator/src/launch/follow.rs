@@ -7,9 +7,9 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjPath;
 use s3_shards::{StoreOptions, open_store};
 
-use super::attempt::{log_dir_for, open_run};
+use super::attempt::{job_gone, log_dir_for, open_run};
 use crate::error::{OrchError, Result};
-use crate::ledger::{Ledger, State, now};
+use crate::ledger::{Ledger, State};
 use crate::run_store::{join, runtime};
 
 /// Follows a stage submitted to a scheduler that holds the chain until its newest
@@ -61,36 +61,25 @@ pub fn status(runs: &str, run_id: &str, options: &StoreOptions, say: &dyn Fn(&st
         return Err(OrchError::NoRun { run: run_id.to_string(), runs: runs.to_string() });
     }
     let ledger = rt.block_on(Ledger::load_or_new(store, run_id))?;
-    let gone = |ledger: &Ledger| -> Result<bool> {
-        for s in &ledger.stages {
-            if let Some(a) = s.attempts.last()
-                && a.state == State::Running
-                && !crate::backend::by_name(&a.backend)?
-                    .is_running(&crate::backend::Submission { ids: a.job_ids.clone() })
-            {
-                return Ok(true);
-            }
+    // Each scheduler is asked once; the marks go in a conditional update, where a
+    // hook that records the end meanwhile wins.
+    let mut gone = Vec::new();
+    for s in &ledger.stages {
+        if let Some(a) = s.attempts.last()
+            && job_gone(a)?
+        {
+            gone.push((s.name.clone(), a.attempt));
         }
-        Ok(false)
-    };
-    if !gone(&ledger)? {
+    }
+    if gone.is_empty() {
         return Ok(ledger);
     }
-    // Marked in a conditional update: a hook that records the end meanwhile wins.
     let (_, ledger) = rt.block_on(Ledger::update(&run, run_id, async |ledger| {
         for s in &mut ledger.stages {
-            let name = s.name.clone();
-            if let Some(a) = s.attempts.last_mut()
-                && a.state == State::Running
-                && !crate::backend::by_name(&a.backend)?
-                    .is_running(&crate::backend::Submission { ids: a.job_ids.clone() })
+            if s.attempts.last().is_some_and(|a| gone.contains(&(s.name.clone(), a.attempt)))
+                && let Some(attempt) = s.fail_vanished()
             {
-                say(&format!("{name} attempt {}: its job is gone without a result; marked failed", a.attempt));
-                a.state = State::Failed;
-                a.error =
-                    Some("its job ended without recording a result (killed, or a job it waited for failed)".into());
-                a.ended = Some(now());
-                s.state = State::Failed;
+                say(&format!("{} attempt {attempt}: its job is gone without a result; marked failed", s.name));
             }
         }
         Ok(())

@@ -127,11 +127,8 @@ pub async fn get_file(store: &dyn ObjectStore, key: &str, file: &Path) -> Result
 /// A weights file named by a path or any store URL (`s3://…/weights.safetensors`),
 /// as a local file: local paths as they are, remote objects downloaded into `tmp`.
 pub fn local_copy(url: &str, options: &StoreOptions, tmp: &Path) -> Result<PathBuf> {
-    if !url.contains("://") {
-        return Ok(PathBuf::from(url));
-    }
-    if let Some(p) = url.strip_prefix("file://") {
-        return Ok(PathBuf::from(p));
+    if let Some(p) = s3_shards::store::local_path(url) {
+        return Ok(p);
     }
     // The store is the URL's scheme and authority (an S3 bucket, a memory store's
     // name); the rest is the key.

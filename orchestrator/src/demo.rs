@@ -204,6 +204,7 @@ pub fn run_demo(cfg: &DemoConfig, say: Say) -> Result<DemoReport> {
         catalog: Some(catalog.clone()),
         log_root: runs.join("logs"),
         store_options: Default::default(),
+        max_retries: 0,
     };
 
     say(&format!("3/5 stage 1: the small preset from scratch, {} CPU ranks", cfg.ranks));

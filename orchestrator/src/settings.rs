@@ -125,6 +125,11 @@ layer! {
     container: String,
     /// Seconds between the stop signal and the kill: long enough to write a checkpoint.
     grace_seconds: u64,
+    /// Attempts the launcher starts by itself after a preempted one (a rank exited 75,
+    /// or Kubernetes disrupted a pod), each resuming from the last checkpoint; a real
+    /// failure or `s3-orch cancel` is never retried. Backends whose jobs requeue
+    /// themselves (Slurm) do not use it.
+    max_retries: u32,
     /// Ingest worker processes (each `--worker I/N`, then one merge).
     workers: usize,
     /// Cases each ingest worker processes in parallel.
@@ -199,6 +204,10 @@ impl Settings {
     /// Cases per ingest worker at once (default 1).
     pub fn jobs(&self) -> usize {
         self.values.jobs.unwrap_or(1).max(1)
+    }
+    /// Preempted attempts to follow with another (default 0).
+    pub fn max_retries(&self) -> u32 {
+        self.values.max_retries.unwrap_or(0)
     }
     /// Grace between the stop signal and the kill (default 300 s).
     pub fn grace_seconds(&self) -> u64 {

@@ -13,8 +13,11 @@ use std::time::{Duration, Instant};
 
 use s3_orch::backend::Backend;
 use s3_orch::backend::k8s::K8s;
+use s3_orch::launch::{Launched, StageLaunch, launch_stage};
+use s3_orch::ledger::State;
 use s3_orch::plan::{IngestPlan, Job, TrainPlan, ingest_job, merge_job, train_job};
 use s3_orch::settings::{Layer, Origin, Settings};
+use s3_orch::stage::Stage;
 use s3_shards::{StoreOptions, WriterOptions, open_store, synthetic};
 use serde_json::Value;
 
@@ -507,7 +510,10 @@ case "$1 $2" in
   "get job"|"get jobset")
     if [ -f "$dir/gone" ]; then echo "Error from server (NotFound): jobs.batch \"$3\" not found" >&2; exit 1; fi
     cat "$dir/job.json" ;;
-  "get pods") cat "$dir/pods.json" ;;
+  "get pods")
+    # pods-a<N>.json answers for attempt N when it exists.
+    a=$(printf '%s' "$*" | sed -n 's|.*s3/attempt=\([0-9]*\).*|\1|p')
+    if [ -f "$dir/pods-a$a.json" ]; then cat "$dir/pods-a$a.json"; else cat "$dir/pods.json"; fi ;;
   logs*) echo "log of $2" ;;
   delete*) ;;
   *) echo "unexpected: $*" >&2; exit 1 ;;
@@ -597,4 +603,89 @@ fn submit_wait_and_cancel_speak_kubectl() {
     assert_eq!((end.exit_codes, end.failed_rank), (vec![None; 4], Some(0)));
     assert!(!k.is_running(&sub));
     k.cancel(&sub).unwrap();
+}
+
+/// The launcher retries a preempted attempt by itself: attempt 1 ends with one rank
+/// preempted (75) and the other pod disrupted by Kubernetes (killed after its grace),
+/// so attempt 2 is applied, resuming from the checkpoint; attempt 2's rank fails on
+/// its own (exit 1), which is never retried, though retries are left.
+#[test]
+fn a_preempted_attempt_is_retried_by_the_launcher_and_a_real_failure_is_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = tmp.path().join("kubectl");
+    std::fs::write(&fake, FAKE_KUBECTL).unwrap();
+    assert!(Command::new("chmod").arg("+x").arg(&fake).status().unwrap().success());
+    let server = s3_test_support::S3Server::start();
+    let options =
+        StoreOptions::endpoint_with_keys(&server.endpoint(), s3_test_support::ACCESS_KEY, s3_test_support::SECRET_KEY);
+    // The launcher records the hash of the data's index.
+    let index = server.object_path(&format!("data/{}", s3_shards::INDEX_KEY));
+    std::fs::create_dir_all(index.parent().unwrap()).unwrap();
+    std::fs::write(&index, "{}").unwrap();
+
+    let s = settings(Layer {
+        ranks: Some(2),
+        nodes: Some(2),
+        image: Some("img".into()),
+        namespace: Some("ci".into()),
+        max_retries: Some(3),
+        ..Default::default()
+    });
+    let k = K8s::new(&s).unwrap().with_kubectl(&fake).with_poll(Duration::from_millis(10));
+    let failed = serde_json::json!({"status": {"conditions": [{"type": "Failed", "status": "True",
+        "reason": "PodFailurePolicy", "message": "a pod failed"}]}});
+    std::fs::write(tmp.path().join("job.json"), failed.to_string()).unwrap();
+    let pod = |i: usize, code: i32, disrupted: bool| {
+        let conditions = if disrupted {
+            serde_json::json!([{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}])
+        } else {
+            serde_json::json!([])
+        };
+        serde_json::json!({"metadata": {"name": format!("p{i}"), "creationTimestamp": "2025-01-01T00:00:00Z",
+            "annotations": {"batch.kubernetes.io/job-completion-index": i.to_string()}},
+            "status": {"phase": "Failed", "conditions": conditions,
+                "containerStatuses": [{"name": "rank", "state": {"terminated": {"exitCode": code}}}]}})
+    };
+    let write_pods = |attempt: u32, pods: Vec<Value>| {
+        let list = serde_json::json!({ "items": pods });
+        std::fs::write(tmp.path().join(format!("pods-a{attempt}.json")), list.to_string()).unwrap();
+    };
+    write_pods(1, vec![pod(0, 75, false), pod(1, 137, true)]);
+    write_pods(2, vec![pod(0, 143, false), pod(1, 1, false)]);
+
+    let spec = StageLaunch {
+        runs: server.url("runs"),
+        run_id: "retry".into(),
+        stage: Stage::Stage1,
+        stage_file: stage_file(tmp.path()),
+        data: server.url("data"),
+        ranks: 2,
+        nodes: 2,
+        env: Default::default(),
+        train_bin: "s3-train".into(),
+        device: "cpu".into(),
+        catalog: None,
+        log_root: tmp.path().join("logs"),
+        store_options: options,
+        max_retries: s.max_retries(),
+    };
+    let said = std::cell::RefCell::new(Vec::new());
+    let launched = launch_stage(&spec, &k, false, &|m: &str| said.borrow_mut().push(m.to_string())).unwrap();
+    let Launched::Ran(record) = launched else { panic!("the launcher waits for a Kubernetes attempt") };
+    let states: Vec<State> = record.attempts.iter().map(|a| a.state).collect();
+    assert_eq!(states, [State::Preempted, State::Failed], "{record:?}");
+    assert_eq!(record.state, State::Failed);
+    assert_eq!(record.attempts[0].exit_codes, [Some(75), Some(75)], "the disrupted pod counts as preempted");
+    assert!(
+        record.attempts[1].error.as_deref().unwrap_or_default().contains("rank 1 exited with code 1"),
+        "{record:?}"
+    );
+    let calls = std::fs::read_to_string(tmp.path().join("calls")).unwrap();
+    assert_eq!(calls.lines().filter(|l| *l == "apply -f -").count(), 2, "two attempts applied:\n{calls}");
+    let said = said.into_inner();
+    assert!(
+        said.iter()
+            .any(|m| m.contains("stage1 attempt 1 was preempted; attempt 2 resumes") && m.contains("retry 1 of 3")),
+        "{said:?}"
+    );
 }

@@ -52,6 +52,10 @@ pub struct SettingFlags {
     /// Seconds from the stop signal to the kill (time to checkpoint) [default: 300].
     #[arg(long)]
     grace_seconds: Option<u64>,
+    /// Attempts started by themselves after a preempted one (exit 75, a disrupted pod),
+    /// each resuming from the last checkpoint [default: 0].
+    #[arg(long)]
+    max_retries: Option<u32>,
     /// Ingest worker processes, each `--worker I/N`, then one merge [default: 1].
     #[arg(long)]
     workers: Option<usize>,
@@ -122,6 +126,7 @@ impl SettingFlags {
             secret: self.secret.clone(),
             container: self.container.clone(),
             grace_seconds: self.grace_seconds,
+            max_retries: self.max_retries,
             workers: self.workers,
             jobs: self.jobs,
             train_bin: self.train_bin.clone(),

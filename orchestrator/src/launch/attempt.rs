@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use object_store::ObjectStore;
 use s3_shards::{StoreLocation, StoreOptions, open_store};
 
+use super::Launched;
 use crate::backend::Backend;
 use crate::error::{OrchError, Result};
 use crate::ledger::{Attempt, Ledger, State};
@@ -82,6 +83,38 @@ pub(crate) fn refuse_if_running(ledger: &mut Ledger, stage: &str) -> Result<()> 
 pub(crate) fn job_gone(a: &Attempt) -> Result<bool> {
     Ok(a.state == State::Running
         && !crate::backend::by_name(&a.backend)?.is_running(&crate::backend::Submission { ids: a.job_ids.clone() }))
+}
+
+/// Launches again while the attempt was preempted (a rank exited 75, or Kubernetes
+/// disrupted a pod) and nobody cancelled it, at most `max_retries` more times: each
+/// attempt resumes from the last checkpoint. A real failure ends it at once.
+pub(crate) fn retrying(
+    max_retries: u32,
+    say: &dyn Fn(&str),
+    mut launch: impl FnMut() -> Result<Launched>,
+) -> Result<Launched> {
+    let mut retries = 0;
+    loop {
+        let launched = launch()?;
+        let Launched::Ran(rec) = &launched else { return Ok(launched) };
+        let Some(a) = rec.attempts.last() else { return Ok(launched) };
+        let preempted = rec.state == State::Preempted
+            && !rec.cancel_requested
+            && a.exit_codes.iter().any(|c| s3_shards::exit::is_preempted(*c));
+        if !preempted || retries >= max_retries {
+            if preempted && max_retries > 0 {
+                say(&format!("{} attempt {} was preempted; no retries left ({max_retries})", rec.name, a.attempt));
+            }
+            return Ok(launched);
+        }
+        retries += 1;
+        say(&format!(
+            "{} attempt {} was preempted; attempt {} resumes from its last checkpoint (retry {retries} of {max_retries})",
+            rec.name,
+            a.attempt,
+            a.attempt + 1
+        ));
+    }
 }
 
 /// A token no other job shares (the collective turns away processes without it).

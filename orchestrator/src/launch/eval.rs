@@ -6,7 +6,7 @@ use s3_shards::open_store;
 
 use super::Launched;
 use super::StageLaunch;
-use super::attempt::{NextAttempt, log_dir_for, next_attempt, record_running, running_jobs};
+use super::attempt::{NextAttempt, log_dir_for, next_attempt, record_running, retrying, running_jobs};
 use crate::backend::Backend;
 use crate::error::{OrchError, Result};
 use crate::ledger::{Attempt, Ledger, State};
@@ -17,8 +17,13 @@ use crate::stage::Stage;
 
 /// The pipeline's last step: `s3-train eval` of a succeeded training stage (`spec.stage`,
 /// normally stage 2) with its final weights, recorded as the ledger's `eval` stage
-/// with Dice at each click count.
+/// with Dice at each click count. A preempted attempt is followed by the next, up to
+/// `spec.max_retries` times.
 pub fn launch_eval(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, say: &dyn Fn(&str)) -> Result<Launched> {
+    retrying(spec.max_retries, say, || eval_attempt(spec, backend, dry_run, say))
+}
+
+fn eval_attempt(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, say: &dyn Fn(&str)) -> Result<Launched> {
     const EVAL: &str = Stage::Eval.name();
     let rt = runtime()?;
     let run_url = join(&spec.runs, &spec.run_id);

@@ -168,6 +168,7 @@ impl PipelineLaunch {
             catalog: self.manifest.clone(),
             log_root: log_root(&settings),
             store_options: Default::default(),
+            max_retries: settings.max_retries(),
         };
         if eval {
             return launch_eval(&spec, backend.as_ref(), self.dry_run, say);

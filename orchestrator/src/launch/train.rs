@@ -6,7 +6,7 @@ use s3_shards::{StoreOptions, open_store};
 
 use super::Launched;
 use super::attempt::{
-    NextAttempt, free_port, job_token, log_dir_for, names_catalog, next_attempt, record_running, running_jobs,
+    NextAttempt, free_port, job_token, log_dir_for, names_catalog, next_attempt, record_running, retrying, running_jobs,
 };
 use crate::backend::Backend;
 use crate::error::{OrchError, Result};
@@ -46,12 +46,19 @@ pub struct StageLaunch {
     pub log_root: PathBuf,
     /// S3 settings.
     pub store_options: StoreOptions,
+    /// Attempts started by themselves after a preempted one (see [`crate::settings::Settings::max_retries`]).
+    pub max_retries: u32,
 }
 
 /// Launches (or resumes, or skips) a training stage and waits for it; on a backend
 /// whose jobs record themselves it submits and returns (after the previous stage's
-/// job when that one still runs).
+/// job when that one still runs). A preempted attempt is followed by the next, up to
+/// `spec.max_retries` times.
 pub fn launch_stage(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, say: &dyn Fn(&str)) -> Result<Launched> {
+    retrying(spec.max_retries, say, || launch_attempt(spec, backend, dry_run, say))
+}
+
+fn launch_attempt(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, say: &dyn Fn(&str)) -> Result<Launched> {
     let rt = runtime()?;
     let run_url = join(&spec.runs, &spec.run_id);
     let Some(NextAttempt { run, mut ledger, attempt }) =

@@ -170,7 +170,8 @@ fn job_spec(k: &K8s, cmd: &PodCommand, template: Value) -> Value {
         "completions": cmd.pods,
         "parallelism": cmd.pods,
         // One failed pod fails the attempt: a group with a missing rank cannot go on,
-        // and the launcher starts the next attempt from the last checkpoint.
+        // and the launcher starts the next attempt from the last checkpoint (up to
+        // max_retries when it was preempted or disrupted, see status::job_end).
         "backoffLimit": 0,
         "podFailurePolicy": {"rules": [
             {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "NotIn", "values": [0]}},

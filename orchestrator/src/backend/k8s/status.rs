@@ -53,6 +53,9 @@ pub struct PodState {
     pub exit_code: Option<i32>,
     /// Why the container has not started (`ImagePullBackOff: ...`), while it waits.
     pub waiting: Option<String>,
+    /// Kubernetes took the pod away (`DisruptionTarget`: preempted by the scheduler,
+    /// evicted, its node drained or lost): no fault of the rank.
+    pub disrupted: bool,
 }
 
 /// The newest pod of each completion index in a `kubectl get pods -o json` list
@@ -82,7 +85,11 @@ pub fn pods(list: &Value) -> Vec<PodState> {
             .as_str()
             .filter(|r| *r != "ContainerCreating")
             .map(|r| w["message"].as_str().map_or(r.to_string(), |m| format!("{r}: {m}")));
-        let state = PodState { index, name: meta["name"].as_str().unwrap_or_default().to_string(), exit_code, waiting };
+        let disrupted = status["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "DisruptionTarget" && c["status"] == "True"));
+        let name = meta["name"].as_str().unwrap_or_default().to_string();
+        let state = PodState { index, name, exit_code, waiting, disrupted };
         // RFC 3339 times of one clock compare as text.
         if newest.get(&index).is_none_or(|(t, _)| created >= *t) {
             newest.insert(index, (created, state));
@@ -92,24 +99,33 @@ pub fn pods(list: &Value) -> Vec<PodState> {
 }
 
 /// The attempt's end from its `pods` (each running `ranks_per_pod` ranks): every rank
-/// of a pod gets the pod's exit code (None: never seen to end). The rank to blame is
-/// the first of a pod that exited with a real failure; failing that, of one whose end
-/// nobody saw (the Job stopped the other pods after the failure, so codes 137 and 143
-/// come after the cause and a missing code is the least informative).
+/// of a pod gets the pod's exit code (None: never seen to end); a disrupted pod that
+/// did not succeed counts as preempted (75), whatever killed it. The rank to blame is
+/// the first of an undisrupted pod that exited with a real failure; none when a pod
+/// was disrupted and no other failed on its own (the Job stops the rest after a pod
+/// ends: 137, 143 and unseen ends are the consequence); failing both, the first of a
+/// pod killed or never seen to end.
 pub fn job_end(pods: &[PodState], count: usize, ranks_per_pod: usize) -> JobEnd {
     let mut codes = vec![None; count];
+    let mut disrupted = false;
     for p in pods {
         if let Some(c) = codes.get_mut(p.index) {
-            *c = p.exit_code;
+            *c = if p.disrupted && p.exit_code != Some(0) {
+                Some(i32::from(s3_shards::exit::PREEMPTED))
+            } else {
+                p.exit_code
+            };
+            disrupted |= p.disrupted;
         }
     }
     let real_failure = |c: &Option<i32>| c.is_some() && s3_shards::exit::is_failure(*c);
     let killed = |c: &Option<i32>| matches!(c, Some(137 | 143));
-    let blamed = codes
-        .iter()
-        .position(|c| real_failure(c) && !killed(c))
-        .or_else(|| codes.iter().position(real_failure))
-        .or_else(|| codes.iter().position(Option::is_none));
+    let cause = codes.iter().position(|c| real_failure(c) && !killed(c));
+    let blamed = if cause.is_some() || disrupted {
+        cause
+    } else {
+        codes.iter().position(real_failure).or_else(|| codes.iter().position(Option::is_none))
+    };
     JobEnd {
         exit_codes: codes.iter().flat_map(|c| std::iter::repeat_n(*c, ranks_per_pod)).collect(),
         failed_rank: blamed.map(|pod| pod * ranks_per_pod),
@@ -175,7 +191,13 @@ mod tests {
         codes
             .iter()
             .enumerate()
-            .map(|(index, &exit_code)| PodState { index, name: format!("p{index}"), exit_code, waiting: None })
+            .map(|(index, &exit_code)| PodState {
+                index,
+                name: format!("p{index}"),
+                exit_code,
+                waiting: None,
+                disrupted: false,
+            })
             .collect()
     }
 
@@ -193,5 +215,35 @@ mod tests {
         assert_eq!(job_end(&states(&[Some(75), Some(137)]), 2, 1).failed_rank, Some(1));
         // Pods never seen (deleted with the Job): the first.
         assert_eq!(job_end(&[], 2, 1).failed_rank, Some(0));
+    }
+
+    #[test]
+    fn a_disrupted_pod_is_a_preemption_unless_another_failed_on_its_own() {
+        let list = json!({"items": [
+            pod("j-0", "0", "2025-01-01T10:00:00Z", terminated(143)),
+            pod("j-1", "1", "2025-01-01T10:00:00Z", json!({"phase": "Failed",
+                "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}],
+                "containerStatuses": [{"name": "rank", "state": {"terminated": {"exitCode": 137}}}]})),
+            pod("j-2", "2", "2025-01-01T10:00:00Z", json!({"phase": "Running"})),
+        ]});
+        let p = pods(&list);
+        assert_eq!(p.iter().map(|p| p.disrupted).collect::<Vec<_>>(), [false, true, false]);
+        // Pod 1 was taken (killed after its grace), the Job stopped pod 0 and pod 2's
+        // end was not seen: a preempted attempt, nobody to blame.
+        let e = job_end(&p, 3, 2);
+        assert_eq!(e.exit_codes, [Some(143), Some(143), Some(75), Some(75), None, None]);
+        assert_eq!(e.failed_rank, None);
+        // A node lost with its pod: no exit code at all, still a preemption.
+        let mut lost = p.clone();
+        lost[1].exit_code = None;
+        assert_eq!(job_end(&lost, 3, 1).exit_codes[1], Some(75));
+        // A rank that failed by itself is blamed, disruption or not.
+        let mut failed = p.clone();
+        failed[2].exit_code = Some(1);
+        assert_eq!(job_end(&failed, 3, 1).failed_rank, Some(2));
+        // A disrupted pod that had already succeeded keeps its 0.
+        let mut done = p;
+        done[1].exit_code = Some(0);
+        assert_eq!(job_end(&done, 3, 1).exit_codes[1], Some(0));
     }
 }

@@ -152,6 +152,17 @@ layer! {
     node_selector: String,
     /// Taints the Kubernetes pods tolerate: `key[=value][:effect],...` (`kubectl taint`'s notation).
     tolerations: String,
+    /// Gang admission of the Kubernetes pods: `none`, `kueue` or `volcano`.
+    k8s_gang: String,
+    /// The Kueue LocalQueue (needed with `kueue`) or Volcano queue.
+    k8s_queue: String,
+    /// Volumes of the Kubernetes pods: `pvc:CLAIM:/mnt[:ro]`, `hostPath:/host:/mnt[:ro]`,
+    /// `emptyDir:/mnt[:SIZE]`, comma-separated.
+    k8s_volumes: String,
+    /// Kubernetes pods on the host's network (the rendezvous port then differs per attempt).
+    host_network: bool,
+    /// An RDMA device resource per rank container: `DOMAIN/NAME=COUNT`.
+    rdma_resource: String,
 }
 
 /// The resolved settings, with the origin of every value that is not a default.

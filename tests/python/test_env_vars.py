@@ -26,7 +26,7 @@ def read_by_code():
                 names.update(g for g in m.groups() if g)
     settings = (ROOT / "orchestrator/src/settings.rs").read_text(encoding="utf-8")
     block = re.search(r"^layer! \{(.*?)^\}", settings, re.S | re.M).group(1)
-    names.update("S3_ORCH_" + f.upper() for f in re.findall(r"^\s+([a-z_]+):", block, re.M))
+    names.update("S3_ORCH_" + f.upper() for f in re.findall(r"^\s+([a-z][a-z0-9_]*):", block, re.M))
     catalogue = (ROOT / "manifests/datasets.toml").read_text(encoding="utf-8")
     names.update(re.findall(r"\$\{([A-Z][A-Z0-9_]+)", catalogue))
     return names

@@ -57,6 +57,15 @@ ingest_bin = "s3-ingest"
 """,
 }
 
+# The gpu profile on a cluster with a gang scheduler, a shard cache volume, a
+# read-only dataset claim, the host's network and RDMA.
+CLUSTER_EXTRAS = """k8s_volumes = "emptyDir:/cache:200Gi,pvc:datasets:/mnt/data:ro,hostPath:/nvme:/nvme"
+host_network = true
+rdma_resource = "rdma/hca_shared_devices_a=1"
+"""
+PROFILES["kueue"] = PROFILES["gpu"].replace("[env]", 'k8s_gang = "kueue"\nk8s_queue = "gpu-queue"\n' + CLUSTER_EXTRAS + "[env]")
+PROFILES["volcano"] = PROFILES["gpu"].replace("[env]", 'k8s_gang = "volcano"\nk8s_queue = "research"\n' + CLUSTER_EXTRAS + "[env]")
+
 CATALOG = """[[datasets]]
 name = "AMOS22"
 modality = "CT"
@@ -199,3 +208,61 @@ def test_the_validator_rejects_what_it_should(tmp_path):
     for version in VERSIONS:
         r = subprocess.run(VALIDATE + ["--strict", "-k", version, str(path)], capture_output=True, text=True)
         assert r.returncode != 0 and "gpus" in r.stdout, r.stdout + r.stderr
+
+
+def check_pod_group(doc, pods):
+    """Volcano's PodGroup (scheduling.volcano.sh/v1beta1) by its API's fields."""
+    assert doc["apiVersion"] == "scheduling.volcano.sh/v1beta1"
+    assert set(doc) == {"apiVersion", "kind", "metadata", "spec"}
+    assert set(doc["spec"]) <= {"minMember", "minTaskMember", "queue", "priorityClassName", "minResources"}
+    assert doc["spec"]["minMember"] == pods, "the whole attempt or nothing"
+
+
+@pytest.mark.parametrize("kind", ["job", "jobset"])
+@pytest.mark.parametrize("gang", ["kueue", "volcano"])
+@pytest.mark.parametrize("step", ["stage1", "ingest"])
+def test_gang_admission_volumes_and_network_validate(tmp_path, step, gang, kind):
+    text = render(tmp_path, step, gang, kind)
+    docs = docs_of(text)
+    native = [d for d in docs if d["kind"] not in ("JobSet", "PodGroup")]
+    path = tmp_path / "native.yaml"
+    path.write_text(yaml.safe_dump_all(native))
+    validate_cli(path, len(native))
+    for d in docs:
+        if d["kind"] == "JobSet":
+            check_jobset(d)
+        if d["kind"] == "PodGroup":
+            check_pod_group(d, 2)
+    workloads = [d for d in docs if d["kind"] in ("Job", "JobSet")]
+    collective = step != "ingest"
+    for w in workloads:
+        job = w["spec"] if w["kind"] == "Job" else w["spec"]["replicatedJobs"][0]["template"]["spec"]
+        pod = job["template"]
+        spec, c = pod["spec"], pod["spec"]["containers"][0]
+        if gang == "kueue":
+            assert w["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+            assert w["spec"]["suspend"] is True, "Kueue admits the whole workload by lifting it"
+            assert "schedulerName" not in spec
+        else:
+            assert "kueue.x-k8s.io/queue-name" not in w["metadata"]["labels"]
+            assert spec["schedulerName"] == "volcano"
+            annotations = pod["metadata"].get("annotations", {})
+            assert annotations.get("scheduling.volcano.sh/queue-name") == "research"
+            if collective:
+                assert annotations["scheduling.k8s.io/group-name"] == w["metadata"]["name"]
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes[mounts["/cache"]["name"]]["emptyDir"] == {"sizeLimit": "200Gi"}
+        assert volumes[mounts["/mnt/data"]["name"]]["persistentVolumeClaim"] == {"claimName": "datasets"}
+        assert mounts["/mnt/data"]["readOnly"] is True
+        assert volumes[mounts["/nvme"]["name"]]["hostPath"]["path"] == "/nvme"
+        assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+        assert c["resources"]["limits"]["rdma/hca_shared_devices_a"] == "1"
+        assert c["securityContext"]["capabilities"]["add"] == ["IPC_LOCK"]
+        if collective:
+            port = next(e["value"] for e in c["env"] if e["name"] == "MASTER_PORT")
+            assert port != "29500" and 20000 <= int(port) < 30000, "a port of its own on the host's network"
+            for svc in (d for d in docs if d["kind"] == "Service"):
+                assert svc["spec"]["ports"][0]["port"] == int(port)
+    groups = [d for d in docs if d["kind"] == "PodGroup"]
+    assert len(groups) == (1 if gang == "volcano" and collective else 0)

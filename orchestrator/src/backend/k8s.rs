@@ -46,12 +46,15 @@ use crate::settings::Settings;
 
 pub mod container;
 pub mod files;
+pub mod gang;
 pub mod kubectl;
 pub mod manifest;
 pub mod names;
+pub mod network;
 pub mod placement;
 pub mod resources;
 pub mod status;
+pub mod volumes;
 pub mod yaml;
 
 use kubectl::{Got, Kubectl};
@@ -103,6 +106,9 @@ pub struct K8s {
     grace: u64,
     node_selector: Map<String, Value>,
     tolerations: Vec<Value>,
+    gang: gang::Gang,
+    volumes: Vec<volumes::Volume>,
+    network: network::Network,
     kubectl: Kubectl,
     poll: Duration,
 }
@@ -142,6 +148,9 @@ impl K8s {
             grace: settings.grace_seconds(),
             node_selector: Map::new(),
             tolerations: Vec::new(),
+            gang: gang::Gang::parse(v.k8s_gang.as_deref(), v.k8s_queue.as_deref())?,
+            volumes: v.k8s_volumes.as_deref().map(volumes::parse).transpose()?.unwrap_or_default(),
+            network: network::Network::new(v.host_network.unwrap_or(false), v.rdma_resource.as_deref())?,
             kubectl: Kubectl::new("kubectl"),
             poll: Duration::from_secs(10),
         }
@@ -278,11 +287,15 @@ impl Backend for K8s {
         let docs = self.manifests(job)?;
         if let Err(e) = self.kubectl.run(&["apply", "-f", "-"], Some(&yaml::documents(&docs))) {
             // Half an attempt (a Service without its Job) would only confuse the next.
-            let kinds = kind_of(self, job).with_companions();
+            let mut kinds = kind_of(self, job).with_companions().to_string();
+            if matches!(self.gang, gang::Gang::Volcano { .. }) {
+                kinds.push(',');
+                kinds.push_str(gang::PODGROUP_RESOURCE);
+            }
             let selector = Identity::of(job).selector();
             let _ = self
                 .kubectl
-                .run(&["delete", kinds, "-l", &selector, "-n", &self.namespace, "--ignore-not-found"], None);
+                .run(&["delete", &kinds, "-l", &selector, "-n", &self.namespace, "--ignore-not-found"], None);
             return Err(e);
         }
         Ok(Submission { ids: vec![self.submission_id(job)] })
@@ -341,9 +354,14 @@ impl Backend for K8s {
         self.save_logs(job, &seen, cmd.ranks_per_pod, namespace);
         // The rendezvous, token and files are of no use once the attempt ended; the
         // Job stays (its status and pods' logs) until the user deletes it.
-        let companions = if kind == Kind::Job { "service,secret,configmap" } else { "secret,configmap" };
+        let mut companions =
+            String::from(if kind == Kind::Job { "service,secret,configmap" } else { "secret,configmap" });
+        if matches!(self.gang, gang::Gang::Volcano { .. }) && cmd.collective {
+            companions.push(',');
+            companions.push_str(gang::PODGROUP_RESOURCE);
+        }
         if let Err(e) =
-            self.kubectl.run(&["delete", companions, "-l", &selector, "-n", namespace, "--ignore-not-found"], None)
+            self.kubectl.run(&["delete", &companions, "-l", &selector, "-n", namespace, "--ignore-not-found"], None)
         {
             tracing::warn!("{id}: cleaning up: {e}");
         }
@@ -371,18 +389,15 @@ impl Backend for K8s {
             if selector.matches('=').count() != 3 {
                 return Err(OrchError::Unlabelled { id: id.clone() });
             }
-            // The pods get SIGTERM and terminationGracePeriodSeconds to checkpoint.
+            // The pods get SIGTERM and terminationGracePeriodSeconds to checkpoint;
+            // a Volcano PodGroup goes with them (the cluster's copy names it).
+            let mut kinds = kind.with_companions().to_string();
+            if gang::pod_group_of(&obj).is_some() {
+                kinds.push(',');
+                kinds.push_str(gang::PODGROUP_RESOURCE);
+            }
             self.kubectl.run(
-                &[
-                    "delete",
-                    kind.with_companions(),
-                    "-l",
-                    &selector,
-                    "-n",
-                    namespace,
-                    "--ignore-not-found",
-                    "--wait=false",
-                ],
+                &["delete", &kinds, "-l", &selector, "-n", namespace, "--ignore-not-found", "--wait=false"],
                 None,
             )?;
         }

@@ -86,6 +86,21 @@ pub struct SettingFlags {
     /// Taints the Kubernetes pods tolerate: KEY[=VALUE][:EFFECT],...
     #[arg(long, value_name = "KEY[=VALUE][:EFFECT],...")]
     tolerations: Option<String>,
+    /// Gang admission of the Kubernetes pods: none, kueue or volcano [default: none].
+    #[arg(long, value_parser = ["none", "kueue", "volcano"])]
+    k8s_gang: Option<String>,
+    /// Kueue LocalQueue (needed with kueue) or Volcano queue.
+    #[arg(long)]
+    k8s_queue: Option<String>,
+    /// Kubernetes volumes: pvc:CLAIM:/MNT[:ro], hostPath:/HOST:/MNT[:ro], emptyDir:/MNT[:SIZE], ...
+    #[arg(long, value_name = "KIND:...:/MNT,...")]
+    k8s_volumes: Option<String>,
+    /// Kubernetes pods on the host's network [default: false].
+    #[arg(long, value_name = "BOOL")]
+    host_network: Option<bool>,
+    /// RDMA device resource per Kubernetes rank container, e.g. rdma/hca_shared_devices_a=1.
+    #[arg(long, value_name = "DOMAIN/NAME=COUNT")]
+    rdma_resource: Option<String>,
     /// Slurm partition of the eval job (one GPU) [default: --partition].
     #[arg(long)]
     eval_partition: Option<String>,
@@ -137,6 +152,11 @@ impl SettingFlags {
             ingest_image: self.ingest_image.clone(),
             node_selector: self.node_selector.clone(),
             tolerations: self.tolerations.clone(),
+            k8s_gang: self.k8s_gang.clone(),
+            k8s_queue: self.k8s_queue.clone(),
+            k8s_volumes: self.k8s_volumes.clone(),
+            host_network: self.host_network,
+            rdma_resource: self.rdma_resource.clone(),
             env: self.env.iter().cloned().collect(),
         }
     }

@@ -129,6 +129,9 @@ fn pod_template(
         "resources": resources(k, cmd)?,
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
     });
+    for v in &k.volumes {
+        container["volumeMounts"].as_array_mut().expect("built above").push(v.mount.clone());
+    }
     if let Some(s) = &k.secret {
         // The credentials by reference: the values stay in the cluster's Secret.
         container["envFrom"] = json!([{"secretRef": {"name": s}}]);
@@ -142,6 +145,10 @@ fn pod_template(
         // The data loader's shared memory: the runtime's default /dev/shm is 64 MiB.
         "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}],
     });
+    for v in &k.volumes {
+        spec["volumes"].as_array_mut().expect("built above").push(v.volume.clone());
+    }
+    k.network.apply(&mut spec);
     if let Some(f) = shipped {
         spec["containers"][0]["volumeMounts"]
             .as_array_mut()
@@ -161,7 +168,9 @@ fn pod_template(
     if !k.tolerations.is_empty() {
         spec["tolerations"] = Value::Array(k.tolerations.clone());
     }
-    Ok(json!({"metadata": {"labels": id.labels}, "spec": spec}))
+    let mut template = json!({"metadata": {"labels": id.labels}, "spec": spec});
+    k.gang.pod(&mut template, cmd.collective.then_some(id.name.as_str()));
+    Ok(template)
 }
 
 fn job_spec(k: &K8s, cmd: &PodCommand, template: Value) -> Value {
@@ -197,7 +206,13 @@ pub fn manifests(k: &K8s, job: &Job) -> Result<Vec<Value>> {
         }
     }
     let job = &job;
-    let cmd = pod_command(job, &master_addr(kind, &id.name, &k.namespace), &id.token_secret())?;
+    let mut cmd = pod_command(job, &master_addr(kind, &id.name, &k.namespace), &id.token_secret())?;
+    let port = k.network.port(&id.name, MASTER_PORT);
+    for e in &mut cmd.env {
+        if e["name"] == "MASTER_PORT" {
+            e["value"] = port.to_string().into();
+        }
+    }
     let mut docs = Vec::new();
     if let Some(token) = &cmd.token {
         docs.push(json!({
@@ -216,6 +231,11 @@ pub fn manifests(k: &K8s, job: &Job) -> Result<Vec<Value>> {
             "data": f.data,
         }));
     }
+    if cmd.collective
+        && let Some(group) = k.gang.pod_group(&metadata(k, &id.name, &id), cmd.pods)
+    {
+        docs.push(group);
+    }
     match kind {
         Kind::Job => {
             let subdomain = cmd.collective.then_some(id.name.as_str());
@@ -229,21 +249,23 @@ pub fn manifests(k: &K8s, job: &Job) -> Result<Vec<Value>> {
                         "selector": id.labels,
                         // Ranks look each other up while starting, before they are ready.
                         "publishNotReadyAddresses": true,
-                        "ports": [{"name": "rendezvous", "port": MASTER_PORT, "targetPort": MASTER_PORT, "protocol": "TCP"}],
+                        "ports": [{"name": "rendezvous", "port": port, "targetPort": port, "protocol": "TCP"}],
                     },
                 }));
             }
             let template = pod_template(k, job, &id, &cmd, shipped.as_ref(), subdomain)?;
-            docs.push(json!({
+            let mut workload = json!({
                 "apiVersion": "batch/v1",
                 "kind": "Job",
                 "metadata": metadata(k, &id.name, &id),
                 "spec": job_spec(k, &cmd, template),
-            }));
+            });
+            k.gang.admit(&mut workload);
+            docs.push(workload);
         }
         Kind::JobSet => {
             let template = pod_template(k, job, &id, &cmd, shipped.as_ref(), None)?;
-            docs.push(json!({
+            let mut workload = json!({
                 "apiVersion": JOBSET_API,
                 "kind": "JobSet",
                 "metadata": metadata(k, &id.name, &id),
@@ -258,7 +280,9 @@ pub fn manifests(k: &K8s, job: &Job) -> Result<Vec<Value>> {
                         "template": {"metadata": {"labels": id.labels}, "spec": job_spec(k, &cmd, template)},
                     }],
                 },
-            }));
+            });
+            k.gang.admit(&mut workload);
+            docs.push(workload);
         }
     }
     Ok(docs)

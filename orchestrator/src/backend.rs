@@ -7,6 +7,7 @@ use crate::error::{OrchError, Result};
 use crate::plan::Job;
 use crate::settings::Settings;
 
+pub mod files;
 pub mod k8s;
 pub mod local;
 pub mod slurm;

@@ -104,8 +104,8 @@ pub enum OrchError {
         /// What differs (`their program`, `their environment`, ...).
         differ: &'static str,
     },
-    /// The local files the pods read do not fit in one ConfigMap.
-    #[error("{files} files of {bytes} bytes for the pods: a ConfigMap holds at most {limit}")]
+    /// The local files the job reads are too large to travel with it.
+    #[error("{files} files of {bytes} bytes for the job: a ConfigMap or batch script carries at most {limit}")]
     ConfigMapFull {
         /// Number of files.
         files: usize,

@@ -3,7 +3,9 @@
 //! requeues) runs the stages without the launcher's terminal, so the jobs record
 //! their own attempts: start (which attempt this run of the job is), the stage-2
 //! gate (checked when the job starts, since a dependency does not re-arm after a
-//! requeue), and end (how it ended, the final checkpoint, whether to requeue).
+//! requeue), and end (how it ended, the final checkpoint, whether to requeue);
+//! and the logs each node wrote, uploaded into the run folder, since nothing but
+//! the object store is shared between the nodes and the launcher.
 
 use std::path::Path;
 
@@ -176,4 +178,49 @@ async fn close_attempt(
     }
     let rec = ledger.stage_mut(&t.stage);
     Ok(s3_shards::exit::is_preempted(Some(end.exit_code)) && !rec.cancel_requested)
+}
+
+/// `job upload-logs`: copies log files (a folder's files, or files) into the run
+/// folder, `logs/<stage>/attempt-<N>/<name>`, where `s3-orch logs` reads them. Each
+/// node runs it for the ranks it ran; a file already in place (a local run folder
+/// the node writes into) is left alone. The number of files copied.
+pub fn upload_logs(t: &HookTarget, attempt: u32, from: &[std::path::PathBuf]) -> Result<usize> {
+    let rt = runtime()?;
+    let run = s3_shards::open_store(&t.run_url(), &t.options)?;
+    let mut files = Vec::new();
+    for p in from {
+        let io = |source| OrchError::Io { file: p.display().to_string(), source };
+        if p.is_dir() {
+            for e in std::fs::read_dir(p).map_err(io)? {
+                let path = e.map_err(io)?.path();
+                if path.is_file() {
+                    files.push(path);
+                }
+            }
+        } else {
+            files.push(p.clone());
+        }
+    }
+    files.sort();
+    let folder = crate::run_store::logs_key(&t.stage, attempt);
+    let mut copied = 0;
+    for f in files {
+        let Some(name) = f.file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
+        let key = format!("{folder}/{name}");
+        if let Some(dir) = run.local_dir()
+            && same_file(&dir.join(&key), &f)
+        {
+            continue;
+        }
+        let bytes = std::fs::read(&f).map_err(|source| OrchError::Io { file: f.display().to_string(), source })?;
+        let path = object_store::path::Path::from(key);
+        rt.block_on(object_store::ObjectStoreExt::put(run.store().as_ref(), &path, bytes.into()))
+            .map_err(|source| s3_shards::ShardError::Store { op: "put", path: path.clone(), source })?;
+        copied += 1;
+    }
+    Ok(copied)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }

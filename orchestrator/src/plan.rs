@@ -107,6 +107,9 @@ pub struct Hooks {
     pub evaluated: Option<String>,
     /// Check stage 2's gate when the job starts and pass the verified `--init`.
     pub gate: bool,
+    /// A job whose end another records (the ingest workers, ended by the merge): it
+    /// uploads its logs, and marks the attempt failed only if it fails itself.
+    pub uploads_only: bool,
 }
 
 /// What a training stage needs.

@@ -13,6 +13,11 @@ pub fn join(root: &str, name: &str) -> String {
     format!("{}/{}", root.trim_end_matches('/'), name)
 }
 
+/// The folder of an attempt's logs in its run folder: `logs/<stage>/attempt-<N>`.
+pub fn logs_key(stage: &str, attempt: u32) -> String {
+    format!("logs/{stage}/attempt-{attempt}")
+}
+
 /// The process's store I/O runtime (one for every program: see `s3_shards::io_runtime`).
 pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime> {
     Ok(s3_shards::io_runtime::io_runtime()?)

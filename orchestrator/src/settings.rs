@@ -123,6 +123,9 @@ layer! {
     secret: String,
     /// How Slurm ranks run in the image: `none`, `pyxis` or `apptainer`.
     container: String,
+    /// What the Slurm container sees of the node: `src:dst[:ro],...` (pyxis
+    /// `--container-mounts`, apptainer `--bind`).
+    container_mounts: String,
     /// Seconds between the stop signal and the kill: long enough to write a checkpoint.
     grace_seconds: u64,
     /// Attempts the launcher starts by itself after a preempted one (a rank exited 75,

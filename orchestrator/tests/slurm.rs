@@ -4,7 +4,7 @@
 //! preemption that requeues the job, which resumes from its checkpoint.
 
 mod common;
-use common::{bin, digests, samples, small_store, text};
+use common::{bin, digests, samples, small_store, small_store_at, text};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -107,7 +107,7 @@ fn the_pipeline_runs_on_slurm_as_a_chain_of_jobs() {
         .output()
         .unwrap();
     let said = text(&o);
-    assert!(o.status.success(), "{said}\nslurm logs: {}", cluster.log_dir().display());
+    assert!(o.status.success(), "{said}\nslurm logs: {}\n{}", cluster.log_dir().display(), logs(&runs.join("p/logs")));
     assert!(said.contains("after job"), "stages wait on Slurm dependencies: {said}");
     assert_eq!(samples(&store), samples(&reference), "3 array tasks + merge publish what one process does");
 
@@ -327,4 +327,68 @@ fn the_dry_run_prints_the_scripts_for_a_gpu_cluster_and_runs_no_slurm_command() 
     {
         assert!(shown.contains(needle), "{needle} in\n{shown}");
     }
+}
+
+/// The launcher's folder (stage files, its own log folder, its working directory) is
+/// hidden from the jobs, as another machine's disk would be; the run folder and the
+/// shards are on the S3 server. Stage 1, stage 2 (its gate) and the eval succeed with
+/// the stage files carried in the scripts, and `s3-orch logs` reads every rank's log
+/// back from the run folder, where the nodes uploaded them.
+#[test]
+fn a_cluster_that_shares_only_the_object_store_runs_the_stages() {
+    let launcher = tempfile::tempdir().unwrap();
+    let here = launcher.path();
+    let stages = here.join("stages");
+    std::fs::create_dir_all(&stages).unwrap();
+    std::fs::write(stages.join("stage1.toml"), stage_toml("stage1", 1, "all")).unwrap();
+    std::fs::write(stages.join("stage2.toml"), stage_toml("stage2", 1, "all")).unwrap();
+    let cluster = SlurmCluster::start_hiding(&[here]);
+    // The premise: a job cannot read the launcher's files.
+    let o =
+        cluster.command("srun").args(["-N1", "-n1", "test", "-e"]).arg(stages.join("stage1.toml")).output().unwrap();
+    assert!(!o.status.success(), "a job sees the launcher's folder: the test proves nothing");
+
+    let server = s3_test_support::S3Server::start();
+    let options = s3_shards::StoreOptions::endpoint_with_keys(
+        &server.endpoint(),
+        s3_test_support::ACCESS_KEY,
+        s3_test_support::SECRET_KEY,
+    );
+    small_store_at(&server.url("data"), &options);
+    let (data, runs) = (server.url("data"), server.url("runs"));
+    let run = |args: &[&str]| {
+        let mut c = orch(&cluster, args);
+        c.current_dir(here).envs(server.env());
+        c.output().unwrap()
+    };
+    for stage in ["stage1", "stage2", "eval"] {
+        let stage_dir = stages.display().to_string();
+        let o = run(&[
+            "launch", stage, "--run", "iso", "--ranks", "2", "--wait", "--data", &data, "--runs", &runs, "--stages",
+            &stage_dir,
+        ]);
+        assert!(o.status.success(), "{stage}: {}\nslurm logs: {}", text(&o), cluster.log_dir().display());
+    }
+    let o = run(&["status", "--run", "iso", "--json", "--runs", &runs]);
+    assert!(o.status.success(), "{}", text(&o));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for name in ["stage1", "stage2", "eval"] {
+        assert_eq!(stage(&s, name)["state"], "succeeded", "{name}: {s}");
+    }
+    // The ranks' logs, from the run folder on the S3 server.
+    let mut weights = Vec::new();
+    for rank in ["0", "1"] {
+        let o = run(&["logs", "--run", "iso", "--runs", &runs, "--stage", "stage2", "--rank", rank]);
+        assert!(o.status.success(), "{}", text(&o));
+        let log = String::from_utf8_lossy(&o.stdout).into_owned();
+        weights.push(log.split("weights xxh3 ").nth(1).map(|w| w.trim().to_string()).unwrap_or_default());
+    }
+    assert!(!weights[0].is_empty() && weights[0] == weights[1], "both ranks' logs, the same weights: {weights:?}");
+    assert!(server.object_path("runs/iso/logs/stage1/attempt-1/rank-1.log").is_file());
+    assert!(server.object_path("runs/iso/logs/eval/attempt-1/rank-0.log").is_file());
+    let slurm_out = std::fs::read_dir(server.object_path("runs/iso/logs/stage1/attempt-1")).unwrap();
+    assert!(
+        slurm_out.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with("slurm-")),
+        "Slurm's own output comes back too"
+    );
 }

@@ -302,6 +302,11 @@ fn resuming_onto_another_config_or_other_data_is_refused() {
     // eval reads the run's own stage back from config.json.
     let back = s3_trainer::run_inputs::load_run_stage(&run, &StoreOptions::default()).unwrap();
     assert_eq!(back.lr, stage(2).lr);
+    // Its selection is the datasets it trained on, not a catalogue to read again.
+    assert_eq!(back.datasets.select, "none");
+    let available: std::collections::BTreeSet<String> = ["SYNTH_CT_0".to_string(), "OTHER".to_string()].into();
+    let chosen = back.select_datasets(&available).unwrap();
+    assert_eq!(chosen, ["SYNTH_CT_0".to_string()].into(), "only what it trained on");
 }
 
 #[test]

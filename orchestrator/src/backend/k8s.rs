@@ -30,7 +30,7 @@
 //! the next launch resumes it from the last checkpoint.
 //!
 //! Files: `manifest.rs` (the objects), `container.rs` (a Job's ranks → one pod
-//! template), `ranks.sh` (several ranks per pod), `files.rs` (the ConfigMap),
+//! template), `ranks.sh` (several ranks per pod), `../files.rs` (what the ConfigMap carries),
 //! `names.rs`, `resources.rs`, `placement.rs`, `yaml.rs` (the emitter), `kubectl.rs`
 //! and `status.rs` (reading what it prints).
 
@@ -45,7 +45,6 @@ use crate::plan::Job;
 use crate::settings::Settings;
 
 pub mod container;
-pub mod files;
 pub mod gang;
 pub mod kubectl;
 pub mod manifest;

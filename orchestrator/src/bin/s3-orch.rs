@@ -50,9 +50,10 @@ enum Command {
     /// attempt. Stage 2 starts only from the stage-1 final checkpoint the ledger
     /// records, after checking its hash.
     Launch {
-        /// ingest (--manifest, --out, --workers), stage1 / stage2 (--data), or
-        /// pipeline (ingest → stage1 → stage2 → eval in one run).
-        #[arg(value_parser = ["ingest", "stage1", "stage2", "pipeline"])]
+        /// ingest (--manifest, --out, --workers), stage1 / stage2 (--data), eval
+        /// (stage 2's final weights on the validation split, --data), or pipeline
+        /// (ingest → stage1 → stage2 → eval in one run).
+        #[arg(value_parser = ["ingest", "stage1", "stage2", "eval", "pipeline"])]
         stage: String,
         #[command(flatten)]
         args: Box<LaunchArgs>,
@@ -73,7 +74,7 @@ enum Command {
     Logs {
         #[command(flatten)]
         target: RunRef,
-        /// ingest, stage1, stage2.
+        /// ingest, stage1, stage2, eval.
         #[arg(long)]
         stage: String,
         /// Attempt number (default: the newest).
@@ -146,6 +147,18 @@ enum JobHook {
         /// For eval: the stage it evaluated.
         #[arg(long)]
         evaluated: Option<String>,
+    },
+    /// Copies this node's log files into the run folder, under
+    /// logs/<stage>/attempt-<N>/, where `s3-orch logs` reads them.
+    UploadLogs {
+        #[command(flatten)]
+        target: HookRef,
+        /// The attempt `job start` printed.
+        #[arg(long)]
+        attempt: u32,
+        /// Folders (their files) or files to copy.
+        #[arg(long = "from", required = true, num_args = 1..)]
+        from: Vec<PathBuf>,
     },
 }
 
@@ -313,6 +326,10 @@ fn job_hook(hook: JobHook) -> Result<ExitCode> {
             if job_hooks::job_end(&target.target(), &end)? {
                 return Ok(ExitCode::from(s3_shards::exit::REQUEUE));
             }
+        }
+        JobHook::UploadLogs { target, attempt, from } => {
+            let n = job_hooks::upload_logs(&target.target(), attempt, &from)?;
+            eprintln!("s3-orch: {n} log file(s) uploaded");
         }
     }
     Ok(ExitCode::SUCCESS)

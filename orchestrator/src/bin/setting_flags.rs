@@ -49,6 +49,9 @@ pub struct SettingFlags {
     /// Slurm container runtime: none, pyxis, apptainer.
     #[arg(long)]
     container: Option<String>,
+    /// Node folders the Slurm container sees: SRC:DST[:ro],...
+    #[arg(long, value_name = "SRC:DST[:ro],...")]
+    container_mounts: Option<String>,
     /// Seconds from the stop signal to the kill (time to checkpoint) [default: 300].
     #[arg(long)]
     grace_seconds: Option<u64>,
@@ -140,6 +143,7 @@ impl SettingFlags {
             namespace: self.namespace.clone(),
             secret: self.secret.clone(),
             container: self.container.clone(),
+            container_mounts: self.container_mounts.clone(),
             grace_seconds: self.grace_seconds,
             max_retries: self.max_retries,
             workers: self.workers,

@@ -181,7 +181,7 @@ pub(crate) fn log_dir_for(
     attempt: u32,
 ) -> PathBuf {
     match run.local_dir() {
-        Some(dir) => dir.join("logs").join(stage).join(format!("attempt-{attempt}")),
+        Some(dir) => dir.join(crate::run_store::logs_key(stage, attempt)),
         None => log_root.join(run_id).join(stage).join(format!("attempt-{attempt}")),
     }
 }

@@ -98,6 +98,18 @@ pub fn log_path(
     log_root: &std::path::Path,
     options: &StoreOptions,
 ) -> Result<PathBuf> {
+    let (run, attempt) = log_attempt(runs, run_id, stage, attempt, options)?;
+    Ok(log_dir_for(&run, log_root, run_id, stage, attempt).join(format!("rank-{rank}.log")))
+}
+
+/// The run folder and the attempt (the newest by default) whose logs are asked for.
+fn log_attempt(
+    runs: &str,
+    run_id: &str,
+    stage: &str,
+    attempt: Option<u32>,
+    options: &StoreOptions,
+) -> Result<(s3_shards::StoreLocation, u32)> {
     let rt = runtime()?;
     let run = open_run(&join(runs, run_id), options, true)?;
     let ledger = rt.block_on(Ledger::load_or_new(run.store().as_ref(), run_id))?;
@@ -110,7 +122,7 @@ pub fn log_path(
         }
         None => record.attempts.last().map_or(1, |a| a.attempt),
     };
-    Ok(log_dir_for(&run, log_root, run_id, stage, attempt).join(format!("rank-{rank}.log")))
+    Ok((run, attempt))
 }
 
 /// Stops the running attempts of a run (SIGTERM: the ranks checkpoint and exit 75,
@@ -168,7 +180,12 @@ pub fn copy_log(
     out: &mut dyn std::io::Write,
     options: &StoreOptions,
 ) -> Result<()> {
-    let path = log_path(at.runs, at.run, at.stage, at.attempt, at.rank, log_root, options)?;
+    let (run, attempt) = log_attempt(at.runs, at.run, at.stage, at.attempt, options)?;
+    let path = log_dir_for(&run, log_root, at.run, at.stage, attempt).join(format!("rank-{}.log", at.rank));
+    if !path.exists() && run.local_dir().is_none() {
+        // Jobs that share nothing with this machine upload their logs into the run.
+        return copy_stored_log(at, &run, attempt, follow, out, options);
+    }
     let io = |source| OrchError::Io { file: path.display().to_string(), source };
     let mut file = std::fs::File::open(&path).map_err(io)?;
     std::io::copy(&mut file, out).map_err(io)?;
@@ -182,6 +199,48 @@ pub fn copy_log(
         }
     }
     Ok(())
+}
+
+/// A rank's log as uploaded into the run folder (`job upload-logs`); with `follow`,
+/// what is new in it until the stage is no longer running.
+fn copy_stored_log(
+    at: &LogAt,
+    run: &s3_shards::StoreLocation,
+    attempt: u32,
+    follow: bool,
+    out: &mut dyn std::io::Write,
+    options: &StoreOptions,
+) -> Result<()> {
+    let rt = runtime()?;
+    let key = format!("{}/rank-{}.log", crate::run_store::logs_key(at.stage, attempt), at.rank);
+    let path = ObjPath::from(key.as_str());
+    let mut written = 0usize;
+    loop {
+        let running = follow
+            && status(at.runs, at.run, options, &|_| {})?.stage(at.stage).is_some_and(|s| s.state == State::Running);
+        match rt.block_on(async { run.store().get(&path).await?.bytes().await }) {
+            Ok(bytes) => {
+                if bytes.len() > written {
+                    out.write_all(&bytes[written..])
+                        .map_err(|source| OrchError::Io { file: "standard output".into(), source })?;
+                    written = bytes.len();
+                }
+            }
+            Err(object_store::Error::NotFound { .. }) if running => {}
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(OrchError::NotFound {
+                    what: "log",
+                    path: join(run.url(), &key),
+                    hint: "a job uploads its ranks' logs into the run folder when they end",
+                });
+            }
+            Err(source) => return Err(s3_shards::ShardError::Store { op: "get", path, source }.into()),
+        }
+        if !running {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
 }
 
 /// Waits until no stage of the run is running or queued (a preempted stage whose

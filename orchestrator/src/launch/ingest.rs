@@ -54,6 +54,7 @@ pub fn launch_ingest(
         let hooks = Some(Hooks { runs: spec.runs.clone(), out: Some(spec.plan.out.clone()), ..Default::default() });
         match &mut merge {
             Some(m) => {
+                workers.hooks = hooks.clone().map(|h| Hooks { uploads_only: true, ..h });
                 m.hooks = hooks;
                 // Known once the array is submitted.
                 m.after = vec!["<the worker array's job id>".into()];

@@ -44,7 +44,13 @@ pub fn digests(log_dir: &Path) -> Vec<String> {
 /// A small published store at `dir`: one synthetic dataset of 6 samples in row
 /// groups of 2, enough for a few steps of two ranks.
 pub fn small_store(dir: &Path) {
-    let loc = open_store(dir.to_str().unwrap(), &StoreOptions::default()).unwrap();
+    small_store_at(dir.to_str().unwrap(), &StoreOptions::default());
+}
+
+/// [`small_store`] at any store URL.
+#[allow(dead_code)] // not every test binary uses it
+pub fn small_store_at(url: &str, options: &StoreOptions) {
+    let loc = open_store(url, options).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let opts = s3_shards::WriterOptions { row_group_rows: 2, ..Default::default() };
     rt.block_on(s3_shards::synthetic::populate(loc.store(), 1, 6, 1, opts)).unwrap();

@@ -41,6 +41,13 @@ fn run(cmd: &mut Command) {
 impl SlurmCluster {
     /// Starts the daemons and waits until the node is idle.
     pub fn start() -> SlurmCluster {
+        SlurmCluster::start_hiding(&[])
+    }
+
+    /// A cluster whose jobs cannot see `hide` (each folder covered by an empty
+    /// tmpfs in slurmd's own mount namespace, which its job steps inherit): what
+    /// the launcher keeps there is on a machine the nodes do not share.
+    pub fn start_hiding(hide: &[&Path]) -> SlurmCluster {
         for b in ["munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol"] {
             require(b);
         }
@@ -101,7 +108,19 @@ impl SlurmCluster {
         std::fs::write(d.join("slurm.conf"), conf).unwrap();
         let cluster = SlurmCluster { dir };
         run(Command::new(sbin("slurmctld")).args(["-f", &p("slurm.conf")]).envs(cluster.env()));
-        run(Command::new(sbin("slurmd")).args(["-f", &p("slurm.conf")]).envs(cluster.env()));
+        if hide.is_empty() {
+            run(Command::new(sbin("slurmd")).args(["-f", &p("slurm.conf")]).envs(cluster.env()));
+        } else {
+            require("unshare");
+            let script =
+                "for d in \"$@\"; do mount -t tmpfs s3-hidden \"$d\" || exit 1; done; exec \"$SLURMD\" -f \"$CONF\"";
+            run(Command::new("unshare")
+                .args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
+                .args(hide)
+                .env("SLURMD", sbin("slurmd"))
+                .env("CONF", p("slurm.conf"))
+                .envs(cluster.env()));
+        }
         let start = Instant::now();
         loop {
             let out = Command::new("sinfo").args(["-h", "-o", "%T"]).envs(cluster.env()).output().unwrap();

@@ -105,7 +105,9 @@ pub fn load_latest_weights(
     Ok((model, latest.step))
 }
 
-/// The stage a run was trained with, from its `config.json` (for `eval` and resume).
+/// The stage a run was trained with, from its `config.json` (for `eval` and resume),
+/// its selection pinned to the datasets it chose then: the catalogue it resolved
+/// them from may have been a copy on a node that is gone, or may have changed.
 pub fn load_run_stage(run_url: &str, options: &StoreOptions) -> Result<StageConfig> {
     let rt = s3_shards::io_runtime::io_runtime()?;
     let run = open_store(run_url, options)?;
@@ -113,7 +115,16 @@ pub fn load_run_stage(run_url: &str, options: &StoreOptions) -> Result<StageConf
     let file = format!("{run}/config.json");
     let stage =
         v.get("stage").cloned().ok_or_else(|| TrainError::Parse { file: file.clone(), source: "no stage".into() })?;
-    serde_json::from_value(stage).map_err(|e| TrainError::Parse { file, source: Box::new(e) })
+    let mut stage: StageConfig =
+        serde_json::from_value(stage).map_err(|e| TrainError::Parse { file: file.clone(), source: Box::new(e) })?;
+    if let Some(chosen) = v.get("datasets").and_then(|d| d.as_array()) {
+        let names: Option<Vec<String>> = chosen.iter().map(|d| d.as_str().map(str::to_string)).collect();
+        let names =
+            names.ok_or_else(|| TrainError::Parse { file, source: "datasets is not a list of names".into() })?;
+        stage.datasets =
+            crate::stage::Selection { select: "none".into(), catalog: None, include: names, exclude: Vec::new() };
+    }
+    Ok(stage)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use crate::schedule::Schedule;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Selection {
-    /// `all`, `pretrain` or `finetune` (flags from `catalog`).
+    /// `all`, `pretrain` or `finetune` (flags from `catalog`), or `none` (only `include`).
     #[serde(default = "default_select")]
     pub select: String,
     /// The dataset catalogue, for the flags (relative to the stage file).
@@ -218,6 +218,7 @@ impl StageConfig {
     pub fn select_datasets(&self, available: &BTreeSet<String>) -> Result<BTreeSet<String>> {
         let mut chosen: BTreeSet<String> = match self.datasets.select.as_str() {
             "all" => available.clone(),
+            "none" => BTreeSet::new(),
             flag => {
                 let path = self.datasets.catalog.as_ref().ok_or_else(|| TrainError::Stage {
                     stage: self.name.clone(),

@@ -5,12 +5,15 @@
 use serde_json::{Map, Value, json};
 
 use super::container::{CONTAINER, MASTER_PORT, PodCommand, pod_command};
-use super::files::{self, MOUNT, Shipped};
 use super::names::{label_value, object_name};
 use super::{K8s, Kind};
+use crate::backend::files::{self, Shipped};
 use crate::error::{OrchError, Result};
 use crate::plan::Job;
 use crate::stage::Stage;
+
+/// Where the shipped files appear in the pods (a ConfigMap volume).
+pub const MOUNT: &str = "/etc/s3-orch/files";
 
 /// The JobSet API this backend writes.
 pub const JOBSET_API: &str = "jobset.x-k8s.io/v1alpha2";
@@ -202,7 +205,7 @@ pub fn manifests(k: &K8s, job: &Job) -> Result<Vec<Value>> {
     let mut job = job.clone();
     if let Some(f) = &shipped {
         for r in &mut job.ranks {
-            r.args = files::rename(&r.args, f);
+            r.args = files::rename(&r.args, f, MOUNT);
         }
     }
     let job = &job;

@@ -1,7 +1,8 @@
-//! The launcher's local files a pod reads (`--stage`, `--catalog`, `--manifest`,
-//! and the catalogue a stage file names relative to itself) go with the attempt in
-//! a ConfigMap, mounted read-only with their relative layout kept: the pods train
-//! on the stage file as it is here, not on whatever copy an image holds.
+//! The launcher's local files a job reads (`--stage`, `--catalog`, `--manifest`,
+//! and the catalogue a stage file names relative to itself) go with the attempt,
+//! their relative layout kept: in a ConfigMap (Kubernetes), inside the batch
+//! script (Slurm). The ranks train on the stage file as it is here, not on whatever
+//! copy an image or a node holds, and no filesystem need be shared.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -10,23 +11,21 @@ use serde_json::{Map, Value, json};
 
 use crate::error::{OrchError, Result};
 
-/// Where the files appear in the pods.
-pub const MOUNT: &str = "/etc/s3-orch/files";
-
 /// The flags whose value is a local file the process reads.
 const FILE_FLAGS: &[&str] = &["--stage", "--catalog", "--manifest"];
 
-/// What a ConfigMap holds at most (1 MiB), less room for its metadata.
+/// What a ConfigMap holds at most (1 MiB), less room for its metadata; a batch
+/// script carries no more.
 const LIMIT: usize = 1000 * 1024;
 
 /// The files of one attempt.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Shipped {
-    /// ConfigMap `data`: key → file text.
+    /// Key → file text (a ConfigMap's `data`).
     pub data: Map<String, Value>,
-    /// The volume's `items`: key → path under [`MOUNT`].
+    /// Key → path below the folder the job finds them in (a ConfigMap volume's `items`).
     pub items: Vec<Value>,
-    /// Each argument as given → as the pods see it.
+    /// Each argument as given → its path below that folder.
     pub renamed: BTreeMap<String, String>,
 }
 
@@ -48,7 +47,7 @@ fn normal(path: &Path) -> Result<PathBuf> {
 
 fn read(path: &Path, what: &str) -> Result<String> {
     std::fs::read_to_string(path).map_err(|source| OrchError::Io {
-        file: format!("{} ({what}; the pods get it in a ConfigMap)", path.display()),
+        file: format!("{} ({what}; it travels with the job)", path.display()),
         source,
     })
 }
@@ -112,19 +111,19 @@ pub fn ship(args: &[String]) -> Result<Option<Shipped>> {
     }
     for (value, path) in given {
         let rel = path.strip_prefix(&root).unwrap_or(&path).display().to_string();
-        shipped.renamed.insert(value, format!("{MOUNT}/{rel}"));
+        shipped.renamed.insert(value, rel);
     }
     Ok(Some(shipped))
 }
 
-/// `args` with the shipped files' paths as the pods see them.
-pub fn rename(args: &[String], shipped: &Shipped) -> Vec<String> {
+/// `args` with the shipped files' paths as the job sees them, below `folder`.
+pub fn rename(args: &[String], shipped: &Shipped, folder: &str) -> Vec<String> {
     let mut out = args.to_vec();
     for i in 1..out.len() {
         if FILE_FLAGS.contains(&args[i - 1].as_str())
             && let Some(new) = shipped.renamed.get(&args[i])
         {
-            out[i] = new.clone();
+            out[i] = format!("{}/{new}", folder.trim_end_matches('/'));
         }
     }
     out
@@ -152,12 +151,12 @@ mod tests {
         let paths: Vec<&str> = s.items.iter().map(|i| i["path"].as_str().unwrap()).collect();
         assert_eq!(paths, ["datasets.toml", "stages/stage1.toml"], "the layout below their common folder");
         assert_eq!(s.data["datasets.toml"], "[[datasets]]\n");
-        let renamed = rename(&a, &s);
-        assert_eq!(renamed[2], format!("{MOUNT}/stages/stage1.toml"));
+        let renamed = rename(&a, &s, "/etc/s3-orch/files/");
+        assert_eq!(renamed[2], "/etc/s3-orch/files/stages/stage1.toml");
         assert_eq!(renamed[6], "<placeholder>", "placeholders and URLs stay");
 
         assert!(ship(&args(&["merge", "--out", "store"])).unwrap().is_none());
         let e = ship(&args(&["--manifest", "/nonexistent/datasets.toml"])).unwrap_err();
-        assert!(e.to_string().contains("ConfigMap"), "{e}");
+        assert!(e.to_string().contains("travels with the job"), "{e}");
     }
 }

@@ -180,6 +180,27 @@ async fn close_attempt(
     Ok(s3_shards::exit::is_preempted(Some(end.exit_code)) && !rec.cancel_requested)
 }
 
+/// `job fail`: marks the attempt failed with `reason` if the ledger still says it
+/// runs; the watchdog Slurm starts when a job of the attempt ended badly without
+/// recording it (killed, out of memory, past its time limit). True when it marked it.
+pub fn job_fail(t: &HookTarget, attempt: u32, reason: &str) -> Result<bool> {
+    let rt = runtime()?;
+    let run = s3_shards::open_store(&t.run_url(), &t.options)?;
+    let (marked, _) = rt.block_on(Ledger::update(&run, &t.run_id, async |ledger| {
+        let rec = ledger.stage_mut(&t.stage);
+        let Some(a) = rec.attempts.last_mut() else { return Ok(false) };
+        if a.attempt != attempt || a.state != State::Running {
+            return Ok(false);
+        }
+        a.state = State::Failed;
+        a.error = Some(reason.to_string());
+        a.ended = Some(now());
+        rec.state = State::Failed;
+        Ok(true)
+    }))?;
+    Ok(marked)
+}
+
 /// `job upload-logs`: copies log files (a folder's files, or files) into the run
 /// folder, `logs/<stage>/attempt-<N>/<name>`, where `s3-orch logs` reads them. Each
 /// node runs it for the ranks it ran; a file already in place (a local run folder

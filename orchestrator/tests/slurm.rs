@@ -124,7 +124,7 @@ fn the_pipeline_runs_on_slurm_as_a_chain_of_jobs() {
     // Every script it submitted is one sbatch accepts.
     let mut scripts = Vec::new();
     sbatch_files(&runs.join("p/logs"), &mut scripts);
-    assert_eq!(scripts.len(), 5, "ingest array, merge, stage 1, stage 2, eval: {scripts:?}");
+    assert_eq!(scripts.len(), 6, "ingest array, merge, its watchdog, stage 1, stage 2, eval: {scripts:?}");
     for f in scripts {
         let o = cluster.command("sbatch").arg("--test-only").arg(&f).output().unwrap();
         assert!(o.status.success(), "sbatch --test-only {}: {}", f.display(), text(&o));
@@ -391,4 +391,49 @@ fn a_cluster_that_shares_only_the_object_store_runs_the_stages() {
         slurm_out.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with("slurm-")),
         "Slurm's own output comes back too"
     );
+}
+
+/// An ingest worker killed before any hook of its own could run (here its batch
+/// shell gets SIGKILL, as a job past its memory or time limit would): the merge it
+/// held back never runs, and the watchdog job Slurm starts on the failure
+/// (`afternotok`) marks the attempt failed, with no `s3-orch status` to notice it.
+#[test]
+fn a_killed_ingest_worker_fails_the_attempt_through_the_watchdog() {
+    let cluster = SlurmCluster::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = tmp.path().join("s3-ingest");
+    std::fs::write(&fake, "#!/bin/sh\n# The batch shell that runs this worker dies at once.\nkill -9 $PPID\nsleep 5\n")
+        .unwrap();
+    assert!(Command::new("chmod").arg("+x").arg(&fake).status().unwrap().success());
+    let manifest = tmp.path().join("datasets.toml");
+    std::fs::write(&manifest, "[[datasets]]\nname = \"X\"\nmodality = \"CT\"\n").unwrap();
+    let runs = tmp.path().join("runs");
+    let o = Command::new(env!("CARGO_BIN_EXE_s3-orch"))
+        .envs(cluster.env())
+        .args(["launch", "ingest", "--backend", "slurm", "--run", "k", "--workers", "2", "--ingest-bin"])
+        .arg(&fake)
+        .arg("--manifest")
+        .arg(&manifest)
+        .arg("--out")
+        .arg(tmp.path().join("store"))
+        .arg("--runs")
+        .arg(&runs)
+        .output()
+        .unwrap();
+    assert!(o.status.success() && text(&o).contains("submitted as job"), "{}", text(&o));
+    // The ledger as the jobs leave it (s3-orch status would mark it failed itself).
+    let ledger = runs.join("k/ledger.json");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let attempt = loop {
+        let l: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ledger).unwrap()).unwrap();
+        let a = stage(&l, "ingest")["attempts"][0].clone();
+        if a["state"] != "running" {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "the attempt still runs: {l}\nslurm logs: {}", cluster.log_dir().display());
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(attempt["state"], "failed", "{attempt}");
+    let error = attempt["error"].as_str().unwrap_or_default();
+    assert!(error.contains("ended without recording it") && error.contains("Slurm jobs"), "{error}");
 }

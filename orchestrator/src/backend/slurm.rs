@@ -13,6 +13,7 @@ use crate::backend::{Backend, JobEnd, Submission};
 use crate::error::{OrchError, Result};
 use crate::plan::Job;
 use crate::settings::Settings;
+use crate::stage::Stage;
 
 mod script;
 
@@ -87,6 +88,29 @@ impl Slurm {
         Ok(Slurm { settings: settings.clone() })
     }
 
+    /// Submits `script` (kept beside the launcher's logs as `<name>.sbatch`) after
+    /// `after` (`kind`: afterok, or afternotok for any of them); its job id.
+    fn sbatch(&self, job: &Job, name: &str, script: &str, after: &[String], kind: &str) -> Result<String> {
+        std::fs::create_dir_all(&job.log_dir)
+            .map_err(|source| OrchError::Io { file: job.log_dir.display().to_string(), source })?;
+        let file = job.log_dir.join(format!("{name}.sbatch"));
+        std::fs::write(&file, script).map_err(|source| OrchError::Io { file: file.display().to_string(), source })?;
+        let mut cmd = Command::new("sbatch");
+        cmd.arg("--parsable");
+        if !after.is_empty() {
+            // afterok waits for all; afternotok starts on any that failed (`?`).
+            let sep = if kind == "afternotok" { format!("?{kind}:") } else { ":".into() };
+            cmd.arg(format!("--dependency={kind}:{}", after.join(&sep))).arg("--kill-on-invalid-dep=yes");
+        }
+        let out = run(cmd.arg(&file), &format!("sbatch {}", file.display()))?;
+        // `--parsable` prints `id` or `id;cluster`.
+        let id = out.trim().split(';').next().unwrap_or_default().to_string();
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+            return Err(OrchError::NotAJobId { command: "sbatch", said: out });
+        }
+        Ok(id)
+    }
+
     /// Job ids Slurm still lists (pending, running, completing, requeued).
     fn queued(&self, ids: &[String]) -> Result<Vec<String>> {
         let out = Command::new("squeue")
@@ -142,20 +166,20 @@ impl Backend for Slurm {
 
     fn submit(&self, job: &Job) -> Result<Submission> {
         let script = self.script(job, true)?;
-        std::fs::create_dir_all(&job.log_dir)
-            .map_err(|source| OrchError::Io { file: job.log_dir.display().to_string(), source })?;
-        let file = job.log_dir.join(format!("{}-attempt-{}.sbatch", job.kind, job.attempt));
-        std::fs::write(&file, &script).map_err(|source| OrchError::Io { file: file.display().to_string(), source })?;
-        let mut cmd = Command::new("sbatch");
-        cmd.arg("--parsable");
-        if !job.after.is_empty() {
-            cmd.arg(format!("--dependency=afterok:{}", job.after.join(":"))).arg("--kill-on-invalid-dep=yes");
-        }
-        let out = run(cmd.arg(&file), &format!("sbatch {}", file.display()))?;
-        // `--parsable` prints `id` or `id;cluster`.
-        let id = out.trim().split(';').next().unwrap_or_default().to_string();
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
-            return Err(OrchError::NotAJobId { command: "sbatch", said: out });
+        let id = self.sbatch(job, &format!("{}-attempt-{}", job.kind, job.attempt), &script, &job.after, "afterok")?;
+        // The job that records an ingest's end has a watchdog for when it, or a
+        // worker before it, is killed before any hook can run.
+        if job.kind.stage() == Stage::Ingest
+            && let Some(h) = job.hooks.as_ref().filter(|h| !h.uploads_only)
+        {
+            let watched: Vec<String> = job.after.iter().cloned().chain([id.clone()]).collect();
+            let script = self.watchdog_script(job, h, &watched);
+            if let Err(e) =
+                self.sbatch(job, &format!("ingest-watch-attempt-{}", job.attempt), &script, &watched, "afternotok")
+            {
+                // The ingest runs without it; only a killed job would go unrecorded until `status`.
+                tracing::warn!("no watchdog for the ingest: {e}");
+            }
         }
         Ok(Submission { ids: vec![id] })
     }

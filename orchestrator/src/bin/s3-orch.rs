@@ -148,6 +148,18 @@ enum JobHook {
         #[arg(long)]
         evaluated: Option<String>,
     },
+    /// Marks the attempt failed if the ledger still says it runs (the watchdog job
+    /// of a Slurm ingest, started when a worker or the merge was killed).
+    Fail {
+        #[command(flatten)]
+        target: HookRef,
+        /// The attempt.
+        #[arg(long)]
+        attempt: u32,
+        /// Why, for the ledger.
+        #[arg(long)]
+        reason: String,
+    },
     /// Copies this node's log files into the run folder, under
     /// logs/<stage>/attempt-<N>/, where `s3-orch logs` reads them.
     UploadLogs {
@@ -325,6 +337,11 @@ fn job_hook(hook: JobHook) -> Result<ExitCode> {
             };
             if job_hooks::job_end(&target.target(), &end)? {
                 return Ok(ExitCode::from(s3_shards::exit::REQUEUE));
+            }
+        }
+        JobHook::Fail { target, attempt, reason } => {
+            if job_hooks::job_fail(&target.target(), attempt, &reason)? {
+                eprintln!("s3-orch: attempt {attempt} marked failed: {reason}");
             }
         }
         JobHook::UploadLogs { target, attempt, from } => {

@@ -362,6 +362,34 @@ impl Slurm {
         Ok(s)
     }
 
+    /// The watchdog of an ingest attempt: it starts only if a worker or the merge
+    /// ends badly (`afternotok`), and marks the attempt failed unless that job
+    /// recorded it (a job killed for its memory or time limit runs no hook).
+    pub(super) fn watchdog_script(&self, job: &Job, hooks: &Hooks, watched: &[String]) -> String {
+        let v = &self.settings.values;
+        let partition = v.ingest_partition.as_ref().or(v.partition.as_ref());
+        let mut s =
+            format!("#!/bin/bash\n#SBATCH --job-name={}\n", shell_quote(&format!("s3-{}-ingest-watch", job.run_id)));
+        for (flag, value) in [("partition", partition), ("account", v.account.as_ref()), ("qos", v.qos.as_ref())] {
+            if let Some(x) = value {
+                s.push_str(&format!("#SBATCH --{flag}={}\n", shell_quote(x)));
+            }
+        }
+        s.push_str("#SBATCH --output=/tmp/s3-orch-%j.out\n#SBATCH --ntasks=1\n#SBATCH --time=10\nset -uo pipefail\n");
+        s.push_str(&format!("export S3_NODE_DIR={NODE_DIR}\n"));
+        s.push_str(&self.hook_args(job, hooks).replace("--stage ingest-merge", "--stage ingest"));
+        let reason = format!(
+            "a job of the ingest ended without recording it (killed, out of memory or past its time limit): Slurm jobs {}",
+            watched.join(", ")
+        );
+        s.push_str(&format!(
+            "\"${{ORCH[@]}}\" job fail \"${{HOOK[@]}}\" --attempt {} --reason {}\n",
+            job.attempt,
+            shell_quote(&reason)
+        ));
+        s
+    }
+
     /// The script of `job`; `strict` refuses local files it cannot read (a submit),
     /// else they are named as they are, with a note (a dry run).
     pub(super) fn script(&self, job: &Job, strict: bool) -> Result<String> {

@@ -121,4 +121,36 @@ def test_the_cuda_dockerfile_parses_and_its_stages_resolve():
             assert src in stages, f"COPY --from={src}: no such stage"
     for binaries in ("builder", "prebuilt"):
         assert f"bin-{binaries}" in stages
-    assert "VARIANT" in global_args and "--features cuda" in text
+    assert "VARIANT" in global_args and "trainer/scripts/build-cuda.sh" in text
+
+
+def test_the_cuda_variant_builds_offline_and_checks_what_nvrtc_and_nccl_need():
+    """The cuda image: its builder uses the offline recipe (build-cuda.sh), and its
+    runtime stage installs and then checks the CUDA headers cubecl's NVRTC kernels
+    include and libnccl.so.2, so a missing one fails the image build, not a rank."""
+    text = (ROOT / "docker" / "trainer" / "Dockerfile").read_text()
+    builder = text.split("FROM ${BUILDER} AS bin-builder")[1].split("FROM ")[0]
+    assert "trainer/scripts/build-cuda.sh" in builder and '"$VARIANT" = cuda' in builder
+    runtime = text.rsplit("FROM ${BASE}\n", 1)[1]
+    for header in ("cuda_fp16.h", "cuda_bf16.h", "mma.h"):
+        assert header in runtime, header
+    assert "libnccl\\.so\\.2" in runtime and "libnccl2" in text
+    assert "ENV CUDA_PATH=/usr/local/cuda" in runtime
+    # The script the builder runs is the one that works on a fresh clone.
+    script = (ROOT / "trainer" / "scripts" / "build-cuda.sh").read_text()
+    assert "cargo fetch --locked" in script and "CUDARC_CUDA_VERSION" in script
+
+
+def test_the_cuda_runtime_check_fails_without_the_headers(tmp_path):
+    """The check itself, run here against an empty CUDA folder: it must refuse."""
+    text = (ROOT / "docker" / "trainer" / "Dockerfile").read_text()
+    check = text.split("for h in cuda_fp16.h")[1].split("done")[0]
+    script = "for h in cuda_fp16.h" + check + "done"
+    script = script.replace("\\\n", "\n").replace("/usr/local/cuda", str(tmp_path))
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    assert r.returncode != 0 and "cuda_fp16.h" in r.stderr, r.stderr
+    (tmp_path / "include").mkdir()
+    for h in ("cuda_fp16.h", "cuda_bf16.h", "mma.h"):
+        (tmp_path / "include" / h).write_text("")
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -16,7 +16,9 @@
 #   3. a few training steps on a phantom store with N ranks, one GPU each, synchronised
 #      through NCCL, and the weights digest of every rank (they must be equal);
 #   4. vit_b_ori forward+backward samples/s (f32; bf16 and unpadded attention if time);
-#   5. NCCL all-reduce of 400 MB: time, algbw, busbw (N > 1);
+#   5. NCCL all-reduce: first --verify (non-trivial values averaged out of place through
+#      the training buckets, each bucket's first, middle and last element read back:
+#      the device pointers checked, on one GPU too), then 400 MB timed (algbw, busbw);
 #   6. the same step in PyTorch beside ours, if PyTorch with CUDA and the reference import.
 #
 # Settings: --ranks N (default: every GPU; NCCL needs one GPU per rank), BUDGET,
@@ -199,16 +201,16 @@ for variant in "f32 exact" "bf16 exact" "f32 unpadded" "bf16 unpadded"; do
   fi
 done
 
-# --- 5. NCCL all-reduce bandwidth -------------------------------------------------------
-if [ "$gpus" -gt 1 ] && fits 60; then
-  say "== 5. all-reduce of 400 MB, $gpus ranks"
-  if launch allreduce bench all-reduce --mb 400 --iters 5; then
-    say "   $(cat "$work/allreduce-rank0.out")"
+# --- 5. NCCL all-reduce: verified, then timed ---------------------------------------------
+if fits 60; then
+  say "== 5. all-reduce of 400 MB, $gpus rank(s), verified first"
+  if launch allreduce bench all-reduce --mb 400 --iters 5 --verify; then
+    while read -r line; do say "   $line"; done <"$work/allreduce-rank0.out"
   else
     fail "all-reduce: $(tail -3 "$work"/allreduce-rank0.err)"
   fi
 else
-  say "== 5. skipped: $([ "$gpus" -gt 1 ] && echo "$(left) s left" || echo 'one rank reduces with nobody')"
+  say "== 5. skipped: $(left) s left"
 fi
 
 # --- 6. beside PyTorch ----------------------------------------------------------------

@@ -44,6 +44,13 @@ def test_the_script_parses_and_says_how_to_use_it(tmp_path):
     assert out.returncode == 0 and "--ranks N" in out.stdout and "BUDGET" in out.stdout, out.stdout
 
 
+def test_the_all_reduce_is_verified_on_any_number_of_gpus():
+    text = SCRIPT.read_text()
+    step = text.split("# --- 5.")[1].split("# --- 6.")[0]
+    assert "--verify" in step, "the device pointers are checked before the timing"
+    assert "gpus\" -gt 1" not in step, "one GPU is checked too: --verify reduces out of place"
+
+
 def test_more_ranks_than_gpus_is_refused(tmp_path):
     bin_dir, train = fake_tools(tmp_path, gpus=1)
     out = run(tmp_path, "--ranks", "2", S3_TRAIN_BIN=str(train), PATH=f"{bin_dir}:{os.environ['PATH']}")

@@ -126,10 +126,110 @@ pub fn all_reduce(c: &mut dyn Collective, bytes: usize, iters: usize, device: &D
     Ok(AllReduceRate { secs, algbw, busbw: algbw * 2.0 * (w - 1.0) / w })
 }
 
+/// `v[i] = (i mod 997) / 2 + rank`: values that differ along the buffer and between
+/// ranks, exact in f32, whose average over `world` ranks is `(i mod 997) / 2 + (world - 1) / 2`.
+fn verify_value(i: usize, rank: f32) -> f32 {
+    (i % 997) as f32 * 0.5 + rank
+}
+
+/// What the average over ranks must leave at element `i`.
+fn verify_expected(i: usize, world: usize) -> f32 {
+    verify_value(i, (world as f32 - 1.0) / 2.0)
+}
+
+/// The elements whose read-back proves each bucket was reduced where it lies: the
+/// first and last of every bucket, and one in its middle.
+fn probes(len: usize, bucket: usize) -> Vec<usize> {
+    let mut at: Vec<usize> = crate::collective::flat::buckets(len, bucket)
+        .into_iter()
+        .flat_map(|b| [b.start, b.start + b.len() / 2, b.end - 1])
+        .collect();
+    at.dedup();
+    at
+}
+
+/// Checks `got` (the average read back) at the probes against what the ranks sent:
+/// the number of probes checked, or the first that is wrong.
+fn check_average(got: &[f32], world: usize, bucket: usize) -> std::result::Result<usize, String> {
+    let at = probes(got.len(), bucket);
+    for &i in &at {
+        let want = verify_expected(i, world);
+        if (got[i] - want).abs() > 1e-3 {
+            return Err(format!(
+                "element {i} (bucket {}): {} where the average over {world} rank(s) is {want}",
+                i / bucket,
+                got[i]
+            ));
+        }
+    }
+    Ok(at.len())
+}
+
+/// `bench all-reduce --verify`: averages non-trivial values of `n` elements over the
+/// ranks, out of place, through the buckets training uses, and reads every bucket's
+/// first, middle and last element back against what they must be (and the sent
+/// tensor unchanged). What it checked, in one line.
+pub fn verify_all_reduce(c: &mut dyn Collective, n: usize, device: &Device) -> Result<String> {
+    let rank = c.rank() as f32;
+    let world = c.world();
+    let values: Vec<f32> = (0..n).map(|i| verify_value(i, rank)).collect();
+    let send = Tensor::<1>::from_data(TensorData::new(values, [n]), device);
+    let got = c.all_reduce_avg_into_new(&send)?;
+    let read = |t: Tensor<1>| t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 after convert");
+    let bucket = crate::collective::flat::bucket_elems();
+    let checked = check_average(&read(got), world, bucket)
+        .map_err(|e| TrainError::Collective(format!("all-reduce verify: {e}")))?;
+    let sent = read(send);
+    if let Some(i) = probes(n, bucket).into_iter().find(|&i| sent[i] != verify_value(i, rank)) {
+        return Err(TrainError::Collective(format!("all-reduce verify: the sent buffer changed at element {i}")));
+    }
+    Ok(format!(
+        "verified: {checked} probes over {} bucket(s) of {n} elements, average over {world} rank(s) via {}",
+        n.div_ceil(bucket),
+        c.kind()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::collective::{self, CollectiveOptions};
+
+    #[test]
+    fn the_verify_check_catches_a_bucket_reduced_elsewhere() {
+        let (world, bucket, n) = (2, 1000, 2500);
+        let good: Vec<f32> = (0..n).map(|i| verify_expected(i, world)).collect();
+        assert_eq!(check_average(&good, world, bucket), Ok(9), "3 probes in each of 3 buckets");
+        // The second bucket was never written (a wrong offset): zeros where values belong.
+        let mut missed = good.clone();
+        missed[1000..2000].fill(0.0);
+        let e = check_average(&missed, world, bucket).unwrap_err();
+        assert!(e.contains("bucket 1"), "{e}");
+        // Summed instead of averaged.
+        let summed: Vec<f32> = good.iter().map(|v| v * 2.0).collect();
+        assert!(check_average(&summed, world, bucket).is_err());
+    }
+
+    #[test]
+    fn verify_passes_over_two_tcp_ranks() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        drop(l);
+        let hs: Vec<_> = (0..2)
+            .map(|rank| {
+                let addr = addr.clone();
+                std::thread::spawn(move || {
+                    let device = Device::flex();
+                    let mut c = collective::join(&addr, rank, 2, &CollectiveOptions::default(), &device).unwrap();
+                    verify_all_reduce(c.as_mut(), 5000, &device).unwrap()
+                })
+            })
+            .collect();
+        for h in hs {
+            let line = h.join().unwrap();
+            assert!(line.contains("average over 2 rank(s) via tcp"), "{line}");
+        }
+    }
 
     #[test]
     fn the_all_reduce_bench_runs_through_the_collective_the_device_picks() {
@@ -207,6 +307,7 @@ pub fn all_reduce_launched(
     io_timeout: std::time::Duration,
     device_name: &str,
     device: Device,
+    verify: bool,
 ) -> Result<String> {
     let launch = crate::launch_env::from_env(flags)?;
     let device = crate::device::rank_device(device_name, launch.local_rank, device)?;
@@ -223,9 +324,13 @@ pub fn all_reduce_launched(
     let options =
         crate::collective::CollectiveOptions { io_timeout, token: launch.job_token.clone(), ..Default::default() };
     let mut c = crate::collective::join(&addr, launch.rank, launch.world, &options, &device)?;
+    let verified = match verify {
+        true => format!("{}\n", verify_all_reduce(c.as_mut(), mb * 1_000_000 / 4, &device)?),
+        false => String::new(),
+    };
     let r = all_reduce(c.as_mut(), mb * 1_000_000, iters, &device)?;
     Ok(format!(
-        "bench all-reduce rank {}/{} {} {mb} MB: {:.2} ms, algbw {:.2} GB/s, busbw {:.2} GB/s",
+        "{verified}bench all-reduce rank {}/{} {} {mb} MB: {:.2} ms, algbw {:.2} GB/s, busbw {:.2} GB/s",
         launch.rank,
         launch.world,
         c.kind(),

@@ -82,6 +82,11 @@ pub enum BenchCommand {
         /// Seconds one all-reduce may take before the run ends with an error.
         #[arg(long, default_value_t = 600, value_name = "SECS")]
         collective_timeout: u64,
+        /// First average non-trivial values out of place through the training
+        /// buckets and read each bucket's first, middle and last element back (a
+        /// real check of the device pointers, with one GPU too).
+        #[arg(long)]
+        verify: bool,
     },
 }
 
@@ -125,10 +130,13 @@ pub fn bench(what: BenchCommand, cli_device: &str, device: burn::prelude::Device
             s3_trainer::bench::phantom_store(&out, cases)?;
             println!("bench phantom-store: {cases} cases in {out}");
         }
-        BenchCommand::AllReduce { mb, iters, rank, world, master, collective_timeout } => {
+        BenchCommand::AllReduce { mb, iters, rank, world, master, collective_timeout, verify } => {
             let flags = s3_trainer::launch_env::LaunchFlags { rank, world, master };
             let timeout = Duration::from_secs(collective_timeout.max(1));
-            println!("{}", s3_trainer::bench::all_reduce_launched(&flags, mb, iters, timeout, cli_device, device)?);
+            println!(
+                "{}",
+                s3_trainer::bench::all_reduce_launched(&flags, mb, iters, timeout, cli_device, device, verify)?
+            );
         }
     }
     Ok(())

@@ -60,6 +60,17 @@ pub trait Collective {
         Ok(Tensor::from_data(TensorData::new(values, [n]), &device))
     }
 
+    /// The element-wise average over all ranks of `send`, written into a new tensor
+    /// (`send` left as it is), in the buckets training uses: the check that a device
+    /// collective reduces the memory it is pointed at (`bench all-reduce --verify`);
+    /// with one rank an in-place reduction would be a no-op and prove nothing. The
+    /// default goes through host memory.
+    fn all_reduce_avg_into_new(&mut self, send: &Tensor<1>) -> Result<Tensor<1>> {
+        let world = self.world() as f32;
+        let summed = self.all_reduce_sum_tensor(send.clone())?;
+        Ok(summed.div_scalar(world))
+    }
+
     /// Replaces `bytes` on every rank with rank 0's.
     fn broadcast(&mut self, bytes: &mut Vec<u8>) -> Result<()>;
 

@@ -146,6 +146,30 @@ impl Collective for NcclCollective {
         Ok(buf.into_tensor())
     }
 
+    fn all_reduce_avg_into_new(&mut self, send: &Tensor<1>) -> Result<Tensor<1>> {
+        let device = send.device();
+        if cuda_buffer::cuda_ordinal(&device).is_none() {
+            let world = self.world() as f32;
+            return Ok(self.all_reduce_sum_tensor(send.clone())?.div_scalar(world));
+        }
+        let rank = self.rank();
+        let n = send.dims()[0];
+        // A copy to send from, and zeros to receive into: a bucket reduced at the
+        // wrong address leaves zeros where its values belong.
+        let from = cuda_buffer::into_device(send.clone().add_scalar(0.0))?;
+        let into = cuda_buffer::into_device(Tensor::<1>::zeros([n], &device))?;
+        self.ctx.bind_to_thread().map_err(|e| TrainError::CollectiveDevice {
+            what: format!("rank {rank}: CUDA context"),
+            source: e.into(),
+        })?;
+        let ranges = buckets(n, bucket_elems());
+        if let Err(f) = self.comm.all_reduce_avg_into(&from, &into, &ranges, &self.stream, self.io_timeout) {
+            return Err(failed(&mut self.tcp, rank, "averaging with NCCL", f));
+        }
+        drop(from.into_tensor());
+        Ok(into.into_tensor())
+    }
+
     fn broadcast(&mut self, bytes: &mut Vec<u8>) -> Result<()> {
         self.tcp.broadcast(bytes)
     }

@@ -259,30 +259,51 @@ impl Comm {
         stream: &Arc<CudaStream>,
         timeout: Duration,
     ) -> Result<(), Failure> {
+        self.all_reduce(buf, buf, sys::ncclRedOp_t::ncclSum, buckets, stream, timeout)
+    }
+
+    /// Averages `send` over all ranks into `recv` (another buffer of the same
+    /// length), bucket by bucket as training sums: the pointer arithmetic checked
+    /// where an in-place reduction could not show it (`bench all-reduce --verify`).
+    pub(super) fn all_reduce_avg_into(
+        &mut self,
+        send: &DeviceF32,
+        recv: &DeviceF32,
+        buckets: &[Range<usize>],
+        stream: &Arc<CudaStream>,
+        timeout: Duration,
+    ) -> Result<(), Failure> {
+        assert_eq!(send.len(), recv.len(), "send and receive buffers of one length");
+        self.all_reduce(send, recv, sys::ncclRedOp_t::ncclAvg, buckets, stream, timeout)
+    }
+
+    fn all_reduce(
+        &mut self,
+        send: &DeviceF32,
+        recv: &DeviceF32,
+        op: sys::ncclRedOp_t,
+        buckets: &[Range<usize>],
+        stream: &Arc<CudaStream>,
+        timeout: Duration,
+    ) -> Result<(), Failure> {
         let deadline = Deadline::after(timeout);
         if self.aborted {
             return Err(Failure::Aborted);
         }
-        assert!(buckets.iter().all(|b| b.end <= buf.len()), "buckets inside the buffer");
+        assert!(buckets.iter().all(|b| b.end <= send.len() && b.end <= recv.len()), "buckets inside the buffers");
         let nccl_stream = stream.cu_stream() as sys::cudaStream_t;
         // SAFETY: group calls take no arguments; NCCL tracks the group per thread.
         let start = unsafe { (self.api.group_start)() }.result();
         self.checked("ncclGroupStart", start)?;
+        let offset = |b: &Range<usize>| (b.start * std::mem::size_of::<f32>()) as u64;
         for b in buckets {
-            let at = (buf.ptr() + (b.start * std::mem::size_of::<f32>()) as u64) as *mut std::ffi::c_void;
-            // SAFETY: `buf` is a held allocation of `buf.len()` f32s (see `DeviceF32`) and
-            // every bucket lies inside it (asserted above); the reduction is in place
-            // (send = receive buffer), on a stream of this communicator's device.
+            let from = (send.ptr() + offset(b)) as *const std::ffi::c_void;
+            let into = (recv.ptr() + offset(b)) as *mut std::ffi::c_void;
+            // SAFETY: `send` and `recv` are held allocations of `len()` f32s (see
+            // `DeviceF32`) and every bucket lies inside both (asserted above), on a
+            // stream of this communicator's device; in place when they are one buffer.
             let r = unsafe {
-                (self.api.all_reduce)(
-                    at,
-                    at,
-                    b.len(),
-                    sys::ncclDataType_t::ncclFloat32,
-                    sys::ncclRedOp_t::ncclSum,
-                    self.comm,
-                    nccl_stream,
-                )
+                (self.api.all_reduce)(from, into, b.len(), sys::ncclDataType_t::ncclFloat32, op, self.comm, nccl_stream)
             }
             .result();
             if let Err(e) = r {

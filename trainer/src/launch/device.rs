@@ -55,21 +55,42 @@ fn cuda(index: &str) -> Result<Device> {
 fn enable_kernel_cache() {
     use cubecl_runtime::config::cache::CacheConfig;
     use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
-    let wanted = std::env::var("S3_KERNEL_CACHE").ok().filter(|v| !v.is_empty());
-    if wanted.as_deref() == Some("off") {
-        return;
-    }
     let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
-    config.compilation.cache = true;
-    match wanted {
-        Some(dir) => config.environment.path = CacheConfig::Directory(dir.into()),
-        // The default, `target/` of the project the binary was started in, means
-        // nothing for a deployed binary.
-        None if matches!(config.environment.path, CacheConfig::Target) => config.environment.path = CacheConfig::Global,
-        None => {}
+    let configured_default = matches!(config.environment.path, CacheConfig::Target);
+    match kernel_cache_place(std::env::var("S3_KERNEL_CACHE").ok().as_deref(), configured_default) {
+        CachePlace::Off => return,
+        CachePlace::Folder(dir) => config.environment.path = CacheConfig::Directory(dir),
+        CachePlace::UserCache => config.environment.path = CacheConfig::Global,
+        CachePlace::AsConfigured => {}
     }
+    config.compilation.cache = true;
     if !CubeClRuntimeConfig::try_set(config) {
         tracing::debug!("cubecl's configuration was already set; its kernel cache setting is kept");
+    }
+}
+
+/// Where cubecl's kernel cache goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CachePlace {
+    /// No cache (`S3_KERNEL_CACHE=off`).
+    Off,
+    /// The folder `S3_KERNEL_CACHE` names.
+    Folder(std::path::PathBuf),
+    /// The user's cache folder: cubecl's own default (`target/` of the project the
+    /// binary started in) means nothing for a deployed binary.
+    UserCache,
+    /// Where a `cubecl.toml` (or its variables) put it.
+    AsConfigured,
+}
+
+/// The cache's place from `S3_KERNEL_CACHE` and whether cubecl's configuration is
+/// still its default.
+pub fn kernel_cache_place(var: Option<&str>, configured_default: bool) -> CachePlace {
+    match var.map(str::trim).filter(|v| !v.is_empty()) {
+        Some("off") => CachePlace::Off,
+        Some(dir) => CachePlace::Folder(dir.into()),
+        None if configured_default => CachePlace::UserCache,
+        None => CachePlace::AsConfigured,
     }
 }
 
@@ -130,5 +151,14 @@ mod tests {
         let e = driver_verdict(true, Err("CUDA_ERROR_NO_DEVICE".into()), Err("-".into()), 0, true).unwrap();
         assert!(e.contains("did not initialise: CUDA_ERROR_NO_DEVICE"), "{e}");
         assert!(driver_verdict(true, Ok(()), Ok(0), 0, true).unwrap().contains("no GPU"));
+    }
+
+    #[test]
+    fn the_kernel_cache_is_on_by_default_somewhere_a_deployed_binary_can_keep_it() {
+        assert_eq!(kernel_cache_place(None, true), CachePlace::UserCache, "not target/ of nothing");
+        assert_eq!(kernel_cache_place(Some(""), true), CachePlace::UserCache);
+        assert_eq!(kernel_cache_place(None, false), CachePlace::AsConfigured, "a cubecl.toml's choice stays");
+        assert_eq!(kernel_cache_place(Some("/scratch/k"), false), CachePlace::Folder("/scratch/k".into()));
+        assert_eq!(kernel_cache_place(Some("off"), true), CachePlace::Off);
     }
 }

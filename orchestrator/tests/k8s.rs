@@ -689,3 +689,32 @@ fn a_preempted_attempt_is_retried_by_the_launcher_and_a_real_failure_is_not() {
         "{said:?}"
     );
 }
+
+/// A dry run previews on a laptop: with the run folder's store unreachable, or with
+/// no credentials at all (then nothing is asked, not even the cloud's metadata
+/// address), it renders the manifests and says that the ledger was not read.
+#[test]
+fn a_dry_run_needs_neither_the_store_nor_credentials() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("stages")).unwrap();
+    std::fs::write(tmp.path().join("stages/stage1.toml"), stage_toml("stage1")).unwrap();
+    for (with_keys, said) in [(false, "no store credentials"), (true, "was not read (")] {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_s3-orch"));
+        c.current_dir(tmp.path())
+            .args(["launch", "stage1", "--backend", "k8s", "--image", "img", "--run", "r", "--stages", "stages"])
+            .args(["--runs", "s3://bucket/runs", "--data", "s3://bucket/data", "--dry-run"]);
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("AWS_")) {
+            c.env_remove(k);
+        }
+        if with_keys {
+            // Nothing listens on port 9 of this machine.
+            c.env("AWS_ENDPOINT", "http://127.0.0.1:9").env("AWS_ALLOW_HTTP", "true");
+            c.env("AWS_ACCESS_KEY_ID", "k").env("AWS_SECRET_ACCESS_KEY", "s");
+        }
+        let o = c.output().unwrap();
+        let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{out}{err}");
+        assert!(out.contains("kind: \"Job\"") || out.contains("kind: Job"), "the manifests: {out}");
+        assert!(err.contains(said) && err.contains("assuming a new run, attempt 1"), "{err}");
+    }
+}

@@ -12,10 +12,12 @@ pub fn init_logging() {
         .init();
 }
 
-/// The command's own code, or 2 with `error: …` (`{:#}`: anyhow prints the cause chain).
-pub fn exit_code<E: std::fmt::Display>(outcome: Result<ExitCode, E>) -> ExitCode {
+/// The command's own code, or 2 with `error: …` and its causes, each said once (a
+/// cause whose text the one before it already holds is dropped).
+pub fn exit_code<E: Into<Box<dyn std::error::Error + Send + Sync>>>(outcome: Result<ExitCode, E>) -> ExitCode {
     outcome.unwrap_or_else(|e| {
-        eprintln!("error: {e:#}");
+        let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+        eprintln!("error: {}", crate::verify::error_chain(e.as_ref()));
         ExitCode::from(crate::exit::ERROR)
     })
 }

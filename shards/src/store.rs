@@ -69,6 +69,31 @@ impl StoreOptions {
     }
 }
 
+impl StoreOptions {
+    /// Whether a request to S3 would carry credentials: keys here, or the
+    /// environment's (keys, a web identity, a container's credentials, a profile).
+    /// Without them object_store asks the cloud's instance-metadata address, which a
+    /// laptop's dry run must not do.
+    pub fn has_credentials(&self) -> bool {
+        self.access_key_id.is_some()
+            || [
+                "AWS_ACCESS_KEY_ID",
+                "AWS_WEB_IDENTITY_TOKEN_FILE",
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "AWS_PROFILE",
+            ]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
+    }
+
+    /// These options, asking once and giving up after `timeout` (a preview that
+    /// must not wait out the retries).
+    pub fn fail_fast(&self, timeout: Duration) -> StoreOptions {
+        StoreOptions { retry: Retry { max_retries: 0, timeout, ..self.retry.clone() }, ..self.clone() }
+    }
+}
+
 impl fmt::Debug for StoreOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoreOptions")

@@ -149,14 +149,65 @@ async fn check_file(store: &dyn ObjectStore, f: &FileRef) -> std::result::Result
     Ok(())
 }
 
-/// An error and all its causes on one line.
+/// An error and all its causes on one line, each said once: a cause whose text is
+/// already in the line (clients often repeat their cause in their own message) is
+/// left out.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        let text = c.to_string();
+        // Said once: clients often repeat their cause inside their own message.
+        if !text.is_empty() && !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct E(String, Option<Box<E>>);
+    impl std::fmt::Display for E {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+    impl std::error::Error for E {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+    fn chain(texts: &[&str]) -> E {
+        texts.iter().rev().fold(None, |inner, t| Some(E(t.to_string(), inner.map(Box::new)))).unwrap()
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        // An HTTP client that repeats its cause inside its own message, level after level.
+        let e = chain(&[
+            "get ledger.json",
+            "Generic S3 error: HTTP error: error sending request: client error (Connect): tcp connect error: Connection refused",
+            "HTTP error: error sending request: client error (Connect): tcp connect error: Connection refused",
+            "error sending request: client error (Connect): tcp connect error: Connection refused",
+            "client error (Connect)",
+            "tcp connect error: Connection refused",
+            "Connection refused",
+        ]);
+        assert_eq!(
+            error_chain(&e),
+            "get ledger.json: Generic S3 error: HTTP error: error sending request: client error (Connect): tcp \
+             connect error: Connection refused"
+        );
+        // Causes that add something stay.
+        assert_eq!(
+            error_chain(&chain(&["opening s3://b", "no such bucket", "404"])),
+            "opening s3://b: no such bucket: 404"
+        );
+    }
 }

@@ -45,7 +45,7 @@ def test_the_script_parses_and_says_how_to_use_it(tmp_path):
 
 
 def test_the_all_reduce_is_verified_on_any_number_of_gpus():
-    text = SCRIPT.read_text()
+    text = SCRIPT.read_text(encoding="utf-8")
     step = text.split("# --- 5.")[1].split("# --- 6.")[0]
     assert "--verify" in step, "the device pointers are checked before the timing"
     assert "gpus\" -gt 1" not in step, "one GPU is checked too: --verify reduces out of place"

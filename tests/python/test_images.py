@@ -95,7 +95,7 @@ def test_the_cpu_trainer_image_passes_the_reference_fixture(images):
 
 def test_the_cuda_dockerfile_parses_and_its_stages_resolve():
     # The CUDA base cannot be pulled here: check what the builder would resolve.
-    text = (ROOT / "docker" / "trainer" / "Dockerfile").read_text()
+    text = (ROOT / "docker" / "trainer" / "Dockerfile").read_text(encoding="utf-8")
     global_args = {}
     stages = set()
     seen_from = False
@@ -128,7 +128,7 @@ def test_the_cuda_variant_builds_offline_and_checks_what_nvrtc_and_nccl_need():
     """The cuda image: its builder uses the offline recipe (build-cuda.sh), and its
     runtime stage installs and then checks the CUDA headers cubecl's NVRTC kernels
     include and libnccl.so.2, so a missing one fails the image build, not a rank."""
-    text = (ROOT / "docker" / "trainer" / "Dockerfile").read_text()
+    text = (ROOT / "docker" / "trainer" / "Dockerfile").read_text(encoding="utf-8")
     builder = text.split("FROM ${BUILDER} AS bin-builder")[1].split("FROM ")[0]
     assert "trainer/scripts/build-cuda.sh" in builder and '"$VARIANT" = cuda' in builder
     runtime = text.rsplit("FROM ${BASE}\n", 1)[1]
@@ -137,13 +137,13 @@ def test_the_cuda_variant_builds_offline_and_checks_what_nvrtc_and_nccl_need():
     assert "libnccl\\.so\\.2" in runtime and "libnccl2" in text
     assert "ENV CUDA_PATH=/usr/local/cuda" in runtime
     # The script the builder runs is the one that works on a fresh clone.
-    script = (ROOT / "trainer" / "scripts" / "build-cuda.sh").read_text()
+    script = (ROOT / "trainer" / "scripts" / "build-cuda.sh").read_text(encoding="utf-8")
     assert "cargo fetch --locked" in script and "CUDARC_CUDA_VERSION" in script
 
 
 def test_the_cuda_runtime_check_fails_without_the_headers(tmp_path):
     """The check itself, run here against an empty CUDA folder: it must refuse."""
-    text = (ROOT / "docker" / "trainer" / "Dockerfile").read_text()
+    text = (ROOT / "docker" / "trainer" / "Dockerfile").read_text(encoding="utf-8")
     check = text.split("for h in cuda_fp16.h")[1].split("done")[0]
     script = "for h in cuda_fp16.h" + check + "done"
     script = script.replace("\\\n", "\n").replace("/usr/local/cuda", str(tmp_path))

@@ -17,7 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = os.environ.get("S3_ORCH_BIN", str(ROOT / "target" / "debug" / "s3-orch"))
 VALIDATE = [sys.executable, "-m", "kubernetes_validate"]
 VERSIONS = ["1.31.0", kubernetes_validate.latest_version()]
-RANKS_SH = (ROOT / "orchestrator/src/backend/k8s/ranks.sh").read_text()
+RANKS_SH = (ROOT / "orchestrator/src/backend/k8s/ranks.sh").read_text(encoding="utf-8")
 
 STAGE = """name = "{name}"
 preset = "small"

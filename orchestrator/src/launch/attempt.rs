@@ -36,7 +36,11 @@ pub(crate) fn next_attempt(
     say: &dyn Fn(&str),
 ) -> Result<Option<NextAttempt>> {
     let run = open_run(run_url, options, dry_run)?;
-    let mut ledger = runtime()?.block_on(Ledger::load_or_new(run.store().as_ref(), run_id))?;
+    let mut ledger = if dry_run {
+        dry_run_ledger(&run, run_url, run_id, options, say)?
+    } else {
+        runtime()?.block_on(Ledger::load_or_new(run.store().as_ref(), run_id))?
+    };
     if ledger.stage(stage.name()).is_some_and(|s| s.state == State::Succeeded) {
         say(&format!("run {run_id}: {stage} already succeeded; nothing to do"));
         return Ok(None);
@@ -44,6 +48,39 @@ pub(crate) fn next_attempt(
     refuse_if_running(&mut ledger, stage.name())?;
     let attempt = ledger.stage(stage.name()).map_or(0, |s| s.attempts.len() as u32) + 1;
     Ok(Some(NextAttempt { run, ledger, attempt }))
+}
+
+/// A dry run's ledger: read when the store answers at once, else (unreachable, or
+/// no credentials to ask with) an empty one, said: the preview needs nothing.
+fn dry_run_ledger(
+    run: &StoreLocation,
+    run_url: &str,
+    run_id: &str,
+    options: &StoreOptions,
+    say: &dyn Fn(&str),
+) -> Result<Ledger> {
+    let empty = || Ledger { run: run_id.to_string(), stages: Vec::new() };
+    let remote = run.local_dir().is_none() && !run.url().starts_with("memory://");
+    if remote && !options.has_credentials() {
+        say(&format!(
+            "dry run: the ledger of {} was not read (no store credentials in the environment); assuming a new run, attempt 1",
+            run.url()
+        ));
+        return Ok(empty());
+    }
+    let quick =
+        if remote { open_store(run_url, &options.fail_fast(std::time::Duration::from_secs(5)))? } else { run.clone() };
+    match runtime()?.block_on(Ledger::load_or_new(quick.store().as_ref(), run_id)) {
+        Ok(l) => Ok(l),
+        Err(e) => {
+            say(&format!(
+                "dry run: the ledger of {} was not read ({}); assuming a new run, attempt 1",
+                run.url(),
+                s3_shards::verify::error_chain(&e)
+            ));
+            Ok(empty())
+        }
+    }
 }
 
 /// Whether a stage file names its own `datasets.catalog`.

@@ -110,7 +110,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         },
         ..Default::default()
     };
-    let open = |url: &str| open_store(url, &options).with_context(|| format!("opening {url}"));
+    let open =
+        |url: &str| open_store(url, &options).with_context(|| format!("opening {}", s3_shards::store::redact(url)));
     match cli.command {
         Command::Ls { store, json } => {
             let loc = open(&store)?;

@@ -210,8 +210,10 @@ mod tests {
         assert!(check_average(&summed, world, bucket).is_err());
     }
 
-    #[test]
-    fn verify_passes_over_two_tcp_ranks() {
+    /// `each` on both ranks of a two-rank TCP collective, one thread each; their results.
+    fn on_two_tcp_ranks<T: Send + 'static>(
+        each: impl Fn(&mut dyn Collective, &Device) -> T + Send + Sync + Copy + 'static,
+    ) -> Vec<T> {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
         drop(l);
@@ -221,34 +223,27 @@ mod tests {
                 std::thread::spawn(move || {
                     let device = Device::flex();
                     let mut c = collective::join(&addr, rank, 2, &CollectiveOptions::default(), &device).unwrap();
-                    verify_all_reduce(c.as_mut(), 5000, &device).unwrap()
+                    each(c.as_mut(), &device)
                 })
             })
             .collect();
-        for h in hs {
-            let line = h.join().unwrap();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn verify_passes_over_two_tcp_ranks() {
+        for line in on_two_tcp_ranks(|c, device| verify_all_reduce(c, 5000, device).unwrap()) {
             assert!(line.contains("average over 2 rank(s) via tcp"), "{line}");
         }
     }
 
     #[test]
     fn the_all_reduce_bench_runs_through_the_collective_the_device_picks() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        drop(l);
-        let hs: Vec<_> = (0..2)
-            .map(|rank| {
-                let addr = addr.clone();
-                std::thread::spawn(move || {
-                    let device = Device::flex();
-                    let mut c = collective::join(&addr, rank, 2, &CollectiveOptions::default(), &device).unwrap();
-                    assert_eq!(c.kind(), "tcp");
-                    all_reduce(c.as_mut(), 1 << 20, 2, &device).unwrap()
-                })
-            })
-            .collect();
-        for h in hs {
-            let r = h.join().unwrap();
+        let rates = on_two_tcp_ranks(|c, device| {
+            assert_eq!(c.kind(), "tcp");
+            all_reduce(c, 1 << 20, 2, device).unwrap()
+        });
+        for r in rates {
             assert!(r.secs > 0.0 && r.busbw == r.algbw, "{r:?}");
         }
     }

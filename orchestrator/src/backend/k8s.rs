@@ -222,6 +222,11 @@ impl K8s {
 }
 
 /// `(namespace, kind, name)` of a submission id (`ns/name` or `ns/jobset/name`).
+/// `kinds` for `kubectl delete`, with Volcano's PodGroups when the attempt has one.
+fn with_pod_group(kinds: &str, pod_group: bool) -> String {
+    if pod_group { format!("{kinds},{}", gang::PODGROUP_RESOURCE) } else { kinds.to_string() }
+}
+
 fn parse_id(id: &str) -> Result<(&str, Kind, &str)> {
     match id.split('/').collect::<Vec<_>>().as_slice() {
         [ns, name] => Ok((ns, Kind::Job, name)),
@@ -286,11 +291,8 @@ impl Backend for K8s {
         let docs = self.manifests(job)?;
         if let Err(e) = self.kubectl.run(&["apply", "-f", "-"], Some(&yaml::documents(&docs))) {
             // Half an attempt (a Service without its Job) would only confuse the next.
-            let mut kinds = kind_of(self, job).with_companions().to_string();
-            if matches!(self.gang, gang::Gang::Volcano { .. }) {
-                kinds.push(',');
-                kinds.push_str(gang::PODGROUP_RESOURCE);
-            }
+            let volcano = matches!(self.gang, gang::Gang::Volcano { .. });
+            let kinds = with_pod_group(kind_of(self, job).with_companions(), volcano);
             let selector = Identity::of(job).selector();
             let _ = self
                 .kubectl
@@ -353,12 +355,10 @@ impl Backend for K8s {
         self.save_logs(job, &seen, cmd.ranks_per_pod, namespace);
         // The rendezvous, token and files are of no use once the attempt ended; the
         // Job stays (its status and pods' logs) until the user deletes it.
-        let mut companions =
-            String::from(if kind == Kind::Job { "service,secret,configmap" } else { "secret,configmap" });
-        if matches!(self.gang, gang::Gang::Volcano { .. }) && cmd.collective {
-            companions.push(',');
-            companions.push_str(gang::PODGROUP_RESOURCE);
-        }
+        let companions = with_pod_group(
+            if kind == Kind::Job { "service,secret,configmap" } else { "secret,configmap" },
+            matches!(self.gang, gang::Gang::Volcano { .. }) && cmd.collective,
+        );
         if let Err(e) =
             self.kubectl.run(&["delete", &companions, "-l", &selector, "-n", namespace, "--ignore-not-found"], None)
         {
@@ -390,11 +390,7 @@ impl Backend for K8s {
             }
             // The pods get SIGTERM and terminationGracePeriodSeconds to checkpoint;
             // a Volcano PodGroup goes with them (the cluster's copy names it).
-            let mut kinds = kind.with_companions().to_string();
-            if gang::pod_group_of(&obj).is_some() {
-                kinds.push(',');
-                kinds.push_str(gang::PODGROUP_RESOURCE);
-            }
+            let kinds = with_pod_group(kind.with_companions(), gang::pod_group_of(&obj).is_some());
             self.kubectl.run(
                 &["delete", &kinds, "-l", &selector, "-n", namespace, "--ignore-not-found", "--wait=false"],
                 None,

@@ -107,7 +107,7 @@ pub enum Event {
 }
 
 /// Per-dataset outcome of a run (this worker's share, including earlier runs).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DatasetSummary {
     /// Dataset.
     pub dataset: String,

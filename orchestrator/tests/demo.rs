@@ -76,6 +76,19 @@ fn the_demo_runs_the_pipeline_and_learns() {
     let datasets: std::collections::BTreeSet<&str> =
         stage2_eval["samples"].as_array().unwrap().iter().map(|x| x["dataset"].as_str().unwrap()).collect();
     assert_eq!(datasets.into_iter().collect::<Vec<_>>(), ["PhantomCT"]);
+    // `eval --json` prints what eval/val.json holds, with the step, and nothing else on stdout.
+    let o = Command::new(bin("s3-train"))
+        .args(["-q", "eval", "--clicks", "1", "--json", "--run"])
+        .arg(dir.join("runs/demo/stage2"))
+        .arg("--data")
+        .arg(dir.join("store"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&o.stdout).expect("eval --json prints one JSON document");
+    assert_eq!(printed["samples"].as_array().unwrap().len(), stage2_eval["samples"].as_array().unwrap().len());
+    assert_eq!(printed["clicks"], serde_json::json!([1]));
+    assert!(printed["step"].as_u64().unwrap() > 0, "{}", printed["step"]);
 
     for f in ["stage1/metrics.png", "stage2/metrics.png", "stage1/config.json", "stage2/checkpoints/latest.json"] {
         assert!(dir.join("runs/demo").join(f).exists(), "{f} written");
@@ -144,11 +157,19 @@ fn source_geometry(dir: &Path, crop_eval: &serde_json::Value) {
     // Clicks simulated from the label, as evaluation makes them.
     let tmp = tempfile::tempdir().unwrap();
     let label_arg = label_path.display().to_string();
+    let png = tmp.path().join("from-label.png");
+    let png_arg = png.display().to_string();
     let (single, text) = predict(
-        &["--clicks-from-label", &label_arg, "--label-value", parts[3], "--clicks", "5"],
+        &["--clicks-from-label", &label_arg, "--label-value", parts[3], "--clicks", "5", "--preview", &png_arg],
         &tmp.path().join("from-label.nii.gz"),
     );
     eprintln!("{text}");
+    // The preview: the class's label (red) beside the prediction (green over red).
+    let picture = image::open(&png).unwrap().to_rgb8();
+    let count = |c: image::Rgb<u8>| picture.pixels().filter(|p| **p == c).count();
+    let (red, green) = (count(s3_shards::preview::LABEL_RED), count(s3_shards::preview::PREDICTION_GREEN));
+    assert!(red > 100 && green > 100, "label outline {red} px, prediction outline {green} px");
+    assert!(picture.width() > 2 * picture.height(), "two crops side by side: {:?}", picture.dimensions());
     // With a label the mask holds the class's value, as the reference writes it.
     let d = dice(&single, value, &label, value);
     // One structure's Dice swings with each click; the mean over the val split is what

@@ -1,13 +1,22 @@
-//! What every binary of the workspace does around its command: log to stderr
-//! (`RUST_LOG`, default `warn`), and turn the outcome into the exit code the
-//! README documents (2 on error, after printing the error with its causes).
+//! What every binary of the workspace shares around its command: the object-store
+//! flags ([`StoreFlags`]), `-q`/`-v` ([`OutputFlags`]), logging to stderr, and the
+//! exit code the README documents (2 on error, after printing the error with its
+//! causes).
 
 use std::process::ExitCode;
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `warn`).
-pub fn init_logging() {
+mod output_flags;
+mod store_flags;
+
+pub use output_flags::OutputFlags;
+pub use store_flags::StoreFlags;
+
+/// Logs to stderr, filtered by `RUST_LOG`, else by `-q`/`-v` (default `warn`).
+pub fn init_logging(output: &OutputFlags) {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| output.log_filter().into()),
+        )
         .with_writer(std::io::stderr)
         .init();
 }

@@ -128,7 +128,8 @@ pub enum ShardError {
 pub type Result<T, E = ShardError> = std::result::Result<T, E>;
 
 impl ShardError {
-    pub(crate) fn store(op: &'static str, path: &Path, source: object_store::Error) -> Self {
+    /// A failed store request: the operation and the object, the store's error as the cause.
+    pub fn store(op: &'static str, path: &Path, source: object_store::Error) -> Self {
         ShardError::Store { op, path: path.clone(), source }
     }
     pub(crate) fn parquet(path: &Path, source: parquet::errors::ParquetError) -> Self {

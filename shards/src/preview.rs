@@ -1,90 +1,13 @@
-//! A PNG of a sample: the three orthogonal slices through the mask's centre, the
-//! mask outline drawn in colour.
+//! Samples you can look at: one sample's three orthogonal slices with its mask
+//! outlined ([`render`]), and a captioned grid of many ([`grid`]), as `s3-shards
+//! preview` and `s3-train predict --preview` draw them.
 
-use image::{Rgb, RgbImage};
+mod caption;
+mod from_store;
+mod grid;
+mod render;
 
-use crate::sample::{SIDE, Sample};
-
-/// Pixels per voxel in the picture.
-const ZOOM: u32 = 2;
-
-/// Renders axial | coronal | sagittal slices through the centre of the mask's
-/// bounding box (the volume centre when the mask is empty). CT is shown in a
-/// soft-tissue window (−160…240 HU); other modalities between the 1st and 99th
-/// percentile of the non-zero voxels (padding would otherwise dominate).
-pub fn render(sample: &Sample) -> RgbImage {
-    let image = sample.image_f32();
-    let mask = sample.mask_bools();
-    let centre = mask_centre(&mask);
-    let (lo, hi) = if sample.meta.modality == "CT" { (-160.0, 240.0) } else { window(&image) };
-    let at = |i: usize, j: usize, k: usize| (i * SIDE + j) * SIDE + k;
-    // (row, col) → voxel, with anterior/superior at the top as radiologists expect.
-    let views: [Box<dyn Fn(usize, usize) -> usize>; 3] = [
-        Box::new(move |r, c| at(c, SIDE - 1 - r, centre[2])), // axial: i across, j up
-        Box::new(move |r, c| at(c, centre[1], SIDE - 1 - r)), // coronal: i across, k up
-        Box::new(move |r, c| at(centre[0], c, SIDE - 1 - r)), // sagittal: j across, k up
-    ];
-    let side = SIDE as u32 * ZOOM;
-    let mut out = RgbImage::new(side * 3 + 4, side);
-    for (v, view) in views.iter().enumerate() {
-        for r in 0..SIDE {
-            for c in 0..SIDE {
-                let n = view(r, c);
-                let g = (((image[n] - lo) / (hi - lo).max(1e-6)).clamp(0.0, 1.0) * 255.0) as u8;
-                let edge = mask[n]
-                    && [(-1i32, 0i32), (1, 0), (0, -1), (0, 1)].iter().any(|(dr, dc)| {
-                        let (rr, cc) = (r as i32 + dr, c as i32 + dc);
-                        !(0..SIDE as i32).contains(&rr)
-                            || !(0..SIDE as i32).contains(&cc)
-                            || !mask[view(rr as usize, cc as usize)]
-                    });
-                let px = if edge { Rgb([255, 40, 40]) } else { Rgb([g, g, g]) };
-                for dy in 0..ZOOM {
-                    for dx in 0..ZOOM {
-                        out.put_pixel(v as u32 * (side + 2) + c as u32 * ZOOM + dx, r as u32 * ZOOM + dy, px);
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-fn mask_centre(mask: &[bool]) -> [usize; 3] {
-    let (mut lo, mut hi) = ([SIDE; 3], [0usize; 3]);
-    for (n, _) in mask.iter().enumerate().filter(|(_, m)| **m) {
-        let idx = [n / (SIDE * SIDE), n / SIDE % SIDE, n % SIDE];
-        for a in 0..3 {
-            lo[a] = lo[a].min(idx[a]);
-            hi[a] = hi[a].max(idx[a]);
-        }
-    }
-    if lo[0] > hi[0] {
-        return [SIDE / 2; 3];
-    }
-    std::array::from_fn(|a| (lo[a] + hi[a]) / 2)
-}
-
-fn window(image: &[f32]) -> (f32, f32) {
-    let mut sorted: Vec<f32> = image.iter().step_by(7).copied().filter(|&v| v != 0.0).collect();
-    if sorted.is_empty() {
-        return (0.0, 1.0);
-    }
-    sorted.sort_by(f32::total_cmp);
-    let q = |p: f64| sorted[((sorted.len() - 1) as f64 * p) as usize];
-    (q(0.01), q(0.99))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn outline_is_drawn_through_the_mask() {
-        let s = crate::synthetic::ct_like("D", "t", "c", 1, 7).unwrap();
-        let img = render(&s);
-        assert_eq!(img.dimensions(), (SIDE as u32 * ZOOM * 3 + 4, SIDE as u32 * ZOOM));
-        let red = img.pixels().filter(|p| **p == Rgb([255, 40, 40])).count();
-        assert!(red > 300, "only {red} outline pixels");
-    }
-}
+pub use caption::{CAPTION_PX, draw_text};
+pub use from_store::{Selection, caption, preview};
+pub use grid::{Tile, grid, pick};
+pub use render::{LABEL_RED, PREDICTION_GREEN, ZOOM, render, render_outlined};

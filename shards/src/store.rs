@@ -87,6 +87,31 @@ impl StoreOptions {
             .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
     }
 
+    /// The launch-contract variables (DESIGN §10) that give a job these settings: the
+    /// endpoint, region and plain-HTTP consent when set, the retry policy when it is
+    /// not the default. Never the keys: a job gets those from its own environment or
+    /// a secret.
+    pub fn contract_env(&self) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        if let Some(e) = &self.endpoint {
+            env.push(("AWS_ENDPOINT_URL".to_string(), e.clone()));
+        }
+        if let Some(r) = &self.region {
+            env.push(("AWS_REGION".to_string(), r.clone()));
+        }
+        if self.allow_http == Some(true) {
+            env.push(("AWS_ALLOW_HTTP".to_string(), "true".to_string()));
+        }
+        let default = Retry::default();
+        if self.retry.max_retries != default.max_retries {
+            env.push(("S3_STORE_RETRIES".to_string(), self.retry.max_retries.to_string()));
+        }
+        if self.retry.timeout != default.timeout {
+            env.push(("S3_STORE_TIMEOUT".to_string(), self.retry.timeout.as_secs().to_string()));
+        }
+        env
+    }
+
     /// These options, asking once and giving up after `timeout` (a preview that
     /// must not wait out the retries).
     pub fn fail_fast(&self, timeout: Duration) -> StoreOptions {

@@ -55,7 +55,7 @@ def test_no_program_prints_a_urls_credentials(tmp_path, index):
     # No reachable store and no credentials: nothing may be contacted for real.
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_ENDPOINT="http://127.0.0.1:9", AWS_ALLOW_HTTP="true", AWS_ACCESS_KEY_ID="x",
-               AWS_SECRET_ACCESS_KEY="y", S3_MAX_RETRIES="0", RUST_LOG="debug")
+               AWS_SECRET_ACCESS_KEY="y", S3_STORE_RETRIES="0", RUST_LOG="debug")
     r = subprocess.run([BINS[argv[0]]] + argv[1:], cwd=tmp_path, env=env, capture_output=True, encoding="utf-8", errors="replace",
                        timeout=120)
     said = r.stdout + r.stderr

@@ -32,7 +32,7 @@ def run(args, raw, out=None, cwd=None):
 
 def check(raw, *extra):
     r = run(["catalog", "--manifest", str(CATALOGUE), "--check", str(raw), "--json", *extra], raw)
-    return r, [json.loads(line) for line in r.stdout.splitlines()]
+    return r, json.loads(r.stdout) if r.stdout.strip() else []
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use s3_ingest::catalog::Catalog;
 use s3_ingest::nifti_io::ReadOptions;
 use s3_ingest::preprocess::PreprocessOptions;
 use s3_ingest::run::{self, Event, IngestConfig, Summary};
-use s3_shards::{Retry, StoreOptions, WriterOptions, open_store};
+use s3_shards::cli::{OutputFlags, StoreFlags};
+use s3_shards::{StoreOptions, WriterOptions, open_store};
 
 /// Turn NIfTI datasets into SAM-Med3D training shards: every case is resampled to
 /// 1.5 mm, reoriented to RAS+, cropped to 128³ about each label and written as zstd
@@ -26,15 +27,19 @@ use s3_shards::{Retry, StoreOptions, WriterOptions, open_store};
 ///   s3-ingest synth --out phantoms --cases 8 && s3-ingest --manifest phantoms/datasets.toml --out store
 ///   s3-ingest --manifest m.toml --out s3://b/p --worker 3/16   (then: s3-ingest merge --out s3://b/p)
 #[derive(Parser)]
-#[command(version, args_conflicts_with_subcommands = true, verbatim_doc_comment)]
+#[command(version, verbatim_doc_comment)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
     ingest: IngestArgs,
+    #[command(flatten)]
+    store: StoreFlags,
+    #[command(flatten)]
+    output: OutputFlags,
 }
 
-#[derive(Parser, Clone)]
+#[derive(Parser, Clone, PartialEq)]
 struct IngestArgs {
     /// The dataset catalogue.
     #[arg(long, default_value = "manifests/datasets.toml")]
@@ -61,6 +66,9 @@ struct IngestArgs {
     /// catalogue layout.
     #[arg(long)]
     strict: bool,
+    /// Print the summary as JSON (README "Command line") instead of a table.
+    #[arg(long)]
+    json: bool,
     /// zstd level of the shards.
     #[arg(long, default_value_t = 3)]
     zstd_level: i32,
@@ -115,8 +123,9 @@ enum Command {
         /// Only these datasets (comma-separated names).
         #[arg(long, value_delimiter = ',')]
         datasets: Option<Vec<String>>,
-        /// Print the check as JSON lines, one per task.
-        #[arg(long, requires = "check")]
+        /// Print JSON (README "Command line"): the counts, or with --check an array
+        /// with one object per task.
+        #[arg(long)]
         json: bool,
         /// Exit 1 if a present dataset's files do not match its layout.
         #[arg(long, requires = "check")]
@@ -164,11 +173,26 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    s3_shards::cli::init_logging();
-    s3_shards::cli::exit_code(run_cli(Cli::parse()))
+    let cli = Cli::parse();
+    // The ingest's own flags mean nothing to a subcommand; the shared store and
+    // output flags (global) go anywhere, so clap's blanket conflict cannot say this.
+    if cli.command.is_some() && cli.ingest != IngestArgs::parse_from(["s3-ingest"]) {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "the ingest's flags (--manifest, --out, --jobs, ...) go without a subcommand; \
+                 give a subcommand its own flags after its name",
+            )
+            .exit();
+    }
+    s3_shards::cli::init_logging(&cli.output);
+    s3_shards::cli::exit_code(run_cli(cli))
 }
 
 fn run_cli(cli: Cli) -> Result<ExitCode> {
+    let options = cli.store.resolve();
+    let store_options = || options.clone();
+    let output = cli.output;
     match cli.command {
         Some(Command::Catalog { manifest, check: true, raw, datasets, json, strict }) => {
             let c = Catalog::load(&manifest)?;
@@ -179,9 +203,13 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(s3_shards::exit::CHECK_FAILED));
             }
         }
-        Some(Command::Catalog { manifest, .. }) => {
+        Some(Command::Catalog { manifest, json, .. }) => {
             let c = Catalog::load(&manifest)?;
             let n = c.counts();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&n)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             println!("{}: valid", manifest.display());
             println!("public datasets:     {} (pre-train {})", n.public, n.public_pretrain);
             println!("fine-tune selection: {} datasets / {} tasks", n.finetune_datasets, n.finetune_tasks);
@@ -207,11 +235,12 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
             let manifest = s3_ingest::synth::write_corpus(&dir.join("raw"), cases, 7)?;
             println!("phantom corpus: {} ({cases} cases per dataset)", manifest.display());
             let store = dir.join("store");
-            let code = ingest(IngestArgs {
+            let args = IngestArgs {
                 manifest,
                 out: Some(store.display().to_string()),
                 ..IngestArgs::parse_from(["s3-ingest"])
-            })?;
+            };
+            let code = ingest(args, store_options(), output)?;
             let loc = open_store(&store.display().to_string(), &store_options())?;
             let rt = s3_shards::io_runtime::io_runtime()?;
             let report = rt.block_on(s3_shards::verify::verify_store(loc.store(), |_, _| {}))?;
@@ -242,20 +271,14 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
                 std::fs::write(&path, bytes)?;
             }
         }
-        None => return ingest(cli.ingest),
+        None => return ingest(cli.ingest, options, output),
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn store_options() -> StoreOptions {
-    StoreOptions { retry: Retry::default(), ..Default::default() }
-}
-
 fn print_check(rows: &[s3_ingest::check::TaskCheck], json: bool) -> Result<()> {
     if json {
-        for r in rows {
-            println!("{}", serde_json::to_string(r)?);
-        }
+        println!("{}", serde_json::to_string_pretty(rows)?);
         return Ok(());
     }
     println!("{:<32} {:<10} {:>6} {:>8} {:>8}  FIRST PROBLEM", "DATASET/TASK", "STATUS", "CASES", "LABELS", "HELD");
@@ -278,14 +301,14 @@ fn print_check(rows: &[s3_ingest::check::TaskCheck], json: bool) -> Result<()> {
     Ok(())
 }
 
-fn ingest(a: IngestArgs) -> Result<ExitCode> {
+fn ingest(a: IngestArgs, store_options: StoreOptions, output: OutputFlags) -> Result<ExitCode> {
     let catalog = Catalog::load(&a.manifest)?;
     let out = match (&a.out, &catalog.output) {
         (Some(out), _) => out.clone(),
         (None, Some(o)) => {
             let out = s3_ingest::catalog::expand_env(&o.location)
                 .map_err(|e| anyhow::anyhow!("{}: [output] location: {e}", a.manifest.display()))?;
-            eprintln!("writing to {out} (the catalogue's [output] location; --out overrides)");
+            output.say()(&format!("writing to {out} (the catalogue's [output] location; --out overrides)"));
             out
         }
         (None, None) => {
@@ -297,7 +320,7 @@ fn ingest(a: IngestArgs) -> Result<ExitCode> {
     let (worker, workers) = a.worker.unwrap_or((0, 1));
     let cfg = IngestConfig {
         out,
-        store_options: store_options(),
+        store_options,
         jobs: a.jobs.max(1),
         worker,
         workers,
@@ -317,11 +340,14 @@ fn ingest(a: IngestArgs) -> Result<ExitCode> {
         tmp_dir: a.tmp_dir.clone().unwrap_or_else(std::env::temp_dir),
         dry_run: a.dry_run,
     };
-    let bar = ProgressBar::new(0).with_style(
+    let bar = if output.progress() { ProgressBar::new(0) } else { ProgressBar::hidden() };
+    let bar = bar.with_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} cases, eta {eta}  {msg}")
             .expect("template"),
     );
-    bar.enable_steady_tick(Duration::from_millis(250));
+    if output.progress() {
+        bar.enable_steady_tick(Duration::from_millis(250));
+    }
     let started = Instant::now();
     let stats = Mutex::new((0u64, 0u64, 0u64)); // samples, input bytes, quarantined
     let summary = run::run(&catalog, &cfg, &|e| match e {
@@ -346,7 +372,11 @@ fn ingest(a: IngestArgs) -> Result<ExitCode> {
         Event::Publishing => bar.set_message("publishing index"),
     })?;
     bar.finish_and_clear();
-    print_summary(&summary, &cfg);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary_json(&summary, &cfg))?);
+    } else {
+        print_summary(&summary, &cfg);
+    }
     if a.strict && (summary.quarantined() > 0 || summary.problems() > 0) {
         eprintln!(
             "--strict: {} case(s) quarantined, {} layout mismatch(es)",
@@ -356,6 +386,24 @@ fn ingest(a: IngestArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(s3_shards::exit::CHECK_FAILED));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The summary as `--json` prints it (README "Command line").
+fn summary_json(s: &Summary, cfg: &IngestConfig) -> serde_json::Value {
+    serde_json::json!({
+        "out": cfg.out,
+        "dry_run": cfg.dry_run,
+        "worker": cfg.worker,
+        "workers": cfg.workers,
+        "datasets": s.datasets,
+        "quarantined": s.quarantined(),
+        "layout_problems": s.problems(),
+        "published": s.index.as_ref().map(|i| serde_json::json!({
+            "index": format!("{}/index.json", cfg.out),
+            "shards": i.shards.len(),
+            "samples": i.total_samples(),
+        })),
+    })
 }
 
 /// Tasks of a dataset skipped for want of a source.

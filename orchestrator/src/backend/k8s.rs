@@ -305,7 +305,7 @@ impl Backend for K8s {
     fn wait(&self, job: &Job, submission: &Submission) -> Result<JobEnd> {
         let id = submission.ids.first().map(String::as_str).unwrap_or_default();
         let (namespace, kind, name) = parse_id(id)?;
-        let cmd = container::pod_command(job, "", "")?;
+        let cmd = container::pod_command(job, ("", container::MASTER_PORT), "")?;
         let selector = Identity::of(job).selector();
         let (mut errors, mut seen, mut told) = (0, Vec::new(), std::collections::BTreeMap::new());
         let phase = loop {

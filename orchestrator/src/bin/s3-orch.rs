@@ -6,9 +6,12 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use s3_orch::demo::{DemoConfig, run_demo, summary};
+use s3_orch::job_hooks::HookTarget;
 use s3_orch::launch::pipeline::{self, PipelineLaunch};
 use s3_orch::launch::{Launched, follow};
 use s3_orch::ledger::StageRecord;
+use s3_shards::StoreOptions;
+use s3_shards::cli::OutputFlags;
 
 mod setting_flags;
 use setting_flags::SettingFlags;
@@ -19,6 +22,10 @@ use setting_flags::SettingFlags;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    store: s3_shards::cli::StoreFlags,
+    #[command(flatten)]
+    output: s3_shards::cli::OutputFlags,
 }
 
 #[derive(Subcommand)]
@@ -189,8 +196,8 @@ struct HookRef {
 }
 
 impl HookRef {
-    fn target(self) -> s3_orch::job_hooks::HookTarget {
-        s3_orch::job_hooks::HookTarget::new(self.runs, self.run, self.stage)
+    fn target(self, options: &StoreOptions) -> s3_orch::job_hooks::HookTarget {
+        s3_orch::job_hooks::HookTarget { options: options.clone(), ..HookTarget::new(self.runs, self.run, self.stage) }
     }
 }
 
@@ -264,32 +271,35 @@ fn report(run_id: &str, record: &StageRecord, json: bool) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    s3_shards::cli::init_logging();
-    s3_shards::cli::exit_code(run(Cli::parse()))
+    let cli = Cli::parse();
+    s3_shards::cli::init_logging(&cli.output);
+    s3_shards::cli::exit_code(run(cli))
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    let options = cli.store.resolve();
+    let say = cli.output.say();
     match cli.command {
-        Command::Launch { stage, args } => return launch(&stage, &args),
-        Command::Job(hook) => return job_hook(hook),
+        Command::Launch { stage, args } => return launch(&stage, &args, &options, cli.output),
+        Command::Job(hook) => return job_hook(hook, &options),
         Command::Logs { target: RunRef { runs, run }, stage, attempt, rank, follow } => {
             let log_root = std::path::Path::new("s3-orch-logs");
             let at = follow::LogAt { runs: &runs, run: &run, stage: &stage, attempt, rank };
-            follow::copy_log(&at, log_root, follow, &mut std::io::stdout(), &Default::default())?;
+            follow::copy_log(&at, log_root, follow, &mut std::io::stdout(), &options)?;
         }
         Command::Cancel { target: RunRef { runs, run } } => {
-            let stopped = s3_orch::launch::cancel(&runs, &run, &Default::default())?;
+            let stopped = s3_orch::launch::cancel(&runs, &run, &options)?;
             if stopped.is_empty() {
-                eprintln!("run {run}: nothing running");
+                say(&format!("run {run}: nothing running"));
             } else {
-                eprintln!("run {run}: asked {} to checkpoint and stop (SIGTERM)", stopped.join(", "));
+                say(&format!("run {run}: asked {} to checkpoint and stop (SIGTERM)", stopped.join(", ")));
             }
         }
         Command::Status { target: RunRef { runs, run }, json, wait } => {
             if wait {
-                follow::wait_run(&runs, &run, &Default::default(), &|m| eprintln!("{m}"))?;
+                follow::wait_run(&runs, &run, &options, &say)?;
             }
-            let ledger = s3_orch::launch::status(&runs, &run, &Default::default(), &|m| eprintln!("{m}"))?;
+            let ledger = s3_orch::launch::status(&runs, &run, &options, &say)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&ledger)?);
             } else {
@@ -308,21 +318,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             cfg.check_tools()?;
             let started = std::time::Instant::now();
-            let report = run_demo(&cfg, &|m| eprintln!("{m}"))?;
+            let report = run_demo(&cfg, &say)?;
             println!("\n{}", summary(&report, started.elapsed()));
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn job_hook(hook: JobHook) -> Result<ExitCode> {
+fn job_hook(hook: JobHook, options: &StoreOptions) -> Result<ExitCode> {
     use s3_orch::job_hooks;
     match hook {
         JobHook::Start { target, job_id, restart, data } => {
-            println!("{}", job_hooks::job_start(&target.target(), &job_id, restart, data.as_deref())?);
+            println!("{}", job_hooks::job_start(&target.target(options), &job_id, restart, data.as_deref())?);
         }
         JobHook::Gate { target } => {
-            let (url, xxh3) = job_hooks::job_gate(&target.target())?;
+            let (url, xxh3) = job_hooks::job_gate(&target.target(options))?;
             println!("{url} {xxh3}");
         }
         JobHook::End { target, job_id, attempt, exit_code, logs, stage_file, out, evaluated } => {
@@ -335,24 +345,24 @@ fn job_hook(hook: JobHook) -> Result<ExitCode> {
                 evaluated: evaluated.as_deref(),
                 logs: &logs,
             };
-            if job_hooks::job_end(&target.target(), &end)? {
+            if job_hooks::job_end(&target.target(options), &end)? {
                 return Ok(ExitCode::from(s3_shards::exit::REQUEUE));
             }
         }
         JobHook::Fail { target, attempt, reason } => {
-            if job_hooks::job_fail(&target.target(), attempt, &reason)? {
+            if job_hooks::job_fail(&target.target(options), attempt, &reason)? {
                 eprintln!("s3-orch: attempt {attempt} marked failed: {reason}");
             }
         }
         JobHook::UploadLogs { target, attempt, from } => {
-            let n = job_hooks::upload_logs(&target.target(), attempt, &from)?;
+            let n = job_hooks::upload_logs(&target.target(options), attempt, &from)?;
             eprintln!("s3-orch: {n} log file(s) uploaded");
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn launch(stage: &str, args: &LaunchArgs) -> Result<ExitCode> {
+fn launch(stage: &str, args: &LaunchArgs, store: &StoreOptions, output: OutputFlags) -> Result<ExitCode> {
     let run_id = pipeline::run_id(stage, args.run.as_deref())?;
     let request = PipelineLaunch {
         target: stage.to_string(),
@@ -366,8 +376,9 @@ fn launch(stage: &str, args: &LaunchArgs) -> Result<ExitCode> {
         out: args.out.clone(),
         flags: args.settings.layer(),
         dry_run: args.dry_run,
+        store: store.clone(),
     };
-    let say = |m: &str| eprintln!("{m}");
+    let say = output.say();
     if args.dry_run {
         print!("{}", request.dry_run_header());
     }
@@ -396,12 +407,15 @@ fn launch(stage: &str, args: &LaunchArgs) -> Result<ExitCode> {
         return Ok(code);
     }
     if !submitted.is_empty() && !args.wait {
-        eprintln!("the scheduler runs the chain; follow it with `s3-orch status --runs {} --run {run_id}`", args.runs);
+        say(&format!(
+            "the scheduler runs the chain; follow it with `s3-orch status --runs {} --run {run_id}`",
+            args.runs
+        ));
     }
     if args.wait {
         for name in submitted {
             let poll = std::time::Duration::from_secs(2);
-            let record = s3_orch::launch::wait_stage(&args.runs, &run_id, &name, &Default::default(), poll, &say)?;
+            let record = s3_orch::launch::wait_stage(&args.runs, &run_id, &name, store, poll, &say)?;
             let code = report(&run_id, &record, args.json)?;
             if code != ExitCode::SUCCESS {
                 return Ok(code);

@@ -56,9 +56,14 @@ pub fn status(runs: &str, run_id: &str, options: &StoreOptions, say: &dyn Fn(&st
     let rt = runtime()?;
     let run = open_store(&join(runs, run_id), options)?;
     let store = run.store().as_ref();
-    let exists = rt.block_on(store.head(&ObjPath::from(crate::ledger::LEDGER))).is_ok();
-    if !exists {
-        return Err(OrchError::NoRun { run: run_id.to_string(), runs: runs.to_string() });
+    let key = ObjPath::from(crate::ledger::LEDGER);
+    match rt.block_on(store.head(&key)) {
+        Ok(_) => {}
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(OrchError::NoRun { run: run_id.to_string(), runs: runs.to_string() });
+        }
+        // A store that does not answer is not a run that does not exist.
+        Err(e) => return Err(s3_shards::ShardError::store("head", &key, e).into()),
     }
     let ledger = rt.block_on(Ledger::load_or_new(store, run_id))?;
     // Each scheduler is asked once; the marks go in a conditional update, where a

@@ -2,7 +2,10 @@
 //! resolved from its settings (flags > environment > cluster profile > stage file)
 //! and launched on the chosen backend.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use s3_shards::StoreOptions;
 
 use super::{IngestLaunch, Launched, StageLaunch, launch_eval, launch_ingest, launch_stage};
 use crate::error::{OrchError, Result};
@@ -35,6 +38,9 @@ pub struct PipelineLaunch {
     pub flags: Layer,
     /// Render what would be submitted; touch nothing.
     pub dry_run: bool,
+    /// How the launcher reaches the store; the jobs get the same settings through the
+    /// launch contract's variables ([`StoreOptions::contract_env`]).
+    pub store: StoreOptions,
 }
 
 /// The run id: the one given, else a new one from the time (stage 2 continues a run
@@ -117,6 +123,14 @@ impl PipelineLaunch {
         text
     }
 
+    /// The jobs' extra environment: the launcher's store settings, under the settings'
+    /// own `env` (a cluster may reach the store by another endpoint than the laptop).
+    fn job_env(&self, settings: &Settings) -> BTreeMap<String, String> {
+        let mut env: BTreeMap<String, String> = self.store.contract_env().into_iter().collect();
+        env.extend(settings.values.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
+    }
+
     fn show(&self, s: &Settings) {
         if self.dry_run {
             print!("{}", s.describe());
@@ -138,10 +152,10 @@ impl PipelineLaunch {
                 workers: settings.workers(),
                 jobs: settings.jobs(),
                 extra_args: Vec::new(),
-                env: settings.values.env.clone(),
+                env: self.job_env(&settings),
             },
             log_root: log_root(&settings),
-            store_options: Default::default(),
+            store_options: self.store.clone(),
         };
         launch_ingest(&spec, backend.as_ref(), self.dry_run, say)
     }
@@ -162,12 +176,12 @@ impl PipelineLaunch {
             data: data.to_string(),
             ranks: settings.ranks(),
             nodes: settings.nodes(),
-            env: settings.values.env.clone(),
+            env: self.job_env(&settings),
             train_bin: tool(settings.values.train_bin.as_ref(), "S3_TRAIN_BIN", "s3-train"),
             device: settings.device().to_string(),
             catalog: self.manifest.clone(),
             log_root: log_root(&settings),
-            store_options: Default::default(),
+            store_options: self.store.clone(),
             max_retries: settings.max_retries(),
         };
         if eval {

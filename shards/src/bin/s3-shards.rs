@@ -2,18 +2,19 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use s3_shards::{ShardIndex, ShardReader, StoreOptions, WriterOptions, lookup, open_store, preview, synthetic, verify};
+use s3_shards::cli::{OutputFlags, StoreFlags};
+use s3_shards::preview::Selection;
+use s3_shards::{ShardIndex, ShardReader, WriterOptions, lookup, open_store, preview, synthetic, verify};
 
 /// Inspect, verify and preview the shards of a published store.
 ///
 /// STORE is a URL: a path, file:///abs/path, memory://name or s3://bucket/prefix.
-/// For S3 the standard AWS_* variables apply (AWS_ENDPOINT and AWS_ALLOW_HTTP=true
-/// for a local server; AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION).
+/// For S3 the keys come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; the
+/// endpoint, region and retries from the flags below or their variables.
 #[derive(Parser)]
 #[command(version, propagate_version = true)]
 struct Cli {
@@ -21,16 +22,8 @@ struct Cli {
     command: Command,
     #[command(flatten)]
     store: StoreFlags,
-}
-
-#[derive(Args)]
-struct StoreFlags {
-    /// Retries of a failed store request before giving up.
-    #[arg(long, global = true, default_value_t = 10, env = "S3_MAX_RETRIES")]
-    max_retries: usize,
-    /// Seconds after which a request is no longer retried.
-    #[arg(long, global = true, default_value_t = 180)]
-    retry_timeout: u64,
+    #[command(flatten)]
+    output: OutputFlags,
 }
 
 #[derive(Subcommand)]
@@ -48,6 +41,9 @@ enum Command {
     Verify {
         /// The store.
         store: String,
+        /// Print the report as JSON (README "Command line") instead of lines.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a sample's metadata as JSON.
     Cat {
@@ -56,12 +52,29 @@ enum Command {
         /// dataset/task/case/label
         sample_id: String,
     },
-    /// Write a PNG of the three mid-slices through the mask, outline in red.
+    /// Write a PNG of samples: the three slices through each mask's centre (axial |
+    /// coronal | sagittal), the mask outlined in red, and under each its id, class,
+    /// category, modality, channel and split. One sample (SAMPLE_ID or --sample), or a
+    /// grid of --n samples of --dataset (of every dataset without it) spread over the
+    /// cases.
     Preview {
         /// The store.
         store: String,
-        /// dataset/task/case/label
-        sample_id: String,
+        /// dataset/task/case/label of one sample.
+        #[arg(conflicts_with_all = ["sample", "dataset"])]
+        sample_id: Option<String>,
+        /// dataset/task/case/label of one sample.
+        #[arg(long, conflicts_with = "dataset")]
+        sample: Option<String>,
+        /// A grid of this dataset's samples.
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Samples in the grid.
+        #[arg(long, default_value_t = 16)]
+        n: usize,
+        /// Pictures per row of the grid.
+        #[arg(long, default_value_t = 2)]
+        columns: usize,
         /// Output PNG.
         #[arg(long, short)]
         out: PathBuf,
@@ -92,8 +105,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    s3_shards::cli::init_logging();
     let cli = Cli::parse();
+    s3_shards::cli::init_logging(&cli.output);
     let outcome = match s3_shards::io_runtime::io_runtime() {
         Ok(rt) => rt.block_on(run(cli)),
         Err(e) => Err(e.into()),
@@ -102,14 +115,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let options = StoreOptions {
-        retry: s3_shards::Retry {
-            max_retries: cli.store.max_retries,
-            timeout: Duration::from_secs(cli.store.retry_timeout),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let options = cli.store.resolve();
     let open =
         |url: &str| open_store(url, &options).with_context(|| format!("opening {}", s3_shards::store::redact(url)));
     match cli.command {
@@ -122,9 +128,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 print_ls(&index);
             }
         }
-        Command::Verify { store } => {
+        Command::Verify { store, json } => {
             let loc = open(&store)?;
-            let bar = ProgressBar::new(0).with_style(
+            let bar = if cli.output.progress() { ProgressBar::new(0) } else { ProgressBar::hidden() };
+            let bar = bar.with_style(
                 ProgressStyle::with_template("{spinner} verifying shards {pos}/{len} [{elapsed_precise}, eta {eta}]")
                     .expect("template"),
             );
@@ -135,6 +142,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             .await
             .with_context(|| format!("verifying {loc}"))?;
             bar.finish_and_clear();
+            if json {
+                let v = serde_json::json!({
+                    "store": loc.url(),
+                    "ok": report.ok(),
+                    "shards": report.shards,
+                    "samples_ok": report.samples_ok,
+                    "bytes_read": report.bytes,
+                    "problems": report.problems.iter().map(|p| serde_json::json!({"path": p.path, "message": p.message})).collect::<Vec<_>>(),
+                    "unreferenced": report.unreferenced,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(ExitCode::from(if report.ok() { 0 } else { s3_shards::exit::CHECK_FAILED }));
+            }
             for p in &report.problems {
                 println!("MISMATCH {}: {}", p.path, p.message);
             }
@@ -165,13 +185,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             v["row"] = at.row.into();
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        Command::Preview { store, sample_id, out } => {
+        Command::Preview { store, sample_id, sample, dataset, n, columns, out } => {
             let loc = open(&store)?;
-            let index = load_index(&loc).await?;
-            let at = lookup::find_sample(loc.store(), &index, &sample_id).await?;
-            let sample = ShardReader::open(loc.store().clone(), &at.shard).await?.read_row(at.row).await?;
-            preview::render(&sample).save(&out).with_context(|| format!("writing {}", out.display()))?;
-            println!("wrote {} (axial | coronal | sagittal through the mask centre)", out.display());
+            load_index(&loc).await?;
+            let selection = match sample_id.or(sample) {
+                Some(id) => Selection::Sample(id),
+                None => Selection::Spread { dataset, n: n.max(1) },
+            };
+            let (picture, ids) = preview::preview(loc.store(), &selection, columns)
+                .await
+                .with_context(|| format!("previewing {loc}"))?;
+            picture.save(&out).with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "wrote {}: {} sample(s), axial | coronal | sagittal through each mask's centre",
+                out.display(),
+                ids.len()
+            );
         }
         Command::Synth { store, datasets, cases, labels, zstd_level, row_group_rows, target_file_mib } => {
             let loc = open(&store)?;

@@ -70,15 +70,8 @@ pub enum BenchCommand {
         /// Timed all-reduces, after one warm-up.
         #[arg(long, default_value_t = 5)]
         iters: usize,
-        /// This rank.
-        #[arg(long)]
-        rank: Option<usize>,
-        /// Number of ranks.
-        #[arg(long)]
-        world: Option<usize>,
-        /// Rendezvous HOST:PORT (rank 0 listens).
-        #[arg(long, value_name = "HOST:PORT")]
-        master: Option<String>,
+        #[command(flatten)]
+        ranks: crate::rank_flags::RankFlags,
         /// Seconds one all-reduce may take before the run ends with an error.
         #[arg(long, default_value_t = 600, value_name = "SECS")]
         collective_timeout: u64,
@@ -91,7 +84,12 @@ pub enum BenchCommand {
 }
 
 /// Runs one benchmark and prints its rate on the last line.
-pub fn bench(what: BenchCommand, cli_device: &str, device: burn::prelude::Device) -> Result<()> {
+pub fn bench(
+    what: BenchCommand,
+    cli_device: &str,
+    device: burn::prelude::Device,
+    store_options: &s3_shards::StoreOptions,
+) -> Result<()> {
     match what {
         BenchCommand::Model { preset, precision, attention, batch, clicks, steps } => {
             let b = s3_trainer::bench::ModelBench {
@@ -111,7 +109,7 @@ pub fn bench(what: BenchCommand, cli_device: &str, device: burn::prelude::Device
             println!("{rate:.3} samples/s");
         }
         BenchCommand::Loader { data, threads, samples, order_out } => {
-            let loc = s3_shards::open_store(&data, &s3_shards::StoreOptions::default())?;
+            let loc = s3_shards::open_store(&data, store_options)?;
             let r = s3_trainer::bench::loader(&loc, threads, samples)?;
             if let Some(file) = order_out {
                 let text: String = r.order.iter().map(|(shard, row)| format!("{shard},{row}\n")).collect();
@@ -130,8 +128,8 @@ pub fn bench(what: BenchCommand, cli_device: &str, device: burn::prelude::Device
             s3_trainer::bench::phantom_store(&out, cases)?;
             println!("bench phantom-store: {cases} cases in {out}");
         }
-        BenchCommand::AllReduce { mb, iters, rank, world, master, collective_timeout, verify } => {
-            let flags = s3_trainer::launch_env::LaunchFlags { rank, world, master };
+        BenchCommand::AllReduce { mb, iters, ranks, collective_timeout, verify } => {
+            let flags = ranks.launch();
             let timeout = Duration::from_secs(collective_timeout.max(1));
             println!(
                 "{}",

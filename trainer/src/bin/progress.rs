@@ -15,6 +15,7 @@ pub fn train_with_progress(
     spec: &RunSpec,
     device: &Device,
     samples_log: Option<&std::path::Path>,
+    output: s3_shards::cli::OutputFlags,
 ) -> anyhow::Result<TrainOutcome> {
     let samples_log = match samples_log {
         Some(p) => Some(std::sync::Mutex::new(
@@ -27,20 +28,24 @@ pub fn train_with_progress(
         None => None,
     };
     let samples_log = samples_log.as_ref();
-    let bar = ProgressBar::new(0).with_style(
+    let bar = if output.progress() { ProgressBar::new(0) } else { ProgressBar::hidden() };
+    let bar = bar.with_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps, eta {eta}  {msg}")
             .expect("template"),
     );
-    bar.enable_steady_tick(Duration::from_millis(500));
+    if output.progress() {
+        bar.enable_steady_tick(Duration::from_millis(500));
+    }
+    let say = output.say();
     let out = train(spec, device, &|e| match e {
         TrainEvent::Started { samples, steps_per_epoch, total_steps, from } => {
             bar.set_length(*total_steps);
             bar.set_position(from.step);
             bar.suspend(|| {
-                eprintln!(
+                say(&format!(
                     "{samples} training samples, {steps_per_epoch} steps per epoch; starting at step {} (epoch {})",
                     from.step, from.sampler.epoch
-                )
+                ))
             });
         }
         TrainEvent::Step { metrics: m, samples } => {

@@ -14,6 +14,7 @@ use s3_trainer::{fixture, weights};
 mod bench;
 mod predict;
 mod progress;
+mod rank_flags;
 
 /// Exit code of a preempted rank (DESIGN §10): checkpointed, requeue it.
 use s3_shards::exit::PREEMPTED;
@@ -27,6 +28,10 @@ struct Cli {
     /// cpu, or cuda / cuda:N in builds with the `cuda` feature.
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
+    #[command(flatten)]
+    store: s3_shards::cli::StoreFlags,
+    #[command(flatten)]
+    output: s3_shards::cli::OutputFlags,
 }
 
 /// What a run trains on and where it keeps its state.
@@ -91,16 +96,8 @@ enum Command {
         /// reads (overrides the stage's `datasets.catalog`).
         #[arg(long)]
         catalog: Option<PathBuf>,
-        /// This rank.
-        #[arg(long)]
-        rank: Option<usize>,
-        /// Number of ranks.
-        #[arg(long)]
-        world: Option<usize>,
-        /// Rendezvous HOST:PORT of the gradient all-reduce: rank 0 listens there, the
-        /// other ranks connect (needed when world > 1).
-        #[arg(long, value_name = "HOST:PORT")]
-        master: Option<String>,
+        #[command(flatten)]
+        ranks: rank_flags::RankFlags,
         /// Seconds a send or receive between ranks may block before the run ends with
         /// an error naming the peer: longer than one optimiser step plus rank 0's
         /// checkpoint upload (the other ranks wait for it at the next step).
@@ -160,6 +157,10 @@ enum Command {
         /// where --data does not say (a case the store holds keeps the store's split).
         #[arg(long, default_value_t = 10)]
         val_percent: u32,
+        /// Print the report as JSON (what eval/<name>.json holds, with the step) instead
+        /// of the per-group CSV.
+        #[arg(long)]
+        json: bool,
     },
     /// Segment a volume from clicks: the ingest's preprocessing, the crop about the
     /// first click, one pass per click with every click so far, and the mask pasted
@@ -194,6 +195,14 @@ enum Command {
     },
 }
 
+/// An evaluation report as `eval --json` prints it: eval/<name>.json's fields and the
+/// step of the weights evaluated.
+fn eval_json(step: u64, report: &s3_shards::eval_report::EvalReport) -> Result<String> {
+    let mut v = serde_json::to_value(report)?;
+    v["step"] = step.into();
+    Ok(serde_json::to_string_pretty(&v)?)
+}
+
 /// A config enum from its TOML spelling (`f32`, `unpadded`).
 fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
     serde_json::from_value(serde_json::Value::String(s.into())).with_context(|| format!("--{what} {s:?}"))
@@ -218,8 +227,9 @@ fn keep_freed_memory() {
 
 fn main() -> ExitCode {
     keep_freed_memory();
-    s3_shards::cli::init_logging();
-    s3_shards::cli::exit_code(run(Cli::parse()))
+    let cli = Cli::parse();
+    s3_shards::cli::init_logging(&cli.output);
+    s3_shards::cli::exit_code(run(cli))
 }
 
 fn preset(name: &str) -> Result<SamConfig> {
@@ -231,6 +241,7 @@ fn preset(name: &str) -> Result<SamConfig> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let device = s3_trainer::device::parse_device(&cli.device)?;
+    let opts = cli.store.resolve();
     match cli.command {
         Command::Info { preset: name } => {
             let cfg = preset(&name)?;
@@ -253,9 +264,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             init,
             init_xxh3,
             catalog,
-            rank,
-            world,
-            master,
+            ranks,
             collective_timeout,
             step_timeout,
             samples_log,
@@ -269,10 +278,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 init,
                 init_xxh3,
                 catalog,
-                launch: s3_trainer::launch_env::LaunchFlags { rank, world, master },
+                launch: ranks.launch(),
                 collective_timeout_s: collective_timeout,
                 step_timeout_s: step_timeout,
                 loader_threads,
+                store_options: opts.clone(),
             };
             let (mut spec, launch) = s3_trainer::run_settings::resolve(&flags, &|k| std::env::var(k).ok())?;
             let device = s3_trainer::device::rank_device(&cli.device, launch.local_rank, device)?;
@@ -289,7 +299,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             spec.preempt = Some(preempt);
             spec.exit_at_once = Some(at_once);
-            let outcome = match progress::train_with_progress(&spec, &device, samples_log.as_deref()) {
+            let outcome = match progress::train_with_progress(&spec, &device, samples_log.as_deref(), cli.output) {
                 // A SIGTERM while peers were missing: like a preemption, the launcher
                 // requeues, and the next attempt starts where this one stood.
                 Err(e) if matches!(e.downcast_ref(), Some(s3_trainer::TrainError::Stopped(_))) => {
@@ -313,8 +323,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(PREEMPTED));
             }
         }
-        Command::Eval { stage, data, run, clicks, protocol, manifest, datasets, val_percent } => {
-            let opts = s3_shards::StoreOptions::default();
+        Command::Eval { stage, data, run, clicks, protocol, manifest, datasets, val_percent, json } => {
             let mut stage = match stage {
                 Some(p) => s3_trainer::stage::StageConfig::load(&p)?,
                 None => s3_trainer::run_inputs::load_run_stage(&run, &opts)
@@ -335,6 +344,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let (report, n) =
                     s3_trainer::source_eval::evaluate_source_run(&request, &mut stage, &model, &cfg, &device)?;
                 s3_trainer::eval::write_report(&run_loc, "source", &report)?;
+                if json {
+                    println!("{}", eval_json(step, &report)?);
+                    return Ok(ExitCode::SUCCESS);
+                }
                 for s in &report.skipped {
                     eprintln!("skipped {s}");
                 }
@@ -352,11 +365,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (rows, _, _) = s3_trainer::run_inputs::select_rows(&data_loc, &stage, s3_shards::Split::Val, rt)?;
             let report = s3_trainer::eval::evaluate(&model, &cfg, &data_loc, &rows, &clicks, stage.seed, &device)?;
             s3_trainer::eval::write_report(&run_loc, "val", &report)?;
+            if json {
+                println!("{}", eval_json(step, &report)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             println!("step {step}, {} val samples", report.samples.len());
             print!("{}", report.groups_csv());
         }
-        Command::Predict(args) => predict::predict(args, device)?,
-        Command::Bench { what } => bench::bench(what, &cli.device, device)?,
+        Command::Predict(args) => predict::predict(args, device, &opts, cli.output)?,
+        Command::Bench { what } => bench::bench(what, &cli.device, device, &opts)?,
         Command::Convert { input, output, preset: name, allow_partial } => {
             let cfg = preset(&name)?;
             let mut m = Sam::new(&cfg, &device);

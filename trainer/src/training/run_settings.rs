@@ -37,6 +37,8 @@ pub struct TrainFlags {
     pub step_timeout_s: u64,
     /// Loader threads.
     pub loader_threads: usize,
+    /// How to reach the data and the run folder (the shared store flags).
+    pub store_options: s3_shards::StoreOptions,
 }
 
 /// Resolves `flags` and the variables `env` returns into the run's spec and this
@@ -71,6 +73,7 @@ pub fn resolve(flags: &TrainFlags, env: &dyn Fn(&str) -> Option<String>) -> Resu
         step_timeout: secs(flags.step_timeout_s),
         init_xxh3,
         loader_threads: flags.loader_threads.max(1),
+        store_options: flags.store_options.clone(),
         ..RunSpec::new(flags.data.clone(), flags.run.clone(), stage)
     };
     Ok((spec, launch))

@@ -62,8 +62,9 @@ fn differ(job: &Job, differ: &'static str) -> OrchError {
     OrchError::PodTemplate { stage: job.kind.to_string(), attempt: job.attempt, differ }
 }
 
-/// The container of `job`'s pods; `master_addr` is rank 0's pod as the others reach it.
-pub fn pod_command(job: &Job, master_addr: &str, secret_name: &str) -> Result<PodCommand> {
+/// The container of `job`'s pods; `(master_addr, master_port)` is rank 0's pod as the
+/// others reach it (the port is the attempt's own on the host's network).
+pub fn pod_command(job: &Job, (master_addr, master_port): (&str, u16), secret_name: &str) -> Result<PodCommand> {
     let first = job.ranks.first().ok_or_else(|| OrchError::NoRanks { stage: job.kind.to_string() })?;
     let collective = first.env.iter().any(|(k, _)| k == "RANK");
     let world = job.ranks.len();
@@ -125,7 +126,7 @@ pub fn pod_command(job: &Job, master_addr: &str, secret_name: &str) -> Result<Po
             env.push(json!({"name": "LOCAL_RANK", "value": "0"}));
         }
         env.push(json!({"name": "MASTER_ADDR", "value": literal(master_addr)}));
-        env.push(json!({"name": "MASTER_PORT", "value": MASTER_PORT.to_string()}));
+        env.push(json!({"name": "MASTER_PORT", "value": master_port.to_string()}));
     }
     let mut token = None;
     for (k, v) in shared_env(first) {
@@ -169,7 +170,7 @@ mod tests {
 
     #[test]
     fn a_collective_job_reads_its_rank_from_the_completion_index() {
-        let p = pod_command(&train(8, 2), "m-0.m", "m-token").unwrap();
+        let p = pod_command(&train(8, 2), ("m-0.m", MASTER_PORT), "m-token").unwrap();
         assert_eq!((p.pods, p.ranks_per_pod, p.collective, p.cuda), (2, 4, true, true));
         assert_eq!(p.command[..2], ["bash", "-c"]);
         assert_eq!(p.args[0], "s3-train");
@@ -184,7 +185,7 @@ mod tests {
         assert_eq!(p.token.as_deref(), Some("t0k"));
         assert_eq!(value(&p, "PRICE")["value"], "$$(HOME)5$$", "literal text is not expanded");
 
-        let p = pod_command(&train(2, 2), "m-0.m", "m-token").unwrap();
+        let p = pod_command(&train(2, 2), ("m-0.m", MASTER_PORT), "m-token").unwrap();
         assert_eq!(p.command, ["s3-train"]);
         assert_eq!(value(&p, "LOCAL_RANK")["value"], "0");
     }
@@ -200,7 +201,7 @@ mod tests {
             extra_args: vec![],
             env: Default::default(),
         };
-        let p = pod_command(&ingest_job(&plan, "r", 1, "logs".into()), "", "t").unwrap();
+        let p = pod_command(&ingest_job(&plan, "r", 1, "logs".into()), ("", MASTER_PORT), "t").unwrap();
         assert_eq!((p.pods, p.ranks_per_pod, p.collective, p.cuda, p.token.clone()), (3, 1, false, false, None));
         let at = p.args.iter().position(|a| a == "--worker").unwrap();
         assert_eq!(p.args[at + 1], "$(JOB_COMPLETION_INDEX)/3");
@@ -211,10 +212,10 @@ mod tests {
     fn ranks_that_differ_otherwise_are_refused() {
         let mut job = train(2, 2);
         job.ranks[1].args.push("--extra".into());
-        assert!(pod_command(&job, "m", "t").unwrap_err().to_string().contains("arguments"));
+        assert!(pod_command(&job, ("m", MASTER_PORT), "t").unwrap_err().to_string().contains("arguments"));
         let mut job = train(2, 2);
         job.ranks[1].env.push(("X".into(), "1".into()));
-        assert!(pod_command(&job, "m", "t").unwrap_err().to_string().contains("environment"));
-        assert!(pod_command(&train(3, 2), "m", "t").unwrap_err().to_string().contains("evenly"));
+        assert!(pod_command(&job, ("m", MASTER_PORT), "t").unwrap_err().to_string().contains("environment"));
+        assert!(pod_command(&train(3, 2), ("m", MASTER_PORT), "t").unwrap_err().to_string().contains("evenly"));
     }
 }

@@ -209,13 +209,8 @@ pub fn manifests(k: &K8s, job: &Job) -> Result<Vec<Value>> {
         }
     }
     let job = &job;
-    let mut cmd = pod_command(job, &master_addr(kind, &id.name, &k.namespace), &id.token_secret())?;
     let port = k.network.port(&id.name, MASTER_PORT);
-    for e in &mut cmd.env {
-        if e["name"] == "MASTER_PORT" {
-            e["value"] = port.to_string().into();
-        }
-    }
+    let cmd = pod_command(job, (&master_addr(kind, &id.name, &k.namespace), port), &id.token_secret())?;
     let mut docs = Vec::new();
     if let Some(token) = &cmd.token {
         docs.push(json!({

@@ -267,6 +267,8 @@ impl Slurm {
         ));
         let (carried, mut args, shipped) = self.carried(&r0.args, strict)?;
         s.push_str(&carried);
+        // Before the hooks: they reach the store with the same settings as the ranks.
+        s.push_str(&self.exports(job));
         s.push_str(&self.hook_args(job, hooks));
         let data = hooks.data.as_deref().map(|d| format!(" --data {}", shell_quote(d))).unwrap_or_default();
         s.push_str(&format!(
@@ -277,7 +279,6 @@ impl Slurm {
         s.push_str(
             "s3_unpack && srun --nodes=\"$SLURM_NNODES\" --ntasks=\"$SLURM_NNODES\" --ntasks-per-node=1 bash -c s3_unpack\n",
         );
-        s.push_str(&self.exports(job));
         s.push_str("export S3_ATTEMPT=$ATTEMPT\n");
         // The token joins this job's ranks only; it is made here, never written down.
         s.push_str("export S3_JOB_TOKEN=$(od -An -N8 -tx8 /dev/urandom | tr -d ' \\n')\n");

@@ -24,7 +24,7 @@ pub mod weights;
 
 // The phases' modules by their old short paths (`s3_trainer::sampler`, ...), which
 // the binaries, tests and docs use.
-pub use data::{loader, row_cache, sampler};
+pub use data::{loader, row_cache, sampler, shard_cache};
 pub use evaluation::{class_map, eval, predict, source_eval};
 pub use launch::{collective, device, launch_env};
 pub use training::{

@@ -514,3 +514,25 @@ fn starting_over_forgets_the_old_checkpoint_before_the_first_new_one() {
     let latest = rt.block_on(s3_trainer::checkpoint::read_latest(loc.store().as_ref())).unwrap();
     assert!(latest.is_none(), "a later resume must not land on the run that was started over: {latest:?}");
 }
+
+#[test]
+fn a_node_local_shard_cache_trains_the_same_and_holds_every_shard_verified() {
+    let (dir, data) = data_store(2);
+    let st = StageConfig { checkpoint_every: 100, ..stage(2) };
+    let plain = record(&spec(&data, &dir.path().join("plain").display().to_string(), st.clone())).unwrap();
+    let cache = dir.path().join("cache");
+    let cached_spec = RunSpec {
+        shard_cache: Some(s3_trainer::shard_cache::CacheSettings { dir: cache.clone(), limit: u64::MAX }),
+        ..spec(&data, &dir.path().join("cached").display().to_string(), st)
+    };
+    let cached = record(&cached_spec).unwrap();
+    assert_eq!(cached.trained, plain.trained, "the same samples in the same order");
+    assert_eq!(cached.out.weights_digest, plain.out.weights_digest, "the same weights");
+    let loc = open_store(&data, &StoreOptions::default()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let index = rt.block_on(s3_shards::ShardIndex::load(loc.store().as_ref())).unwrap();
+    for s in &index.shards {
+        let bytes = std::fs::read(cache.join(&s.path)).unwrap_or_else(|e| panic!("{} not cached: {e}", s.path));
+        assert_eq!(xxhash_rust::xxh3::xxh3_64(&bytes), s.xxh3, "{} cached whole and intact", s.path);
+    }
+}

@@ -116,6 +116,14 @@ enum Command {
         /// do not change.
         #[arg(long, default_value_t = 1, env = "S3_LOADER_THREADS")]
         loader_threads: usize,
+        /// Keep a copy of each shard in this node-local folder, shared by the node's
+        /// ranks: a shard is fetched once per node (verified against the index) and
+        /// read locally in later epochs. Unusable or full, it streams instead.
+        #[arg(long, env = "S3_CACHE_DIR", value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+        /// Most the cache may hold (e.g. 500G; K/M/G/T are binary) [default: no limit].
+        #[arg(long, env = "S3_CACHE_LIMIT", value_name = "SIZE", value_parser = parse_cache_limit, requires = "cache_dir")]
+        cache_limit: Option<u64>,
     },
     /// Dice at 1/3/5/10 clicks on the val split with the run's latest weights; writes
     /// eval/val.csv (per sample), eval/val-groups.csv (per dataset and label) and
@@ -203,6 +211,10 @@ fn eval_json(step: u64, report: &s3_shards::eval_report::EvalReport) -> Result<S
     Ok(serde_json::to_string_pretty(&v)?)
 }
 
+fn parse_cache_limit(s: &str) -> Result<u64, String> {
+    s3_trainer::shard_cache::parse_size(s).ok_or_else(|| format!("{s:?} is not a size (bytes, or e.g. 500G, 2T)"))
+}
+
 /// A config enum from its TOML spelling (`f32`, `unpadded`).
 fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
     serde_json::from_value(serde_json::Value::String(s.into())).with_context(|| format!("--{what} {s:?}"))
@@ -269,6 +281,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             step_timeout,
             samples_log,
             loader_threads,
+            cache_dir,
+            cache_limit,
         } => {
             let flags = s3_trainer::run_settings::TrainFlags {
                 stage,
@@ -283,6 +297,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 step_timeout_s: step_timeout,
                 loader_threads,
                 store_options: opts.clone(),
+                shard_cache: cache_dir
+                    .map(|dir| s3_trainer::shard_cache::CacheSettings { dir, limit: cache_limit.unwrap_or(u64::MAX) }),
             };
             let (mut spec, launch) = s3_trainer::run_settings::resolve(&flags, &|k| std::env::var(k).ok())?;
             let device = s3_trainer::device::rank_device(&cli.device, launch.local_rank, device)?;

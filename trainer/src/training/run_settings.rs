@@ -39,6 +39,8 @@ pub struct TrainFlags {
     pub loader_threads: usize,
     /// How to reach the data and the run folder (the shared store flags).
     pub store_options: s3_shards::StoreOptions,
+    /// The node-local shard cache, if any.
+    pub shard_cache: Option<crate::shard_cache::CacheSettings>,
 }
 
 /// Resolves `flags` and the variables `env` returns into the run's spec and this
@@ -74,6 +76,7 @@ pub fn resolve(flags: &TrainFlags, env: &dyn Fn(&str) -> Option<String>) -> Resu
         init_xxh3,
         loader_threads: flags.loader_threads.max(1),
         store_options: flags.store_options.clone(),
+        shard_cache: flags.shard_cache.clone(),
         ..RunSpec::new(flags.data.clone(), flags.run.clone(), stage)
     };
     Ok((spec, launch))

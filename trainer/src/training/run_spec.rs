@@ -52,6 +52,9 @@ pub struct RunSpec {
     /// The loader's decoding threads (outside the run's identity: the samples and
     /// their order are the same for any count).
     pub loader_threads: usize,
+    /// A node-local copy of the shards (outside the run's identity too: the bytes
+    /// read are the same, verified against the index).
+    pub shard_cache: Option<crate::shard_cache::CacheSettings>,
 }
 
 impl RunSpec {
@@ -72,6 +75,7 @@ impl RunSpec {
             preempt: None,
             exit_at_once: None,
             loader_threads: 1,
+            shard_cache: None,
         }
     }
 }

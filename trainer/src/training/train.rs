@@ -175,6 +175,10 @@ impl<'a> Training<'a> {
         }
         let rt = s3_shards::io_runtime::io_runtime()?;
         let data = open_store(&spec.data, &spec.store_options)?;
+        let data = match &spec.shard_cache {
+            Some(cache) => crate::shard_cache::with_cache(data, cache, rt),
+            None => data,
+        };
         let run = open_store(&spec.run, &spec.store_options)?;
 
         let (rows, datasets, samples_xxh3) = select_rows(&data, stage, Split::Train, rt)?;

@@ -1,0 +1,479 @@
+//! A node-local copy of the shards a run reads, shared by the ranks of a node: each
+//! shard crosses the network once per node instead of once per epoch (issue 28).
+//!
+//! [`ShardCache`] is an `ObjectStore` in front of the data store. A read of a shard
+//! the index names first makes sure the whole file is in the cache folder — fetched
+//! once, under a lock file every process of the node honours, written beside its
+//! final name and renamed into place only after its size and xxh3 match the index —
+//! then serves the read from the local file. Everything else (index.json,
+//! samples.parquet, a shard the index does not name) goes to the store as before.
+//!
+//! The cache never fails a run: an unwritable folder, a full disk or a limit reached
+//! turn it into plain streaming (with one warning), and a local file that does not
+//! match the index is fetched again.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::io::Write;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use futures::stream::BoxStream;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, ObjectStoreExt,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+};
+use s3_shards::ShardIndex;
+use xxhash_rust::xxh3::Xxh3Default;
+
+/// Where the cache lives and how much of the node's disk it may take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// The node-local folder, shared by the node's ranks.
+    pub dir: PathBuf,
+    /// Bytes of shards it may hold; past it, shards are streamed.
+    pub limit: u64,
+}
+
+/// Parses a size: bytes, or a number with K, M, G or T (binary: 200G = 200 GiB).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let t = s.trim().trim_end_matches(['B', 'b']).trim_end_matches(['i']);
+    let (num, shift) = match t.chars().last()?.to_ascii_uppercase() {
+        'K' => (&t[..t.len() - 1], 10),
+        'M' => (&t[..t.len() - 1], 20),
+        'G' => (&t[..t.len() - 1], 30),
+        'T' => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let v: f64 = num.trim().parse().ok()?;
+    (v.is_finite() && v >= 0.0).then(|| (v * (1u64 << shift) as f64) as u64)
+}
+
+/// `location` with `cache` in front of its store, or as it is (with a warning) when
+/// the index cannot be read or the folder cannot be used: a cache never fails a run.
+pub fn with_cache(
+    location: s3_shards::StoreLocation,
+    cache: &CacheSettings,
+    rt: &tokio::runtime::Runtime,
+) -> s3_shards::StoreLocation {
+    let index = match rt.block_on(ShardIndex::load(location.store().as_ref())) {
+        Ok(i) => i,
+        Err(_) => return location, // the run reports a missing index itself
+    };
+    match ShardCache::new(location.store().clone(), &index, cache.dir.clone(), cache.limit) {
+        Ok(c) => {
+            tracing::info!(dir = %cache.dir.display(), limit = cache.limit, "shard cache");
+            s3_shards::StoreLocation::from_store(location.url(), Arc::new(c))
+        }
+        Err(e) => {
+            tracing::warn!(dir = %cache.dir.display(), "shard cache unusable, streaming from the store: {e}");
+            location
+        }
+    }
+}
+
+/// What the cache did, for `bench loader` and the tests: bytes that crossed the
+/// network, and how the shard reads were served.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    /// Bytes read from the data store (downloads and reads passed through).
+    pub store_bytes: AtomicU64,
+    /// Shards fetched into the cache by this process.
+    pub downloads: AtomicU64,
+    /// Shard reads served from the local copy.
+    pub local_reads: AtomicU64,
+}
+
+/// The shard cache in front of `inner`.
+pub struct ShardCache {
+    inner: Arc<dyn ObjectStore>,
+    local: LocalFileSystem,
+    dir: PathBuf,
+    limit: u64,
+    /// Shard key → (bytes, xxh3) as the index records them.
+    known: HashMap<String, (u64, u64)>,
+    /// Shards this process has verified in the folder.
+    verified: Mutex<HashSet<String>>,
+    /// Bytes of known shards in the folder (this process's count; others add theirs).
+    held: AtomicU64,
+    /// Set after an error the folder cannot recover from: stream from then on.
+    off: AtomicBool,
+    /// One fetch per shard within the process; the lock file keeps other processes out.
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    stats: Arc<CacheStats>,
+}
+
+impl fmt::Debug for ShardCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShardCache").field("dir", &self.dir).field("limit", &self.limit).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for ShardCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ShardCache({}, {})", self.dir.display(), self.inner)
+    }
+}
+
+impl ShardCache {
+    /// A cache of `index`'s shards in `dir`, holding at most `limit` bytes of them.
+    /// `Err` with why when the folder cannot be used (the caller streams instead).
+    pub fn new(inner: Arc<dyn ObjectStore>, index: &ShardIndex, dir: PathBuf, limit: u64) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir.join(".locks"))?;
+        let probe = dir.join(format!(".locks/probe-{}", std::process::id()));
+        std::fs::write(&probe, b"")?;
+        let _ = std::fs::remove_file(&probe);
+        let local = LocalFileSystem::new_with_prefix(&dir).map_err(std::io::Error::other)?;
+        let known: HashMap<String, (u64, u64)> =
+            index.shards.iter().map(|s| (s.path.clone(), (s.bytes, s.xxh3))).collect();
+        let held = known
+            .iter()
+            .filter_map(|(k, (bytes, _))| std::fs::metadata(dir.join(k)).ok().filter(|m| m.len() == *bytes))
+            .map(|m| m.len())
+            .sum();
+        Ok(ShardCache {
+            inner,
+            local,
+            dir,
+            limit,
+            known,
+            verified: Mutex::new(HashSet::new()),
+            held: AtomicU64::new(held),
+            off: AtomicBool::new(false),
+            fetching: Mutex::new(HashMap::new()),
+            stats: Arc::new(CacheStats::default()),
+        })
+    }
+
+    /// What the cache did so far.
+    pub fn stats(&self) -> Arc<CacheStats> {
+        self.stats.clone()
+    }
+
+    fn give_up(&self, why: &str) {
+        if !self.off.swap(true, Ordering::SeqCst) {
+            tracing::warn!(dir = %self.dir.display(), "shard cache off, streaming from the store: {why}");
+        }
+    }
+
+    /// Makes sure `key` is in the folder and matches the index; `false` when it is
+    /// not (the read then goes to the store).
+    async fn ensure(&self, key: &str, bytes: u64, xxh3: u64) -> bool {
+        if self.off.load(Ordering::SeqCst) {
+            return false;
+        }
+        if self.verified.lock().unwrap_or_else(|p| p.into_inner()).contains(key) {
+            return true;
+        }
+        let gate = {
+            let mut f = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            f.entry(key.to_string()).or_default().clone()
+        };
+        let _one = gate.lock().await;
+        if self.verified.lock().unwrap_or_else(|p| p.into_inner()).contains(key) {
+            return true;
+        }
+        match self.fetch_locked(key, bytes, xxh3).await {
+            Ok(true) => {
+                self.verified.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_string());
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                self.give_up(&format!("{key}: {e}"));
+                false
+            }
+        }
+    }
+
+    /// Under the node-wide lock of `key`: a copy already there and matching, else a
+    /// fresh fetch. `Ok(false)`: not cached (over the limit, or the store's own copy
+    /// does not match its index: the loader's checksums report that).
+    async fn fetch_locked(&self, key: &str, bytes: u64, xxh3: u64) -> std::io::Result<bool> {
+        let file = self.dir.join(key);
+        let lock_path =
+            self.dir.join(".locks").join(format!("{:016x}.lock", xxhash_rust::xxh3::xxh3_64(key.as_bytes())));
+        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+        // Another rank of the node may be fetching it: wait on the blocking pool.
+        let lock =
+            tokio::task::spawn_blocking(move || lock.lock().map(|()| lock)).await.map_err(std::io::Error::other)??;
+        if std::fs::metadata(&file).is_ok_and(|m| m.len() == bytes) {
+            if hash_file(&file)? == xxh3 {
+                drop(lock);
+                return Ok(true);
+            }
+            std::fs::remove_file(&file)?;
+            self.held.fetch_sub(bytes, Ordering::SeqCst);
+        }
+        if self.held.load(Ordering::SeqCst) + bytes > self.limit {
+            return Ok(false);
+        }
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let part = file.with_extension(format!("part-{}", std::process::id()));
+        let fetched = self.download(key, &part).await;
+        let ok = match fetched {
+            Ok((n, h)) if n == bytes && h == xxh3 => {
+                std::fs::rename(&part, &file)?;
+                self.held.fetch_add(bytes, Ordering::SeqCst);
+                self.stats.downloads.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Ok((n, h)) => {
+                tracing::warn!(
+                    key,
+                    n,
+                    bytes,
+                    "the store's shard does not match its index ({h:016x} != {xxh3:016x}): not cached"
+                );
+                let _ = std::fs::remove_file(&part);
+                false
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&part);
+                return Err(e);
+            }
+        };
+        drop(lock);
+        Ok(ok)
+    }
+
+    /// Streams `key` from the store into `part`, fsynced; its size and xxh3.
+    async fn download(&self, key: &str, part: &std::path::Path) -> std::io::Result<(u64, u64)> {
+        let mut out = std::fs::File::create(part)?;
+        let mut stream = self.inner.get(&Path::from(key)).await.map_err(std::io::Error::other)?.into_stream();
+        let (mut n, mut h) = (0u64, Xxh3Default::new());
+        while let Some(chunk) = stream.try_next().await.map_err(std::io::Error::other)? {
+            out.write_all(&chunk)?;
+            h.update(&chunk);
+            n += chunk.len() as u64;
+            self.stats.store_bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        out.sync_all()?;
+        Ok((n, h.digest()))
+    }
+
+    async fn cached(&self, location: &Path) -> bool {
+        match self.known.get(location.as_ref()) {
+            Some(&(bytes, xxh3)) => self.ensure(location.as_ref(), bytes, xxh3).await,
+            None => false,
+        }
+    }
+}
+
+fn hash_file(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let (mut h, mut buf) = (Xxh3Default::new(), vec![0u8; 1 << 20]);
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h.digest());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for ShardCache {
+    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        if self.cached(location).await {
+            match self.local.get_opts(location, options.clone()).await {
+                Ok(r) => {
+                    self.stats.local_reads.fetch_add(1, Ordering::Relaxed);
+                    return Ok(r);
+                }
+                Err(e) => self.give_up(&format!("{location}: {e}")),
+            }
+        }
+        let r = self.inner.get_opts(location, options).await?;
+        self.stats.store_bytes.fetch_add(r.range.end - r.range.start, Ordering::Relaxed);
+        Ok(r)
+    }
+
+    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        if self.cached(location).await {
+            match self.local.get_ranges(location, ranges).await {
+                Ok(r) => {
+                    self.stats.local_reads.fetch_add(1, Ordering::Relaxed);
+                    return Ok(r);
+                }
+                Err(e) => self.give_up(&format!("{location}: {e}")),
+            }
+        }
+        let r = self.inner.get_ranges(location, ranges).await?;
+        let n: u64 = r.iter().map(|b| b.len() as u64).sum();
+        self.stats.store_bytes.fetch_add(n, Ordering::Relaxed);
+        Ok(r)
+    }
+
+    fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use object_store::memory::InMemory;
+    use s3_shards::{ShardReader, WriterOptions, synthetic};
+
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    }
+
+    /// A store of several small shards, and its index.
+    async fn store() -> (Arc<dyn ObjectStore>, ShardIndex) {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let opts = WriterOptions { row_group_rows: 2, target_file_bytes: 1 << 20, ..Default::default() };
+        let index = synthetic::populate(&store, 2, 3, 2, opts).await.unwrap();
+        assert!(index.shards.len() >= 2, "{} shards", index.shards.len());
+        (store, index)
+    }
+
+    /// Every row of every shard, read through `store` as the loader reads them; the
+    /// checksums of what came back.
+    async fn epoch(store: &Arc<dyn ObjectStore>, index: &ShardIndex) -> Vec<u64> {
+        let mut sums = Vec::new();
+        for s in &index.shards {
+            let reader = ShardReader::open(store.clone(), &Path::from(s.path.as_str())).await.unwrap();
+            for g in 0..reader.num_row_groups() {
+                sums.extend(reader.read_row_group(g).await.unwrap().iter().map(|x| x.checksum));
+            }
+        }
+        sums
+    }
+
+    fn total(index: &ShardIndex) -> u64 {
+        index.shards.iter().map(|s| s.bytes).sum()
+    }
+
+    #[test]
+    fn each_shard_crosses_the_network_once_per_node() {
+        rt().block_on(async {
+            let (inner, index) = store().await;
+            let dir = tempfile::tempdir().unwrap();
+            let direct = epoch(&inner, &index).await;
+            let cache = Arc::new(ShardCache::new(inner.clone(), &index, dir.path().into(), u64::MAX).unwrap());
+            let stats = cache.stats();
+            let cached: Arc<dyn ObjectStore> = cache;
+            assert_eq!(epoch(&cached, &index).await, direct, "the same samples");
+            let first = stats.store_bytes.load(Relaxed);
+            assert_eq!(first, total(&index), "epoch 1 fetches each shard whole, once");
+            assert_eq!(stats.downloads.load(Relaxed), index.shards.len() as u64);
+            assert_eq!(epoch(&cached, &index).await, direct);
+            assert_eq!(stats.store_bytes.load(Relaxed), first, "epoch 2 reads nothing from the store");
+            // Another rank of the node (another process: a cache of its own over the same folder).
+            let other = Arc::new(ShardCache::new(inner.clone(), &index, dir.path().into(), u64::MAX).unwrap());
+            let other_stats = other.stats();
+            let other: Arc<dyn ObjectStore> = other;
+            assert_eq!(epoch(&other, &index).await, direct);
+            assert_eq!(other_stats.store_bytes.load(Relaxed), 0, "the node's copy is verified and used");
+            assert_eq!(other_stats.downloads.load(Relaxed), 0);
+        });
+    }
+
+    #[test]
+    fn ranks_racing_for_a_shard_fetch_it_once() {
+        rt().block_on(async {
+            let (inner, index) = store().await;
+            let dir = tempfile::tempdir().unwrap();
+            let ranks: Vec<Arc<ShardCache>> = (0..2)
+                .map(|_| Arc::new(ShardCache::new(inner.clone(), &index, dir.path().into(), u64::MAX).unwrap()))
+                .collect();
+            let runs = ranks.iter().map(|c| {
+                let (store, index): (Arc<dyn ObjectStore>, ShardIndex) = (c.clone(), index.clone());
+                tokio::spawn(async move { epoch(&store, &index).await })
+            });
+            let sums: Vec<Vec<u64>> = futures::future::join_all(runs).await.into_iter().map(Result::unwrap).collect();
+            assert_eq!(sums[0], sums[1]);
+            let downloads: u64 = ranks.iter().map(|c| c.stats().downloads.load(Relaxed)).sum();
+            assert_eq!(downloads, index.shards.len() as u64, "one download per shard for the node");
+        });
+    }
+
+    #[test]
+    fn a_damaged_local_copy_is_fetched_again_and_a_full_cache_streams() {
+        rt().block_on(async {
+            let (inner, index) = store().await;
+            let dir = tempfile::tempdir().unwrap();
+            let direct = epoch(&inner, &index).await;
+            let first: Arc<dyn ObjectStore> =
+                Arc::new(ShardCache::new(inner.clone(), &index, dir.path().into(), u64::MAX).unwrap());
+            epoch(&first, &index).await;
+            // The same size, one byte different: only the hash can tell.
+            let victim = dir.path().join(&index.shards[0].path);
+            let mut bytes = std::fs::read(&victim).unwrap();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0xff;
+            std::fs::write(&victim, bytes).unwrap();
+            let again = Arc::new(ShardCache::new(inner.clone(), &index, dir.path().into(), u64::MAX).unwrap());
+            let stats = again.stats();
+            let again: Arc<dyn ObjectStore> = again;
+            assert_eq!(epoch(&again, &index).await, direct, "never the damaged copy");
+            assert_eq!(stats.downloads.load(Relaxed), 1, "only the damaged shard is fetched again");
+
+            // A limit below one shard: nothing is kept, every epoch streams, nothing fails.
+            let small = tempfile::tempdir().unwrap();
+            let tiny = Arc::new(ShardCache::new(inner.clone(), &index, small.path().into(), 1).unwrap());
+            let stats = tiny.stats();
+            let tiny: Arc<dyn ObjectStore> = tiny;
+            assert_eq!(epoch(&tiny, &index).await, direct);
+            let one = stats.store_bytes.load(Relaxed);
+            assert_eq!(epoch(&tiny, &index).await, direct);
+            assert_eq!(stats.store_bytes.load(Relaxed), 2 * one, "streamed twice");
+            assert_eq!(stats.downloads.load(Relaxed), 0);
+        });
+    }
+
+    #[test]
+    fn sizes_parse_in_binary_units() {
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("200G"), Some(200 << 30));
+        assert_eq!(parse_size("1.5T"), Some(3 << 39));
+        assert_eq!(parse_size("64MiB"), Some(64 << 20));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("-1G"), None);
+    }
+
+    #[test]
+    fn a_folder_that_cannot_be_used_is_refused_up_front() {
+        rt().block_on(async {
+            let (inner, index) = store().await;
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("not-a-folder");
+            std::fs::write(&file, b"x").unwrap();
+            assert!(ShardCache::new(inner, &index, file.join("cache"), u64::MAX).is_err());
+        });
+    }
+}

@@ -6,20 +6,13 @@ parses; `-q` that is quiet; previews that draw what was asked."""
 import json
 import os
 import re
-import pathlib
 import socket
 import struct
 import subprocess
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-DEBUG = ROOT / "target" / "debug"
-BINS = {
-    name: os.environ.get(var, str(DEBUG / name))
-    for name, var in [("s3-shards", "S3_SHARDS_BIN"), ("s3-ingest", "S3_INGEST_BIN"),
-                      ("s3-orch", "S3_ORCH_BIN"), ("s3-train", "S3_TRAIN_BIN")]
-}
+from programs import BINS
 SHARED = ["--endpoint-url", "--region", "--allow-http", "--store-retries", "--store-timeout", "--quiet", "--verbose"]
 STAGE = 'name = "stage1"\npreset = "small"\nepochs = 1\n[schedule]\nkind = "constant"\n'
 

@@ -4,18 +4,11 @@ searched for the key and the secret. The URL is refused (credentials belong in t
 AWS_* variables), and the refusal names it without them."""
 
 import os
-import pathlib
 import subprocess
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-DEBUG = ROOT / "target" / "debug"
-BINS = {
-    name: os.environ.get(var, str(DEBUG / name))
-    for name, var in [("s3-shards", "S3_SHARDS_BIN"), ("s3-ingest", "S3_INGEST_BIN"),
-                      ("s3-orch", "S3_ORCH_BIN"), ("s3-train", "S3_TRAIN_BIN")]
-}
+from programs import BINS
 KEY = "AKIAEXAMPLEKEYDONOTPRINT"
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYsecretDONOTPRINT"
 URL = f"s3://{KEY}:{SECRET}@bucket/prefix"

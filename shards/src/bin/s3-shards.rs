@@ -187,12 +187,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Preview { store, sample_id, sample, dataset, n, columns, out } => {
             let loc = open(&store)?;
-            load_index(&loc).await?;
+            let index = load_index(&loc).await?;
             let selection = match sample_id.or(sample) {
                 Some(id) => Selection::Sample(id),
                 None => Selection::Spread { dataset, n: n.max(1) },
             };
-            let (picture, ids) = preview::preview(loc.store(), &selection, columns)
+            let (picture, ids) = preview::preview(loc.store(), &index, &selection, columns)
                 .await
                 .with_context(|| format!("previewing {loc}"))?;
             picture.save(&out).with_context(|| format!("writing {}", out.display()))?;

@@ -10,6 +10,8 @@ use object_store::path::Path;
 use super::grid::{Tile, grid, pick};
 use super::render::{LABEL_RED, render_outlined};
 use crate::error::{Result, ShardError};
+use crate::index::ShardIndex;
+use crate::lookup;
 use crate::reader::ShardReader;
 use crate::sample::Sample;
 use crate::samples_table;
@@ -47,19 +49,24 @@ pub fn caption(sample: &Sample) -> Vec<String> {
 }
 
 /// The preview of `selection` in `columns` columns, and the ids of the samples in it.
+/// One sample is found as `s3-shards cat` finds it ([`lookup::find_sample`], which
+/// also reads an index without `samples.parquet`); a spread is picked from the table.
 pub async fn preview(
     store: &Arc<dyn ObjectStore>,
+    index: &ShardIndex,
     selection: &Selection,
     columns: usize,
 ) -> Result<(RgbImage, Vec<String>)> {
-    let rows = samples_table::read(store.as_ref()).await?;
-    let (picked, zoom) = match selection {
+    let (picked, zoom): (Vec<(Path, u64)>, u32) = match selection {
         Selection::Sample(id) => {
-            let row =
-                rows.iter().find(|r| r.sample_id == *id).ok_or_else(|| ShardError::NotFound(format!("sample {id}")))?;
-            (vec![row], super::ZOOM)
+            let at = lookup::find_sample(store, index, id).await?;
+            (vec![(at.shard, at.row)], super::ZOOM)
         }
-        Selection::Spread { dataset, n } => (pick(&rows, dataset.as_deref(), *n), 1),
+        Selection::Spread { dataset, n } => {
+            let rows = samples_table::read(store.as_ref()).await?;
+            let picked = pick(&rows, dataset.as_deref(), *n);
+            (picked.iter().map(|r| (Path::from(r.shard.as_str()), r.row as u64)).collect(), 1)
+        }
     };
     if picked.is_empty() {
         let what = match selection {
@@ -69,13 +76,13 @@ pub async fn preview(
         return Err(ShardError::NotFound(what));
     }
     // Each shard opened once, its rows read in order.
-    let mut by_shard: BTreeMap<&str, Vec<(usize, u64)>> = BTreeMap::new();
-    for (n, r) in picked.iter().enumerate() {
-        by_shard.entry(&r.shard).or_default().push((n, r.row as u64));
+    let mut by_shard: BTreeMap<&Path, Vec<(usize, u64)>> = BTreeMap::new();
+    for (n, (shard, row)) in picked.iter().enumerate() {
+        by_shard.entry(shard).or_default().push((n, *row));
     }
     let mut samples: Vec<Option<Sample>> = (0..picked.len()).map(|_| None).collect();
     for (shard, at) in by_shard {
-        let reader = ShardReader::open(store.clone(), &Path::from(shard)).await?;
+        let reader = ShardReader::open(store.clone(), shard).await?;
         for (n, row) in at {
             samples[n] = Some(reader.read_row(row).await?);
         }

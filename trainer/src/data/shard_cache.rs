@@ -209,7 +209,9 @@ impl ShardCache {
                 return Ok(true);
             }
             std::fs::remove_file(&file)?;
-            self.held.fetch_sub(bytes, Ordering::SeqCst);
+            // Saturating: another process may have written the copy after this one
+            // counted the folder, and a wrapped count would stop all caching.
+            let _ = self.held.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| Some(h.saturating_sub(bytes)));
         }
         if self.held.load(Ordering::SeqCst) + bytes > self.limit {
             return Ok(false);

@@ -186,6 +186,9 @@ pub fn train_job(
                 ("S3_JOB_TOKEN".into(), token.unwrap_or(TOKEN_SHOWN).into()),
             ]
             .into_iter()
+            // Several nodes: the node-aware sample order needs the count (Slurm and
+            // Kubernetes ranks have it from SLURM_NNODES and S3_RANKS_PER_POD).
+            .chain((plan.nodes > 1).then(|| ("S3_NODES".to_string(), plan.nodes.to_string())))
             .chain(plan.env.iter().map(|(k, v)| (k.clone(), v.clone())))
             .collect(),
         })

@@ -119,6 +119,17 @@ fn the_shipped_profile_renders() {
     let pod = &docs.last().unwrap()["spec"]["template"]["spec"];
     assert_eq!(pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"], "4");
     assert_eq!(pod["tolerations"][0]["key"], "nvidia.com/gpu", "the profile's tolerations");
+    // The node-local shard cache: a volume, mounted where S3_CACHE_DIR points.
+    let container = &pod["containers"][0];
+    let var = |name: &str| {
+        container["env"].as_array().unwrap().iter().find(|e| e["name"] == name).map(|e| e["value"].clone())
+    };
+    let dir = var("S3_CACHE_DIR").expect("the profile names the cache");
+    let mount = container["volumeMounts"].as_array().unwrap().iter().find(|m| m["mountPath"] == dir);
+    let mount = mount.unwrap_or_else(|| panic!("no volume mounted at {dir}"));
+    let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == mount["name"]).unwrap();
+    assert!(volume["emptyDir"]["sizeLimit"].is_string(), "{volume}");
+    assert!(var("S3_CACHE_LIMIT").is_some());
 }
 
 /// A stage file in `dir`.

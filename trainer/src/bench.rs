@@ -293,6 +293,95 @@ pub fn loader(data: &s3_shards::StoreLocation, threads: usize, samples: usize) -
     Ok(LoaderRate { samples, failed, seconds, order })
 }
 
+/// `bench loader --epochs`: one rank of a job reading whole epochs, as training
+/// reads them (the node-aware order with a cache, the plan told to the cache).
+#[derive(Clone, Debug)]
+pub struct LoaderEpochs {
+    /// Epochs to read.
+    pub epochs: u64,
+    /// This rank, its world and the job's nodes (ranks in blocks per node).
+    pub rank: usize,
+    /// Ranks of the job.
+    pub world: usize,
+    /// Nodes of the job.
+    pub nodes: usize,
+    /// Decoding threads.
+    pub threads: usize,
+    /// The node-local cache (`None`: every read streams).
+    pub cache: Option<crate::shard_cache::CacheSettings>,
+    /// Node-aware order (`None`: on with a cache).
+    pub node_order: Option<bool>,
+}
+
+/// What one epoch of [`loader_epochs`] read.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EpochRead {
+    /// Epoch (0-based).
+    pub epoch: u64,
+    /// Samples delivered.
+    pub samples: usize,
+    /// Samples that could not be read.
+    pub failed: usize,
+    /// Bytes read from the data store (downloads and streamed reads).
+    pub store_bytes: u64,
+    /// Shards fetched into the cache by this rank.
+    pub downloads: u64,
+    /// Wall seconds.
+    pub seconds: f64,
+}
+
+/// Reads `b.epochs` epochs of rank `b.rank`'s share of `data`, counting the bytes
+/// that crossed the network per epoch. Without a cache the reads go through a cache
+/// that holds nothing, which streams every read and counts it the same way.
+pub fn loader_epochs(data: &s3_shards::StoreLocation, b: &LoaderEpochs) -> Result<Vec<EpochRead>> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let rt = s3_shards::io_runtime::io_runtime()?;
+    let index = rt.block_on(s3_shards::ShardIndex::load(data.store().as_ref()))?;
+    let rows = rt.block_on(s3_shards::samples_table::read(data.store().as_ref()))?;
+    let rows: Vec<_> = rows.into_iter().filter(|r| r.split == s3_shards::Split::Train).collect();
+    if rows.is_empty() {
+        return Err(TrainError::Data { store: data.url().to_string(), reason: "has no train samples".into() });
+    }
+    if b.world == 0 || b.rank >= b.world || b.nodes == 0 || b.nodes > b.world {
+        return Err(TrainError::Launch(format!("rank {} of {} on {} node(s)", b.rank, b.world, b.nodes)));
+    }
+    let scratch = crate::checkpoint::temp_dir()?;
+    let (dir, limit) = match &b.cache {
+        Some(c) => (c.dir.clone(), c.limit),
+        None => (scratch.path().to_path_buf(), 0),
+    };
+    let cache = crate::shard_cache::ShardCache::new(data.store().clone(), &index, dir.clone(), limit)
+        .map_err(|error| TrainError::Io { file: dir.display().to_string(), error })?;
+    let store: std::sync::Arc<dyn object_store::ObjectStore> = cache.clone();
+    let stats = cache.stats();
+    let on = b.node_order.unwrap_or(b.cache.is_some());
+    let nodes = if on && b.world % b.nodes == 0 { b.nodes as u64 } else { 1 };
+    let sampler = crate::sampler::Sampler::from_rows(&rows, 1, 4);
+    let mut out = Vec::new();
+    for epoch in 0..b.epochs {
+        let positions = sampler.rank_positions(crate::sampler::SamplerState::start(epoch, nodes), b.rank, b.world);
+        cache.plan(positions.iter().map(|(_, r)| r.shard.clone()));
+        let (bytes0, downloads0) = (stats.store_bytes.load(Relaxed), stats.downloads.load(Relaxed));
+        let start = Instant::now();
+        let cfg = crate::loader::LoaderConfig { threads: b.threads.max(1), epoch, ..Default::default() };
+        let (samples, failed) =
+            crate::loader::Loader::start(store.clone(), positions, cfg).fold((0, 0), |(ok, bad), l| match l {
+                crate::loader::Loaded::Item(_) => (ok + 1, bad),
+                _ => (ok, bad + 1),
+            });
+        rt.block_on(cache.settle());
+        out.push(EpochRead {
+            epoch,
+            samples,
+            failed,
+            store_bytes: stats.store_bytes.load(Relaxed) - bytes0,
+            downloads: stats.downloads.load(Relaxed) - downloads0,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(out)
+}
+
 /// `s3-train bench all-reduce`: joins the job's collective as the launch environment
 /// (and the flags) say, times `iters` all-reduces of `mb` MB, and says how it went.
 pub fn all_reduce_launched(

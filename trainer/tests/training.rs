@@ -36,6 +36,7 @@ fn stage(epochs: u64) -> StageConfig {
         shard_window: 2,
         max_steps: None,
         max_minutes: None,
+        data: Default::default(),
         launch: Default::default(),
     }
 }
@@ -535,4 +536,164 @@ fn a_node_local_shard_cache_trains_the_same_and_holds_every_shard_verified() {
         let bytes = std::fs::read(cache.join(&s.path)).unwrap_or_else(|e| panic!("{} not cached: {e}", s.path));
         assert_eq!(xxhash_rust::xxh3::xxh3_64(&bytes), s.xxh3, "{} cached whole and intact", s.path);
     }
+}
+
+/// A store of one dataset in many small shards (the node-aware order needs several).
+fn many_shards(cases: usize) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().join("data").display().to_string();
+    let loc = open_store(&url, &StoreOptions::default()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let opts = WriterOptions { row_group_rows: 1, target_file_bytes: 1, ..Default::default() };
+    rt.block_on(synthetic::populate(loc.store(), 1, cases, 1, opts)).unwrap();
+    (dir, url)
+}
+
+/// Shard files in a cache folder.
+fn cached_shards(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.ends_with(".locks") {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.insert(p.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn two_nodes_with_a_cache_each_read_their_own_shards_and_resume_on_one_node() {
+    let (dir, data) = many_shards(6);
+    let st = StageConfig { checkpoint_every: 1, ..stage(2) };
+    // Two nodes of one rank each, each node with its own cache folder.
+    let two_nodes = |run: &str, st: &StageConfig, node_order: Option<bool>| -> Vec<Recorded> {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..2)
+                .map(|rank| {
+                    let cache = dir.path().join(format!("{run}-cache{rank}"));
+                    let spec = RunSpec {
+                        rank,
+                        world: 2,
+                        nodes: 2,
+                        node_order,
+                        master: Some(addr.clone()),
+                        shard_cache: Some(s3_trainer::shard_cache::CacheSettings { dir: cache, limit: u64::MAX }),
+                        ..spec(&data, &dir.path().join(run).display().to_string(), st.clone())
+                    };
+                    s.spawn(move || record(&spec).unwrap())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    let loc = open_store(&data, &StoreOptions::default()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rows = rt.block_on(s3_shards::samples_table::read(loc.store().as_ref())).unwrap();
+    let train: Vec<_> = rows.into_iter().filter(|r| r.split == s3_shards::Split::Train).collect();
+    let shard_of: std::collections::BTreeMap<String, String> =
+        train.iter().map(|r| (r.sample_id.clone(), r.shard.clone())).collect();
+    let spans = s3_trainer::sampler::Sampler::from_rows(&train, st.seed, st.shard_window).node_shards(2);
+    let all: std::collections::BTreeSet<String> = shard_of.values().cloned().collect();
+    assert!(all.len() >= 4, "{} shards", all.len());
+
+    let on = two_nodes("aware", &st, None); // on by default with a cache
+    for (node, r) in on.iter().enumerate() {
+        assert!(r.trained.iter().all(|id| spans[node].contains(&shard_of[id])), "node {node} read off its span");
+        let held = cached_shards(&dir.path().join(format!("aware-cache{node}")));
+        let span: std::collections::BTreeSet<String> = spans[node].iter().cloned().collect();
+        assert_eq!(held, span, "node {node} fetched its span's shards, no others, over 2 epochs");
+    }
+    // Each epoch, the two nodes together trained on every sample once.
+    let per_epoch = on[0].trained.len() / 2;
+    for e in 0..2 {
+        let mut epoch: Vec<&String> = on.iter().flat_map(|r| &r.trained[e * per_epoch..(e + 1) * per_epoch]).collect();
+        epoch.sort();
+        epoch.dedup();
+        assert_eq!(epoch.len(), shard_of.len(), "epoch {e}");
+    }
+    assert_eq!(on[0].out.weights_digest, on[1].out.weights_digest);
+
+    // The global order instead: each node reads shards of every span, so each folder
+    // ends up with (nearly) all of them.
+    two_nodes("global", &st, Some(false));
+    let held: usize = (0..2).map(|n| cached_shards(&dir.path().join(format!("global-cache{n}"))).len()).sum();
+    assert!(held > all.len() + 1, "global order: {held} copies of {} shards", all.len());
+
+    // Stopped mid-epoch on two nodes, resumed on one: the rest of the epoch keeps the
+    // two-node sequence, and every sample of it is trained once.
+    let part = two_nodes("moved", &StageConfig { max_steps: Some(1), ..st.clone() }, None);
+    let one = record(&RunSpec {
+        shard_cache: Some(s3_trainer::shard_cache::CacheSettings {
+            dir: dir.path().join("moved-one"),
+            limit: u64::MAX,
+        }),
+        ..spec(&data, &dir.path().join("moved").display().to_string(), st.clone())
+    })
+    .unwrap();
+    assert_eq!(one.from.map(|f| (f.sampler.consumed, f.sampler.nodes)), Some((2, 2)));
+    let rest = one.trained[..shard_of.len() - 2].iter().cloned();
+    let mut epoch0: Vec<String> = part.iter().flat_map(|r| r.trained.clone()).chain(rest).collect();
+    epoch0.sort();
+    let n = epoch0.len();
+    epoch0.dedup();
+    assert_eq!((n, epoch0.len()), (shard_of.len(), shard_of.len()), "each sample of epoch 0 once");
+}
+
+#[test]
+fn with_a_cache_of_a_nodes_share_epochs_after_the_first_read_nothing_from_the_s3_server() {
+    let server = s3_test_support::S3Server::start();
+    let opts =
+        StoreOptions::endpoint_with_keys(&server.endpoint(), s3_test_support::ACCESS_KEY, s3_test_support::SECRET_KEY);
+    let data = open_store(&server.url("node-cache"), &opts).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let writer = WriterOptions { row_group_rows: 1, target_file_bytes: 1, ..Default::default() };
+    let index = rt.block_on(synthetic::populate(data.store(), 1, 8, 1, writer)).unwrap();
+    let (nodes, per_node) = (2, 2);
+    let run = |cache: Option<u64>| -> Vec<Vec<s3_trainer::bench::EpochRead>> {
+        let dirs: Vec<tempfile::TempDir> = (0..nodes).map(|_| tempfile::tempdir().unwrap()).collect();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..nodes * per_node)
+                .map(|rank| {
+                    let b = s3_trainer::bench::LoaderEpochs {
+                        epochs: 3,
+                        rank,
+                        world: nodes * per_node,
+                        nodes,
+                        threads: 1,
+                        cache: cache.map(|limit| s3_trainer::shard_cache::CacheSettings {
+                            dir: dirs[rank / per_node].path().into(),
+                            limit,
+                        }),
+                        node_order: None,
+                    };
+                    let data = &data;
+                    s.spawn(move || s3_trainer::bench::loader_epochs(data, &b).unwrap())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    let rows = rt.block_on(s3_shards::samples_table::read(data.store().as_ref())).unwrap();
+    let train: Vec<_> = rows.into_iter().filter(|r| r.split == s3_shards::Split::Train).collect();
+    let spans = s3_trainer::sampler::Sampler::from_rows(&train, 1, 4).node_shards(nodes as u64);
+    let bytes = |k: &String| index.shards.iter().find(|s| &s.path == k).unwrap().bytes;
+    let share = spans.iter().map(|keys| keys.iter().map(bytes).sum::<u64>()).max().unwrap();
+
+    let cached = run(Some(share));
+    let epoch = |e: usize| cached.iter().map(|r| r[e].store_bytes).sum::<u64>();
+    let first: u64 = spans.iter().flatten().map(bytes).sum();
+    assert_eq!(epoch(0), first, "epoch 1: each node fetches its span's shards once");
+    assert_eq!((epoch(1), epoch(2)), (0, 0), "later epochs read nothing from the store");
+    let downloads: u64 = cached.iter().map(|r| r[0].downloads).sum();
+    assert_eq!(downloads, spans.iter().map(Vec::len).sum::<usize>() as u64, "one download per shard per node");
+    assert!(cached.iter().all(|r| r.iter().all(|e| e.failed == 0 && e.samples > 0)));
+
+    let streamed = run(None);
+    assert!((0..3).all(|e| streamed.iter().map(|r| r[e].store_bytes).sum::<u64>() > 0), "no cache: every epoch reads");
 }

@@ -19,8 +19,8 @@ mod script;
 
 /// Variables the launcher sets per rank that Slurm provides instead (or the script
 /// makes: the token, the attempt).
-pub(crate) const PER_RANK: [&str; 7] =
-    ["RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "S3_JOB_TOKEN", "S3_ATTEMPT"];
+pub(crate) const PER_RANK: [&str; 8] =
+    ["RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "S3_JOB_TOKEN", "S3_ATTEMPT", "S3_NODES"];
 
 /// Batch jobs on a Slurm cluster (`sbatch`, `squeue`, `scontrol`, `scancel`).
 #[derive(Clone, Debug, Default)]

@@ -50,8 +50,34 @@ pub enum BenchCommand {
         samples: usize,
         /// Write the order read (`shard,row` per line) here, for a reference reader
         /// (trainer/bench/pyarrow_loader.py --order FILE) to read the same.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "epochs")]
         order_out: Option<PathBuf>,
+        /// Read whole epochs instead, as a rank of a job (--rank/--world/--nodes), and
+        /// print per epoch the bytes read from the store (one JSON line each with
+        /// --json): with --cache-dir, what the node-local cache saves.
+        #[arg(long, value_name = "N")]
+        epochs: Option<u64>,
+        /// This rank (with --epochs).
+        #[arg(long, default_value_t = 0, requires = "epochs")]
+        rank: usize,
+        /// Ranks of the job (with --epochs).
+        #[arg(long, default_value_t = 1, requires = "epochs")]
+        world: usize,
+        /// Nodes of the job, ranks in blocks per node (with --epochs).
+        #[arg(long, default_value_t = 1, requires = "epochs")]
+        nodes: usize,
+        /// The node-local shard cache (train --cache-dir), shared by a node's ranks.
+        #[arg(long, value_name = "DIR", requires = "epochs")]
+        cache_dir: Option<PathBuf>,
+        /// Most the cache may hold (train --cache-limit).
+        #[arg(long, value_name = "SIZE", value_parser = crate::parse_cache_limit, requires = "cache_dir")]
+        cache_limit: Option<u64>,
+        /// Node-aware order on/off (train --node-order) [default: on with --cache-dir].
+        #[arg(long, value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new(), requires = "epochs")]
+        node_order: Option<bool>,
+        /// One JSON line per epoch.
+        #[arg(long)]
+        json: bool,
     },
     /// Writes a small synthetic store (CT-like 128³ samples) for a measured training run.
     PhantomStore {
@@ -108,7 +134,42 @@ pub fn bench(
             );
             println!("{rate:.3} samples/s");
         }
-        BenchCommand::Loader { data, threads, samples, order_out } => {
+        BenchCommand::Loader {
+            data,
+            epochs: Some(epochs),
+            rank,
+            world,
+            nodes,
+            cache_dir,
+            cache_limit,
+            node_order,
+            json,
+            threads,
+            ..
+        } => {
+            let loc = s3_shards::open_store(&data, store_options)?;
+            let b = s3_trainer::bench::LoaderEpochs {
+                epochs,
+                rank,
+                world,
+                nodes,
+                threads,
+                cache: cache_dir
+                    .map(|dir| s3_trainer::shard_cache::CacheSettings { dir, limit: cache_limit.unwrap_or(u64::MAX) }),
+                node_order,
+            };
+            for e in s3_trainer::bench::loader_epochs(&loc, &b)? {
+                if json {
+                    println!("{}", serde_json::to_string(&e)?);
+                } else {
+                    println!(
+                        "bench loader rank {rank}/{world} epoch {}: {} samples ({} unreadable), {} store bytes, {} shard download(s), {:.2} s",
+                        e.epoch, e.samples, e.failed, e.store_bytes, e.downloads, e.seconds
+                    );
+                }
+            }
+        }
+        BenchCommand::Loader { data, threads, samples, order_out, .. } => {
             let loc = s3_shards::open_store(&data, store_options)?;
             let r = s3_trainer::bench::loader(&loc, threads, samples)?;
             if let Some(file) = order_out {

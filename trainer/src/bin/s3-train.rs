@@ -124,6 +124,13 @@ enum Command {
         /// Most the cache may hold (e.g. 500G; K/M/G/T are binary) [default: no limit].
         #[arg(long, env = "S3_CACHE_LIMIT", value_name = "SIZE", value_parser = parse_cache_limit, requires = "cache_dir")]
         cache_limit: Option<u64>,
+        /// Node-aware sample order (on/off): each node's ranks draw every epoch from
+        /// the same span of the shards, so a cache of a node's share downloads each
+        /// shard once per run; the order stays a pure function of the seed, the epoch,
+        /// the selection and the node count (S3_NODES, or the launcher's) [default: on
+        /// with --cache-dir].
+        #[arg(long, env = "S3_NODE_ORDER", value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new())]
+        node_order: Option<bool>,
     },
     /// Dice at 1/3/5/10 clicks on the val split with the run's latest weights; writes
     /// eval/val.csv (per sample), eval/val-groups.csv (per dataset and label) and
@@ -283,6 +290,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             loader_threads,
             cache_dir,
             cache_limit,
+            node_order,
         } => {
             let flags = s3_trainer::run_settings::TrainFlags {
                 stage,
@@ -299,6 +307,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 store_options: opts.clone(),
                 shard_cache: cache_dir
                     .map(|dir| s3_trainer::shard_cache::CacheSettings { dir, limit: cache_limit.unwrap_or(u64::MAX) }),
+                node_order,
             };
             let (mut spec, launch) = s3_trainer::run_settings::resolve(&flags, &|k| std::env::var(k).ok())?;
             let device = s3_trainer::device::rank_device(&cli.device, launch.local_rank, device)?;

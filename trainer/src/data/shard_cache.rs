@@ -8,21 +8,29 @@
 //! then serves the read from the local file. Everything else (index.json,
 //! samples.parquet, a shard the index does not name) goes to the store as before.
 //!
-//! The cache never fails a run: an unwritable folder, a full disk or a limit reached
-//! turn it into plain streaming (with one warning), and a local file that does not
-//! match the index is fetched again.
+//! The cache never fails a run: an unwritable folder or a full disk turn it into
+//! plain streaming (with one warning), and a local file that does not match the
+//! index is fetched again.
+//!
+//! The rank tells the cache its future ([`ShardCache::plan`]: the shards of its
+//! positions, in order). At the limit, the shard whose next use is farthest ahead
+//! goes first (Belady's rule, as the row cache does in memory), and only for a shard
+//! needed sooner; when nothing qualifies the read streams. After each read the next
+//! shards of the plan are fetched in the background, each as parallel ranged GETs,
+//! so the loader finds them on local disk.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::Write;
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures::TryStreamExt;
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
@@ -55,26 +63,52 @@ pub fn parse_size(s: &str) -> Option<u64> {
     (v.is_finite() && v >= 0.0).then(|| (v * (1u64 << shift) as f64) as u64)
 }
 
-/// `location` with `cache` in front of its store, or as it is (with a warning) when
-/// the index cannot be read or the folder cannot be used: a cache never fails a run.
+/// `location` with `cache` in front of its store (and the cache, to tell it the
+/// rank's plan), or as it is (with a warning) when the index cannot be read or the
+/// folder cannot be used: a cache never fails a run.
 pub fn with_cache(
     location: s3_shards::StoreLocation,
     cache: &CacheSettings,
     rt: &tokio::runtime::Runtime,
-) -> s3_shards::StoreLocation {
+) -> (s3_shards::StoreLocation, Option<Arc<ShardCache>>) {
     let index = match rt.block_on(ShardIndex::load(location.store().as_ref())) {
         Ok(i) => i,
-        Err(_) => return location, // the run reports a missing index itself
+        Err(_) => return (location, None), // the run reports a missing index itself
     };
     match ShardCache::new(location.store().clone(), &index, cache.dir.clone(), cache.limit) {
         Ok(c) => {
             tracing::info!(dir = %cache.dir.display(), limit = cache.limit, "shard cache");
-            s3_shards::StoreLocation::from_store(location.url(), Arc::new(c))
+            (s3_shards::StoreLocation::from_store(location.url(), c.clone()), Some(c))
         }
         Err(e) => {
             tracing::warn!(dir = %cache.dir.display(), "shard cache unusable, streaming from the store: {e}");
-            location
+            (location, None)
         }
+    }
+}
+
+/// Shards fetched ahead of the loader, beyond the one it reads.
+const AHEAD: usize = 2;
+/// Bytes per ranged GET of a download (several in flight).
+const CHUNK: u64 = 8 << 20;
+/// Ranged GETs of one download in flight.
+const PARALLEL_GETS: usize = 4;
+
+/// The rank's future: the shards it will read, in order.
+#[derive(Default)]
+struct Plan {
+    keys: Vec<String>,
+    /// Per shard, its indices in `keys`, ascending.
+    uses: HashMap<String, Vec<usize>>,
+    /// Index in `keys` of the shard read last.
+    now: usize,
+}
+
+impl Plan {
+    /// The first use of `key` at or after `from`.
+    fn next_use(&self, key: &str, from: usize) -> Option<usize> {
+        let list = self.uses.get(key)?;
+        list.get(list.partition_point(|&i| i < from)).copied()
     }
 }
 
@@ -88,6 +122,22 @@ pub struct CacheStats {
     pub downloads: AtomicU64,
     /// Shard reads served from the local copy.
     pub local_reads: AtomicU64,
+    /// Shards this process deleted to make room.
+    pub evictions: AtomicU64,
+}
+
+/// Gives a download's reservation back however it ends.
+struct Unreserve<'a>(&'a AtomicU64, u64);
+
+impl Drop for Unreserve<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::SeqCst);
+    }
+}
+
+/// The guarded value, also after a panic elsewhere (every update here is one step).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The shard cache in front of `inner`.
@@ -100,13 +150,26 @@ pub struct ShardCache {
     known: HashMap<String, (u64, u64)>,
     /// Shards this process has verified in the folder.
     verified: Mutex<HashSet<String>>,
-    /// Bytes of known shards in the folder (this process's count; others add theirs).
+    /// Bytes of known shards in the folder (this process's count; others add theirs,
+    /// and the count is taken afresh before evicting).
     held: AtomicU64,
+    /// Bytes of this process's downloads under way, counted against the limit. The
+    /// other ranks' downloads under way are not seen: the folder may pass the limit
+    /// by up to `AHEAD + 1` shards per other rank of the node.
+    reserved: AtomicU64,
     /// Set after an error the folder cannot recover from: stream from then on.
     off: AtomicBool,
     /// One fetch per shard within the process; the lock file keeps other processes out.
     fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     stats: Arc<CacheStats>,
+    plan: Mutex<Plan>,
+    /// Background fetches under way (awaited by [`ShardCache::settle`]).
+    ahead: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Shards a background fetch was started for in this plan.
+    asked: Mutex<HashSet<String>>,
+    /// Bytes per ranged GET of a download.
+    chunk: u64,
+    me: Weak<ShardCache>,
 }
 
 impl fmt::Debug for ShardCache {
@@ -124,7 +187,23 @@ impl fmt::Display for ShardCache {
 impl ShardCache {
     /// A cache of `index`'s shards in `dir`, holding at most `limit` bytes of them.
     /// `Err` with why when the folder cannot be used (the caller streams instead).
-    pub fn new(inner: Arc<dyn ObjectStore>, index: &ShardIndex, dir: PathBuf, limit: u64) -> std::io::Result<Self> {
+    pub fn new(
+        inner: Arc<dyn ObjectStore>,
+        index: &ShardIndex,
+        dir: PathBuf,
+        limit: u64,
+    ) -> std::io::Result<Arc<Self>> {
+        Self::with_chunk(inner, index, dir, limit, CHUNK)
+    }
+
+    /// As [`ShardCache::new`], downloading in ranged GETs of `chunk` bytes.
+    pub fn with_chunk(
+        inner: Arc<dyn ObjectStore>,
+        index: &ShardIndex,
+        dir: PathBuf,
+        limit: u64,
+        chunk: u64,
+    ) -> std::io::Result<Arc<Self>> {
         std::fs::create_dir_all(dir.join(".locks"))?;
         let probe = dir.join(format!(".locks/probe-{}", std::process::id()));
         std::fs::write(&probe, b"")?;
@@ -137,7 +216,7 @@ impl ShardCache {
             .filter_map(|(k, (bytes, _))| std::fs::metadata(dir.join(k)).ok().filter(|m| m.len() == *bytes))
             .map(|m| m.len())
             .sum();
-        Ok(ShardCache {
+        Ok(Arc::new_cyclic(|me| ShardCache {
             inner,
             local,
             dir,
@@ -145,10 +224,87 @@ impl ShardCache {
             known,
             verified: Mutex::new(HashSet::new()),
             held: AtomicU64::new(held),
+            reserved: AtomicU64::new(0),
             off: AtomicBool::new(false),
             fetching: Mutex::new(HashMap::new()),
             stats: Arc::new(CacheStats::default()),
-        })
+            plan: Mutex::new(Plan::default()),
+            ahead: Mutex::new(Vec::new()),
+            asked: Mutex::new(HashSet::new()),
+            chunk: chunk.max(1),
+            me: me.clone(),
+        }))
+    }
+
+    /// Tells the cache the shards this rank reads next, in order (the shard of each
+    /// of its positions): eviction keeps what is needed soonest, and the next shards
+    /// are fetched ahead.
+    pub fn plan(&self, shards: impl IntoIterator<Item = String>) {
+        let mut keys: Vec<String> = Vec::new();
+        for k in shards {
+            if keys.last() != Some(&k) && self.known.contains_key(&k) {
+                keys.push(k);
+            }
+        }
+        let mut uses: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, k) in keys.iter().enumerate() {
+            uses.entry(k.clone()).or_default().push(i);
+        }
+        *lock(&self.plan) = Plan { keys, uses, now: 0 };
+        lock(&self.asked).clear();
+    }
+
+    /// Waits for the background fetches started so far.
+    pub async fn settle(&self) {
+        loop {
+            let pending: Vec<_> = lock(&self.ahead).drain(..).collect();
+            if pending.is_empty() {
+                return;
+            }
+            futures::future::join_all(pending).await;
+        }
+    }
+
+    /// A read of `key`: the plan moves to its next use (its index in the plan).
+    fn move_to(&self, key: &str) -> usize {
+        let mut plan = lock(&self.plan);
+        if let Some(at) = plan.next_use(key, plan.now) {
+            plan.now = at;
+        }
+        plan.now
+    }
+
+    /// The next shards of the plan not yet in the folder, fetched in the background.
+    fn prefetch(&self, key: &str) {
+        let wanted: Vec<(String, usize)> = {
+            let plan = lock(&self.plan);
+            let at = plan.now;
+            if plan.keys.get(at).map(String::as_str) != Some(key) {
+                return; // a read the plan does not know of
+            }
+            let verified = lock(&self.verified);
+            let mut asked = lock(&self.asked);
+            let mut seen = HashSet::new();
+            plan.keys[at + 1..]
+                .iter()
+                .enumerate()
+                .filter(|(_, k)| k.as_str() != key && seen.insert(k.as_str()))
+                .take(AHEAD)
+                .filter(|(_, k)| !verified.contains(*k) && asked.insert(k.to_string()))
+                .map(|(d, k)| (k.clone(), at + 1 + d))
+                .collect()
+        };
+        let (Some(me), Ok(rt)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else { return };
+        for (key, at) in wanted {
+            let Some(&(bytes, xxh3)) = self.known.get(&key) else { continue };
+            let me = me.clone();
+            let task = rt.spawn(async move {
+                me.ensure(&key, bytes, xxh3, at).await;
+            });
+            let mut ahead = lock(&self.ahead);
+            ahead.retain(|t| !t.is_finished());
+            ahead.push(task);
+        }
     }
 
     /// What the cache did so far.
@@ -162,26 +318,23 @@ impl ShardCache {
         }
     }
 
-    /// Makes sure `key` is in the folder and matches the index; `false` when it is
-    /// not (the read then goes to the store).
-    async fn ensure(&self, key: &str, bytes: u64, xxh3: u64) -> bool {
+    /// Makes sure `key` (next needed at plan index `at`) is in the folder and matches
+    /// the index; `false` when it is not (the read then goes to the store).
+    async fn ensure(&self, key: &str, bytes: u64, xxh3: u64, at: usize) -> bool {
         if self.off.load(Ordering::SeqCst) {
             return false;
         }
-        if self.verified.lock().unwrap_or_else(|p| p.into_inner()).contains(key) {
+        if lock(&self.verified).contains(key) {
             return true;
         }
-        let gate = {
-            let mut f = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
-            f.entry(key.to_string()).or_default().clone()
-        };
+        let gate = lock(&self.fetching).entry(key.to_string()).or_default().clone();
         let _one = gate.lock().await;
-        if self.verified.lock().unwrap_or_else(|p| p.into_inner()).contains(key) {
+        if lock(&self.verified).contains(key) {
             return true;
         }
-        match self.fetch_locked(key, bytes, xxh3).await {
+        match self.fetch_locked(key, bytes, xxh3, at).await {
             Ok(true) => {
-                self.verified.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_string());
+                lock(&self.verified).insert(key.to_string());
                 true
             }
             Ok(false) => false,
@@ -192,14 +345,18 @@ impl ShardCache {
         }
     }
 
+    fn lock_file(&self, key: &str) -> std::io::Result<std::fs::File> {
+        let path = self.dir.join(".locks").join(format!("{:016x}.lock", xxhash_rust::xxh3::xxh3_64(key.as_bytes())));
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)
+    }
+
     /// Under the node-wide lock of `key`: a copy already there and matching, else a
-    /// fresh fetch. `Ok(false)`: not cached (over the limit, or the store's own copy
-    /// does not match its index: the loader's checksums report that).
-    async fn fetch_locked(&self, key: &str, bytes: u64, xxh3: u64) -> std::io::Result<bool> {
+    /// fresh fetch. `Ok(false)`: not cached (no room without evicting a shard needed
+    /// sooner than plan index `at`, or the store's own copy does not match its index:
+    /// the loader's checksums report that).
+    async fn fetch_locked(&self, key: &str, bytes: u64, xxh3: u64, at: usize) -> std::io::Result<bool> {
         let file = self.dir.join(key);
-        let lock_path =
-            self.dir.join(".locks").join(format!("{:016x}.lock", xxhash_rust::xxh3::xxh3_64(key.as_bytes())));
-        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+        let lock = self.lock_file(key)?;
         // Another rank of the node may be fetching it: wait on the blocking pool.
         let lock =
             tokio::task::spawn_blocking(move || lock.lock().map(|()| lock)).await.map_err(std::io::Error::other)??;
@@ -213,14 +370,20 @@ impl ShardCache {
             // counted the folder, and a wrapped count would stop all caching.
             let _ = self.held.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| Some(h.saturating_sub(bytes)));
         }
-        if self.held.load(Ordering::SeqCst) + bytes > self.limit {
+        if self.limit != u64::MAX {
+            // The node's other ranks fill the folder too: count what is there now.
+            self.held.store(self.count_held(), Ordering::SeqCst);
+        }
+        if self.used() + bytes > self.limit && !self.make_room(key, bytes, at) {
             return Ok(false);
         }
+        self.reserved.fetch_add(bytes, Ordering::SeqCst);
+        let _reservation = Unreserve(&self.reserved, bytes);
         if let Some(parent) = file.parent() {
             std::fs::create_dir_all(parent)?;
         }
         let part = file.with_extension(format!("part-{}", std::process::id()));
-        let fetched = self.download(key, &part).await;
+        let fetched = self.download(key, bytes, &part).await;
         let ok = match fetched {
             Ok((n, h)) if n == bytes && h == xxh3 => {
                 std::fs::rename(&part, &file)?;
@@ -247,12 +410,64 @@ impl ShardCache {
         Ok(ok)
     }
 
-    /// Streams `key` from the store into `part`, fsynced; its size and xxh3.
-    async fn download(&self, key: &str, part: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    /// Frees room for `bytes` more by deleting the shards needed latest (never
+    /// again first), each later than plan index `at`; `false` when that is not enough.
+    fn make_room(&self, key: &str, bytes: u64, at: usize) -> bool {
+        let plan = lock(&self.plan);
+        let mut held: Vec<(usize, &String, u64)> = self
+            .known
+            .iter()
+            .filter(|(k, _)| k.as_str() != key)
+            .filter_map(|(k, &(b, _))| {
+                let on_disk = std::fs::metadata(self.dir.join(k)).is_ok_and(|m| m.len() == b);
+                on_disk.then(|| (plan.next_use(k, plan.now).unwrap_or(usize::MAX), k, b))
+            })
+            .filter(|&(next, _, _)| next > at)
+            .collect();
+        held.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        for (_, victim, b) in held {
+            if self.used() + bytes <= self.limit {
+                break;
+            }
+            // A shard another rank is fetching or checking right now is left alone.
+            let Ok(guard) = self.lock_file(victim) else { continue };
+            if guard.try_lock().is_err() {
+                continue;
+            }
+            if std::fs::remove_file(self.dir.join(victim)).is_ok() {
+                lock(&self.verified).remove(victim.as_str());
+                lock(&self.asked).remove(victim.as_str());
+                let _ = self.held.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| Some(h.saturating_sub(b)));
+                self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.used() + bytes <= self.limit
+    }
+
+    /// Bytes held and reserved.
+    fn used(&self) -> u64 {
+        self.held.load(Ordering::SeqCst) + self.reserved.load(Ordering::SeqCst)
+    }
+
+    /// Bytes of the index's shards in the folder at their full size.
+    fn count_held(&self) -> u64 {
+        self.known
+            .iter()
+            .filter_map(|(k, (bytes, _))| std::fs::metadata(self.dir.join(k)).ok().filter(|m| m.len() == *bytes))
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Fetches `key` (`bytes` long) from the store into `part` as ranged GETs, several
+    /// in flight, written in order and fsynced; its size and xxh3.
+    async fn download(&self, key: &str, bytes: u64, part: &std::path::Path) -> std::io::Result<(u64, u64)> {
         let mut out = std::fs::File::create(part)?;
-        let mut stream = self.inner.get(&Path::from(key)).await.map_err(std::io::Error::other)?.into_stream();
+        let location = Path::from(key);
+        let ranges = (0..bytes.div_ceil(self.chunk)).map(|i| i * self.chunk..((i + 1) * self.chunk).min(bytes));
+        let mut chunks =
+            futures::stream::iter(ranges).map(|r| self.inner.get_range(&location, r)).buffered(PARALLEL_GETS);
         let (mut n, mut h) = (0u64, Xxh3Default::new());
-        while let Some(chunk) = stream.try_next().await.map_err(std::io::Error::other)? {
+        while let Some(chunk) = chunks.try_next().await.map_err(std::io::Error::other)? {
             out.write_all(&chunk)?;
             h.update(&chunk);
             n += chunk.len() as u64;
@@ -262,10 +477,24 @@ impl ShardCache {
         Ok((n, h.digest()))
     }
 
+    /// Whether a read of `location` can be served from the folder (fetching it
+    /// first when it is a shard of the index).
     async fn cached(&self, location: &Path) -> bool {
-        match self.known.get(location.as_ref()) {
-            Some(&(bytes, xxh3)) => self.ensure(location.as_ref(), bytes, xxh3).await,
-            None => false,
+        let key = location.as_ref();
+        let Some(&(bytes, xxh3)) = self.known.get(key) else { return false };
+        let at = self.move_to(key);
+        let here = self.ensure(key, bytes, xxh3, at).await;
+        self.prefetch(key);
+        here
+    }
+
+    /// A local read failed: a copy another rank evicted is simply read from the
+    /// store (and fetched again on its next use); anything else turns the cache off.
+    fn local_failed(&self, location: &Path, e: &object_store::Error) {
+        if matches!(e, object_store::Error::NotFound { .. }) {
+            lock(&self.verified).remove(location.as_ref());
+        } else {
+            self.give_up(&format!("{location}: {e}"));
         }
     }
 }
@@ -300,7 +529,7 @@ impl ObjectStore for ShardCache {
                     self.stats.local_reads.fetch_add(1, Ordering::Relaxed);
                     return Ok(r);
                 }
-                Err(e) => self.give_up(&format!("{location}: {e}")),
+                Err(e) => self.local_failed(location, &e),
             }
         }
         let r = self.inner.get_opts(location, options).await?;
@@ -315,7 +544,7 @@ impl ObjectStore for ShardCache {
                     self.stats.local_reads.fetch_add(1, Ordering::Relaxed);
                     return Ok(r);
                 }
-                Err(e) => self.give_up(&format!("{location}: {e}")),
+                Err(e) => self.local_failed(location, &e),
             }
         }
         let r = self.inner.get_ranges(location, ranges).await?;
@@ -386,7 +615,7 @@ mod tests {
             let (inner, index) = store().await;
             let dir = tempfile::tempdir().unwrap();
             let direct = epoch(&inner, &index).await;
-            let cache = Arc::new(ShardCache::new(inner.clone(), &index, dir.path().into(), u64::MAX).unwrap());
+            let cache = ShardCache::new(inner.clone(), &index, dir.path().into(), u64::MAX).unwrap();
             let stats = cache.stats();
             let cached: Arc<dyn ObjectStore> = cache;
             assert_eq!(epoch(&cached, &index).await, direct, "the same samples");
@@ -396,7 +625,7 @@ mod tests {
             assert_eq!(epoch(&cached, &index).await, direct);
             assert_eq!(stats.store_bytes.load(Relaxed), first, "epoch 2 reads nothing from the store");
             // Another rank of the node (another process: a cache of its own over the same folder).
-            let other = Arc::new(ShardCache::new(inner.clone(), &index, dir.path().into(), u64::MAX).unwrap());
+            let other = ShardCache::new(inner.clone(), &index, dir.path().into(), u64::MAX).unwrap();
             let other_stats = other.stats();
             let other: Arc<dyn ObjectStore> = other;
             assert_eq!(epoch(&other, &index).await, direct);
@@ -410,9 +639,8 @@ mod tests {
         rt().block_on(async {
             let (inner, index) = store().await;
             let dir = tempfile::tempdir().unwrap();
-            let ranks: Vec<Arc<ShardCache>> = (0..2)
-                .map(|_| Arc::new(ShardCache::new(inner.clone(), &index, dir.path().into(), u64::MAX).unwrap()))
-                .collect();
+            let ranks: Vec<Arc<ShardCache>> =
+                (0..2).map(|_| ShardCache::new(inner.clone(), &index, dir.path().into(), u64::MAX).unwrap()).collect();
             let runs = ranks.iter().map(|c| {
                 let (store, index): (Arc<dyn ObjectStore>, ShardIndex) = (c.clone(), index.clone());
                 tokio::spawn(async move { epoch(&store, &index).await })
@@ -431,7 +659,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let direct = epoch(&inner, &index).await;
             let first: Arc<dyn ObjectStore> =
-                Arc::new(ShardCache::new(inner.clone(), &index, dir.path().into(), u64::MAX).unwrap());
+                ShardCache::new(inner.clone(), &index, dir.path().into(), u64::MAX).unwrap();
             epoch(&first, &index).await;
             // The same size, one byte different: only the hash can tell.
             let victim = dir.path().join(&index.shards[0].path);
@@ -439,7 +667,7 @@ mod tests {
             let mid = bytes.len() / 2;
             bytes[mid] ^= 0xff;
             std::fs::write(&victim, bytes).unwrap();
-            let again = Arc::new(ShardCache::new(inner.clone(), &index, dir.path().into(), u64::MAX).unwrap());
+            let again = ShardCache::new(inner.clone(), &index, dir.path().into(), u64::MAX).unwrap();
             let stats = again.stats();
             let again: Arc<dyn ObjectStore> = again;
             assert_eq!(epoch(&again, &index).await, direct, "never the damaged copy");
@@ -447,7 +675,7 @@ mod tests {
 
             // A limit below one shard: nothing is kept, every epoch streams, nothing fails.
             let small = tempfile::tempdir().unwrap();
-            let tiny = Arc::new(ShardCache::new(inner.clone(), &index, small.path().into(), 1).unwrap());
+            let tiny = ShardCache::new(inner.clone(), &index, small.path().into(), 1).unwrap();
             let stats = tiny.stats();
             let tiny: Arc<dyn ObjectStore> = tiny;
             assert_eq!(epoch(&tiny, &index).await, direct);
@@ -455,6 +683,97 @@ mod tests {
             assert_eq!(epoch(&tiny, &index).await, direct);
             assert_eq!(stats.store_bytes.load(Relaxed), 2 * one, "streamed twice");
             assert_eq!(stats.downloads.load(Relaxed), 0);
+        });
+    }
+
+    /// Reads every row group of `keys`, in that order, through `store`; the checksums.
+    async fn read_in_order(store: &Arc<dyn ObjectStore>, keys: &[&str]) -> Vec<u64> {
+        let mut sums = Vec::new();
+        for k in keys {
+            let reader = ShardReader::open(store.clone(), &Path::from(*k)).await.unwrap();
+            for g in 0..reader.num_row_groups() {
+                sums.extend(reader.read_row_group(g).await.unwrap().iter().map(|x| x.checksum));
+            }
+        }
+        sums
+    }
+
+    #[test]
+    fn at_the_limit_the_shard_needed_latest_goes_first() {
+        rt().block_on(async {
+            let (inner, index) = store().await;
+            assert!(index.shards.len() >= 3);
+            let (a, b, c) = (&index.shards[0], &index.shards[1], &index.shards[2]);
+            let mut sizes = [a.bytes, b.bytes, c.bytes];
+            sizes.sort();
+            // Any two fit, never three.
+            let limit = sizes[1] + sizes[2];
+            let dir = tempfile::tempdir().unwrap();
+            let cache = ShardCache::with_chunk(inner.clone(), &index, dir.path().into(), limit, 4096).unwrap();
+            let stats = cache.stats();
+            let plan = [a.path.as_str(), b.path.as_str(), c.path.as_str(), a.path.as_str(), b.path.as_str()];
+            cache.plan(plan.iter().map(|k| k.to_string()));
+            let store: Arc<dyn ObjectStore> = cache.clone();
+            let got = read_in_order(&store, &plan).await;
+            cache.settle().await;
+            assert_eq!(got, read_in_order(&inner, &plan).await, "the same rows");
+            // Belady: at C, B (next needed at 4) goes rather than A (at 3); A is then
+            // read locally and B fetched again. Evicting A instead would fetch 5 times.
+            assert_eq!(stats.downloads.load(Relaxed), 4, "A, B, C, then B again");
+            assert_eq!(stats.store_bytes.load(Relaxed), a.bytes + 2 * b.bytes + c.bytes);
+            assert!(stats.evictions.load(Relaxed) >= 1);
+            let held: u64 = index
+                .shards
+                .iter()
+                .filter(|s| std::fs::metadata(dir.path().join(&s.path)).is_ok_and(|m| m.len() == s.bytes))
+                .map(|s| s.bytes)
+                .sum();
+            assert!(held <= limit, "the folder holds {held} > {limit}");
+        });
+    }
+
+    #[test]
+    fn the_next_shards_of_the_plan_are_fetched_ahead_of_the_reads() {
+        rt().block_on(async {
+            let (inner, index) = store().await;
+            let keys: Vec<&str> = index.shards.iter().take(3).map(|s| s.path.as_str()).collect();
+            let dir = tempfile::tempdir().unwrap();
+            // Small ranged GETs: each download is many of them, reassembled in order.
+            let cache = ShardCache::with_chunk(inner.clone(), &index, dir.path().into(), u64::MAX, 1000).unwrap();
+            let stats = cache.stats();
+            cache.plan(keys.iter().map(|k| k.to_string()));
+            let store: Arc<dyn ObjectStore> = cache.clone();
+            read_in_order(&store, &keys[..1]).await;
+            cache.settle().await;
+            for k in &keys {
+                assert!(dir.path().join(k).is_file(), "{k} is in the folder before it is read");
+            }
+            let fetched = stats.store_bytes.load(Relaxed);
+            assert_eq!(
+                fetched,
+                keys.iter().map(|k| index.shards.iter().find(|s| s.path == *k).unwrap().bytes).sum::<u64>()
+            );
+            assert_eq!(read_in_order(&store, &keys).await, read_in_order(&inner, &keys).await);
+            assert_eq!(stats.store_bytes.load(Relaxed), fetched, "every read after the first was local");
+            assert_eq!(stats.downloads.load(Relaxed), 3);
+        });
+    }
+
+    #[test]
+    fn a_copy_another_rank_evicted_is_read_from_the_store_then_fetched_again() {
+        rt().block_on(async {
+            let (inner, index) = store().await;
+            let dir = tempfile::tempdir().unwrap();
+            let direct = epoch(&inner, &index).await;
+            let cache = ShardCache::new(inner.clone(), &index, dir.path().into(), u64::MAX).unwrap();
+            let stats = cache.stats();
+            let store: Arc<dyn ObjectStore> = cache.clone();
+            epoch(&store, &index).await;
+            let gone = dir.path().join(&index.shards[0].path);
+            std::fs::remove_file(&gone).unwrap();
+            assert_eq!(epoch(&store, &index).await, direct);
+            assert!(gone.is_file(), "fetched again: the cache stayed on");
+            assert_eq!(stats.downloads.load(Relaxed), index.shards.len() as u64 + 1);
         });
     }
 

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | rank, world | `--rank`/`--world` · `RANK`, `WORLD_SIZE` (torchrun) · `SLURM_PROCID`, `SLURM_NTASKS` · `JOB_COMPLETION_INDEX` × `S3_RANKS_PER_POD` (default 1) + local rank, with `--world` |
 //! | local rank (the GPU) | `LOCAL_RANK` · `SLURM_LOCALID` · 0 |
+//! | nodes (for the node-aware sample order) | `S3_NODES` · `SLURM_JOB_NUM_NODES`/`SLURM_NNODES` with Slurm's rank · world ÷ `LOCAL_WORLD_SIZE` (torchrun) · world ÷ `S3_RANKS_PER_POD` · 1 |
 //! | rendezvous | `--master HOST:PORT` · `MASTER_ADDR` + `MASTER_PORT` (what the others dial; rank 0 listens on every interface, or `S3_BIND_ADDR`) |
 //! | join token | `S3_JOB_TOKEN` (every rank of a job gets the same one from its launcher) |
 //! | job identity | `S3_RUN_ID`, `S3_STAGE`, `S3_ATTEMPT` (logged) |
@@ -33,6 +34,7 @@ impl LaunchEnv {
             rank = self.rank,
             world = self.world,
             local_rank = self.local_rank,
+            nodes = self.nodes,
             from = self.source,
             run_id = self.run_id.as_deref().unwrap_or("-"),
             attempt = self.attempt.unwrap_or(0),
@@ -50,6 +52,9 @@ pub struct LaunchEnv {
     pub world: usize,
     /// Rank on this node: the GPU index.
     pub local_rank: usize,
+    /// Nodes of the job (ranks `k·world/nodes ..` on node `k`, the launchers' block
+    /// layout), at least 1 and at most `world`.
+    pub nodes: usize,
     /// Rendezvous `host:port` of the collective (what the other ranks dial).
     pub master: Option<String>,
     /// `S3_BIND_ADDR`: where rank 0 listens instead of every interface.
@@ -72,6 +77,7 @@ impl std::fmt::Debug for LaunchEnv {
             .field("rank", &self.rank)
             .field("world", &self.world)
             .field("local_rank", &self.local_rank)
+            .field("nodes", &self.nodes)
             .field("master", &self.master)
             .field("bind", &self.bind)
             .field("job_token", &self.job_token.as_ref().map(|_| "<set>"))
@@ -143,6 +149,26 @@ pub fn resolve(flags: &LaunchFlags, env: &dyn Fn(&str) -> Option<String>) -> Res
     if rank >= world {
         return Err(bad(format!("rank {rank} is not below the world size {world} (from {source})")));
     }
+    let per_node = |k: &str, ranks: Option<usize>| -> Result<Option<usize>> {
+        match ranks {
+            Some(0) => Err(bad(format!("{k}=0: a node runs at least one rank"))),
+            Some(r) => Ok(Some(world.div_ceil(r))),
+            None => Ok(None),
+        }
+    };
+    let nodes = match num("S3_NODES")? {
+        Some(n) => Some(n),
+        None if source.starts_with("SLURM") => match num("SLURM_JOB_NUM_NODES")? {
+            Some(n) => Some(n),
+            None => num("SLURM_NNODES")?,
+        },
+        None if source == "JOB_COMPLETION_INDEX" => per_node("S3_RANKS_PER_POD", num("S3_RANKS_PER_POD")?)?,
+        None => per_node("LOCAL_WORLD_SIZE", num("LOCAL_WORLD_SIZE")?)?,
+    }
+    .unwrap_or(1);
+    if nodes == 0 || nodes > world {
+        return Err(bad(format!("{nodes} nodes for a world of {world} ranks: a node runs at least one rank")));
+    }
     let master = match &flags.master {
         Some(m) => Some(check_addr(m, "--master")?),
         None => match (var("MASTER_ADDR"), var("MASTER_PORT")) {
@@ -162,6 +188,7 @@ pub fn resolve(flags: &LaunchFlags, env: &dyn Fn(&str) -> Option<String>) -> Res
         rank,
         world,
         local_rank,
+        nodes,
         master,
         bind: var("S3_BIND_ADDR"),
         job_token: var("S3_JOB_TOKEN"),
@@ -210,6 +237,31 @@ mod tests {
         assert_eq!((e.rank, e.world, e.local_rank), (9, 16, 1));
         let err = with(&vars, LaunchFlags::default()).unwrap_err().to_string();
         assert!(err.contains("--world"), "{err}");
+    }
+
+    #[test]
+    fn the_node_count_comes_from_each_launcher() {
+        let nodes = |vars: &[(&str, &str)], world: Option<usize>| {
+            with(vars, LaunchFlags { world, ..Default::default() }).map(|e| e.nodes)
+        };
+        assert_eq!(nodes(&[("RANK", "0"), ("WORLD_SIZE", "8"), ("LOCAL_WORLD_SIZE", "4")], None).unwrap(), 2);
+        let slurm = [("SLURM_PROCID", "5"), ("SLURM_NTASKS", "8"), ("SLURM_NNODES", "4")];
+        assert_eq!(nodes(&slurm, None).unwrap(), 4);
+        let pod = [("JOB_COMPLETION_INDEX", "1"), ("S3_RANKS_PER_POD", "2")];
+        assert_eq!(nodes(&pod, Some(6)).unwrap(), 3);
+        assert_eq!(
+            nodes(&[("RANK", "0"), ("WORLD_SIZE", "4"), ("S3_NODES", "2"), ("LOCAL_WORLD_SIZE", "1")], None).unwrap(),
+            2,
+            "S3_NODES first"
+        );
+        assert_eq!(
+            nodes(&[("RANK", "0"), ("WORLD_SIZE", "4"), ("SLURM_NNODES", "4")], None).unwrap(),
+            1,
+            "Slurm's count only with Slurm's rank"
+        );
+        assert_eq!(nodes(&[], None).unwrap(), 1);
+        let e = nodes(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("S3_NODES", "3")], None).unwrap_err().to_string();
+        assert!(e.contains("3 nodes for a world of 2"), "{e}");
     }
 
     #[test]

@@ -310,7 +310,7 @@ mod tests {
     #[test]
     fn state_json_is_what_the_launcher_reads() {
         let state = CheckpointState {
-            state: TrainState { step: 12, sampler: SamplerState { epoch: 3, consumed: 5 } },
+            state: TrainState { step: 12, sampler: SamplerState { epoch: 3, consumed: 5, nodes: 0 } },
             identity: RunIdentity { config_digest: 0xabc, samples_xxh3: 7, world: 2 },
         };
         let text = serde_json::to_string(&state).unwrap();

@@ -19,7 +19,8 @@ use crate::stage::StageConfig;
 
 /// Stage fields that change how long or how often a run does things, not what it
 /// learns: a resume may change them freely.
-const BUDGET_FIELDS: [&str; 5] = ["max_steps", "max_minutes", "checkpoint_every", "keep_last", "launch"];
+/// `data` is how this machine reads (the cache), not what is read.
+const BUDGET_FIELDS: [&str; 6] = ["max_steps", "max_minutes", "checkpoint_every", "keep_last", "launch", "data"];
 
 /// A run's identity, recorded in each checkpoint's `state.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +157,12 @@ mod tests {
         let base = training_config(&st, &model, &ds);
         let longer = StageConfig { max_steps: Some(9), checkpoint_every: 3, ..st.clone() };
         assert_eq!(digest(&base), digest(&training_config(&longer, &model, &ds)));
+        let cached: StageConfig = toml::from_str(
+            "name = \"t\"\nepochs = 2\npreset = \"small\"\n[data]\ncache_dir = \"/nvme/c\"\ncache_limit = \"2T\"\nnode_order = false\n",
+        )
+        .unwrap();
+        assert_eq!(cached.data.cache("t").unwrap().map(|c| c.limit), Some(2 << 40));
+        assert_eq!(digest(&base), digest(&training_config(&cached, &model, &ds)), "[data] is how, not what");
         let other = StageConfig { lr: 1e-2, ..st.clone() };
         let now = training_config(&other, &model, &ds);
         let id = |c: &Value| RunIdentity { config_digest: digest(c), samples_xxh3: 7, world: 1 };

@@ -41,6 +41,8 @@ pub struct TrainFlags {
     pub store_options: s3_shards::StoreOptions,
     /// The node-local shard cache, if any.
     pub shard_cache: Option<crate::shard_cache::CacheSettings>,
+    /// `--node-order on|off` (default: on with a shard cache).
+    pub node_order: Option<bool>,
 }
 
 /// Resolves `flags` and the variables `env` returns into the run's spec and this
@@ -76,7 +78,12 @@ pub fn resolve(flags: &TrainFlags, env: &dyn Fn(&str) -> Option<String>) -> Resu
         init_xxh3,
         loader_threads: flags.loader_threads.max(1),
         store_options: flags.store_options.clone(),
-        shard_cache: flags.shard_cache.clone(),
+        shard_cache: match &flags.shard_cache {
+            Some(c) => Some(c.clone()),
+            None => stage.data.cache(&stage.name)?,
+        },
+        nodes: launch.nodes,
+        node_order: flags.node_order.or(stage.data.node_order),
         ..RunSpec::new(flags.data.clone(), flags.run.clone(), stage)
     };
     Ok((spec, launch))
@@ -134,5 +141,32 @@ mod tests {
         let flags = TrainFlags { stage: stage_file(dir.path()), init_xxh3: Some("xyz".into()), ..Default::default() };
         let e = resolve(&flags, &|_| None).unwrap_err().to_string();
         assert!(e.contains("--init-xxh3") && e.contains("xyz"), "{e}");
+    }
+
+    #[test]
+    fn the_cache_and_the_node_order_come_from_flags_else_the_stage_files_data_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.toml");
+        std::fs::write(
+            &file,
+            "name = \"s\"\nepochs = 1\n[data]\ncache_dir = \"/nvme/c\"\ncache_limit = \"1G\"\nnode_order = false\n",
+        )
+        .unwrap();
+        let env = |k: &str| (k == "S3_NODES").then(|| "2".to_string()).or((k == "RANK").then(|| "0".into()));
+        let env = |k: &str| env(k).or((k == "WORLD_SIZE").then(|| "4".into()));
+        let flags = TrainFlags { stage: file.clone(), ..Default::default() };
+        let (spec, _) = resolve(&flags, &env).unwrap();
+        let cache = spec.shard_cache.clone().unwrap();
+        assert_eq!((cache.dir.to_str(), cache.limit), (Some("/nvme/c"), 1 << 30));
+        assert_eq!((spec.nodes, spec.node_order, spec.order_nodes()), (2, Some(false), 1), "the file turned it off");
+        let flags = TrainFlags {
+            stage: file,
+            shard_cache: Some(crate::shard_cache::CacheSettings { dir: "/flag".into(), limit: 5 }),
+            node_order: Some(true),
+            ..Default::default()
+        };
+        let (spec, _) = resolve(&flags, &env).unwrap();
+        assert_eq!(spec.shard_cache.as_ref().map(|c| c.limit), Some(5));
+        assert_eq!(spec.order_nodes(), 2, "the flag turned it on: 4 ranks on 2 nodes");
     }
 }

@@ -55,9 +55,21 @@ pub struct RunSpec {
     /// A node-local copy of the shards (outside the run's identity too: the bytes
     /// read are the same, verified against the index).
     pub shard_cache: Option<crate::shard_cache::CacheSettings>,
+    /// Nodes of the job (the launch contract's count), for the node-aware order.
+    pub nodes: usize,
+    /// Node-aware sample order: each node's ranks draw from a fixed span of the
+    /// shards (see [`crate::sampler`]); `None` turns it on with a shard cache.
+    pub node_order: Option<bool>,
 }
 
 impl RunSpec {
+    /// The node count the next epoch's order is drawn for: the job's nodes when the
+    /// node-aware order is on and the ranks split evenly over them, else 1.
+    pub fn order_nodes(&self) -> u64 {
+        let on = self.node_order.unwrap_or(self.shard_cache.is_some());
+        if on && self.nodes > 1 && self.world % self.nodes == 0 { self.nodes as u64 } else { 1 }
+    }
+
     /// A single-rank run of `stage` on `data` into `run`, resuming, with default options.
     pub fn new(data: impl Into<String>, run: impl Into<String>, stage: StageConfig) -> RunSpec {
         RunSpec {
@@ -76,6 +88,8 @@ impl RunSpec {
             exit_at_once: None,
             loader_threads: 1,
             shard_cache: None,
+            nodes: 1,
+            node_order: None,
         }
     }
 }

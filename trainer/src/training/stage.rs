@@ -1,7 +1,7 @@
 //! Stage configuration (`manifests/stages/*.toml`): which data, how long, how fast.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -135,11 +135,51 @@ pub struct StageConfig {
     /// Stop after this many minutes (demos).
     #[serde(default)]
     pub max_minutes: Option<f64>,
+    /// How this machine reads the shards (`[data]`: the node-local cache and the
+    /// node-aware order), under `s3-train train`'s flags and variables; no part of
+    /// the run's identity (the samples are the same, verified against the index).
+    #[serde(default, skip_serializing_if = "DataSettings::is_unset")]
+    pub data: DataSettings,
     /// The stage's launch defaults (`ranks`, `nodes`, `time_limit`, ...): read by
     /// `s3-orch` under its flags, environment and cluster profile; the trainer
     /// ignores them and they are no part of the run's identity.
     #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
     pub launch: toml::Table,
+}
+
+/// `[data]` of a stage file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSettings {
+    /// The node-local shard cache folder (`--cache-dir`, `S3_CACHE_DIR`): an absolute
+    /// path on each node's local disk.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    /// Most the cache may hold, e.g. "500G" (`--cache-limit`, `S3_CACHE_LIMIT`).
+    #[serde(default)]
+    pub cache_limit: Option<String>,
+    /// Node-aware sample order (`--node-order`, `S3_NODE_ORDER`); default: on with a cache.
+    #[serde(default)]
+    pub node_order: Option<bool>,
+}
+
+impl DataSettings {
+    fn is_unset(&self) -> bool {
+        *self == DataSettings::default()
+    }
+
+    /// The cache these settings name, if any (`stage` names the file's stage in errors).
+    pub fn cache(&self, stage: &str) -> Result<Option<crate::shard_cache::CacheSettings>> {
+        let Some(dir) = &self.cache_dir else { return Ok(None) };
+        let limit = match &self.cache_limit {
+            None => u64::MAX,
+            Some(text) => crate::shard_cache::parse_size(text).ok_or_else(|| TrainError::Stage {
+                stage: stage.into(),
+                reason: format!("[data] cache_limit = {text:?} is not a size (bytes, or e.g. 500G, 2T)"),
+            })?,
+        };
+        Ok(Some(crate::shard_cache::CacheSettings { dir: dir.clone(), limit }))
+    }
 }
 
 fn default_preset() -> String {

@@ -4,6 +4,7 @@
 //! decoder passes ([`crate::step`]) → every `accumulation` micro-batches one
 //! all-reduce (when distributed) and an AdamW step → metrics, checkpoints, stop.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -73,7 +74,7 @@ pub fn train(spec: &RunSpec, device: &Device, progress: &dyn Fn(&TrainEvent)) ->
                 return Ok(t.finish(stops.preempted));
             }
         }
-        t.state.sampler = SamplerState { epoch: epoch + 1, consumed: 0 };
+        t.state.sampler = SamplerState::start(epoch + 1, spec.order_nodes());
     }
     Ok(t.finish(false))
 }
@@ -85,6 +86,8 @@ struct Training<'a> {
     progress: &'a dyn Fn(&TrainEvent),
     rt: &'static tokio::runtime::Runtime,
     data: StoreLocation,
+    /// The node-local shard cache in front of `data`, told each epoch's plan.
+    cache: Option<Arc<crate::shard_cache::ShardCache>>,
     run: StoreLocation,
     sampler: Sampler,
     cfg: SamConfig,
@@ -175,9 +178,9 @@ impl<'a> Training<'a> {
         }
         let rt = s3_shards::io_runtime::io_runtime()?;
         let data = open_store(&spec.data, &spec.store_options)?;
-        let data = match &spec.shard_cache {
-            Some(cache) => crate::shard_cache::with_cache(data, cache, rt),
-            None => data,
+        let (data, cache) = match &spec.shard_cache {
+            Some(settings) => crate::shard_cache::with_cache(data, settings, rt),
+            None => (data, None),
         };
         let run = open_store(&spec.run, &spec.store_options)?;
 
@@ -212,6 +215,7 @@ impl<'a> Training<'a> {
             model: seeded_model(&cfg, &ad, stage.seed),
             opt: Optimisers::new(&adamw),
             data,
+            cache,
             run,
             sampler,
             cfg,
@@ -227,6 +231,7 @@ impl<'a> Training<'a> {
             _checkpoint_files: None,
         };
         let (mut t, resumed) = t.resume(&training)?;
+        t.place_epoch();
         if !resumed && let Some(init) = &stage.init {
             t.init_from(init)?;
         }
@@ -303,6 +308,25 @@ impl<'a> Training<'a> {
         Ok((self, true))
     }
 
+    /// Draws the current epoch for this job's node count when none of it is done;
+    /// an epoch under way keeps the order it was drawn for (resume is exact), and a
+    /// new node count takes over from the next epoch.
+    fn place_epoch(&mut self) {
+        let (now, s) = (self.spec.order_nodes(), self.state.sampler);
+        if s.consumed == 0 {
+            self.state.sampler = SamplerState::start(s.epoch, now);
+        } else if s.nodes.max(1) != now {
+            tracing::warn!(
+                epoch = s.epoch,
+                "epoch {} was drawn for {} node(s) and this job orders for {now}: the rest of it keeps that \
+                 order (every sample still once) and the next epoch is drawn for {now} (each node's shard \
+                 share changes once)",
+                s.epoch,
+                s.nodes.max(1)
+            );
+        }
+    }
+
     /// Starts from a weights file (stage 2 from stage 1), refusing one whose xxh3 is
     /// not the one the launcher verified.
     fn init_from(&mut self, init: &str) -> Result<()> {
@@ -372,7 +396,8 @@ impl<'a> Training<'a> {
         // pointer (a straggler of an old attempt moved it) or another init file would
         // otherwise train diverged weights until the first checkpoint.
         let s = self.state;
-        let position = xxh3_64(&[s.step, s.sampler.epoch, s.sampler.consumed].map(u64::to_le_bytes).concat());
+        let position =
+            xxh3_64(&[s.step, s.sampler.epoch, s.sampler.consumed, s.sampler.nodes].map(u64::to_le_bytes).concat());
         check_same_weights(c.as_mut(), weights_digest(&self.model) ^ position, s.step)
     }
 
@@ -380,6 +405,9 @@ impl<'a> Training<'a> {
     fn loader(&self, epoch: u64) -> Loader {
         let (spec, stage) = (self.spec, &self.spec.stage);
         let positions = self.sampler.rank_positions(self.state.sampler, spec.rank, spec.world);
+        if let Some(cache) = &self.cache {
+            cache.plan(positions.iter().map(|(_, r)| r.shard.clone()));
+        }
         let cfg = LoaderConfig { seed: stage.seed, epoch, threads: spec.loader_threads, ..LoaderConfig::default() };
         Loader::start(self.data.store().clone(), positions, cfg)
     }
@@ -463,7 +491,7 @@ impl<'a> Training<'a> {
         (self.progress)(&TrainEvent::Step { metrics: m.clone(), samples });
         self.last = Some(m);
         if last {
-            self.state.sampler = SamplerState { epoch: epoch + 1, consumed: 0 };
+            self.state.sampler = SamplerState::start(epoch + 1, self.spec.order_nodes());
         }
     }
 

@@ -27,7 +27,7 @@ pub const CONTAINER: &str = "rank";
 /// The variable holding the job token; its value goes into a Secret, not the pod spec.
 pub const TOKEN_VAR: &str = "S3_JOB_TOKEN";
 
-const RANK_VARS: &[&str] = &["RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"];
+const RANK_VARS: &[&str] = &["RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "S3_NODES"];
 
 /// The per-pod rank starter (bash 5.1 or newer in the image).
 pub const RANKS_SH: &str = include_str!("ranks.sh");

@@ -376,7 +376,8 @@ def kits(d, seg, cases, extra=False):
 
 
 def kits21(d):
-    kits(d / "kits21", "aggregated_MAJ_seg.nii.gz", ["00000", "00001", "00002"], extra=True)
+    # 00210: one of the held-out evaluation cases (KiTS19's hidden test set).
+    kits(d / "kits21", "aggregated_MAJ_seg.nii.gz", ["00000", "00001", "00210"], extra=True)
 
 
 def kits19(d):

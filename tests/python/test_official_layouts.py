@@ -100,6 +100,10 @@ def test_findings(ingested):
     ts = fates(out, "Totalsegmentator")
     assert ts[("default", "s0002")]["fate"] == "skipped" and "Totalseg-Test" in ts[("default", "s0002")]["reason"]
     assert ts[("default", "s0000")]["fate"] == "ingested"
+    # KiTS21's held-out cases are the ones KiTS19 never labelled: 0-209 are trained on there.
+    kits = fates(out, "KiTS21")
+    assert kits[("default", "00210")]["fate"] == "skipped" and "KiTS21-Val" in kits[("default", "00210")]["reason"]
+    assert kits[("default", "00001")]["fate"] == "ingested"
     atm = fates(out, "ATM22")
     assert atm[("default", "ATM_164")]["fate"] == "skipped" and "exclude" in atm[("default", "ATM_164")]["reason"]
     assert fates(out, "BraTS20")[("default", "BraTS20_Training_355")]["fate"] == "ingested", "the misnamed label"

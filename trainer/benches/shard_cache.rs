@@ -90,7 +90,7 @@ fn main() {
 
 /// MosaicML Streaming on its own MDS copy of the same samples, same server.
 fn reference(server: &s3_test_support::S3Server, url: &str) {
-    let python = std::env::var("STREAMING_PYTHON").unwrap_or_else(|_| "/work/tmp/streaming-venv/bin/python".into());
+    let python = std::env::var("STREAMING_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/streaming_reference.py");
     let ok =
         std::process::Command::new(&python).args(["-c", "import streaming"]).output().is_ok_and(|o| o.status.success());
@@ -124,10 +124,24 @@ fn reference(server: &s3_test_support::S3Server, url: &str) {
     };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let setting = match v["setting"].as_str().unwrap_or("?") {
+            "unlimited" => "no cache limit (≥ a node's share)",
+            "half_share" => "cache = half a node's share",
+            "min_cache" => "its smallest cache (4 shards; it has no cache-off mode)",
+            other => other,
+        };
+        if let Some(e) = v.get("error") {
+            println!("| MosaicML Streaming, {setting} | failed: {e} | | |");
+            continue;
+        }
         let cells: Vec<String> = v["epoch_bytes"]
             .as_array()
             .map(|a| a.iter().map(|b| mib(b.as_u64().unwrap_or(0))).collect())
             .unwrap_or_default();
-        println!("| MosaicML Streaming, {} | {} |", v["setting"].as_str().unwrap_or("?"), cells.join(" | "));
+        println!("| MosaicML Streaming, {setting} | {} |", cells.join(" | "));
     }
+    println!(
+        "(Streaming reads its own uncompressed MDS copy: {})",
+        String::from_utf8_lossy(&out.stderr).lines().find(|l| l.contains("MDS copy")).unwrap_or("see its output")
+    );
 }

@@ -77,6 +77,11 @@ pub struct HeldOut {
     /// own draw is not published (BraTS21: 0.072 of 1251 cases = the paper's 90).
     #[serde(default)]
     pub fraction: Option<f64>,
+    /// The dataset name `fraction` hashes with (default: the dataset's own), so that
+    /// an evaluation catalogue's `BraTS21-Val` picks the training catalogue's
+    /// `BraTS21` cases.
+    #[serde(default)]
+    pub hash_as: Option<String>,
 }
 
 /// A split column in a CSV file of the source.
@@ -92,6 +97,18 @@ pub struct SplitTable {
     /// Split values held out (`["test"]`).
     pub values: Vec<String>,
 }
+
+/// What an evaluation catalogue's task evaluates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Select {
+    /// Only the cases its `held_out` picks (the training catalogue's own rule, so
+    /// the two agree case for case): the rest are skipped as not in the set.
+    HeldOut,
+}
+
+/// The groups of supplementary §A.2's benchmarks.
+pub const GROUPS: [&str; 3] = ["seen", "unseen", "lesion"];
 
 /// The Table-2 categories.
 pub const CATEGORIES: [&str; 8] =
@@ -159,6 +176,10 @@ pub struct TaskEntry {
     /// the mask files of the first case, sorted.
     #[serde(default)]
     pub structures: Vec<String>,
+    /// `masks`: a structure without a mask file in a case is absent from that case
+    /// (HaN-Seg delineates what each patient shows), not a missing label.
+    #[serde(default)]
+    pub masks_optional: bool,
     /// Label values as stored → label values (`"255" = 1`; `"*" = 1` maps every
     /// non-zero value not listed, e.g. instance ids to one class).
     #[serde(default)]
@@ -174,6 +195,9 @@ pub struct TaskEntry {
     /// Cases held out of training.
     #[serde(default)]
     pub held_out: Option<HeldOut>,
+    /// An evaluation catalogue's choice among the cases (`"held_out"`).
+    #[serde(default)]
+    pub select: Option<Select>,
     /// The download cannot be read as it is: why, and what to do. The task is
     /// reported, never listed.
     #[serde(default)]
@@ -299,9 +323,18 @@ pub struct DatasetEntry {
     /// Modality of the images.
     pub modality: Modality,
     /// Used in stage-1 pre-training.
+    #[serde(default)]
     pub pretrain: bool,
     /// Used in stage-2 fine-tuning.
+    #[serde(default)]
     pub finetune: bool,
+    /// An evaluation set's group (`seen`, `unseen`, `lesion`: supplementary §A.2).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// The training catalogue's datasets whose case ids are this set's (KiTS21-Val's
+    /// cases are KiTS21's): the leakage check compares cases under these names.
+    #[serde(default)]
+    pub trained_as: Vec<String>,
     /// A private dataset (the operator supplies the source).
     #[serde(default)]
     pub private: bool,
@@ -428,6 +461,10 @@ pub struct Catalog {
     /// Where an ingest without `--out` writes.
     #[serde(default)]
     pub output: Option<OutputEntry>,
+    /// Present in an evaluation catalogue (`manifests/benchmarks.toml`): every case
+    /// is an evaluation case, never trained on.
+    #[serde(default)]
+    pub evaluation: Option<EvaluationEntry>,
     /// Every dataset.
     pub datasets: Vec<DatasetEntry>,
 }
@@ -438,6 +475,14 @@ pub struct Catalog {
 pub struct OutputEntry {
     /// Store URL or path; `${VAR:-default}` expanded.
     pub location: String,
+}
+
+/// The catalogue's `[evaluation]` table.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationEntry {
+    /// The split every case is ingested as: `test`.
+    pub split: String,
 }
 
 /// Counts printed by `s3-ingest catalog`.
@@ -495,13 +540,34 @@ impl Catalog {
                     }
                 }
             }
+            if let Some(g) = &d.group
+                && !GROUPS.contains(&g.as_str())
+            {
+                return Err(bad(format!("dataset {}: group {g:?} is not one of {GROUPS:?}", d.name)));
+            }
+            if let Some(t) = d.tasks.iter().find(|t| t.select.is_some() && t.held_out.is_none()) {
+                return Err(bad(format!("dataset {}/{}: select = \"held_out\" needs a held_out rule", d.name, t.name)));
+            }
             for c in d.categories.values().chain(d.category.iter()) {
                 if !CATEGORIES.contains(&c.as_str()) {
                     return Err(bad(format!("dataset {}: category {c:?} is not one of {CATEGORIES:?}", d.name)));
                 }
             }
         }
+        if let Some(e) = &catalog.evaluation
+            && e.split != "test"
+        {
+            return Err(bad(format!(
+                "[evaluation] split = {:?}: an evaluation catalogue's cases are \"test\"",
+                e.split
+            )));
+        }
         Ok(catalog)
+    }
+
+    /// Whether this is an evaluation catalogue: its cases are split `test`.
+    pub fn is_evaluation(&self) -> bool {
+        self.evaluation.is_some()
     }
 
     /// The counts of DESIGN §3.
@@ -608,5 +674,31 @@ source = "s3://raw/AMOS22"
         let e =
             Catalog::parse("[[datasets]]\nname='A'\nmodality='XR'\npretrain=true\nfinetune=false\n", "t").unwrap_err();
         assert!(e.to_string().contains("XR"), "{e}");
+    }
+
+    #[test]
+    fn an_evaluation_catalogue_checks_its_groups_split_and_selection() {
+        let entry = |extra: &str, task: &str| {
+            format!(
+                "[evaluation]\nsplit = \"test\"\n[[datasets]]\nname = \"B\"\nmodality = \"CT\"\n{extra}\n\
+                 [[datasets.tasks]]\nname = \"default\"\nlayout = \"nnunet\"\n{task}\n"
+            )
+        };
+        let c = Catalog::parse(&entry("group = \"lesion\"\ntrained_as = [\"K\"]", ""), "t").unwrap();
+        assert!(c.is_evaluation());
+        assert_eq!((c.datasets[0].group.as_deref(), c.datasets[0].pretrain), (Some("lesion"), false));
+        let e = Catalog::parse(&entry("group = \"seen organs\"", ""), "t").unwrap_err();
+        assert!(e.to_string().contains("\"seen organs\" is not one of"), "{e}");
+        let e = Catalog::parse(&entry("", "select = \"held_out\""), "t").unwrap_err();
+        assert!(e.to_string().contains("needs a held_out rule"), "{e}");
+        let e = Catalog::parse(&entry("", "").replace("\"test\"", "\"val\""), "t").unwrap_err();
+        assert!(e.to_string().contains("are \"test\""), "{e}");
+        let shipped =
+            Catalog::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/benchmarks.toml")).unwrap();
+        assert!(shipped.is_evaluation());
+        assert_eq!(shipped.datasets.len(), 16, "supplementary A.2's 16 evaluation sets");
+        let groups: BTreeSet<&str> = shipped.datasets.iter().filter_map(|d| d.group.as_deref()).collect();
+        assert_eq!(groups, BTreeSet::from(["seen", "unseen", "lesion"]));
+        assert!(shipped.datasets.iter().all(|d| d.group.is_some() && !d.pretrain && !d.finetune));
     }
 }

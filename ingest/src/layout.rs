@@ -235,18 +235,26 @@ async fn hold_out(
         held.extend(ids);
     }
     if let Some(f) = h.fraction {
+        let hash_as = h.hash_as.as_deref().unwrap_or(dataset);
         let n = (listing.cases.len() as f64 * f.clamp(0.0, 1.0)).floor() as usize;
         let mut by_hash: Vec<(u64, &str)> = listing
             .cases
             .iter()
-            .map(|c| (xxhash_rust::xxh3::xxh3_64(format!("{dataset}/{}", c.case_id).as_bytes()), c.case_id.as_str()))
+            .map(|c| (xxhash_rust::xxh3::xxh3_64(format!("{hash_as}/{}", c.case_id).as_bytes()), c.case_id.as_str()))
             .collect();
         by_hash.sort();
         held.extend(by_hash.into_iter().take(n).map(|(_, c)| c.to_string()));
     }
+    // An evaluation catalogue keeps what the training catalogue's same rule holds out.
+    let selecting = task.select == Some(crate::catalog::Select::HeldOut);
     for c in &mut listing.cases {
-        if c.skip.is_none() && held.contains(&c.case_id) {
-            c.skip = Some(reason.clone());
+        if c.skip.is_some() {
+            continue;
+        }
+        match (selecting, held.contains(&c.case_id)) {
+            (false, true) => c.skip = Some(reason.clone()),
+            (true, false) => c.skip = Some(format!("not in the evaluation set ({})", h.reason)),
+            _ => {}
         }
     }
     Ok(())

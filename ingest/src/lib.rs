@@ -28,6 +28,7 @@ pub mod check;
 mod error;
 pub mod formats;
 pub mod geometry;
+pub mod image_digest;
 pub mod journal;
 pub mod layout;
 mod nifti2;

@@ -23,11 +23,20 @@ pub struct PreprocessOptions {
     pub val_percent: u32,
     /// Largest difference between image and label affines still taken as the same grid (mm).
     pub affine_tolerance_mm: f64,
+    /// Every case in this split instead of the `val_percent` rule (an evaluation
+    /// catalogue's `test`).
+    pub split: Option<Split>,
 }
 
 impl Default for PreprocessOptions {
     fn default() -> Self {
-        PreprocessOptions { min_mask_mm3: 1000.0, min_crop_voxels: 1000, val_percent: 10, affine_tolerance_mm: 1e-3 }
+        PreprocessOptions {
+            min_mask_mm3: 1000.0,
+            min_crop_voxels: 1000,
+            val_percent: 10,
+            affine_tolerance_mm: 1e-3,
+            split: None,
+        }
     }
 }
 
@@ -55,6 +64,8 @@ pub struct CaseSamples {
     pub dropped: BTreeMap<i32, String>,
     /// Image channels left out (name → reason).
     pub dropped_channels: BTreeMap<String, String>,
+    /// The source image's digest per channel ([`crate::image_digest`]), for the leakage check.
+    pub image_digests: Vec<String>,
 }
 
 /// Volume of one voxel at 1.5 mm.
@@ -90,7 +101,10 @@ pub fn process_channels(
     ctx: &CaseContext,
     opts: &PreprocessOptions,
 ) -> Result<CaseSamples> {
-    let mut out = CaseSamples::default();
+    let mut out = CaseSamples {
+        image_digests: channels.iter().map(|ch| crate::image_digest::digest(ch.image)).collect(),
+        ..CaseSamples::default()
+    };
     let mut usable = Vec::new();
     let mut first_error = None;
     for ch in channels {
@@ -130,7 +144,7 @@ pub fn process_channels(
         }
     }
 
-    let split = Split::for_case(ctx.dataset, ctx.case_id, opts.val_percent);
+    let split = opts.split.unwrap_or_else(|| Split::for_case(ctx.dataset, ctx.case_id, opts.val_percent));
     for c in present {
         let n = counts.get(&c).copied().unwrap_or(0);
         let mm3 = n as f64 * VOXEL_MM3;

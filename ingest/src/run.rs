@@ -178,6 +178,17 @@ pub fn run(catalog: &Catalog, cfg: &IngestConfig, progress: &(dyn Fn(Event) + Sy
             });
         }
     }
+    // An evaluation catalogue's cases are test cases, whatever the val rule says.
+    let evaluation;
+    let cfg = if catalog.is_evaluation() {
+        evaluation = IngestConfig {
+            preprocess: PreprocessOptions { split: Some(s3_shards::Split::Test), ..cfg.preprocess.clone() },
+            ..cfg.clone()
+        };
+        &evaluation
+    } else {
+        cfg
+    };
     let rt = s3_shards::io_runtime::io_runtime()?;
     let out = open_store(&cfg.out, &cfg.store_options)?;
     let pool = rayon::ThreadPoolBuilder::new()
@@ -426,6 +437,7 @@ fn case_record(outcome: Result<CaseSamples>) -> (CaseRecord, Vec<s3_shards::Samp
                 samples: cs.samples.len() as u64,
                 dropped_labels,
                 dropped_channels: cs.dropped_channels.clone(),
+                image_xxh3: cs.image_digests.clone(),
             };
             (CaseRecord { fate, samples: notes }, cs.samples, None)
         }

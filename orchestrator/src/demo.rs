@@ -205,6 +205,7 @@ pub fn run_demo(cfg: &DemoConfig, say: Say) -> Result<DemoReport> {
         log_root: runs.join("logs"),
         store_options: Default::default(),
         max_retries: 0,
+        benchmarks: None,
     };
 
     say(&format!("3/5 stage 1: the small preset from scratch, {} CPU ranks", cfg.ranks));
@@ -241,7 +242,7 @@ fn eval_stage(spec: &StageLaunch, backend: &dyn Backend) -> Result<BTreeMap<Stri
         env: BTreeMap::new(),
     };
     let log_dir = PathBuf::from(&run_dir).join("eval-logs");
-    let job = eval_job(&plan, &spec.run_id, 1, log_dir.clone());
+    let job = eval_job(&plan, &spec.run_id, 1, log_dir.clone(), None);
     let end = backend.wait(&job, &backend.submit(&job)?)?;
     if end.failed_rank.is_some() {
         return Err(OrchError::EvalFailed {
@@ -254,7 +255,7 @@ fn eval_stage(spec: &StageLaunch, backend: &dyn Backend) -> Result<BTreeMap<Stri
         .enable_all()
         .build()
         .map_err(|source| OrchError::Process { what: "starting the I/O runtime".into(), source })?;
-    rt.block_on(crate::stage_metrics::eval_dice(loc.store().as_ref()))
+    rt.block_on(crate::stage_metrics::eval_dice(loc.store().as_ref(), "val"))
 }
 
 /// `Dice@1 0.42  Dice@3 ...` in click order.

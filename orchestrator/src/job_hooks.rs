@@ -162,10 +162,10 @@ async fn close_attempt(
             let out = end.out.ok_or(OrchError::NeedsFlag { flag: "--out", what: "end an ingest job" })?;
             close_ingest(ledger.stage_mut(Stage::Ingest.name()), out, &t.options, failure, codes).await?;
         }
-        Some(Stage::Eval) => {
+        Some(which) if which.evaluates() => {
             let evaluated = end.evaluated.unwrap_or(Stage::Stage2.name());
             let loc = s3_shards::open_store(&join(&t.run_url(), evaluated), &t.options)?;
-            close_eval(ledger, evaluated, &loc, failure, codes).await;
+            close_eval(ledger, which, evaluated, &loc, failure, codes).await;
         }
         _ => {
             let stage = t.stage.as_str();

@@ -143,10 +143,13 @@ pub(crate) async fn training_outcome(
     })
 }
 
-/// Closes the `eval` stage's newest attempt: Dice at each click count from the
-/// evaluated stage's `eval/val.json`, or failed with `failure`.
+/// Closes the newest attempt of `which` (`eval` or `benchmarks`): Dice at each click
+/// count from its report in the evaluated stage's folder (`eval/val.json`,
+/// `eval/benchmarks.json`), or failed with `failure`; the ledger records the
+/// checkpoint it evaluated.
 pub(crate) async fn close_eval(
     ledger: &mut Ledger,
+    which: Stage,
     evaluated: &str,
     stage_loc: &StoreLocation,
     failure: Option<String>,
@@ -154,7 +157,7 @@ pub(crate) async fn close_eval(
 ) {
     let (state, error, metrics) = match failure {
         Some(e) => (State::Failed, Some(e), Default::default()),
-        None => match crate::stage_metrics::eval_dice(stage_loc.store().as_ref()).await {
+        None => match crate::stage_metrics::eval_dice(stage_loc.store().as_ref(), which.report()).await {
             Ok(m) => (State::Succeeded, None, m),
             Err(e) => {
                 (State::Failed, Some(format!("eval exited 0 but its report cannot be read: {e}")), Default::default())
@@ -162,7 +165,7 @@ pub(crate) async fn close_eval(
         },
     };
     let init = ledger.stage(evaluated).and_then(|s| s.final_checkpoint.as_ref()).map(|c| c.url.clone());
-    let rec = ledger.stage_mut(Stage::Eval.name());
+    let rec = ledger.stage_mut(which.name());
     if let Some(a) = rec.attempts.last_mut() {
         (a.state, a.error, a.metrics) = (state, error, metrics);
         a.ended = Some(now());

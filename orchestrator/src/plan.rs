@@ -4,7 +4,7 @@
 //! only decide where those processes run.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::stage::Stage;
 
@@ -270,8 +270,8 @@ pub fn merge_job(plan: &IngestPlan, run_id: &str, attempt: u32, log_dir: PathBuf
 
 /// `s3-train eval` of a training stage's run folder (its final weights, its own
 /// stage config): one process, Dice at 1/3/5/10 clicks into `eval/val.json`.
-pub fn eval_job(plan: &TrainPlan, run_id: &str, attempt: u32, log_dir: PathBuf) -> Job {
-    let args = vec![
+pub fn eval_job(plan: &TrainPlan, run_id: &str, attempt: u32, log_dir: PathBuf, benchmarks: Option<&Path>) -> Job {
+    let mut args = vec![
         "eval".to_string(),
         "--device".into(),
         plan.device.clone(),
@@ -280,7 +280,16 @@ pub fn eval_job(plan: &TrainPlan, run_id: &str, attempt: u32, log_dir: PathBuf) 
         "--run".into(),
         plan.run_dir.clone(),
     ];
-    let env = identity_env(Stage::Eval, run_id, attempt, &plan.env);
+    // A benchmarks catalogue is scored on the source grid; `--data` is then the store
+    // the leakage check compares with.
+    let stage = match benchmarks {
+        Some(b) => {
+            args.extend(["--protocol".into(), "source".into(), "--manifest".into(), b.display().to_string()]);
+            Stage::Benchmarks
+        }
+        None => Stage::Eval,
+    };
+    let env = identity_env(stage, run_id, attempt, &plan.env);
     let rank = RankCommand { rank: 0, program: plan.train_bin.clone(), args, env };
-    Job::new(run_id, JobKind::Run(Stage::Eval), attempt, vec![rank], 1, log_dir)
+    Job::new(run_id, JobKind::Run(stage), attempt, vec![rank], 1, log_dir)
 }

@@ -11,6 +11,9 @@ pub enum Stage {
     Stage2,
     /// Evaluation of stage 2's final weights.
     Eval,
+    /// Stage 2's final weights on a benchmarks catalogue (`launch eval --benchmarks`):
+    /// not a step of the pipeline unless asked for, recorded beside `eval`.
+    Benchmarks,
 }
 
 impl Stage {
@@ -24,12 +27,23 @@ impl Stage {
             Stage::Stage1 => "stage1",
             Stage::Stage2 => "stage2",
             Stage::Eval => "eval",
+            Stage::Benchmarks => "benchmarks",
         }
     }
 
     /// The stage named `name`.
     pub fn parse(name: &str) -> Option<Stage> {
-        Stage::PIPELINE.into_iter().find(|s| s.name() == name)
+        Stage::PIPELINE.into_iter().chain([Stage::Benchmarks]).find(|s| s.name() == name)
+    }
+
+    /// An evaluation of trained weights (`eval` or `benchmarks`), not a training stage.
+    pub fn evaluates(self) -> bool {
+        matches!(self, Stage::Eval | Stage::Benchmarks)
+    }
+
+    /// The report an evaluation writes in the evaluated stage's folder (`eval/<name>.json`).
+    pub fn report(self) -> &'static str {
+        if self == Stage::Benchmarks { "benchmarks" } else { "val" }
     }
 
     /// The stage before it in the pipeline: the one its scheduler job waits for.
@@ -58,5 +72,8 @@ mod tests {
         assert_eq!(Stage::Eval.previous(), Some(Stage::Stage2));
         assert_eq!(Stage::Ingest.previous(), None);
         assert_eq!(Stage::parse("stage3"), None);
+        assert_eq!(Stage::parse("benchmarks"), Some(Stage::Benchmarks));
+        assert_eq!(Stage::Benchmarks.previous(), None, "not a pipeline step: it waits for nothing");
+        assert!(!Stage::PIPELINE.contains(&Stage::Benchmarks));
     }
 }

@@ -52,10 +52,11 @@ pub async fn last_step(stage: &dyn ObjectStore) -> Result<BTreeMap<String, f64>>
     Ok(out)
 }
 
-/// Mean Dice over the evaluated samples at each click count: `dice@1`, `dice@3`, ...
-pub async fn eval_dice(stage: &dyn ObjectStore) -> Result<BTreeMap<String, f64>> {
+/// Mean Dice over the evaluated samples of `eval/<report>.json` at each click count:
+/// `dice@1`, `dice@3`, ...
+pub async fn eval_dice(stage: &dyn ObjectStore, report: &str) -> Result<BTreeMap<String, f64>> {
     let report: EvalReport =
-        json::get_json(stage, &ObjPath::from(s3_shards::run_folder::eval_report_key("val"))).await?;
+        json::get_json(stage, &ObjPath::from(s3_shards::run_folder::eval_report_key(report))).await?;
     Ok(report.means())
 }
 
@@ -85,7 +86,7 @@ mod tests {
             report.samples.push(s3_shards::eval_report::DiceRow { sample_id, dataset, label, source: None, dice });
         }
         put("eval/val.json", &serde_json::to_string(&report).unwrap()).await;
-        let d = eval_dice(&s).await.unwrap();
+        let d = eval_dice(&s, "val").await.unwrap();
         assert!((d["dice@1"] - 0.3).abs() < 1e-12 && (d["dice@5"] - 0.7).abs() < 1e-12, "{d:?}");
     }
 }

@@ -96,6 +96,7 @@ fn the_demo_runs_the_pipeline_and_learns() {
     assert!(dir.join("store/index.json").exists());
 
     source_geometry(&dir, &stage2_eval);
+    benchmarks(&dir, &stage2_eval);
 
     // A rerun starts afresh in its own folder, and a folder no demo made is refused.
     let other = tmp.path().join("mine");
@@ -291,4 +292,122 @@ fn source_geometry(dir: &Path, crop_eval: &serde_json::Value) {
     for kind in ["dataset", "category", "dataset/label"] {
         assert!(source["groups"].as_array().unwrap().iter().any(|g| g["by"] == kind), "groups by {kind}");
     }
+}
+
+/// A benchmarks catalogue (`[evaluation]`) with the demo's stage-2 weights: val cases
+/// copied under new names are scored and tabled by group, category and dataset; a
+/// catalogue holding a case the run trained on is refused before any score, naming
+/// it, whether it keeps the training name (`trained_as`) or hides under another.
+fn benchmarks(dir: &Path, crop_eval: &serde_json::Value) {
+    let run = dir.join("runs/demo/stage2");
+    let raw = dir.join("raw/PhantomCT");
+    let val: std::collections::BTreeSet<String> = crop_eval["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["sample_id"].as_str().unwrap().split('/').nth(2).unwrap().to_string())
+        .collect();
+    let all: Vec<String> = std::fs::read_dir(raw.join("labelsTr"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().trim_end_matches(".nii.gz").to_string())
+        .collect();
+    let trained = all.iter().find(|c| !val.contains(*c)).expect("a training case");
+    let bench = dir.join("bench");
+    let write = |name: &str, cases: &[(&str, String)], trained_as: &str| {
+        let root = bench.join(name);
+        std::fs::create_dir_all(root.join("imagesTr")).unwrap();
+        std::fs::create_dir_all(root.join("labelsTr")).unwrap();
+        std::fs::copy(raw.join("dataset.json"), root.join("dataset.json")).unwrap();
+        for (from, to) in cases {
+            std::fs::copy(
+                raw.join(format!("imagesTr/{from}_0000.nii.gz")),
+                root.join(format!("imagesTr/{to}_0000.nii.gz")),
+            )
+            .unwrap();
+            std::fs::copy(raw.join(format!("labelsTr/{from}.nii.gz")), root.join(format!("labelsTr/{to}.nii.gz")))
+                .unwrap();
+        }
+        let manifest = bench.join(format!("{name}.toml"));
+        std::fs::write(
+            &manifest,
+            format!(
+                "[evaluation]\nsplit = \"test\"\n\n[[datasets]]\nname = \"{name}\"\nmodality = \"CT\"\ngroup = \"seen\"\n\
+                 trained_as = [{trained_as}]\n\n[[datasets.tasks]]\nname = \"default\"\nlayout = \"nnunet\"\nsource = \"{}\"\n",
+                root.display()
+            ),
+        )
+        .unwrap();
+        Command::new(bin("s3-train"))
+            .args(["eval", "--protocol", "source", "--clicks", "1,3", "--run"])
+            .arg(&run)
+            .arg("--manifest")
+            .arg(&manifest)
+            .output()
+            .unwrap()
+    };
+    let text = |o: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    };
+
+    let clean: Vec<(&str, String)> = val.iter().map(|c| (c.as_str(), format!("bench_{c}"))).collect();
+    let o = write("Clean", &clean, "\"PhantomCT\"");
+    assert!(o.status.success(), "{}", text(&o));
+    eprintln!("{}", text(&o));
+    let md = std::fs::read_to_string(run.join("eval/benchmarks.md")).unwrap();
+    let seen = md.lines().find(|l| l.starts_with("| seen |")).unwrap_or_else(|| panic!("no seen row: {md}"));
+    let cells: Vec<&str> = seen.split('|').map(str::trim).collect();
+    assert_eq!(cells[2], val.len().to_string(), "every val case counted: {seen}");
+    assert!(md.contains("| Category | cases | classes | Dice@1 | Dice@3 |"), "{md}");
+    assert!(text(&o).contains("| Dataset | cases | classes |"), "the table is printed");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("eval/benchmarks.json")).unwrap()).unwrap();
+    assert!(report["samples"].as_array().unwrap().iter().all(|s| s["group"] == "seen"));
+
+    // A training case under its own id, listed as trained under that dataset's name.
+    let o = write("ById", &[(trained.as_str(), trained.clone())], "\"PhantomCT\"");
+    assert!(!o.status.success());
+    assert!(text(&o).contains(&format!("ById/default/{trained}: trained on as PhantomCT/{trained}")), "{}", text(&o));
+    // The same scan renamed, under a dataset that claims no training name.
+    let o = write("Renamed", &[(trained.as_str(), "fresh_case".into())], "");
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("Renamed/default/fresh_case") && t.contains(&format!("training case PhantomCT/{trained}")),
+        "{t}"
+    );
+    assert!(t.contains("refusing to evaluate"), "{t}");
+
+    // The launcher's `eval --benchmarks`: the ledger's `benchmarks` stage, beside `eval`.
+    let launch = |manifest: &str| {
+        Command::new(env!("CARGO_BIN_EXE_s3-orch"))
+            .args(["launch", "eval", "--backend", "local", "--run", "demo", "--runs"])
+            .arg(dir.join("runs"))
+            .arg("--data")
+            .arg(dir.join("store"))
+            .arg("--stages")
+            .arg(dir.join("stages"))
+            .arg("--benchmarks")
+            .arg(bench.join(manifest))
+            .output()
+            .unwrap()
+    };
+    let ledger = || -> serde_json::Value {
+        let l: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("runs/demo/ledger.json")).unwrap()).unwrap();
+        l["stages"].as_array().unwrap().iter().find(|s| s["name"] == "benchmarks").cloned().unwrap_or_default()
+    };
+    let o = launch("ById.toml");
+    assert!(!o.status.success(), "a leaking catalogue fails the stage: {}", text(&o));
+    assert_eq!(ledger()["state"], "failed", "{}", ledger());
+    let o = launch("Clean.toml");
+    assert!(o.status.success(), "{}", text(&o));
+    let b = ledger();
+    assert_eq!((b["state"].as_str(), b["attempts"].as_array().unwrap().len()), (Some("succeeded"), 2), "{b}");
+    let metrics = &b["attempts"][1]["metrics"];
+    assert!((0.0..=1.0).contains(&metrics["dice@10"].as_f64().unwrap_or(-1.0)), "{metrics}");
+    let stage2: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("runs/demo/ledger.json")).unwrap()).unwrap();
+    let stage2 = stage2["stages"].as_array().unwrap().iter().find(|s| s["name"] == "stage2").unwrap().clone();
+    assert_eq!(b["init"], stage2["final_checkpoint"]["url"], "the checkpoint it evaluated");
+    assert!(run.join("eval/benchmarks.md").exists() && run.join("eval/val.json").exists(), "beside the val report");
 }

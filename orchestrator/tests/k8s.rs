@@ -679,6 +679,7 @@ fn a_preempted_attempt_is_retried_by_the_launcher_and_a_real_failure_is_not() {
         log_root: tmp.path().join("logs"),
         store_options: options,
         max_retries: s.max_retries(),
+        benchmarks: None,
     };
     let said = std::cell::RefCell::new(Vec::new());
     let launched = launch_stage(&spec, &k, false, &|m: &str| said.borrow_mut().push(m.to_string())).unwrap();

@@ -51,6 +51,9 @@ pub struct SourceClass {
     pub label_value: i32,
     /// Table-2 category.
     pub category: String,
+    /// The benchmark group (`seen`, `unseen`, `lesion`) of an evaluation catalogue's dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// Source voxels of the class.
     pub voxels: usize,
     /// The best Dice over every pass up to the largest click count.
@@ -64,13 +67,27 @@ pub struct DiceGroup {
     pub by: String,
     /// The dataset, `dataset/label` or the category.
     pub key: String,
-    /// Rows in the group.
+    /// Rows in the group (classes of cases, or samples).
     pub n: usize,
+    /// Distinct cases behind the rows.
+    #[serde(default)]
+    pub cases: usize,
     /// Mean Dice per click count.
     pub dice: Vec<f64>,
     /// Mean of the rows' best Dice (source protocol).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<f64>,
+}
+
+impl DiceRow {
+    /// The case a row belongs to (`dataset/task/case`).
+    pub fn case_key(&self) -> String {
+        match &self.source {
+            Some(s) => format!("{}/{}/{}", self.dataset, s.task, s.case_id),
+            // `dataset/task/case/value` (or `.../value/channel`): the first three parts.
+            None => self.sample_id.splitn(4, '/').take(3).collect::<Vec<_>>().join("/"),
+        }
+    }
 }
 
 impl EvalReport {
@@ -100,7 +117,7 @@ impl EvalReport {
     }
 
     /// Fills [`EvalReport::groups`] from the rows: per dataset, per dataset and label,
-    /// and per category where the rows have one.
+    /// per benchmark group and per category where the rows have them.
     pub fn group(&mut self) {
         let mut by: BTreeMap<(&str, String), Vec<&DiceRow>> = BTreeMap::new();
         for r in &self.samples {
@@ -108,6 +125,9 @@ impl EvalReport {
             by.entry(("dataset/label", format!("{}/{}", r.dataset, r.label))).or_default().push(r);
             if let Some(s) = &r.source {
                 by.entry(("category", s.category.clone())).or_default().push(r);
+                if let Some(g) = &s.group {
+                    by.entry(("group", g.clone())).or_default().push(r);
+                }
             }
         }
         let clicks = self.clicks.len();
@@ -116,10 +136,12 @@ impl EvalReport {
             .map(|((kind, key), v)| {
                 let n = v.len() as f64;
                 let maxima: Option<Vec<f64>> = v.iter().map(|r| r.source.as_ref().map(|s| s.max)).collect();
+                let cases: std::collections::BTreeSet<String> = v.iter().map(|r| r.case_key()).collect();
                 DiceGroup {
                     by: kind.into(),
                     key,
                     n: v.len(),
+                    cases: cases.len(),
                     dice: (0..clicks)
                         .map(|i| v.iter().map(|r| r.dice.get(i).copied().unwrap_or(f64::NAN)).sum::<f64>() / n)
                         .collect(),
@@ -127,6 +149,27 @@ impl EvalReport {
                 }
             })
             .collect();
+    }
+
+    /// The paper's table as Markdown: mean Dice at each click count by benchmark group,
+    /// by Table-2 category and by dataset, each cell's rows counted (`cases / classes`).
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let head: Vec<String> = self.clicks.iter().map(|c| format!("Dice@{c}")).collect();
+        for (kind, title) in [("group", "Group"), ("category", "Category"), ("dataset", "Dataset")] {
+            let groups: Vec<&DiceGroup> = self.groups.iter().filter(|g| g.by == kind).collect();
+            if groups.is_empty() {
+                continue;
+            }
+            out.push_str(&format!("| {title} | cases | classes | {} |\n", head.join(" | ")));
+            out.push_str(&format!("|---|---:|---:|{}\n", "---:|".repeat(head.len())));
+            for g in groups {
+                let dice: Vec<String> = g.dice.iter().map(|d| format!("{d:.4}")).collect();
+                out.push_str(&format!("| {} | {} | {} | {} |\n", g.key, g.cases, g.n, dice.join(" | ")));
+            }
+            out.push('\n');
+        }
+        out
     }
 
     fn with_max(&self) -> bool {
@@ -176,11 +219,11 @@ impl EvalReport {
     /// `eval/<name>-groups.csv`: one row per group.
     pub fn groups_csv(&self) -> String {
         let rows = self.groups.iter().map(|g| {
-            let mut row = vec![g.by.clone(), g.key.clone(), g.n.to_string()];
+            let mut row = vec![g.by.clone(), g.key.clone(), g.n.to_string(), g.cases.to_string()];
             row.extend(g.dice.iter().chain(g.max.as_ref()).map(|d| format!("{d:.4}")));
             row
         });
-        self.table(&["by", "key", "n"], rows)
+        self.table(&["by", "key", "n", "cases"], rows)
     }
 
     /// A header (then `dice@N` per click count, and `max` for the source protocol) and
@@ -216,6 +259,7 @@ mod tests {
             case_id: "c1".into(),
             label_value: 3,
             category: "abdomen&thorax".into(),
+            group: None,
             voxels: 10,
             max: 0.8,
         };
@@ -228,7 +272,7 @@ mod tests {
         let rec = r.records().next().unwrap().unwrap();
         assert_eq!((&rec[4], &rec[7], &rec[9]), ("kidney, left", "0.5000", "0.8000"));
         let groups = report.groups_csv();
-        assert!(groups.lines().any(|l| l == "dataset/label,\"D/kidney, left\",1,0.5000,0.7500,0.8000"), "{groups}");
+        assert!(groups.lines().any(|l| l == "dataset/label,\"D/kidney, left\",1,1,0.5000,0.7500,0.8000"), "{groups}");
         assert!(groups.lines().any(|l| l.starts_with("category,abdomen&thorax,1,")), "{groups}");
     }
 
@@ -248,5 +292,58 @@ mod tests {
         let back: EvalReport = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
         assert!(back.samples.iter().all(|r| r.source.is_none()));
         assert!((back.means()["dice@3"] - 0.8).abs() < 1e-12);
+    }
+
+    #[test]
+    fn benchmark_groups_and_categories_match_a_table_by_hand() {
+        let class = |ds: &str, case: &str, v: i32, cat: &str, group: &str, dice: [f64; 2]| DiceRow {
+            sample_id: format!("{ds}/default/{case}/{v}"),
+            dataset: ds.into(),
+            label: format!("l{v}"),
+            source: Some(SourceClass {
+                task: "default".into(),
+                case_id: case.into(),
+                label_value: v,
+                category: cat.into(),
+                group: Some(group.into()),
+                voxels: 100,
+                max: dice[1],
+            }),
+            dice: dice.to_vec(),
+        };
+        let mut report = EvalReport::new("source", &[1, 10]);
+        report.samples = vec![
+            class("BTCV", "0001", 1, "abdomen&thorax", "seen", [0.5, 0.75]),
+            class("BTCV", "0001", 2, "abdomen&thorax", "seen", [0.25, 0.5]),
+            class("BTCV", "0002", 1, "abdomen&thorax", "seen", [0.75, 1.0]),
+            class("iSeg17", "subject-1", 1, "unseen organ", "unseen", [0.125, 0.25]),
+            class("KiTS21-Val", "00210", 1, "abdomen&thorax", "lesion", [1.0, 1.0]),
+            class("KiTS21-Val", "00210", 2, "lesion", "lesion", [0.0, 0.5]),
+        ];
+        report.group();
+        let get = |by: &str, key: &str| report.groups.iter().find(|g| g.by == by && g.key == key).unwrap();
+        // By hand: seen = BTCV's 3 classes of 2 cases, (0.5+0.25+0.75)/3 = 0.5 and (0.75+0.5+1)/3 = 0.75.
+        let seen = get("group", "seen");
+        assert_eq!((seen.cases, seen.n, seen.dice.clone()), (2, 3, vec![0.5, 0.75]));
+        let lesion = get("group", "lesion");
+        assert_eq!((lesion.cases, lesion.n, lesion.dice.clone()), (1, 2, vec![0.5, 0.75]));
+        // abdomen&thorax spans two groups: BTCV's 3 and KiTS's kidney, 3 cases, (0.5+0.25+0.75+1)/4.
+        let at = get("category", "abdomen&thorax");
+        assert_eq!((at.cases, at.n, at.dice.clone()), (3, 4, vec![0.625, 0.8125]));
+        let md = report.markdown();
+        let want = "| Group | cases | classes | Dice@1 | Dice@10 |\n|---|---:|---:|---:|---:|\n\
+                    | lesion | 1 | 2 | 0.5000 | 0.7500 |\n| seen | 2 | 3 | 0.5000 | 0.7500 |\n\
+                    | unseen | 1 | 1 | 0.1250 | 0.2500 |\n\n";
+        assert!(md.starts_with(want), "{md}");
+        assert!(md.contains("| abdomen&thorax | 3 | 4 | 0.6250 | 0.8125 |\n"), "{md}");
+        assert!(
+            md.contains("| Dataset | cases | classes |") && md.contains("| iSeg17 | 1 | 1 | 0.1250 | 0.2500 |"),
+            "{md}"
+        );
+        assert!(
+            report.groups_csv().lines().any(|l| l == "group,seen,3,2,0.5000,0.7500,0.7500"),
+            "{}",
+            report.groups_csv()
+        );
     }
 }

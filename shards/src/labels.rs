@@ -74,6 +74,10 @@ pub enum CaseFate {
         /// Image channels left out (channel → reason), e.g. one on another grid.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         dropped_channels: BTreeMap<String, String>,
+        /// The source image's voxel digest per channel (the leakage check's
+        /// fingerprint; absent in stores written before it).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        image_xxh3: Vec<String>,
     },
     /// Deliberately not ingested (e.g. no label survived the filters).
     Skipped {

@@ -54,6 +54,11 @@ pub fn eval_groups_key(name: &str) -> String {
     format!("eval/{name}-groups.csv")
 }
 
+/// The groups as Markdown tables (by benchmark group, category, dataset).
+pub fn eval_markdown_key(name: &str) -> String {
+    format!("eval/{name}.md")
+}
+
 /// What the launcher reads of a `state.json`: the run's config digest and the epoch
 /// reached (the trainer's `CheckpointState` holds more; its test parses it as this).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]

@@ -23,14 +23,17 @@ pub enum Split {
     Train,
     /// Held-out validation data.
     Val,
+    /// An evaluation set's case (a benchmarks catalogue): never trained on.
+    Test,
 }
 
 impl Split {
-    /// `train` or `val`, as stored in the `split` column.
+    /// `train`, `val` or `test`, as stored in the `split` column.
     pub fn as_str(self) -> &'static str {
         match self {
             Split::Train => "train",
             Split::Val => "val",
+            Split::Test => "test",
         }
     }
     /// Parses the `split` column.
@@ -38,6 +41,7 @@ impl Split {
         match s {
             "train" => Some(Split::Train),
             "val" => Some(Split::Val),
+            "test" => Some(Split::Test),
             _ => None,
         }
     }

@@ -118,6 +118,7 @@ pub async fn populate(
                     samples: labels as u64,
                     dropped_labels: BTreeMap::new(),
                     dropped_channels: BTreeMap::new(),
+                    image_xxh3: Vec::new(),
                 },
             );
         }

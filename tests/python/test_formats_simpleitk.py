@@ -428,3 +428,25 @@ def test_a_dicom_series_simpleitk_writes_from_a_real_mr_volume(tmp_path):
     n = int(np.prod(size[:3]))
     first = nifti_values[:n].reshape(size[:3], order="F")[:, :, ::-1].reshape(-1, order="F")
     assert np.array_equal(inspect(folder, tmp_path)[1], first)
+
+
+def test_analyze_hdr_img_reads_like_simpleitk(tmp_path):
+    # iSeg's format: a 348-byte header without NIfTI's magic beside raw voxels. SimpleITK
+    # ignores the `orient` byte and SPM's originator, so a reader honouring them would
+    # differ here; both byte orders and the element types the iSeg files use.
+    from benchmark_layouts import analyze
+
+    image, label = phantom(shape=(20, 18, 12))
+    cases = [
+        ("le_int16", image, dict(endian="<", orient=1, originator=(10, 9, 6))),
+        ("be_float32", image.astype(np.float32) / 7, dict(endian=">", orient=3)),
+        ("label_uint8", (label * 100).astype(np.uint8), dict(spacing=(1.07, 0.93, 1.27))),
+        # ITK reverses an axis whose pixdim is negative and reads a zero one as 1 mm.
+        ("signed_spacing", image, dict(spacing=(0.0, -0.93, 1.27))),
+    ]
+    for name, arr, kw in cases:
+        path = tmp_path / f"{name}.hdr"
+        analyze(path, arr, **kw)
+        ref = sitk.ReadImage(str(path))
+        info = assert_reads_like_simpleitk(path, ref, tmp_path)
+        assert info["shape"] == list(arr.shape)

@@ -90,6 +90,17 @@ pub enum TrainError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A benchmark evaluation would score cases the run trained on.
+    #[error(
+        "refusing to evaluate: {count} benchmark case(s) are in the run's training data:\n  {}",
+        cases.join("\n  ")
+    )]
+    Leakage {
+        /// How many.
+        count: usize,
+        /// `dataset/task/case: why`, each.
+        cases: Vec<String>,
+    },
     /// The metrics of a run could not be written.
     #[error("metrics: {what}")]
     Metrics {

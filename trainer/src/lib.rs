@@ -25,7 +25,7 @@ pub mod weights;
 // The phases' modules by their old short paths (`s3_trainer::sampler`, ...), which
 // the binaries, tests and docs use.
 pub use data::{loader, row_cache, sampler, shard_cache};
-pub use evaluation::{class_map, eval, predict, source_eval};
+pub use evaluation::{class_map, eval, leakage, predict, source_eval};
 pub use launch::{collective, device, launch_env};
 pub use training::{
     checkpoint, clicks, loss, metrics, plots, run_identity, run_inputs, run_settings, run_spec, schedule, stage, step,

@@ -1,12 +1,14 @@
 //! Every image format the Table-1 datasets ship, each read into the same
 //! [`Volume`] (voxels, RAS affine, stored type) the preprocessing consumes:
 //! NIfTI-1/2 ([`crate::nifti_io`]), MetaImage ([`metaimage`]), NRRD ([`nrrd`]),
-//! DICOM series ([`dicom`]) and PNG label stacks ([`png_stack`]).
+//! DICOM series ([`dicom`]), Analyze 7.5 ([`analyze`]) and PNG label stacks
+//! ([`png_stack`]).
 //!
 //! A format is chosen by extension, then by content; a folder is a DICOM series.
 //! Each reader checks every size before allocating (`--max-volume-bytes`) and turns
 //! bad input into a quarantine reason.
 
+pub mod analyze;
 pub mod dicom;
 pub mod metaimage;
 pub mod nrrd;
@@ -30,16 +32,19 @@ pub enum Format {
     Nrrd,
     /// A folder of DICOM slices.
     DicomSeries,
+    /// Analyze 7.5, `.hdr` beside its `.img`.
+    Analyze,
 }
 
 /// Extensions of the file formats, longest first; a case id is a file name without one.
-pub const EXTENSIONS: [(&str, Format); 6] = [
+pub const EXTENSIONS: [(&str, Format); 7] = [
     (".nii.gz", Format::Nifti),
     (".nii", Format::Nifti),
     (".mha", Format::MetaImage),
     (".mhd", Format::MetaImage),
     (".nrrd", Format::Nrrd),
     (".nhdr", Format::Nrrd),
+    (".hdr", Format::Analyze),
 ];
 
 /// `name` without its format's extension, and the format; None for other files
@@ -91,6 +96,7 @@ pub fn companions(path: &Path) -> Result<Vec<String>> {
     match split_extension(&name(path)).map(|(_, f)| f) {
         Some(Format::MetaImage) => metaimage::data_files(path),
         Some(Format::Nrrd) => nrrd::data_files(path),
+        Some(Format::Analyze) => analyze::data_files(path),
         _ => Ok(Vec::new()),
     }
 }
@@ -103,6 +109,7 @@ pub fn read_channels(path: &Path, opts: &ReadOptions) -> Result<Vec<Volume>> {
         Format::MetaImage => metaimage::read(path, opts),
         Format::Nrrd => nrrd::read(path, opts),
         Format::DicomSeries => Ok(vec![dicom::read_series(path, opts)?]),
+        Format::Analyze => analyze::read(path, opts),
     }
 }
 
@@ -121,7 +128,9 @@ mod tests {
         assert_eq!(split_extension("Case00.MHD"), Some(("Case00", Format::MetaImage)));
         assert_eq!(split_extension("lgemri.nrrd"), Some(("lgemri", Format::Nrrd)));
         assert_eq!(split_extension("x.nhdr"), Some(("x", Format::Nrrd)));
+        assert_eq!(split_extension("subject-1-T1.hdr"), Some(("subject-1-T1", Format::Analyze)));
         assert_eq!(split_extension("Case00.raw"), None);
+        assert_eq!(split_extension("subject-1-T1.img"), None);
         assert_eq!(split_extension(".nii"), None);
     }
 }

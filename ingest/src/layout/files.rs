@@ -205,7 +205,9 @@ pub(super) async fn list(source: &Source, keys: &BTreeSet<String>, task: &TaskEn
                 }
             }
             used.extend(found.iter().map(|(_, k)| k.clone()));
-            if found.is_empty() || !missing.is_empty() {
+            // A structure a case has no mask for is absent from it where the
+            // dataset delineates only what each patient shows (HaN-Seg).
+            if found.is_empty() || !missing.is_empty() && !task.masks_optional {
                 LabelSource::Missing(format!("missing masks: {}", missing.join(", ")))
             } else {
                 LabelSource::Structures(found)

@@ -315,7 +315,7 @@ mod tests {
             device: "cuda".into(),
             env: Default::default(),
         };
-        let mut eval = crate::plan::eval_job(&plan, "r", 1, "/logs/eval".into());
+        let mut eval = crate::plan::eval_job(&plan, "r", 1, "/logs/eval".into(), None);
         eval.hooks = Some(Hooks { runs: "s3://b/runs".into(), evaluated: Some("stage2".into()), ..Default::default() });
         let text = slurm.render(&eval);
         assert!(text.contains("--partition=gpu-short\n") && text.contains("--time=1:00:00\n"), "{text}");

@@ -58,8 +58,9 @@ enum Command {
     /// records, after checking its hash.
     Launch {
         /// ingest (--manifest, --out, --workers), stage1 / stage2 (--data), eval
-        /// (stage 2's final weights on the validation split, --data), or pipeline
-        /// (ingest → stage1 → stage2 → eval in one run).
+        /// (stage 2's final weights on the validation split, --data; with --benchmarks
+        /// on a benchmarks catalogue), or pipeline (ingest → stage1 → stage2 → eval in
+        /// one run).
         #[arg(value_parser = ["ingest", "stage1", "stage2", "eval", "pipeline"])]
         stage: String,
         #[command(flatten)]
@@ -81,7 +82,7 @@ enum Command {
     Logs {
         #[command(flatten)]
         target: RunRef,
-        /// ingest, stage1, stage2, eval.
+        /// ingest, stage1, stage2, eval, benchmarks.
         #[arg(long)]
         stage: String,
         /// Attempt number (default: the newest).
@@ -226,6 +227,13 @@ struct LaunchArgs {
     /// Output store of the ingest (ingest, pipeline).
     #[arg(long)]
     out: Option<String>,
+    /// eval: score this benchmarks catalogue (manifests/benchmarks.toml) on the source
+    /// grid instead of the val split, after checking that the run trained on none of
+    /// its cases; recorded as the ledger's `benchmarks` stage, with
+    /// eval/benchmarks.{csv,md,json} in stage 2's folder. pipeline: the same after its
+    /// eval. The path must be readable where the eval job runs.
+    #[arg(long, value_name = "FILE")]
+    benchmarks: Option<PathBuf>,
     /// Root of the run folders: each run is `<runs>/<run>/` (ledger, stage folders, logs).
     #[arg(long)]
     runs: String,
@@ -373,6 +381,7 @@ fn launch(stage: &str, args: &LaunchArgs, store: &StoreOptions, output: OutputFl
         stages: args.stages.clone(),
         manifest: args.manifest.clone(),
         data: args.data.clone(),
+        benchmarks: args.benchmarks.clone(),
         out: args.out.clone(),
         flags: args.settings.layer(),
         dry_run: args.dry_run,

@@ -17,23 +17,24 @@ use crate::stage::Stage;
 
 /// The pipeline's last step: `s3-train eval` of a succeeded training stage (`spec.stage`,
 /// normally stage 2) with its final weights, recorded as the ledger's `eval` stage
-/// with Dice at each click count. A preempted attempt is followed by the next, up to
-/// `spec.max_retries` times.
+/// with Dice at each click count; with `spec.benchmarks`, the source protocol on that
+/// catalogue (its leakage check included), recorded as `benchmarks`. A preempted
+/// attempt is followed by the next, up to `spec.max_retries` times.
 pub fn launch_eval(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, say: &dyn Fn(&str)) -> Result<Launched> {
     retrying(spec.max_retries, say, || eval_attempt(spec, backend, dry_run, say))
 }
 
 fn eval_attempt(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, say: &dyn Fn(&str)) -> Result<Launched> {
-    const EVAL: &str = Stage::Eval.name();
+    let which = if spec.benchmarks.is_some() { Stage::Benchmarks } else { Stage::Eval };
     let rt = runtime()?;
     let run_url = join(&spec.runs, &spec.run_id);
     let Some(NextAttempt { run, mut ledger, attempt }) =
-        next_attempt(&run_url, &spec.run_id, &spec.store_options, Stage::Eval, dry_run, say)?
+        next_attempt(&run_url, &spec.run_id, &spec.store_options, which, dry_run, say)?
     else {
         return Ok(Launched::AlreadySucceeded);
     };
     let stage_run = join(&run_url, spec.stage.name());
-    let log_dir = log_dir_for(&run, &spec.log_root, &spec.run_id, EVAL, attempt);
+    let log_dir = log_dir_for(&run, &spec.log_root, &spec.run_id, which.name(), attempt);
     let plan = TrainPlan {
         train_bin: spec.train_bin.clone(),
         stage_file: spec.stage_file.clone(),
@@ -46,7 +47,7 @@ fn eval_attempt(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, say: &
         device: spec.device.clone(),
         env: spec.env.clone(),
     };
-    let mut job = eval_job(&plan, &spec.run_id, attempt, log_dir.clone());
+    let mut job = eval_job(&plan, &spec.run_id, attempt, log_dir.clone(), spec.benchmarks.as_deref());
     let in_job = backend.records_in_job();
     let after = if in_job { running_jobs(&ledger, spec.stage.name(), backend) } else { None };
     if in_job {
@@ -65,7 +66,7 @@ fn eval_attempt(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, say: &
         return Err(OrchError::NothingToEvaluate { run: spec.run_id.clone(), stage: spec.stage.to_string() });
     }
     say(&format!(
-        "run {}: eval of {} on {}; log in {}",
+        "run {}: {which} of {} on {}; log in {}",
         spec.run_id,
         spec.stage,
         backend.name(),
@@ -73,7 +74,7 @@ fn eval_attempt(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, say: &
     ));
     let submission = backend.submit(&job)?;
     let running = Attempt::running(attempt, backend.name(), submission.ids.clone(), None);
-    let record = record_running(&rt, &mut ledger, &run, EVAL, running, backend, &submission)?;
+    let record = record_running(&rt, &mut ledger, &run, which.name(), running, backend, &submission)?;
     if in_job {
         return Ok(Launched::Submitted(record));
     }
@@ -87,8 +88,8 @@ fn eval_attempt(spec: &StageLaunch, backend: &dyn Backend, dry_run: bool, say: &
         )
     });
     let (record, _) = rt.block_on(Ledger::update(&run, &spec.run_id, async |ledger| {
-        close_eval(ledger, spec.stage.name(), &stage_loc, failure.clone(), end.exit_codes.clone()).await;
-        Ok(ledger.stage_mut(EVAL).clone())
+        close_eval(ledger, which, spec.stage.name(), &stage_loc, failure.clone(), end.exit_codes.clone()).await;
+        Ok(ledger.stage_mut(which.name()).clone())
     }))?;
     Ok(Launched::Ran(record))
 }

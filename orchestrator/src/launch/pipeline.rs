@@ -32,6 +32,9 @@ pub struct PipelineLaunch {
     pub manifest: Option<PathBuf>,
     /// Published shards to train on (the pipeline trains on `out`).
     pub data: Option<String>,
+    /// A benchmarks catalogue: `eval` scores it instead of the val split (the ledger's
+    /// `benchmarks` stage); the pipeline scores it after its `eval`.
+    pub benchmarks: Option<PathBuf>,
     /// Output store of the ingest.
     pub out: Option<String>,
     /// Settings given as flags.
@@ -160,10 +163,10 @@ impl PipelineLaunch {
         launch_ingest(&spec, backend.as_ref(), self.dry_run, say)
     }
 
-    fn train(&self, stage: Stage, data: &str, eval: bool, say: &dyn Fn(&str)) -> Result<Launched> {
+    fn train(&self, stage: Stage, data: &str, eval: Option<Stage>, say: &dyn Fn(&str)) -> Result<Launched> {
         let file = self.stage_file(stage)?;
         let settings = self.settings(Some(&file))?;
-        if !eval {
+        if eval.is_none() {
             self.show(&settings);
         }
         let backend = crate::backend::backend(&self.backend, &settings)?;
@@ -183,8 +186,9 @@ impl PipelineLaunch {
             log_root: log_root(&settings),
             store_options: self.store.clone(),
             max_retries: settings.max_retries(),
+            benchmarks: if eval == Some(Stage::Benchmarks) { self.benchmarks.clone() } else { None },
         };
-        if eval {
+        if eval.is_some() {
             return launch_eval(&spec, backend.as_ref(), self.dry_run, say);
         }
         launch_stage(&spec, backend.as_ref(), self.dry_run, say)
@@ -203,26 +207,39 @@ pub fn launch_steps(
     each: &mut dyn FnMut(Launched) -> Result<bool>,
 ) -> Result<()> {
     let pipeline = req.target == "pipeline";
-    let steps: Vec<Stage> = if pipeline {
+    let mut steps: Vec<Stage> = if pipeline {
         Stage::PIPELINE.to_vec()
     } else {
-        vec![Stage::parse(&req.target).ok_or_else(|| OrchError::Setting {
+        vec![Stage::parse(&req.target).filter(|s| Stage::PIPELINE.contains(s)).ok_or_else(|| OrchError::Setting {
             name: "stage",
             value: req.target.clone(),
             expected: "ingest, stage1, stage2, eval or pipeline".into(),
         })?]
     };
+    if req.benchmarks.is_some() {
+        match steps.last() {
+            Some(Stage::Eval) if pipeline => steps.push(Stage::Benchmarks),
+            Some(Stage::Eval) => steps = vec![Stage::Benchmarks],
+            _ => {
+                return Err(OrchError::Setting {
+                    name: "--benchmarks",
+                    value: req.target.clone(),
+                    expected: "a launch of eval or pipeline".into(),
+                });
+            }
+        }
+    }
     let need = |v: Option<&str>, flag, what| v.map(str::to_string).ok_or(OrchError::NeedsFlag { flag, what });
     for step in steps {
         let data = if pipeline { req.out.as_deref() } else { req.data.as_deref() };
         let launched = match step {
             Stage::Ingest => req.ingest(&need(req.out.as_deref(), "--out", "ingest")?, say)?,
             // The eval step evaluates the stage before it.
-            Stage::Eval => {
+            Stage::Eval | Stage::Benchmarks => {
                 let evaluated = Stage::Eval.previous().unwrap_or(Stage::Stage2);
-                req.train(evaluated, &need(data, "--data", "evaluate")?, true, say)?
+                req.train(evaluated, &need(data, "--data", "evaluate")?, Some(step), say)?
             }
-            stage => req.train(stage, &need(data, "--data", "train (--out for the pipeline)")?, false, say)?,
+            stage => req.train(stage, &need(data, "--data", "train (--out for the pipeline)")?, None, say)?,
         };
         if !each(launched)? {
             break;

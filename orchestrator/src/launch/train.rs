@@ -48,6 +48,8 @@ pub struct StageLaunch {
     pub store_options: StoreOptions,
     /// Attempts started by themselves after a preempted one (see [`crate::settings::Settings::max_retries`]).
     pub max_retries: u32,
+    /// For [`super::launch_eval`]: a benchmarks catalogue to score instead of the val split.
+    pub benchmarks: Option<PathBuf>,
 }
 
 /// Launches (or resumes, or skips) a training stage and waits for it; on a backend

@@ -142,6 +142,14 @@ enum Command {
     /// label, the prediction pasted back onto the source grid and scored there; it
     /// writes eval/source.csv (per case and class), eval/source-groups.csv (per
     /// dataset, label and category) and eval/source.json.
+    ///
+    /// With a benchmarks catalogue (manifests/benchmarks.toml, `[evaluation]`), every
+    /// case it lists is scored, after a check that none is in the store the run
+    /// trained on (--data, default: the run's own), by dataset and case id and by
+    /// image digest; a case found refuses the evaluation, naming it. It writes
+    /// eval/benchmarks.{csv,json,md} and eval/benchmarks-groups.csv: Dice per case
+    /// and class, and means by group (seen/unseen/lesion), Table-2 category and
+    /// dataset with the cases and classes behind each.
     Eval {
         /// Stage file; default: the stage recorded in the run's config.json.
         #[arg(long)]
@@ -358,8 +366,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (model, step) = s3_trainer::run_inputs::load_latest_weights(&run, &opts, &cfg, &device)?;
             let run_loc = s3_shards::open_store(&run, &opts)?;
             if protocol == "source" {
+                let manifest = manifest.expect("clap requires --manifest");
+                // A benchmarks catalogue is checked against what the run trained on.
+                let benchmarks = s3_ingest::catalog::Catalog::load(&manifest)
+                    .with_context(|| format!("reading {}", manifest.display()))?
+                    .is_evaluation();
+                let data = match data {
+                    None if benchmarks => s3_trainer::run_inputs::load_run_data(&run, &opts)
+                        .context("reading the store the run trained on from its config.json (or give --data)")?,
+                    d => d,
+                };
                 let request = s3_trainer::source_eval::SourceRun {
-                    manifest: manifest.expect("clap requires --manifest"),
+                    manifest,
                     datasets,
                     data,
                     val_percent,
@@ -368,7 +386,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 };
                 let (report, n) =
                     s3_trainer::source_eval::evaluate_source_run(&request, &mut stage, &model, &cfg, &device)?;
-                s3_trainer::eval::write_report(&run_loc, "source", &report)?;
+                let name = if benchmarks { "benchmarks" } else { "source" };
+                s3_trainer::eval::write_report(&run_loc, name, &report)?;
+                if benchmarks && !json {
+                    for s in &report.skipped {
+                        eprintln!("skipped {s}");
+                    }
+                    println!(
+                        "step {step}: {} classes of {n} benchmark dataset(s) (eval/{name}.csv)",
+                        report.samples.len()
+                    );
+                    print!("{}", report.markdown());
+                    return Ok(ExitCode::SUCCESS);
+                }
                 if json {
                     println!("{}", eval_json(step, &report)?);
                     return Ok(ExitCode::SUCCESS);

@@ -79,14 +79,20 @@ pub fn evaluate(
     Ok(report)
 }
 
-/// Writes `eval/<name>.json`, `eval/<name>.csv` (per sample, or per case and class)
-/// and `eval/<name>-groups.csv` to the run folder, for either protocol.
+/// Writes `eval/<name>.json`, `eval/<name>.csv` (per sample, or per case and class),
+/// `eval/<name>-groups.csv` and `eval/<name>.md` (the groups as tables) to the run
+/// folder, for either protocol.
 pub fn write_report(run: &StoreLocation, name: &str, report: &EvalReport) -> Result<()> {
-    use s3_shards::run_folder::{eval_groups_key, eval_report_key, eval_table_key};
+    use s3_shards::run_folder::{eval_groups_key, eval_markdown_key, eval_report_key, eval_table_key};
     let rt = s3_shards::io_runtime::io_runtime()?;
     let store = run.store().as_ref();
     rt.block_on(async {
-        for (key, text) in [(eval_table_key(name), report.rows_csv()), (eval_groups_key(name), report.groups_csv())] {
+        let tables = [
+            (eval_table_key(name), report.rows_csv()),
+            (eval_groups_key(name), report.groups_csv()),
+            (eval_markdown_key(name), report.markdown()),
+        ];
+        for (key, text) in tables {
             let key = ObjPath::from(key);
             store.put(&key, PutPayload::from(text.into_bytes())).await.map_err(|e| {
                 TrainError::from(s3_shards::ShardError::Store { op: "put", path: key.clone(), source: e })

@@ -8,5 +8,6 @@
 
 pub mod class_map;
 pub mod eval;
+pub mod leakage;
 pub mod predict;
 pub mod source_eval;

@@ -43,6 +43,9 @@ pub struct SourceEval<'a> {
     pub store_options: StoreOptions,
     /// Where files from remote sources are fetched to.
     pub tmp_dir: PathBuf,
+    /// What the run trained on: an evaluation catalogue's cases are checked against
+    /// it, and any found refuses the evaluation.
+    pub training: Option<&'a crate::leakage::TrainingCases>,
 }
 
 impl SourceEval<'_> {
@@ -69,8 +72,15 @@ pub fn evaluate_source(
     let max = spec.clicks.iter().copied().max().unwrap_or(1).max(1);
     let read = ReadOptions::default();
     let mut report = EvalReport::new("source", spec.clicks);
+    // Every source is listed before any case is scored: a benchmark case the run
+    // trained on (by id) is refused before the first prediction.
+    let mut listed = Vec::new();
     for d in spec.catalog.datasets.iter().filter(|d| spec.datasets.contains(&d.name)) {
         for t in &d.tasks {
+            if t.unreadable.is_some() {
+                report.skipped.push(format!("{}/{}: unreadable as downloaded", d.name, t.name));
+                continue;
+            }
             let Some(raw) = &t.source else {
                 report.skipped.push(format!("{}/{}: no source configured", d.name, t.name));
                 continue;
@@ -80,13 +90,34 @@ pub fn evaluate_source(
             let source = Source::open(&url, &spec.store_options).map_err(unreachable(task.clone()))?;
             let listing =
                 rt.block_on(list_cases(&source, &d.name, t)).map_err(unreachable(format!("{task}: listing {url}")))?;
+            listed.push((d, t, source, listing));
+        }
+    }
+    let evaluated = |d: &str, c: &s3_ingest::layout::CaseRef| {
+        c.skip.is_none() && (spec.catalog.is_evaluation() || spec.split_of(d, &c.case_id) == Split::Val)
+    };
+    if let Some(train) = spec.training {
+        let mut leaks = Vec::new();
+        for (d, t, _, listing) in &listed {
+            let names: Vec<&str> =
+                std::iter::once(d.name.as_str()).chain(d.trained_as.iter().map(String::as_str)).collect();
+            for c in listing.cases.iter().filter(|c| evaluated(&d.name, c)) {
+                if let Some(why) = train.by_id(&names, &c.case_id) {
+                    leaks.push(format!("{}/{}/{}: {why}", d.name, t.name, c.case_id));
+                }
+            }
+        }
+        if !leaks.is_empty() {
+            return Err(crate::leakage::refusal(leaks));
+        }
+    }
+    let mut digest_leaks = Vec::new();
+    for (d, t, source, listing) in &listed {
+        let (d, t) = (*d, *t);
+        {
             let labels = d.label_map(t, &listing.labels);
-            let reader = CaseReader { source: &source, tmp_dir: &spec.tmp_dir, read: &read, handle: rt.handle() };
-            let val: Vec<_> = listing
-                .cases
-                .iter()
-                .filter(|c| c.skip.is_none() && spec.split_of(&d.name, &c.case_id) == Split::Val)
-                .collect();
+            let reader = CaseReader { source, tmp_dir: &spec.tmp_dir, read: &read, handle: rt.handle() };
+            let val: Vec<_> = listing.cases.iter().filter(|c| evaluated(&d.name, c)).collect();
             for (n, case) in val.iter().enumerate() {
                 progress(&format!("{}/{} case {} ({}/{})", d.name, t.name, case.case_id, n + 1, val.len()));
                 let what = format!("{}/{}/{}", d.name, t.name, case.case_id);
@@ -105,6 +136,10 @@ pub fn evaluate_source(
                         continue;
                     }
                 };
+                if let Some(why) = spec.training.and_then(|t| t.by_digest(&[s3_ingest::image_digest::digest(&image)])) {
+                    digest_leaks.push(format!("{what}: {why}"));
+                    continue;
+                }
                 let prepared = match PreparedImage::new(&image, d.modality) {
                     Ok(p) => p,
                     Err(e) => {
@@ -132,6 +167,7 @@ pub fn evaluate_source(
                             case_id: case.case_id.clone(),
                             label_value: value,
                             category: info.category,
+                            group: d.group.clone(),
                             voxels: structure.voxels(),
                             max: per_pass.iter().copied().fold(0.0, f64::max),
                         }),
@@ -140,6 +176,9 @@ pub fn evaluate_source(
                 }
             }
         }
+    }
+    if !digest_leaks.is_empty() {
+        return Err(crate::leakage::refusal(digest_leaks));
     }
     report.group();
     Ok(report)
@@ -176,7 +215,9 @@ pub fn evaluate_source_run(
         .map_err(|e| TrainError::Parse { file: req.manifest.display().to_string(), source: Box::new(e) })?;
     stage.datasets.catalog = Some(req.manifest.display().to_string());
     let named: BTreeSet<String> = catalog.datasets.iter().map(|d| d.name.clone()).collect();
-    let datasets = if req.datasets.is_empty() {
+    let datasets = if req.datasets.is_empty() && catalog.is_evaluation() {
+        named.clone()
+    } else if req.datasets.is_empty() {
         stage.select_datasets(&named)?
     } else {
         if let Some(d) = req.datasets.iter().find(|d| !named.contains(*d)) {
@@ -188,13 +229,41 @@ pub fn evaluate_source_run(
         req.datasets.iter().cloned().collect()
     };
     let tmp = crate::checkpoint::temp_dir()?;
-    // The published store says which cases the ingest put in val.
+    // The published store says which cases the ingest put in val; for a benchmark
+    // catalogue, which cases the run trained on.
     let mut known_splits = BTreeMap::new();
-    if let Some(data) = &req.data {
-        let data_loc = s3_shards::open_store(data, &req.store_options)?;
-        let rt = s3_shards::io_runtime::io_runtime()?;
-        let (rows, _) = rt.block_on(crate::run_identity::samples_from_index(data_loc.store().as_ref()))?;
-        known_splits.extend(rows.into_iter().map(|r| ((r.dataset, r.case_id), r.split)));
+    let mut training = None;
+    match &req.data {
+        Some(data) => {
+            let data_loc = s3_shards::open_store(data, &req.store_options)?;
+            let rt = s3_shards::io_runtime::io_runtime()?;
+            let store = data_loc.store().as_ref();
+            let (rows, _) = rt.block_on(crate::run_identity::samples_from_index(store))?;
+            if catalog.is_evaluation() {
+                let t = rt.block_on(crate::leakage::TrainingCases::load(store, &rows))?;
+                if t.without_digest > 0 {
+                    tracing::warn!(
+                        "{} training case(s) of {data} record no image digest (ingested before digests): \
+                         checked by dataset and case id only",
+                        t.without_digest
+                    );
+                }
+                training = Some(t);
+            } else {
+                known_splits.extend(rows.into_iter().map(|r| ((r.dataset, r.case_id), r.split)));
+            }
+        }
+        None if catalog.is_evaluation() => {
+            return Err(TrainError::Stage {
+                stage: stage.name.clone(),
+                reason: format!(
+                    "{} is a benchmarks catalogue: the leakage check needs the store the run trained on (--data, \
+                     or the run's config.json)",
+                    req.manifest.display()
+                ),
+            });
+        }
+        None => {}
     }
     let spec = SourceEval {
         catalog: &catalog,
@@ -205,6 +274,7 @@ pub fn evaluate_source_run(
         seed: stage.seed,
         store_options: req.store_options.clone(),
         tmp_dir: tmp.path().to_path_buf(),
+        training: training.as_ref(),
     };
     let report = evaluate_source(model, cfg, &spec, device, &|m| tracing::info!("{m}"))?;
     Ok((report, datasets.len()))

@@ -127,6 +127,14 @@ pub fn load_run_stage(run_url: &str, options: &StoreOptions) -> Result<StageConf
     Ok(stage)
 }
 
+/// The store a run trained on, as its `config.json` records it.
+pub fn load_run_data(run_url: &str, options: &StoreOptions) -> Result<Option<String>> {
+    let rt = s3_shards::io_runtime::io_runtime()?;
+    let run = open_store(run_url, options)?;
+    let v: serde_json::Value = rt.block_on(json::get_json(run.store().as_ref(), &ObjPath::from("config.json")))?;
+    Ok(v.get("data").and_then(|d| d.as_str()).map(str::to_string))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -286,7 +286,9 @@ pub fn catalog_flags(path: &Path, flag: &str) -> Result<Vec<String>> {
     #[derive(Deserialize)]
     struct Entry {
         name: String,
+        #[serde(default)]
         pretrain: bool,
+        #[serde(default)]
         finetune: bool,
         #[serde(default)]
         tasks: Vec<Task>,

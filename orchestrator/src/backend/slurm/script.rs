@@ -90,7 +90,9 @@ impl Slurm {
     fn header(&self, job: &Job, name: &str, out: &str) -> String {
         let v = &self.settings.values;
         let (partition, time) = match job.kind.stage() {
-            Stage::Eval => (v.eval_partition.as_ref().or(v.partition.as_ref()), v.eval_time_limit.as_ref()),
+            Stage::Eval | Stage::Benchmarks => {
+                (v.eval_partition.as_ref().or(v.partition.as_ref()), v.eval_time_limit.as_ref())
+            }
             Stage::Ingest => (v.ingest_partition.as_ref().or(v.partition.as_ref()), v.ingest_time_limit.as_ref()),
             _ => (v.partition.as_ref(), None),
         };
@@ -243,7 +245,7 @@ impl Slurm {
         let r0 = job.ranks.first().ok_or_else(|| OrchError::NoRanks { stage: job.kind.to_string() })?;
         let mut s = self.header(job, &format!("s3-{}-{}", job.run_id, job.kind), "s3-orch-%j.out");
         // The eval is one process on one GPU: a whole training node would sit idle.
-        let eval = job.kind == JobKind::Run(Stage::Eval);
+        let eval = job.kind.stage().evaluates();
         let per_node = if eval { 1 } else { per_node };
         if eval {
             s.push_str("#SBATCH --nodes=1\n#SBATCH --ntasks=1\n");

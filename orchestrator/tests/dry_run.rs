@@ -17,14 +17,19 @@ fn listing(dir: &Path) -> Vec<String> {
     out
 }
 
-#[test]
-fn the_pipeline_dry_run_matches_its_golden_file_and_writes_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+/// Minimal stage files under `dir/stages`.
+fn stage_files(dir: &Path) {
     std::fs::create_dir_all(dir.join("stages")).unwrap();
     for s in ["stage1", "stage2"] {
         std::fs::write(dir.join(format!("stages/{s}.toml")), format!("name = \"{s}\"\nepochs = 1\n")).unwrap();
     }
+}
+
+#[test]
+fn the_pipeline_dry_run_matches_its_golden_file_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    stage_files(dir);
     let before = listing(dir);
     let o = Command::new(env!("CARGO_BIN_EXE_s3-orch"))
         .current_dir(dir)
@@ -48,10 +53,7 @@ fn the_pipeline_dry_run_matches_its_golden_file_and_writes_nothing() {
 fn benchmarks_follow_the_pipelines_eval_and_belong_to_eval_launches_only() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    std::fs::create_dir_all(dir.join("stages")).unwrap();
-    for s in ["stage1", "stage2"] {
-        std::fs::write(dir.join(format!("stages/{s}.toml")), format!("name = \"{s}\"\nepochs = 1\n")).unwrap();
-    }
+    stage_files(dir);
     let launch = |target: &str| {
         Command::new(env!("CARGO_BIN_EXE_s3-orch"))
             .current_dir(dir)

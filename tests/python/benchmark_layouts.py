@@ -54,9 +54,12 @@ HANSEG_ORGANS = ["Bone_Mandible", "Brainstem", "Parotid_L", "Glnd_Thyroid"]
 
 
 def hanseg(d):
+    # The zip's own top folder, HaN-Seg/, one level more than the catalogue's root.
+    (d / "HaN-Seg").mkdir(parents=True, exist_ok=True)
+    (d / "HaN-Seg/README.md").write_text("HaN-Seg\n")
     for n, case in enumerate(["case_01", "case_02"]):
         img, _ = volumes([], seed=310 + n)
-        folder = d / "set_1" / case
+        folder = d / "HaN-Seg" / "set_1" / case
         itk(folder / f"{case}_IMG_CT.nrrd", img, compress=True)
         itk(folder / f"{case}_IMG_MR_T1.nrrd", volumes([], seed=312, ct=False)[0], compress=True)
         # case_02 has no thyroid delineated: that organ is absent there, not a missing label.
@@ -69,23 +72,28 @@ def hanseg(d):
 
 def feta(d, top, recs):
     for n, rec in enumerate(recs):
-        sub = f"sub-{n + 1:03d}"
+        # FeTA 2022's Vienna cases (rec-nmic, sub-101 on) come in a folder of their own.
+        folder, sub = (d / "feta22_Vienna", f"sub-{100 + n}") if rec == "nmic" else (d / top, f"sub-{n + 1:03d}")
         img, lab = volumes([1, 2, 3, 4], seed=320 + n, ct=False)
-        nii(d / top / sub / "anat" / f"{sub}_rec-{rec}_T2w.nii.gz", img.astype(np.float32))
-        nii(d / top / sub / "anat" / f"{sub}_rec-{rec}_dseg.nii.gz", lab)
+        nii(folder / sub / "anat" / f"{sub}_rec-{rec}_T2w.nii.gz", img.astype(np.float32))
+        nii(folder / sub / "anat" / f"{sub}_rec-{rec}_dseg.nii.gz", lab)
     (d / top / "participants.tsv").write_text("participant_id\tPathology\tGestational age\nsub-001\tNeurotypical\t27.9\n")
 
 
-def iseg(d, top):
+def iseg(d, top, testing):
     for n in (1, 2):
         t1, lab = volumes([10, 150, 250], seed=330 + n, ct=False)
         t2 = (t1 * 0.7).astype(np.int16)
         analyze(d / top / f"subject-{n}-T1.hdr", t1)
         analyze(d / top / f"subject-{n}-T2.hdr", t2)
         analyze(d / top / f"subject-{n}-label.hdr", lab.astype(np.uint8))
+    # Unlabelled test subjects beside the training ones.
+    analyze(d / testing / "subject-11-T1.hdr", volumes([], seed=339, ct=False)[0])
 
 
 def mrbrains13(d):
+    d = d / "MRBrainS13DataNii"  # the archive's top folder
+    nii(d / "TestData/1/T1.nii", volumes([], seed=349, ct=False)[0])
     for n in (1, 2):
         img, lab = volumes([1, 3, 5, 6], seed=340 + n, ct=False)
         folder = d / "TrainingData" / str(n)
@@ -100,17 +108,19 @@ def mrbrains18(d):
     for n in (1, 4):
         img, lab = volumes([1, 3, 6, 9], seed=350 + n, ct=False)
         folder = d / "training" / str(n)
-        for name in ("T1", "IR", "FLAIR"):
+        for name in ("reg_T1", "reg_IR", "FLAIR", "IR"):
             nii(folder / "pre" / f"{name}.nii.gz", img.astype(np.float32))
-            nii(folder / "orig" / f"{name}.nii.gz", img)
+        nii(folder / "orig" / "reg_T1.nii.gz", img)
         nii(folder / "segm.nii.gz", lab)
 
 
 def sega(d):
-    for collection, case in [("Dongyang", "D1"), ("KiTS", "K1"), ("Rider", "R1")]:
+    # Six Rider folders carry the diagnosis after the case name.
+    for collection, folder in [("Dongyang", "D1"), ("KiTS", "K1"), ("Rider", "R1 (AD)")]:
+        case = folder.split(" ")[0]
         img, lab = volumes([1], seed=360 + len(case + collection))
-        itk(d / collection / case / f"{case}.nrrd", img)
-        itk(d / collection / case / f"{case}.seg.nrrd", lab)
+        itk(d / collection / folder / f"{case}.nrrd", img)
+        itk(d / collection / folder / f"{case}.seg.nrrd", lab)
 
 
 def atlas23(d):
@@ -121,13 +131,12 @@ def atlas23(d):
 
 
 def tdsc_abus(d):
-    rows = ["case_id,label,data_path,mask_path"]
-    for n in (0, 1):
+    # Train's images in two sub-folders, Validation's flat; masks flat in both.
+    for split, n, sub in [("Train", 0, "DATA00_49/"), ("Train", 50, "DATA50_99/"), ("Validation", 100, "")]:
         img, lab = volumes([1], seed=380 + n, ct=False)
-        itk(d / "Train/DATA" / f"DATA_{n:03d}.nrrd", img)
-        itk(d / "Train/MASK" / f"MASK_{n:03d}.nrrd", lab)
-        rows.append(f"{n},M,DATA/DATA_{n:03d}.nrrd,MASK/MASK_{n:03d}.nrrd")
-    (d / "Train/labels.csv").write_text("\n".join(rows) + "\n")
+        itk(d / split / "DATA" / f"{sub}DATA_{n:03d}.nrrd", img)
+        itk(d / split / "MASK" / f"MASK_{n:03d}.nrrd", lab)
+        (d / split / "labels.csv").write_text(f"case_id,label,data_path,mask_path\n{n},M,DATA/DATA_{n:03d}.nrrd,MASK_{n:03d}.nrrd\n")
 
 
 def amos22(d):
@@ -150,8 +159,8 @@ WRITERS = {
     "HaN-Seg": ("HaN-Seg", hanseg),
     "FeTA21": ("FeTA21", lambda d: feta(d, "feta_2.1", ["mial", "irtk"])),
     "FeTA22": ("FeTA22", lambda d: feta(d, "feta_2.2", ["mial", "nmic"])),
-    "iSeg17": ("iSeg17", lambda d: iseg(d, "iSeg-2017-Training")),
-    "iSeg19": ("iSeg19", lambda d: iseg(d, "iSeg-2019-Training")),
+    "iSeg17": ("iSeg17", lambda d: iseg(d, "iSeg-2017-Training", "iSeg-2017-Testing")),
+    "iSeg19": ("iSeg19", lambda d: iseg(d, "iSeg-2019-Training", "iSeg-2019-Testing")),
     "MRBrains13": ("MRBrains13", mrbrains13),
     "MRBrains18": ("MRBrains18", mrbrains18),
     "SEG.A.2023": ("SEG.A.2023", sega),

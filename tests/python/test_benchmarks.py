@@ -103,6 +103,10 @@ def test_format_and_label_quirks(ingested):
     # case_02 has no thyroid mask: the organ is absent there, the case still counts.
     assert hanseg[("default", "case_02")] == {**hanseg[("default", "case_02")], "fate": "ingested", "samples": 3 * 1}
     assert hanseg[("default", "case_01")]["samples"] == 4
+    # A `.seg.nrrd` is a label, not a case; a Rider folder named "R1 (AD)" holds R1.
     assert set(fates(ingested, "SEG.A.2023")) == {("default", c) for c in ("D1", "K1", "R1")}
     assert set(fates(ingested, "FeTA21")) == {("default", "sub-001"), ("default", "sub-002")}
-    assert set(fates(ingested, "TDSC-ABUS")) == {("default", "Train_000"), ("default", "Train_001")}
+    assert set(fates(ingested, "FeTA22")) == {("default", "sub-001"), ("default", "sub-101")}, "Vienna's folder"
+    tdsc = {("default", c) for c in ("Train_000", "Train_050", "Validation_100")}
+    assert set(fates(ingested, "TDSC-ABUS")) == tdsc, "Train's images in two sub-folders"
+    assert len(fates(ingested, "MRBrains18")) == 2 and len(fates(ingested, "iSeg17")) == 2

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use burn::prelude::*;
 use s3_ingest::IngestError;
 use s3_ingest::case_io::CaseReader;
-use s3_ingest::catalog::{Catalog, expand_env};
-use s3_ingest::layout::list_cases;
+use s3_ingest::catalog::{Catalog, DatasetEntry, TaskEntry, expand_env};
+use s3_ingest::layout::{CaseRef, Listing, list_cases};
 use s3_ingest::nifti_io::ReadOptions;
 use s3_ingest::preprocess::{self, PreprocessOptions};
 use s3_ingest::source::Source;
@@ -93,87 +93,72 @@ pub fn evaluate_source(
             listed.push((d, t, source, listing));
         }
     }
-    let evaluated = |d: &str, c: &s3_ingest::layout::CaseRef| {
+    let evaluated = |d: &str, c: &CaseRef| {
         c.skip.is_none() && (spec.catalog.is_evaluation() || spec.split_of(d, &c.case_id) == Split::Val)
     };
     if let Some(train) = spec.training {
-        let mut leaks = Vec::new();
-        for (d, t, _, listing) in &listed {
-            let names: Vec<&str> =
-                std::iter::once(d.name.as_str()).chain(d.trained_as.iter().map(String::as_str)).collect();
-            for c in listing.cases.iter().filter(|c| evaluated(&d.name, c)) {
-                if let Some(why) = train.by_id(&names, &c.case_id) {
-                    leaks.push(format!("{}/{}/{}: {why}", d.name, t.name, c.case_id));
-                }
-            }
-        }
-        if !leaks.is_empty() {
-            return Err(crate::leakage::refusal(leaks));
-        }
+        refuse_known_ids(&listed, train, &evaluated)?;
     }
     let mut digest_leaks = Vec::new();
     for (d, t, source, listing) in &listed {
         let (d, t) = (*d, *t);
-        {
-            let labels = d.label_map(t, &listing.labels);
-            let reader = CaseReader { source, tmp_dir: &spec.tmp_dir, read: &read, handle: rt.handle() };
-            let val: Vec<_> = listing.cases.iter().filter(|c| evaluated(&d.name, c)).collect();
-            for (n, case) in val.iter().enumerate() {
-                progress(&format!("{}/{} case {} ({}/{})", d.name, t.name, case.case_id, n + 1, val.len()));
-                let what = format!("{}/{}/{}", d.name, t.name, case.case_id);
-                let read_case = || -> std::result::Result<_, IngestError> {
-                    let (image, label, _) = reader.read_case(case)?;
-                    preprocess::check_pair(&image, &label, &PreprocessOptions::default())?;
-                    let values = preprocess::label_values(&label)?;
-                    let canonical = preprocess::canonical_label(&label)?;
-                    Ok((image, label, values, canonical))
-                };
-                let (image, label, values, canonical) = match read_case() {
-                    Ok(v) => v,
-                    Err(e @ IngestError::SourceUnavailable { .. }) => return Err(unreachable(what)(e)),
-                    Err(e) => {
-                        report.skipped.push(format!("{what}: {e}"));
-                        continue;
-                    }
-                };
-                if let Some(why) = spec.training.and_then(|t| t.by_digest(&[s3_ingest::image_digest::digest(&image)])) {
-                    digest_leaks.push(format!("{what}: {why}"));
+        let labels = d.label_map(t, &listing.labels);
+        let reader = CaseReader { source, tmp_dir: &spec.tmp_dir, read: &read, handle: rt.handle() };
+        let val: Vec<_> = listing.cases.iter().filter(|c| evaluated(&d.name, c)).collect();
+        for (n, case) in val.iter().enumerate() {
+            progress(&format!("{}/{} case {} ({}/{})", d.name, t.name, case.case_id, n + 1, val.len()));
+            let what = format!("{}/{}/{}", d.name, t.name, case.case_id);
+            let read_case = || -> std::result::Result<_, IngestError> {
+                let (image, label, _) = reader.read_case(case)?;
+                preprocess::check_pair(&image, &label, &PreprocessOptions::default())?;
+                let values = preprocess::label_values(&label)?;
+                let canonical = preprocess::canonical_label(&label)?;
+                Ok((image, label, values, canonical))
+            };
+            let (image, label, values, canonical) = match read_case() {
+                Ok(v) => v,
+                Err(e @ IngestError::SourceUnavailable { .. }) => return Err(unreachable(what)(e)),
+                Err(e) => {
+                    report.skipped.push(format!("{what}: {e}"));
                     continue;
                 }
-                let prepared = match PreparedImage::new(&image, d.modality) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        report.skipped.push(format!("{what}: {e}"));
-                        continue;
-                    }
-                };
-                let counts = crate::predict::class_voxels(&label);
-                for value in values {
-                    let voxels = counts.get(&value).copied().unwrap_or(0);
-                    let info =
-                        labels.get(&value).cloned().unwrap_or_else(|| s3_ingest::catalog::LabelInfo::unnamed(value));
-                    let Some(structure) = Structure::new(&prepared, &label, &canonical, value, voxels)? else {
-                        report.skipped.push(format!("{what} class {value}: no voxel left at 1.5 mm"));
-                        continue;
-                    };
-                    let id = s3_shards::sample::sample_id(&d.name, &t.name, &case.case_id, value);
-                    let (per_pass, _) = structure.run_clicks(model, cfg, &id, spec.seed, max, device);
-                    report.samples.push(DiceRow {
-                        sample_id: id,
-                        dataset: d.name.clone(),
-                        label: info.name,
-                        source: Some(SourceClass {
-                            task: t.name.clone(),
-                            case_id: case.case_id.clone(),
-                            label_value: value,
-                            category: info.category,
-                            group: d.group.clone(),
-                            voxels: structure.voxels(),
-                            max: per_pass.iter().copied().fold(0.0, f64::max),
-                        }),
-                        dice: spec.clicks.iter().map(|&c| per_pass[c.max(1) - 1]).collect(),
-                    });
+            };
+            if let Some(why) = spec.training.and_then(|t| t.by_digest(&[s3_ingest::image_digest::digest(&image)])) {
+                digest_leaks.push(format!("{what}: {why}"));
+                continue;
+            }
+            let prepared = match PreparedImage::new(&image, d.modality) {
+                Ok(p) => p,
+                Err(e) => {
+                    report.skipped.push(format!("{what}: {e}"));
+                    continue;
                 }
+            };
+            let counts = crate::predict::class_voxels(&label);
+            for value in values {
+                let voxels = counts.get(&value).copied().unwrap_or(0);
+                let info = labels.get(&value).cloned().unwrap_or_else(|| s3_ingest::catalog::LabelInfo::unnamed(value));
+                let Some(structure) = Structure::new(&prepared, &label, &canonical, value, voxels)? else {
+                    report.skipped.push(format!("{what} class {value}: no voxel left at 1.5 mm"));
+                    continue;
+                };
+                let id = s3_shards::sample::sample_id(&d.name, &t.name, &case.case_id, value);
+                let (per_pass, _) = structure.run_clicks(model, cfg, &id, spec.seed, max, device);
+                report.samples.push(DiceRow {
+                    sample_id: id,
+                    dataset: d.name.clone(),
+                    label: info.name,
+                    source: Some(SourceClass {
+                        task: t.name.clone(),
+                        case_id: case.case_id.clone(),
+                        label_value: value,
+                        category: info.category,
+                        group: d.group.clone(),
+                        voxels: structure.voxels(),
+                        max: per_pass.iter().copied().fold(0.0, f64::max),
+                    }),
+                    dice: spec.clicks.iter().map(|&c| per_pass[c.max(1) - 1]).collect(),
+                });
             }
         }
     }
@@ -182,6 +167,26 @@ pub fn evaluate_source(
     }
     report.group();
     Ok(report)
+}
+
+/// Refuses, naming them all, the evaluated cases the run trained on by dataset and
+/// case id (under the benchmark's name and its `trained_as` names).
+fn refuse_known_ids(
+    listed: &[(&DatasetEntry, &TaskEntry, Source, Listing)],
+    train: &crate::leakage::TrainingCases,
+    evaluated: &dyn Fn(&str, &CaseRef) -> bool,
+) -> Result<()> {
+    let mut leaks = Vec::new();
+    for (d, t, _, listing) in listed {
+        let names: Vec<&str> =
+            std::iter::once(d.name.as_str()).chain(d.trained_as.iter().map(String::as_str)).collect();
+        for c in listing.cases.iter().filter(|c| evaluated(&d.name, c)) {
+            if let Some(why) = train.by_id(&names, &c.case_id) {
+                leaks.push(format!("{}/{}/{}: {why}", d.name, t.name, c.case_id));
+            }
+        }
+    }
+    if leaks.is_empty() { Ok(()) } else { Err(crate::leakage::refusal(leaks)) }
 }
 
 /// What `s3-train eval --protocol source` was asked.
